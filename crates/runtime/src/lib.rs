@@ -1,0 +1,1 @@
+//! osmo-runtime (being written).

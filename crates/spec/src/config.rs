@@ -1,0 +1,88 @@
+//! The service configuration file (`osmo server --config FILE`): its pools.
+//! Validated like a spec (unknown keys, bad code lists and overlaps are errors
+//! with file, line and column).
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::codes::ExitActions;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ServiceConfig {
+    pub pools: BTreeMap<String, PoolConfig>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BackendKind {
+    Local,
+    Slurm,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RuntimeKind {
+    /// A Linux namespace sandbox over the host's own programs (the default).
+    Sandbox,
+    /// A container per attempt from the task's image.
+    Docker,
+}
+
+/// One pool. Defaults are those of SEMANTICS §7 and the conformance README.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PoolConfig {
+    pub backend: BackendKind,
+    pub runtime: RuntimeKind,
+    /// Default 3.
+    pub max_retry_per_task: u32,
+    pub default_exit_actions: ExitActions,
+    pub preflight: Vec<PreflightTest>,
+    /// What one node of the pool has; tasks asking more are refused at submit.
+    /// Defaults to this machine (its CPUs and memory) for the local backend.
+    pub node: NodeCapacity,
+    /// CPUs the scheduler may hand out at once (default: `node.cpu`).
+    pub cpu_capacity: Option<f64>,
+    pub default_exec_timeout: Option<Duration>,
+    pub default_queue_timeout: Option<Duration>,
+    /// Platforms the pool offers (empty: any `platform` is refused).
+    pub platforms: Vec<String>,
+    /// Backend-specific settings kept as written (e.g. Slurm `partition`).
+    pub options: BTreeMap<String, serde_json::Value>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct NodeCapacity {
+    /// None: not limited / detected at run time.
+    pub cpu: Option<f64>,
+    pub gpu: Option<u32>,
+    pub memory_bytes: Option<u64>,
+    pub storage_bytes: Option<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PreflightTest {
+    pub name: String,
+    pub command: Vec<String>,
+    /// Skipped when `retry_id > 0` (the seed's NCCL bandwidth test). Default false.
+    pub first_attempt_only: bool,
+}
+
+impl Default for PoolConfig {
+    fn default() -> Self {
+        PoolConfig {
+            backend: BackendKind::Local,
+            runtime: RuntimeKind::Sandbox,
+            max_retry_per_task: 3,
+            default_exit_actions: ExitActions::default(),
+            preflight: Vec::new(),
+            node: NodeCapacity::default(),
+            cpu_capacity: None,
+            default_exec_timeout: None,
+            default_queue_timeout: None,
+            platforms: Vec::new(),
+            options: BTreeMap::new(),
+        }
+    }
+}

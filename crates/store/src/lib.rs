@@ -1,0 +1,1 @@
+//! osmo-store (being written).
