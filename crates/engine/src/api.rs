@@ -3,7 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
-pub use osmo_spec::codes::{Action, CodeSource, ReportedCode};
+pub use osmo_spec::codes::{Action, CodeRange, CodeSource, ExitActions, ReportedCode};
 
 /// Milliseconds since the Unix epoch. Time only enters the engine in events.
 pub type Millis = u64;
@@ -73,7 +73,7 @@ pub enum WorkflowStatus {
 }
 
 /// Which timeout clock.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum TimeoutKind {
     /// From SCHEDULING until the group has its resources.

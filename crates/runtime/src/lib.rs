@@ -1,1 +1,191 @@
-//! osmo-runtime (being written).
+//! `osmo-runtime`: the in-task controller (OSMO's ctrl), as a library.
+//!
+//! [`run_attempt`] runs one attempt of one task on this host and returns every
+//! exit code it saw, each with its source ([`Outcome`]); the caller resolves
+//! the highest (SEMANTICS §2). It blocks; the local agent calls it on a thread
+//! per attempt, many at once, and `osmo exec` calls it inside Slurm jobs.
+//! The task's `image` is not used here: the command runs over the host's own
+//! programs, in a sandbox built from namespaces.
+//!
+//! # How an attempt runs
+//!
+//! 1. The controller (`controller.rs`) builds the environment (`env.rs`:
+//!    task env + `OSMO_*` + `PATH`/`HOME` defaults, `$(VAR)` expansion),
+//!    prepares every path, argv, envp and file content (`plan.rs`), creates
+//!    a memory cgroup when a limit is set (`cgroup.rs`), and forks once with
+//!    `CLONE_NEWPID | CLONE_NEWNS`.
+//! 2. The child is PID 1 of the new PID namespace: a small reaper, not an
+//!    exec'd helper (`child.rs`). It joins the cgroup, builds the task's view
+//!    of the file system (an overlay over `/` mounted on the scratch
+//!    directory, with the upper layer in it; the host's other mounts bound
+//!    read-only; a new `/proc`; a private, empty `/tmp` (an opaque directory
+//!    of the upper layer) and `/dev/shm`; the output directory read-write and
+//!    the input directories read-only at their host paths), pivots into it,
+//!    writes the task's files, and runs the preflight tests.
+//! 3. It reports "ready"; the controller calls [`Supervisor::setup_done`]
+//!    (the group barrier) and sends a go byte; the reaper forks and execs the
+//!    user command (never PID 1, so `kill -9 $$` gives 137), reaps every
+//!    process, and reports the command's wait status. When it exits, the
+//!    kernel kills whatever is left in the namespace, and the mounts vanish
+//!    with it.
+//!
+//! Meanwhile the controller relays stdout, stderr and the preflight output
+//! line by line to [`Supervisor::log`]; [`StopHandle::stop`] kills the
+//! reaper and so the whole sandbox.
+//!
+//! # The root, and its fallbacks
+//!
+//! The task's root is an overlay: lower = the host's `/`, upper and work
+//! directories in the scratch directory, so writes anywhere (the task's
+//! `files` included) land in the attempt's own layer and the host is never
+//! modified. If the scratch directory cannot hold an upper layer (for
+//! example when it is itself on overlayfs, as in a container), the upper
+//! layer goes to a tmpfs (its pages count against the memory limit). If no
+//! overlay can be mounted at all, the root is a read-only recursive bind of
+//! `/`: only `/tmp`, `/dev/shm` and the output directory are writable, and a
+//! file elsewhere fails with 257. A log line says when a fallback is used;
+//! [`SANDBOX_ROOT_ENV`] forces one.
+//!
+//! Not isolated: the network (tasks of a group reach each other through the
+//! host's), SysV IPC, the hostname, users (the task runs as the controller's
+//! user, root). The host's `/dev` and `/sys` are visible read-only (device
+//! nodes stay usable: GPUs, `/dev/null`).
+//!
+//! Requirements: root (`CAP_SYS_ADMIN`) for the namespaces and mounts; Linux
+//! 5.9 or later is best (`close_range`, `mount_setattr`; older kernels get
+//! slower or shallower fallbacks); x86_64 or aarch64 (the raw `clone` call).
+
+mod cgroup;
+mod child;
+mod controller;
+pub mod env;
+mod error;
+mod mountinfo;
+mod plan;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+pub use controller::run_attempt;
+pub use env::expand_env_refs;
+use osmo_spec::codes::ReportedCode;
+/// Set in the controller's environment to `tmpfs` or `readonly` to skip the
+/// overlay with its upper layer on disk (or every overlay); see the crate docs.
+pub use plan::ROOT_ENV as SANDBOX_ROOT_ENV;
+
+/// One attempt of one task, with tokens (`{{output}}`, ...) already replaced.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AttemptSpec {
+    pub workflow_id: String,
+    pub group: String,
+    pub task: String,
+    pub retry_id: u32,
+    pub command: Vec<String>,
+    pub args: Vec<String>,
+    /// The task's own environment; `OSMO_*`, `PATH` and `HOME` are added.
+    pub environment: BTreeMap<String, String>,
+    /// Written at their paths in the task's own view of the file system.
+    pub files: Vec<osmo_spec::model::File>,
+    /// Host directory, read-write, at the same path inside.
+    pub output_dir: PathBuf,
+    /// Host directories, read-only, at the same paths inside.
+    pub input_dirs: Vec<PathBuf>,
+    /// Run in order before the command; `first_attempt_only` ones are skipped
+    /// when `retry_id > 0`.
+    pub preflight: Vec<osmo_spec::config::PreflightTest>,
+    /// Over it the command is killed and the attempt reports 3004.
+    pub memory_limit_bytes: Option<u64>,
+    /// A per-attempt host directory the runtime may fill (overlay layers,
+    /// the private `/tmp`); the caller removes it afterwards.
+    pub scratch_dir: PathBuf,
+}
+
+/// Where a log line came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Stream {
+    Stdout,
+    Stderr,
+    /// The controller's own messages, and the preflight tests' output.
+    Osmo,
+}
+
+/// What the runtime tells its caller while the attempt runs. Called from the
+/// thread that runs [`run_attempt`].
+pub trait Supervisor: Send + Sync {
+    /// One call per line (without the newline), in order within a stream.
+    fn log(&self, stream: Stream, line: &str);
+    /// Set-up (files, preflight tests) finished; block until the group
+    /// barrier is passed. Return false to abort: the command never starts.
+    fn setup_done(&self) -> bool;
+    /// The user command was executed.
+    fn started(&self);
+}
+
+/// Every code the attempt produced, with its source.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Outcome {
+    pub codes: Vec<ReportedCode>,
+}
+
+impl Outcome {
+    /// The code that decides the attempt's status: the highest.
+    pub fn highest(&self) -> Option<&ReportedCode> {
+        self.codes.iter().max_by_key(|c| c.code)
+    }
+}
+
+/// Stops an attempt from another thread: the sandbox's init is killed, and
+/// with it every process of the sandbox; [`run_attempt`] then returns (its
+/// codes are meaningless and may be empty). Stopping before the attempt
+/// starts makes it return at once. One handle per attempt.
+#[derive(Debug, Clone, Default)]
+pub struct StopHandle {
+    inner: Arc<Mutex<StopState>>,
+}
+
+#[derive(Debug, Default)]
+struct StopState {
+    stopped: bool,
+    /// The sandbox's init while it runs and is not yet reaped.
+    pid: Option<libc::pid_t>,
+}
+
+impl StopHandle {
+    pub fn new() -> StopHandle {
+        StopHandle::default()
+    }
+
+    pub fn stop(&self) {
+        let mut state = self.lock();
+        state.stopped = true;
+        if let Some(pid) = state.pid {
+            // The pid cannot have been reused: it is cleared before the
+            // zombie is reaped, under this lock.
+            // SAFETY: plain kill(2).
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+    }
+
+    pub fn is_stopped(&self) -> bool {
+        self.lock().stopped
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, StopState> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Registers the init; kills it at once if a stop came first.
+    fn attach(&self, pid: libc::pid_t) {
+        let mut state = self.lock();
+        state.pid = Some(pid);
+        if state.stopped {
+            // SAFETY: plain kill(2) of our own unreaped child.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+    }
+
+    fn detach(&self) {
+        self.lock().pid = None;
+    }
+}

@@ -121,9 +121,13 @@ impl fmt::Display for CodeRange {
 pub enum CodeListError {
     #[error("empty exit-code list; expected codes such as `0,1-10,16`")]
     Empty,
-    #[error("`{item}` is not an exit code or range; expected `N` or `START-END` with non-negative integers")]
+    #[error(
+        "`{item}` is not an exit code or range; expected `N` or `START-END` with non-negative integers"
+    )]
     Syntax { item: String },
-    #[error("reversed range `{item}`: the start must not exceed the end (did you mean `{end}-{start}`?)")]
+    #[error(
+        "reversed range `{item}`: the start must not exceed the end (did you mean `{end}-{start}`?)"
+    )]
     Reversed { item: String, start: u32, end: u32 },
 }
 
@@ -148,16 +152,23 @@ impl CodeList {
             let number = |s: &str| -> Result<u32, CodeListError> {
                 let s = s.trim();
                 if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
-                    return Err(CodeListError::Syntax { item: item.to_string() });
+                    return Err(CodeListError::Syntax {
+                        item: item.to_string(),
+                    });
                 }
-                s.parse::<u32>()
-                    .map_err(|_| CodeListError::Syntax { item: item.to_string() })
+                s.parse::<u32>().map_err(|_| CodeListError::Syntax {
+                    item: item.to_string(),
+                })
             };
             let range = match item.split_once('-') {
                 Some((a, b)) => {
                     let (start, end) = (number(a)?, number(b)?);
                     if start > end {
-                        return Err(CodeListError::Reversed { item: item.to_string(), start, end });
+                        return Err(CodeListError::Reversed {
+                            item: item.to_string(),
+                            start,
+                            end,
+                        });
                     }
                     CodeRange { start, end }
                 }
@@ -168,12 +179,28 @@ impl CodeList {
             };
             ranges.push(range);
         }
-        Ok(CodeList { text: trimmed.to_string(), ranges })
+        Ok(CodeList {
+            text: trimmed.to_string(),
+            ranges,
+        })
     }
 
     /// The range that holds `code`, if any.
     pub fn find(&self, code: u32) -> Option<CodeRange> {
         self.ranges.iter().copied().find(|r| r.contains(code))
+    }
+}
+
+/// The ranges, normalised: `0,1-10,16` (no spaces).
+impl fmt::Display for CodeList {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, range) in self.ranges.iter().enumerate() {
+            if i > 0 {
+                f.write_str(",")?;
+            }
+            write!(f, "{range}")?;
+        }
+        Ok(())
     }
 }
 
@@ -242,7 +269,11 @@ impl ExitActions {
                     }
                 }
                 if !shared.is_empty() {
-                    found.push(Overlap { first: a.action, second: b.action, shared: merge(shared) });
+                    found.push(Overlap {
+                        first: a.action,
+                        second: b.action,
+                        shared: merge(shared),
+                    });
                 }
             }
         }
@@ -282,12 +313,26 @@ mod tests {
 
     #[test]
     fn rejects_bad_items() {
-        for bad in ["", "a", "1-", "-1", "1--2", "1,,2", "+1", "1.5", "99999999999"] {
+        for bad in [
+            "",
+            "a",
+            "1-",
+            "-1",
+            "1--2",
+            "1,,2",
+            "+1",
+            "1.5",
+            "99999999999",
+        ] {
             assert!(CodeList::parse(bad).is_err(), "{bad:?} should be refused");
         }
         assert_eq!(
             CodeList::parse("20-11"),
-            Err(CodeListError::Reversed { item: "20-11".into(), start: 20, end: 11 })
+            Err(CodeListError::Reversed {
+                item: "20-11".into(),
+                start: 20,
+                end: 11
+            })
         );
     }
 
@@ -295,13 +340,22 @@ mod tests {
     fn overlap_names_both_actions_and_the_shared_codes() {
         let actions = ExitActions {
             rules: vec![
-                ExitRule { action: Action::Complete, codes: CodeList::parse("0-10").unwrap() },
-                ExitRule { action: Action::Fail, codes: CodeList::parse("5,11-20").unwrap() },
+                ExitRule {
+                    action: Action::Complete,
+                    codes: CodeList::parse("0-10").unwrap(),
+                },
+                ExitRule {
+                    action: Action::Fail,
+                    codes: CodeList::parse("5,11-20").unwrap(),
+                },
             ],
         };
         let overlaps = actions.overlaps();
         assert_eq!(overlaps.len(), 1);
         let text = overlaps[0].to_string();
-        assert!(text.contains("COMPLETE") && text.contains("FAIL") && text.contains(" 5 "), "{text}");
+        assert!(
+            text.contains("COMPLETE") && text.contains("FAIL") && text.contains(" 5 "),
+            "{text}"
+        );
     }
 }

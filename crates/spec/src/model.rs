@@ -103,8 +103,14 @@ pub struct File {
 #[serde(rename_all = "snake_case")]
 pub enum Input {
     /// A dependency and data edge: the named task's `{{output}}`.
-    Task { task: String, regex: Option<String> },
-    Url { url: String, regex: Option<String> },
+    Task {
+        task: String,
+        regex: Option<String>,
+    },
+    Url {
+        url: String,
+        regex: Option<String>,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -1,0 +1,164 @@
+//! One attempt on its own thread: the runtime's controller in process, with a
+//! supervisor that reports phases and logs and waits at the barrier.
+
+use std::sync::{Arc, Condvar, Mutex};
+
+use osmo_runtime::{AttemptSpec, StopHandle, Supervisor};
+use osmo_spec::codes::{CodeSource, ReportedCode, well_known};
+
+use super::Shared;
+use crate::proto::{AttemptKey, FromAgent, Launch, LogLine, Phase, Stream};
+
+/// What the agent keeps about a running attempt.
+pub(crate) struct AttemptHandle {
+    gate: Arc<Gate>,
+    stop: StopHandle,
+}
+
+/// The barrier gate: set once, to go (true) or abort (false).
+#[derive(Default)]
+struct Gate {
+    state: Mutex<GateState>,
+    changed: Condvar,
+}
+
+#[derive(Default)]
+struct GateState {
+    phase: Option<Phase>,
+    open: Option<bool>,
+}
+
+impl AttemptHandle {
+    pub fn phase(&self) -> Phase {
+        self.gate.state.lock().unwrap().phase.unwrap_or(Phase::Initializing)
+    }
+
+    pub fn release(&self) {
+        self.gate.open(true);
+    }
+
+    pub fn stop(&self) {
+        self.gate.open(false);
+        self.stop.stop();
+    }
+}
+
+impl Gate {
+    fn open(&self, go: bool) {
+        let mut state = self.state.lock().unwrap();
+        if state.open.is_none() || !go {
+            state.open = Some(go);
+        }
+        self.changed.notify_all();
+    }
+
+    fn set_phase(&self, phase: Phase) {
+        self.state.lock().unwrap().phase = Some(phase);
+    }
+}
+
+struct AttemptSupervisor {
+    shared: Arc<Shared>,
+    key: AttemptKey,
+    task: String,
+    gate: Arc<Gate>,
+}
+
+impl Supervisor for AttemptSupervisor {
+    fn log(&self, stream: osmo_runtime::Stream, line: &str) {
+        let stream = match stream {
+            osmo_runtime::Stream::Stdout => Stream::Stdout,
+            osmo_runtime::Stream::Stderr => Stream::Stderr,
+            osmo_runtime::Stream::Osmo => Stream::Osmo,
+        };
+        self.shared.send(FromAgent::Logs {
+            lines: vec![LogLine {
+                key: self.key.clone(),
+                task: self.task.clone(),
+                at_ms: crate::now_ms(),
+                stream,
+                line: line.to_string(),
+            }],
+        });
+    }
+
+    fn setup_done(&self) -> bool {
+        self.gate.set_phase(Phase::SetupDone);
+        self.shared.set_phase(&self.key, Phase::SetupDone);
+        let mut state = self.gate.state.lock().unwrap();
+        while state.open.is_none() {
+            state = self.gate.changed.wait(state).unwrap();
+        }
+        state.open == Some(true)
+    }
+
+    fn started(&self) {
+        self.gate.set_phase(Phase::Running);
+        self.shared.set_phase(&self.key, Phase::Running);
+    }
+}
+
+/// Starts the attempt on a thread of its own.
+pub(crate) fn spawn(shared: Arc<Shared>, launch: Launch) {
+    let gate = Arc::new(Gate::default());
+    gate.set_phase(Phase::Initializing);
+    let stop = StopHandle::new();
+    shared.attempts.lock().unwrap().insert(
+        launch.key.clone(),
+        AttemptHandle { gate: gate.clone(), stop: stop.clone() },
+    );
+    shared.set_phase(&launch.key, Phase::Initializing);
+    let key = launch.key.clone();
+    let spawned = std::thread::Builder::new()
+        .name(format!("attempt-{}", key.file_stem()))
+        .spawn({
+            let shared = shared.clone();
+            move || run(shared, launch, gate, stop)
+        });
+    if let Err(e) = spawned {
+        let detail = format!("the agent could not start a thread: {e}");
+        let code = ReportedCode {
+            code: well_known::BACKEND_ERROR,
+            source: CodeSource::Service,
+            detail: Some(detail),
+        };
+        finish(&shared, &key, vec![code]);
+    }
+}
+
+fn run(shared: Arc<Shared>, launch: Launch, gate: Arc<Gate>, stop: StopHandle) {
+    let scratch = shared.scratch.join(launch.key.file_stem());
+    let spec = AttemptSpec {
+        workflow_id: launch.key.workflow_id.clone(),
+        group: launch.group.clone(),
+        task: launch.task.clone(),
+        retry_id: launch.key.attempt.retry_id,
+        command: launch.command,
+        args: launch.args,
+        environment: launch.environment,
+        files: launch.files,
+        output_dir: launch.output_dir,
+        input_dirs: launch.input_dirs,
+        preflight: launch.preflight,
+        memory_limit_bytes: launch.memory_limit_bytes,
+        scratch_dir: scratch.clone(),
+    };
+    let supervisor = AttemptSupervisor {
+        shared: shared.clone(),
+        key: launch.key.clone(),
+        task: launch.task.clone(),
+        gate,
+    };
+    let outcome = osmo_runtime::run_attempt(&spec, &supervisor, &stop);
+    let _ = std::fs::remove_dir_all(&scratch);
+    finish(&shared, &launch.key, outcome.codes);
+}
+
+fn finish(shared: &Shared, key: &AttemptKey, codes: Vec<ReportedCode>) {
+    let msg = FromAgent::Exited { key: key.clone(), codes };
+    if let Err(e) = shared.results.keep(&msg) {
+        eprintln!("osmo agent: cannot keep the result of {}: {e}", key.file_stem());
+    }
+    shared.attempts.lock().unwrap().remove(key);
+    shared.send(msg);
+}

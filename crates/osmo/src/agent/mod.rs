@@ -1,0 +1,175 @@
+//! The local node agent (`osmo agent`): runs attempts in sandboxes for the
+//! server it dials over a Unix socket.
+//!
+//! It runs in its own session so a server restart kills no task. Each result
+//! is written to `state_dir/results/` before it is sent and deleted only when
+//! the server acknowledges it, so no exit is lost while the server is down.
+//! With no attempt left it exits once its server has been gone for
+//! [`IDLE_EXIT`] (or at once after the server said it is shutting down), so
+//! nothing lingers.
+
+mod attempt;
+mod results;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::UnixStream;
+use tokio::sync::mpsc;
+
+use crate::proto::{AttemptKey, FromAgent, Phase, ToAgent};
+use attempt::AttemptHandle;
+use results::ResultStore;
+
+/// How long an idle agent waits for its server to come back.
+pub const IDLE_EXIT: Duration = Duration::from_secs(3);
+const RECONNECT_EVERY: Duration = Duration::from_millis(100);
+
+/// `osmo agent` arguments (started by the server; not for users).
+#[derive(Debug, Clone, clap::Args)]
+pub struct AgentArgs {
+    /// Unix socket where the server listens for its agent.
+    #[arg(long)]
+    pub socket: PathBuf,
+    /// Directory for the agent's durable results and attempt scratch space.
+    #[arg(long)]
+    pub state_dir: PathBuf,
+}
+
+/// State shared between the connection loop and the attempt threads.
+pub(crate) struct Shared {
+    attempts: Mutex<HashMap<AttemptKey, AttemptHandle>>,
+    outbox: mpsc::UnboundedSender<FromAgent>,
+    results: ResultStore,
+    scratch: PathBuf,
+    node: String,
+}
+
+/// Runs the agent until it has no task and its server has been gone a while.
+pub fn run(args: AgentArgs) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&args.state_dir)
+        .with_context(|| format!("cannot create agent state dir {}", args.state_dir.display()))?;
+    std::fs::write(args.state_dir.join("agent.pid"), std::process::id().to_string())?;
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    runtime.block_on(serve(args))
+}
+
+async fn serve(args: AgentArgs) -> anyhow::Result<()> {
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let shared = Arc::new(Shared {
+        attempts: Mutex::new(HashMap::new()),
+        outbox: tx,
+        results: ResultStore::open(args.state_dir.join("results"))?,
+        scratch: args.state_dir.join("scratch"),
+        node: hostname(),
+    });
+    let mut shutting_down = false;
+    let mut gone_since = Instant::now();
+    loop {
+        // Dial until connected, the server said goodbye and we are idle, or it stayed away too long.
+        let stream = loop {
+            // Messages that pile up while disconnected: phases are re-sent in Hello,
+            // results live on disk; only logs would be lost, and they are best effort.
+            while rx.try_recv().is_ok() {}
+            let idle = shared.attempts.lock().unwrap().is_empty();
+            if idle && (shutting_down || gone_since.elapsed() >= IDLE_EXIT) {
+                return Ok(());
+            }
+            match UnixStream::connect(&args.socket).await {
+                Ok(stream) => break stream,
+                Err(_) => tokio::time::sleep(RECONNECT_EVERY).await,
+            }
+        };
+        shutting_down = false;
+        let (read, mut write) = stream.into_split();
+        let mut lines = BufReader::new(read).lines();
+        // Unacknowledged results first, so the server never judges an attempt
+        // lost whose result is on its way; then what runs now.
+        let mut hello = shared.results.pending();
+        hello.push(FromAgent::Hello {
+            node: shared.node.clone(),
+            pid: std::process::id(),
+            attempts: shared
+                .attempts
+                .lock()
+                .unwrap()
+                .iter()
+                .map(|(k, h)| (k.clone(), h.phase()))
+                .collect(),
+        });
+        let mut connected = send_all(&mut write, &hello).await;
+        while connected {
+            tokio::select! {
+                line = lines.next_line() => match line {
+                    Ok(Some(line)) => match serde_json::from_str::<ToAgent>(&line) {
+                        Ok(ToAgent::Shutdown) => shutting_down = true,
+                        Ok(msg) => handle(&shared, msg),
+                        Err(e) => eprintln!("osmo agent: ignoring a message it cannot read: {e}"),
+                    },
+                    _ => connected = false,
+                },
+                Some(msg) = rx.recv() => {
+                    let mut batch = vec![msg];
+                    while let Ok(more) = rx.try_recv() { batch.push(more); }
+                    connected = send_all(&mut write, &batch).await;
+                }
+            }
+        }
+        gone_since = Instant::now();
+    }
+}
+
+async fn send_all(write: &mut tokio::net::unix::OwnedWriteHalf, msgs: &[FromAgent]) -> bool {
+    let mut buf = Vec::new();
+    for msg in msgs {
+        serde_json::to_writer(&mut buf, msg).expect("messages serialize");
+        buf.push(b'\n');
+    }
+    write.write_all(&buf).await.is_ok()
+}
+
+fn handle(shared: &Arc<Shared>, msg: ToAgent) {
+    match msg {
+        ToAgent::Launch(launch) => {
+            let known = shared.attempts.lock().unwrap().contains_key(&launch.key)
+                || shared.results.has(&launch.key);
+            if !known {
+                attempt::spawn(shared.clone(), *launch);
+            }
+        }
+        ToAgent::Release { key } => {
+            if let Some(h) = shared.attempts.lock().unwrap().get(&key) {
+                h.release();
+            }
+        }
+        ToAgent::Stop { key } => {
+            if let Some(h) = shared.attempts.lock().unwrap().get(&key) {
+                h.stop();
+            }
+        }
+        ToAgent::Ack { key } => shared.results.forget(&key),
+        ToAgent::Shutdown => {}
+    }
+}
+
+impl Shared {
+    fn send(&self, msg: FromAgent) {
+        // The receiver lives as long as the agent; a send can only fail at exit.
+        let _ = self.outbox.send(msg);
+    }
+
+    fn set_phase(&self, key: &AttemptKey, phase: Phase) {
+        self.send(FromAgent::Phase { key: key.clone(), phase });
+    }
+}
+
+pub(crate) fn hostname() -> String {
+    nix::unistd::gethostname()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+        .unwrap_or_else(|| "localhost".to_string())
+}

@@ -1,0 +1,122 @@
+//! The JSON documents of the REST API, shared by the server (which writes
+//! them) and the CLI (which reads them). Field names follow OSMO's API.
+
+use serde::{Deserialize, Serialize};
+
+/// Body of `POST /api/pool/{pool}/workflow` (OSMO's `TemplateSpec`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SubmitRequest {
+    /// The workflow file, as written (before Jinja rendering).
+    pub file: String,
+    /// `--set k=v` values, each `k=v`.
+    #[serde(default)]
+    pub set_variables: Vec<String>,
+    /// `--set-string k=v` values, each `k=v`.
+    #[serde(default)]
+    pub set_string_variables: Vec<String>,
+    /// File name used in error messages (default `workflow.yaml`).
+    #[serde(default)]
+    pub file_name: Option<String>,
+}
+
+/// Answer to a submit.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct SubmitResponse {
+    /// The workflow ID `<name>-<N>`; for `dry_run`/`validation_only`, the workflow's name.
+    pub name: String,
+    /// Where to look: `GET` this path for the workflow.
+    pub overview: String,
+    /// Set for `dry_run`: the rendered spec.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spec: Option<String>,
+    #[serde(default)]
+    pub warnings: Vec<String>,
+}
+
+/// Every 4xx/5xx answer.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct ErrorResponse {
+    pub error: String,
+    /// For spec errors: one entry per problem, `file:line:column: message`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub diagnostics: Vec<String>,
+}
+
+/// One attempt of a task in `GET /api/workflow/{id}`.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct TaskDoc {
+    pub name: String,
+    pub retry_id: u32,
+    pub status: String,
+    pub exit_code: Option<u32>,
+    pub lead: bool,
+    pub failure_message: Option<String>,
+    /// Every code the attempt produced: `{code, source, detail}`.
+    #[serde(default)]
+    pub exit_codes: Vec<serde_json::Value>,
+    /// Which rule decided: `{origin: task|pool|default, action, range}`.
+    #[serde(default)]
+    pub exit_rule: Option<serde_json::Value>,
+    pub node_name: Option<String>,
+    /// RFC 3339 times.
+    pub scheduling_time: Option<String>,
+    pub start_time: Option<String>,
+    pub end_time: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct GroupDoc {
+    pub name: String,
+    pub status: String,
+    pub failure_message: Option<String>,
+    pub remaining_upstream_groups: Vec<String>,
+    pub downstream_groups: Vec<String>,
+    /// Latest attempt of each task, or every attempt with `verbose=true`.
+    pub tasks: Vec<TaskDoc>,
+}
+
+/// `GET /api/workflow/{id}`.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct WorkflowDoc {
+    pub name: String,
+    pub status: String,
+    pub pool: String,
+    pub priority: String,
+    pub submitted_by: String,
+    pub submit_time: Option<String>,
+    pub start_time: Option<String>,
+    pub end_time: Option<String>,
+    /// Seconds from start (or submit) to end (or now).
+    pub duration: Option<f64>,
+    pub exec_timeout: Option<f64>,
+    pub queue_timeout: Option<f64>,
+    pub canceled_by: Option<String>,
+    pub cancel_message: Option<String>,
+    pub groups: Vec<GroupDoc>,
+}
+
+/// One row of `GET /api/workflow`.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct WorkflowSummaryDoc {
+    pub name: String,
+    pub status: String,
+    pub pool: String,
+    pub priority: String,
+    pub submitted_by: String,
+    pub submit_time: Option<String>,
+    pub end_time: Option<String>,
+}
+
+/// `GET /api/workflow`.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct WorkflowListDoc {
+    pub workflows: Vec<WorkflowSummaryDoc>,
+}
+
+/// `POST /api/workflow/{id}/cancel`.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct CancelResponse {
+    pub name: String,
+    pub status: String,
+}

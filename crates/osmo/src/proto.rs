@@ -1,0 +1,111 @@
+//! The local backend's wire protocol between the server and its node agent:
+//! JSON lines over a Unix socket in the server's data directory. The agent
+//! dials the server (so it can outlive a server restart and reconnect).
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use osmo_engine::AttemptId;
+use osmo_spec::codes::ReportedCode;
+use osmo_spec::config::PreflightTest;
+use osmo_spec::model::File;
+use serde::{Deserialize, Serialize};
+
+/// An attempt, named across processes.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct AttemptKey {
+    pub workflow_id: String,
+    pub attempt: AttemptId,
+}
+
+impl AttemptKey {
+    /// A file-name-safe rendering, used for result files.
+    pub fn file_stem(&self) -> String {
+        format!(
+            "{}.{}.{}.{}",
+            self.workflow_id, self.attempt.task.group, self.attempt.task.task, self.attempt.retry_id
+        )
+    }
+}
+
+/// Everything the agent needs to run one attempt; paths are host paths.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Launch {
+    pub key: AttemptKey,
+    pub group: String,
+    pub task: String,
+    pub command: Vec<String>,
+    pub args: Vec<String>,
+    pub environment: BTreeMap<String, String>,
+    pub files: Vec<File>,
+    pub output_dir: PathBuf,
+    pub input_dirs: Vec<PathBuf>,
+    pub preflight: Vec<PreflightTest>,
+    pub memory_limit_bytes: Option<u64>,
+}
+
+/// How far an attempt got, as the agent last saw it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Phase {
+    Initializing,
+    /// Set-up done; waiting for the barrier.
+    SetupDone,
+    Running,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Stream {
+    Stdout,
+    Stderr,
+    Osmo,
+}
+
+impl Stream {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Stream::Stdout => "stdout",
+            Stream::Stderr => "stderr",
+            Stream::Osmo => "osmo",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LogLine {
+    pub key: AttemptKey,
+    pub task: String,
+    pub at_ms: u64,
+    pub stream: Stream,
+    pub line: String,
+}
+
+/// Server → agent.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ToAgent {
+    /// Start this attempt (ignored when the agent already runs it).
+    Launch(Box<Launch>),
+    /// The barrier is passed: run the command.
+    Release { key: AttemptKey },
+    /// Kill the attempt's sandbox.
+    Stop { key: AttemptKey },
+    /// The server has the result; the agent may forget it.
+    Ack { key: AttemptKey },
+    /// The server is stopping: exit as soon as no attempt runs.
+    Shutdown,
+}
+
+/// Agent → server.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum FromAgent {
+    /// Sent on every connection, after the unacknowledged results (as
+    /// `Exited` messages): what runs now.
+    Hello { node: String, pid: u32, attempts: Vec<(AttemptKey, Phase)> },
+    Phase { key: AttemptKey, phase: Phase },
+    Logs { lines: Vec<LogLine> },
+    /// The attempt ended; kept on disk by the agent until `Ack`.
+    Exited { key: AttemptKey, codes: Vec<ReportedCode> },
+}

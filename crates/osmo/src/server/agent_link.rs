@@ -1,0 +1,138 @@
+//! The server's end of the local backend: a Unix socket its node agent dials,
+//! and the agent process itself, started in its own session so that a server
+//! restart kills no task.
+
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+
+use anyhow::Context;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::UnixListener;
+use tokio::sync::mpsc;
+
+use crate::proto::{FromAgent, ToAgent};
+
+/// What the link tells the manager.
+#[derive(Debug)]
+pub enum LinkEvent {
+    Message(FromAgent),
+    Disconnected,
+}
+
+/// Sends to the connected agent, if any.
+#[derive(Clone)]
+pub struct AgentLink {
+    current: std::sync::Arc<std::sync::Mutex<Option<mpsc::UnboundedSender<ToAgent>>>>,
+    /// The manager's own inbox, for exits the server decides itself.
+    inbox: mpsc::UnboundedSender<LinkEvent>,
+}
+
+impl AgentLink {
+    /// True when the message was handed to a connected agent.
+    pub fn send(&self, msg: ToAgent) -> bool {
+        match &*self.current.lock().unwrap() {
+            Some(tx) => tx.send(msg).is_ok(),
+            None => false,
+        }
+    }
+
+    /// Queues an event for the manager as if the agent had sent it.
+    pub fn loopback(&self, event: LinkEvent) -> bool {
+        self.inbox.send(event).is_ok()
+    }
+
+    pub fn connected(&self) -> bool {
+        self.current.lock().unwrap().as_ref().is_some_and(|tx| !tx.is_closed())
+    }
+}
+
+/// Listens on `socket`; each agent connection replaces the previous one.
+pub fn listen(socket: &Path, events: mpsc::UnboundedSender<LinkEvent>) -> anyhow::Result<AgentLink> {
+    let _ = std::fs::remove_file(socket);
+    let listener = UnixListener::bind(socket)
+        .with_context(|| format!("cannot listen for the agent on {}", socket.display()))?;
+    let link = AgentLink { current: Default::default(), inbox: events.clone() };
+    let current = link.current.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else { continue };
+            let (read, mut write) = stream.into_split();
+            let (tx, mut rx) = mpsc::unbounded_channel::<ToAgent>();
+            *current.lock().unwrap() = Some(tx);
+            tokio::spawn(async move {
+                while let Some(msg) = rx.recv().await {
+                    let mut line = serde_json::to_vec(&msg).expect("messages serialize");
+                    line.push(b'\n');
+                    if write.write_all(&line).await.is_err() {
+                        break;
+                    }
+                }
+            });
+            let events = events.clone();
+            tokio::spawn(async move {
+                let mut lines = BufReader::new(read).lines();
+                while let Ok(Some(line)) = lines.next_line().await {
+                    match serde_json::from_str::<FromAgent>(&line) {
+                        Ok(msg) => {
+                            let _ = events.send(LinkEvent::Message(msg));
+                        }
+                        Err(e) => tracing::warn!("ignoring an agent message it cannot read: {e}"),
+                    }
+                }
+                let _ = events.send(LinkEvent::Disconnected);
+            });
+        }
+    });
+    Ok(link)
+}
+
+/// Starts `osmo agent` in its own session unless one from an earlier server
+/// of this data dir still runs (it will dial back by itself).
+pub fn ensure_agent(socket: &Path, state_dir: &Path) -> anyhow::Result<()> {
+    if let Some(pid) = running_agent(state_dir) {
+        tracing::info!("reusing the running agent (pid {pid})");
+        return Ok(());
+    }
+    std::fs::create_dir_all(state_dir)?;
+    let log = std::fs::File::create(state_dir.join("agent.log"))?;
+    let exe = std::env::current_exe().context("cannot find the osmo binary to start the agent")?;
+    let mut cmd = std::process::Command::new(exe);
+    cmd.arg("agent")
+        .arg("--socket")
+        .arg(socket)
+        .arg("--state-dir")
+        .arg(state_dir)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log);
+    // SAFETY: setsid is async-signal-safe and touches no memory of ours.
+    unsafe {
+        cmd.pre_exec(|| {
+            nix::unistd::setsid().map_err(std::io::Error::from)?;
+            Ok(())
+        });
+    }
+    let child = cmd.spawn().context("cannot start the node agent")?;
+    tracing::info!("started the node agent (pid {})", child.id());
+    // Reap it if it ever exits while we run, so it doesn't linger as a zombie.
+    std::thread::spawn(move || {
+        let mut child = child;
+        let _ = child.wait();
+    });
+    Ok(())
+}
+
+fn running_agent(state_dir: &Path) -> Option<i32> {
+    let pid: i32 = std::fs::read_to_string(state_dir.join("agent.pid")).ok()?.trim().parse().ok()?;
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    let is_agent = cmdline.split(|b| *b == 0).any(|arg| arg == b"agent");
+    let zombie = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| s.rsplit(')').next().is_some_and(|rest| rest.trim_start().starts_with('Z')))
+        .unwrap_or(true);
+    (is_agent && !zombie).then_some(pid)
+}
+
+pub fn socket_path(data_dir: &Path) -> PathBuf {
+    data_dir.join("agent.sock")
+}

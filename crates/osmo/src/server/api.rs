@@ -1,0 +1,361 @@
+//! The REST API, on OSMO's paths. Reads go to the store; changes go to the
+//! manager. Every error is JSON (`ErrorResponse`) with a 4xx/5xx status, and
+//! bad input changes nothing.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, Path, RawQuery, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use osmo_spec::config::ServiceConfig;
+use osmo_store::Store;
+use tokio::sync::{mpsc, oneshot};
+use utoipa::OpenApi;
+
+use super::docs;
+use super::manager::{CancelError, Priority, Request};
+use super::persisted::Persisted;
+use crate::api_types::*;
+
+/// Largest request body accepted (a spec is limited well below this).
+pub const MAX_BODY: usize = 8 * 1024 * 1024;
+
+#[derive(Clone)]
+pub struct AppState {
+    pub store: Store,
+    pub requests: mpsc::Sender<Request>,
+    pub config: Arc<ServiceConfig>,
+}
+
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/api/pool/{pool}/workflow", post(submit))
+        .route("/api/workflow", get(list))
+        .route("/api/workflow/{id}", get(query))
+        .route("/api/workflow/{id}/cancel", post(cancel))
+        .route("/api/workflow/{id}/logs", get(logs))
+        .route("/api/workflow/{id}/spec", get(spec))
+        .route("/api/health", get(health))
+        .route("/api/openapi.json", get(openapi))
+        .fallback(not_found)
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .with_state(state)
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "osmo", description = "OSMO workflow service"),
+    paths(submit, list, query, cancel, logs, spec, health),
+    components(schemas(
+        SubmitRequest, SubmitResponse, ErrorResponse, WorkflowDoc, GroupDoc, TaskDoc,
+        WorkflowListDoc, WorkflowSummaryDoc, CancelResponse
+    ))
+)]
+struct ApiDoc;
+
+/// An API error: status + JSON body.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    body: ErrorResponse,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, error: impl Into<String>) -> ApiError {
+        ApiError { status, body: ErrorResponse { error: error.into(), diagnostics: Vec::new() } }
+    }
+
+    fn bad_request(error: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::BAD_REQUEST, error)
+    }
+
+    fn internal(error: impl std::fmt::Display) -> ApiError {
+        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("server error: {error}"))
+    }
+
+    fn unknown_workflow(id: &str) -> ApiError {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("workflow {id} is not known; `osmo workflow list` shows the workflows"),
+        )
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.status, Json(self.body)).into_response()
+    }
+}
+
+type ApiResult<T> = Result<T, ApiError>;
+
+/// Query parameters as pairs; repeated keys (`statuses=A&statuses=B`) are kept.
+fn params(raw: &Option<String>) -> ApiResult<Vec<(String, String)>> {
+    serde_urlencoded::from_str(raw.as_deref().unwrap_or(""))
+        .map_err(|e| ApiError::bad_request(format!("cannot read the query string: {e}")))
+}
+
+fn param<'a>(params: &'a [(String, String)], key: &str) -> Option<&'a str> {
+    params.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
+}
+
+/// Values of a repeatable parameter; each may also be a comma-separated list.
+fn param_list(params: &[(String, String)], key: &str) -> Vec<String> {
+    params
+        .iter()
+        .filter(|(k, _)| k == key)
+        .flat_map(|(_, v)| v.split(','))
+        .map(str::trim)
+        .filter(|v| !v.is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
+fn flag(params: &[(String, String)], key: &str) -> ApiResult<bool> {
+    match param(params, key).map(str::to_ascii_lowercase).as_deref() {
+        None | Some("false") | Some("0") | Some("no") => Ok(false),
+        Some("") | Some("true") | Some("1") | Some("yes") => Ok(true),
+        Some(other) => Err(ApiError::bad_request(format!("`{key}` must be true or false, not `{other}`"))),
+    }
+}
+
+fn number<T: std::str::FromStr>(params: &[(String, String)], key: &str) -> ApiResult<Option<T>> {
+    param(params, key)
+        .map(|v| {
+            v.parse::<T>()
+                .map_err(|_| ApiError::bad_request(format!("`{key}` must be a non-negative integer, not `{v}`")))
+        })
+        .transpose()
+}
+
+fn user(headers: &HeaderMap) -> String {
+    headers
+        .get("x-osmo-user")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty())
+        .unwrap_or("anonymous")
+        .to_string()
+}
+
+fn key_values(items: &[String], flag: &str) -> ApiResult<Vec<(String, String)>> {
+    items
+        .iter()
+        .map(|item| match item.split_once('=') {
+            Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_string(), v.to_string())),
+            _ => Err(ApiError::bad_request(format!("`{item}` in {flag} must look like key=value"))),
+        })
+        .collect()
+}
+
+/// Submit a workflow to a pool.
+#[utoipa::path(post, path = "/api/pool/{pool}/workflow", request_body = SubmitRequest,
+    params(("pool" = String, Path), ("dry_run" = Option<bool>, Query), ("validation_only" = Option<bool>, Query),
+           ("priority" = Option<String>, Query, description = "HIGH, NORMAL (default) or LOW")),
+    responses((status = 200, body = SubmitResponse), (status = 400, body = ErrorResponse),
+              (status = 404, body = ErrorResponse), (status = 413, body = ErrorResponse)))]
+async fn submit(
+    State(app): State<AppState>,
+    Path(pool): Path<String>,
+    RawQuery(raw): RawQuery,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<Json<SubmitResponse>> {
+    let params = params(&raw)?;
+    let body = body.map_err(|e| {
+        ApiError::new(e.status(), format!("cannot read the request body: {}", e.body_text()))
+    })?;
+    let request: SubmitRequest = serde_json::from_slice(&body).map_err(|e| {
+        ApiError::bad_request(format!(
+            "the request body is not a submit request ({e}); expected JSON {{\"file\": \"<workflow yaml>\", \"set_variables\": [\"k=v\"], \"set_string_variables\": []}}"
+        ))
+    })?;
+    let pool_config = app.config.pools.get(&pool).cloned().ok_or_else(|| {
+        let known: Vec<&str> = app.config.pools.keys().map(String::as_str).collect();
+        ApiError::new(StatusCode::NOT_FOUND, format!("pool `{pool}` is not known; pools: {}", known.join(", ")))
+    })?;
+    let priority = match param(&params, "priority") {
+        None => Priority::Normal,
+        Some(p) => Priority::parse(p)
+            .ok_or_else(|| ApiError::bad_request(format!("priority `{p}` is not HIGH, NORMAL or LOW")))?,
+    };
+    let dry_run = flag(&params, "dry_run")?;
+    let validation_only = flag(&params, "validation_only")?;
+    let values = osmo_spec::Values {
+        set: key_values(&request.set_variables, "set_variables")?,
+        set_string: key_values(&request.set_string_variables, "set_string_variables")?,
+    };
+    let file_name = request.file_name.clone().unwrap_or_else(|| "workflow.yaml".to_string());
+    let source = request.file;
+    // Rendering and validation are CPU work with bounded fuel: keep them off the I/O threads.
+    let (workflow, rendered) = tokio::task::spawn_blocking(move || {
+        let workflow = osmo_spec::load(&source, &file_name, &values, Some(&pool_config))?;
+        let rendered = osmo_spec::render(&source, &file_name, &values)?;
+        Ok::<_, osmo_spec::Diagnostics>((workflow, (source, rendered)))
+    })
+    .await
+    .map_err(ApiError::internal)?
+    .map_err(|diagnostics| ApiError {
+        status: StatusCode::BAD_REQUEST,
+        body: ErrorResponse {
+            error: format!("the workflow spec is not valid:\n{diagnostics}"),
+            diagnostics: diagnostics.0.iter().map(|d| d.to_string()).collect(),
+        },
+    })?;
+    let (source, rendered) = rendered;
+    if dry_run || validation_only {
+        return Ok(Json(SubmitResponse {
+            name: workflow.name.clone(),
+            overview: String::new(),
+            spec: dry_run.then_some(rendered),
+            warnings: Vec::new(),
+        }));
+    }
+    let (reply, answer) = oneshot::channel();
+    let request = Request::Submit {
+        pool,
+        priority,
+        submitted_by: user(&headers),
+        workflow: Box::new(workflow),
+        source,
+        rendered,
+        reply,
+    };
+    app.requests.send(request).await.map_err(ApiError::internal)?;
+    let id = answer.await.map_err(ApiError::internal)?.map_err(ApiError::internal)?;
+    Ok(Json(SubmitResponse {
+        overview: format!("/api/workflow/{id}"),
+        name: id,
+        spec: None,
+        warnings: Vec::new(),
+    }))
+}
+
+/// List workflows, newest first.
+#[utoipa::path(get, path = "/api/workflow",
+    params(("name" = Option<String>, Query), ("statuses" = Option<Vec<String>>, Query),
+           ("pools" = Option<Vec<String>>, Query), ("limit" = Option<u32>, Query), ("offset" = Option<u32>, Query)),
+    responses((status = 200, body = WorkflowListDoc), (status = 400, body = ErrorResponse)))]
+async fn list(State(app): State<AppState>, RawQuery(raw): RawQuery) -> ApiResult<Json<WorkflowListDoc>> {
+    let params = params(&raw)?;
+    let limit: Option<u32> = number(&params, "limit")?;
+    if limit.is_some_and(|l| l > 1000) {
+        return Err(ApiError::bad_request("`limit` may be at most 1000"));
+    }
+    let filter = osmo_store::ListFilter {
+        name: param(&params, "name").map(str::to_string),
+        statuses: param_list(&params, "statuses").into_iter().map(|s| s.to_ascii_uppercase()).collect(),
+        pools: param_list(&params, "pools"),
+        submitted_by: param_list(&params, "users"),
+        limit: Some(limit.unwrap_or(20)),
+        offset: number::<u64>(&params, "offset")?.unwrap_or(0),
+    };
+    let rows = app.store.list_workflows(&filter).await.map_err(ApiError::internal)?;
+    Ok(Json(WorkflowListDoc { workflows: rows.iter().map(docs::summary_doc).collect() }))
+}
+
+async fn load(app: &AppState, id: &str) -> ApiResult<(osmo_store::WorkflowRow, Persisted)> {
+    let row = app.store.get_workflow(id).await.map_err(ApiError::internal)?;
+    let row = row.ok_or_else(|| ApiError::unknown_workflow(id))?;
+    let doc = Persisted::from_json(row.state.clone()).map_err(ApiError::internal)?;
+    Ok((row, doc))
+}
+
+/// One workflow: the latest attempt of each task, or every attempt with `verbose`.
+#[utoipa::path(get, path = "/api/workflow/{id}",
+    params(("id" = String, Path), ("verbose" = Option<bool>, Query)),
+    responses((status = 200, body = WorkflowDoc), (status = 404, body = ErrorResponse)))]
+async fn query(
+    State(app): State<AppState>,
+    Path(id): Path<String>,
+    RawQuery(raw): RawQuery,
+) -> ApiResult<Json<WorkflowDoc>> {
+    let verbose = flag(&params(&raw)?, "verbose")?;
+    let (row, doc) = load(&app, &id).await?;
+    Ok(Json(docs::workflow_doc(&row, &doc, verbose)))
+}
+
+/// Cancel a workflow: every unfinished group ends FAILED_CANCELED.
+#[utoipa::path(post, path = "/api/workflow/{id}/cancel",
+    params(("id" = String, Path), ("message" = Option<String>, Query)),
+    responses((status = 200, body = CancelResponse), (status = 404, body = ErrorResponse),
+              (status = 409, body = ErrorResponse)))]
+async fn cancel(
+    State(app): State<AppState>,
+    Path(id): Path<String>,
+    RawQuery(raw): RawQuery,
+    headers: HeaderMap,
+) -> ApiResult<Json<CancelResponse>> {
+    let params = params(&raw)?;
+    let (reply, answer) = oneshot::channel();
+    let request = Request::Cancel {
+        id: id.clone(),
+        by: user(&headers),
+        message: param(&params, "message").map(str::to_string),
+        reply,
+    };
+    app.requests.send(request).await.map_err(ApiError::internal)?;
+    match answer.await.map_err(ApiError::internal)? {
+        Ok(status) => Ok(Json(CancelResponse { name: id, status })),
+        Err(e @ CancelError::Unknown(_)) => Err(ApiError::new(StatusCode::NOT_FOUND, e.to_string())),
+        Err(e @ CancelError::Finished(..)) => Err(ApiError::new(StatusCode::CONFLICT, e.to_string())),
+        Err(e) => Err(ApiError::internal(e)),
+    }
+}
+
+/// Logs of a workflow's tasks: `YYYY/MM/DD HH:MM:SS [task retry-N][stream] line`.
+#[utoipa::path(get, path = "/api/workflow/{id}/logs",
+    params(("id" = String, Path), ("task_name" = Option<String>, Query), ("retry_id" = Option<u32>, Query),
+           ("last_n_lines" = Option<u32>, Query)),
+    responses((status = 200, body = String, content_type = "text/plain"), (status = 404, body = ErrorResponse)))]
+async fn logs(State(app): State<AppState>, Path(id): Path<String>, RawQuery(raw): RawQuery) -> ApiResult<Response> {
+    let params = params(&raw)?;
+    let retry_id: Option<u32> = number(&params, "retry_id")?;
+    let last_n: Option<usize> = number(&params, "last_n_lines")?;
+    let (_, doc) = load(&app, &id).await?;
+    let task = param(&params, "task_name");
+    if let Some(task) = task
+        && doc.engine.workflow().find_task(task).is_none()
+    {
+        return Err(ApiError::new(StatusCode::NOT_FOUND, format!("workflow {id} has no task `{task}`")));
+    }
+    let lines = app.store.logs(&id, task, retry_id, last_n).await.map_err(ApiError::internal)?;
+    let mut text = String::new();
+    for l in lines {
+        let stamp = docs::rfc3339(Some(l.at_ms as u64)).unwrap_or_default();
+        // 2026-11-25T11:20:02.123Z → 2026/11/25 11:20:02
+        let stamp = stamp.get(..19).unwrap_or(&stamp).replace('-', "/").replace('T', " ");
+        text.push_str(&format!("{stamp} [{} retry-{}][{}] {}\n", l.task, l.retry_id, l.stream, l.line));
+    }
+    Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], text).into_response())
+}
+
+/// The workflow file as submitted (`rendered=true`: after Jinja rendering).
+#[utoipa::path(get, path = "/api/workflow/{id}/spec",
+    params(("id" = String, Path), ("rendered" = Option<bool>, Query)),
+    responses((status = 200, body = String, content_type = "text/plain"), (status = 404, body = ErrorResponse)))]
+async fn spec(State(app): State<AppState>, Path(id): Path<String>, RawQuery(raw): RawQuery) -> ApiResult<Response> {
+    let rendered = flag(&params(&raw)?, "rendered")?;
+    let row = app.store.get_workflow(&id).await.map_err(ApiError::internal)?;
+    let row = row.ok_or_else(|| ApiError::unknown_workflow(&id))?;
+    let text = if rendered { row.spec_rendered } else { row.spec_source };
+    Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], text).into_response())
+}
+
+/// 200 once the service accepts work.
+#[utoipa::path(get, path = "/api/health", responses((status = 200, description = "healthy")))]
+async fn health() -> Json<serde_json::Value> {
+    Json(serde_json::json!({"status": "OK"}))
+}
+
+async fn openapi() -> Json<utoipa::openapi::OpenApi> {
+    Json(ApiDoc::openapi())
+}
+
+async fn not_found() -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, "no such API path; GET /api/openapi.json lists them")
+}

@@ -1,0 +1,101 @@
+//! Builds the API's workflow document from a stored row and its engine state.
+
+use osmo_engine::{Attempt, TaskKey, TaskStatus};
+
+use super::persisted::Persisted;
+use crate::api_types::{GroupDoc, TaskDoc, WorkflowDoc, WorkflowSummaryDoc};
+
+pub fn rfc3339(ms: Option<u64>) -> Option<String> {
+    let ms = ms?;
+    let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms);
+    Some(humantime::format_rfc3339_millis(t).to_string())
+}
+
+pub fn workflow_doc(row: &osmo_store::WorkflowRow, doc: &Persisted, verbose: bool) -> WorkflowDoc {
+    let engine = &doc.engine;
+    let workflow = engine.workflow();
+    let groups = workflow
+        .groups
+        .iter()
+        .enumerate()
+        .map(|(g, group)| {
+            let mut tasks = Vec::new();
+            for (t, spec) in group.tasks.iter().enumerate() {
+                let attempts = engine.attempts(TaskKey { group: g as u32, task: t as u32 });
+                let shown = if verbose { attempts } else { &attempts[attempts.len().saturating_sub(1)..] };
+                tasks.extend(shown.iter().map(|a| task_doc(&spec.name, spec.lead, a)));
+            }
+            let remaining_upstream_groups = group
+                .upstream
+                .iter()
+                .filter(|u| engine.group_status(**u as u32) != TaskStatus::Completed)
+                .map(|u| workflow.groups[*u].name.clone())
+                .collect();
+            let downstream_groups = workflow
+                .groups
+                .iter()
+                .filter(|d| d.upstream.contains(&g))
+                .map(|d| d.name.clone())
+                .collect();
+            GroupDoc {
+                name: group.name.clone(),
+                status: engine.group_status(g as u32).as_str().to_string(),
+                failure_message: engine.group_failure_message(g as u32).map(str::to_string),
+                remaining_upstream_groups,
+                downstream_groups,
+                tasks,
+            }
+        })
+        .collect();
+    let start = engine.start_time().or(engine.submit_time());
+    let end = engine.end_time().unwrap_or_else(crate::now_ms);
+    let (canceled_by, cancel_message) = match engine.canceled_by() {
+        Some((by, why)) => (Some(by.to_string()), why.map(str::to_string)),
+        None => (None, None),
+    };
+    WorkflowDoc {
+        name: row.id.clone(),
+        status: engine.status().as_str().to_string(),
+        pool: row.pool.clone(),
+        priority: row.priority.clone(),
+        submitted_by: row.submitted_by.clone(),
+        submit_time: rfc3339(engine.submit_time()),
+        start_time: rfc3339(engine.start_time()),
+        end_time: rfc3339(engine.end_time()),
+        duration: start.map(|s| end.saturating_sub(s) as f64 / 1000.0),
+        exec_timeout: workflow.timeout.exec.map(|d| d.as_secs_f64()),
+        queue_timeout: workflow.timeout.queue.map(|d| d.as_secs_f64()),
+        canceled_by,
+        cancel_message,
+        groups,
+    }
+}
+
+fn task_doc(name: &str, lead: bool, a: &Attempt) -> TaskDoc {
+    TaskDoc {
+        name: name.to_string(),
+        retry_id: a.retry_id,
+        status: a.status.as_str().to_string(),
+        exit_code: a.exit_code,
+        lead,
+        failure_message: a.failure_message.clone(),
+        exit_codes: a.codes.iter().map(|c| serde_json::to_value(c).expect("serializes")).collect(),
+        exit_rule: a.rule.as_ref().map(|r| serde_json::to_value(r).expect("serializes")),
+        node_name: a.node.clone(),
+        scheduling_time: rfc3339(a.scheduling_time),
+        start_time: rfc3339(a.start_time),
+        end_time: rfc3339(a.end_time),
+    }
+}
+
+pub fn summary_doc(row: &osmo_store::WorkflowSummary) -> WorkflowSummaryDoc {
+    WorkflowSummaryDoc {
+        name: row.id.clone(),
+        status: row.status.clone(),
+        pool: row.pool.clone(),
+        priority: row.priority.clone(),
+        submitted_by: row.submitted_by.clone(),
+        submit_time: rfc3339(Some(row.submitted_at as u64)),
+        end_time: rfc3339(row.finished_at.map(|t| t as u64)),
+    }
+}

@@ -1,0 +1,96 @@
+//! Turns an engine `Launch` into what the agent runs: the task with its
+//! reserved tokens substituted, its attempt's output directory, the outputs
+//! of its upstream tasks as inputs, the pool's preflight tests.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::Context;
+use osmo_engine::{AttemptId, TaskKey, WorkflowState};
+use osmo_spec::config::{PoolConfig, ServiceConfig};
+use osmo_spec::model::{Input, Workflow};
+
+use crate::proto::{AttemptKey, Launch};
+
+pub struct LaunchBuilder {
+    runs: PathBuf,
+    _config: Arc<ServiceConfig>,
+}
+
+impl LaunchBuilder {
+    pub fn new(data_dir: PathBuf, config: Arc<ServiceConfig>) -> LaunchBuilder {
+        LaunchBuilder { runs: data_dir.join("runs"), _config: config }
+    }
+
+    /// The CPU a group holds while it runs: the sum over its tasks.
+    pub fn footprint(&self, workflow: &Workflow, group: usize) -> f64 {
+        workflow.groups[group]
+            .tasks
+            .iter()
+            .map(|t| workflow.resources.get(&t.resource).map_or(1.0, |r| r.cpu))
+            .sum()
+    }
+
+    /// Where an attempt's `{{output}}` lives on the host.
+    pub fn output_dir(&self, workflow_id: &str, task: &str, retry_id: u32) -> PathBuf {
+        self.runs.join(workflow_id).join(task).join(retry_id.to_string()).join("output")
+    }
+
+    pub fn build(&self, engine: &WorkflowState, pool: &PoolConfig, key: AttemptKey) -> anyhow::Result<Launch> {
+        let workflow = engine.workflow();
+        let AttemptId { task: TaskKey { group, task }, retry_id } = key.attempt;
+        let group = &workflow.groups[group as usize];
+        let spec = &group.tasks[task as usize];
+        let output = self.output_dir(engine.id(), &spec.name, retry_id);
+        std::fs::create_dir_all(&output)
+            .with_context(|| format!("cannot create the output directory {}", output.display()))?;
+        let mut inputs = Vec::new();
+        let mut input_dirs = Vec::new();
+        for (i, input) in spec.inputs.iter().enumerate() {
+            match input {
+                Input::Task { task: upstream, .. } => {
+                    let (g, t) = workflow
+                        .find_task(upstream)
+                        .with_context(|| format!("input task {upstream} is not in the workflow"))?;
+                    let latest = engine.current(TaskKey { group: g as u32, task: t as u32 });
+                    let dir = self.output_dir(engine.id(), upstream, latest.retry_id);
+                    inputs.push((upstream.clone(), path_text(&dir)));
+                    input_dirs.push(dir);
+                }
+                Input::Url { url, .. } => {
+                    // URL inputs are not fetched by the local backend yet: an empty directory stands in.
+                    let dir = output.parent().expect("output has a parent").join("input").join(i.to_string());
+                    std::fs::create_dir_all(&dir)?;
+                    inputs.push((url.clone(), path_text(&dir)));
+                    input_dirs.push(dir);
+                }
+            }
+        }
+        let tokens = osmo_spec::Tokens {
+            output: path_text(&output),
+            inputs,
+            workflow_id: engine.id().to_string(),
+            hosts: group.tasks.iter().map(|t| (t.name.clone(), "127.0.0.1".to_string())).collect(),
+            uuid: format!("{}-{}-{}", engine.id(), spec.name, retry_id),
+        };
+        let task = spec.substituted(&tokens);
+        let memory_limit_bytes = workflow.resources.get(&task.resource).and_then(|r| r.memory_bytes);
+        Ok(Launch {
+            key,
+            group: group.name.clone(),
+            task: task.name,
+            command: task.command,
+            args: task.args,
+            environment: task.environment,
+            files: task.files,
+            output_dir: output,
+            input_dirs,
+            preflight: pool.preflight.clone(),
+            memory_limit_bytes,
+        })
+    }
+}
+
+fn path_text(path: &Path) -> String {
+    path.to_string_lossy().into_owned()
+}

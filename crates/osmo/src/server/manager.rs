@@ -1,0 +1,568 @@
+//! The one task that owns every unfinished workflow's engine state.
+//!
+//! It `select!`s over API requests, agent messages and timers. For each event
+//! it applies the engine, commits event + new state + commands to the store in
+//! one transaction, and only then carries the commands out (launch through the
+//! scheduler, release, stop, timers). After a restart it rebuilds its state
+//! from the store and reconciles with the agent's report of what still runs.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use osmo_engine::{AttemptId, Command, Event, Rules, TaskKey, TaskStatus, TimeoutKind, WorkflowState};
+use osmo_spec::codes::{CodeSource, ReportedCode, well_known};
+use osmo_spec::config::{PoolConfig, ServiceConfig};
+use osmo_spec::model::Workflow;
+use osmo_store::Store;
+use tokio::sync::{mpsc, oneshot};
+
+use super::agent_link::{AgentLink, LinkEvent};
+use super::launch::LaunchBuilder;
+use super::persisted::{EVENT_VERSION, Persisted, STATE_VERSION};
+use super::scheduler::{GroupRef, Scheduler};
+use crate::now_ms;
+use crate::proto::{AttemptKey, FromAgent, Phase, ToAgent};
+
+/// Requests from the API that change state.
+pub enum Request {
+    Submit {
+        pool: String,
+        priority: Priority,
+        submitted_by: String,
+        workflow: Box<Workflow>,
+        source: String,
+        rendered: String,
+        reply: oneshot::Sender<anyhow::Result<String>>,
+    },
+    Cancel {
+        id: String,
+        by: String,
+        message: Option<String>,
+        reply: oneshot::Sender<Result<String, CancelError>>,
+    },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CancelError {
+    #[error("workflow {0} is not known; `osmo workflow list` shows the workflows")]
+    Unknown(String),
+    #[error("workflow {0} already finished with status {1}; nothing to cancel")]
+    Finished(String, String),
+    #[error("{0}")]
+    Store(String),
+}
+
+/// OSMO's submit priorities.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Priority {
+    Low,
+    Normal,
+    High,
+}
+
+impl Priority {
+    pub fn parse(s: &str) -> Option<Priority> {
+        match s.to_ascii_uppercase().as_str() {
+            "LOW" => Some(Priority::Low),
+            "NORMAL" => Some(Priority::Normal),
+            "HIGH" => Some(Priority::High),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Priority::Low => "LOW",
+            Priority::Normal => "NORMAL",
+            Priority::High => "HIGH",
+        }
+    }
+}
+
+struct Active {
+    doc: Persisted,
+    pool: String,
+    priority: Priority,
+    /// The furthest phase the agent reported per attempt (events only move forward).
+    phases: HashMap<AttemptId, Phase>,
+}
+
+#[derive(Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct Timer {
+    at: u64,
+    workflow: String,
+    group: u32,
+    kind: TimeoutKind,
+}
+
+pub struct Manager {
+    store: Store,
+    config: Arc<ServiceConfig>,
+    link: AgentLink,
+    launches: LaunchBuilder,
+    active: HashMap<String, Active>,
+    schedulers: HashMap<String, Scheduler>,
+    /// Attempts handed to the agent and not yet exited, with their pool.
+    launched: HashMap<AttemptKey, String>,
+    timers: BinaryHeap<Reverse<Timer>>,
+    logs: mpsc::UnboundedSender<Vec<osmo_store::LogLine>>,
+    node: String,
+}
+
+impl Manager {
+    pub async fn new(
+        store: Store,
+        config: Arc<ServiceConfig>,
+        link: AgentLink,
+        data_dir: PathBuf,
+        logs: mpsc::UnboundedSender<Vec<osmo_store::LogLine>>,
+    ) -> anyhow::Result<Manager> {
+        let schedulers = config
+            .pools
+            .iter()
+            .map(|(name, pool)| (name.clone(), Scheduler::new(cpu_capacity(pool))))
+            .collect();
+        let mut manager = Manager {
+            store,
+            config: config.clone(),
+            link,
+            launches: LaunchBuilder::new(data_dir, config),
+            active: HashMap::new(),
+            schedulers,
+            launched: HashMap::new(),
+            timers: BinaryHeap::new(),
+            logs,
+            node: crate::agent::hostname(),
+        };
+        manager.recover().await?;
+        Ok(manager)
+    }
+
+    /// Rebuilds every unfinished workflow from the store. Launches are
+    /// re-driven once the agent says what it still runs (`Hello`).
+    async fn recover(&mut self) -> anyhow::Result<()> {
+        for row in self.store.load_unfinished().await? {
+            let doc = Persisted::from_json(row.state)?;
+            for (group, kind, at) in &doc.timers {
+                self.timers.push(Reverse(Timer {
+                    at: *at,
+                    workflow: row.id.clone(),
+                    group: *group,
+                    kind: *kind,
+                }));
+            }
+            let priority = Priority::parse(&row.priority).unwrap_or(Priority::Normal);
+            self.active.insert(
+                row.id.clone(),
+                Active { doc, pool: row.pool, priority, phases: HashMap::new() },
+            );
+        }
+        if !self.active.is_empty() {
+            tracing::info!("resuming {} unfinished workflow(s)", self.active.len());
+        }
+        Ok(())
+    }
+
+    pub async fn run(
+        mut self,
+        mut requests: mpsc::Receiver<Request>,
+        mut link_events: mpsc::UnboundedReceiver<LinkEvent>,
+    ) {
+        loop {
+            let next_timer = self.timers.peek().map(|Reverse(t)| t.at);
+            let sleep = async move {
+                match next_timer {
+                    Some(at) => tokio::time::sleep(Duration::from_millis(at.saturating_sub(now_ms()))).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                request = requests.recv() => match request {
+                    Some(request) => self.handle_request(request).await,
+                    None => return,
+                },
+                Some(event) = link_events.recv() => self.handle_link(event).await,
+                _ = sleep => self.fire_timers().await,
+            }
+        }
+    }
+
+    async fn handle_request(&mut self, request: Request) {
+        match request {
+            Request::Submit { pool, priority, submitted_by, workflow, source, rendered, reply } => {
+                let result = self.submit(pool, priority, submitted_by, *workflow, source, rendered).await;
+                let _ = reply.send(result);
+            }
+            Request::Cancel { id, by, message, reply } => {
+                let _ = reply.send(self.cancel(id, by, message).await);
+            }
+        }
+    }
+
+    async fn submit(
+        &mut self,
+        pool: String,
+        priority: Priority,
+        submitted_by: String,
+        mut workflow: Workflow,
+        source: String,
+        rendered: String,
+    ) -> anyhow::Result<String> {
+        let pool_config = self.config.pools.get(&pool).cloned().unwrap_or_default();
+        if workflow.timeout.exec.is_none() {
+            workflow.timeout.exec = pool_config.default_exec_timeout;
+        }
+        if workflow.timeout.queue.is_none() {
+            workflow.timeout.queue = pool_config.default_queue_timeout;
+        }
+        let rules = Rules {
+            max_retry_per_task: pool_config.max_retry_per_task,
+            default_exit_actions: pool_config.default_exit_actions.clone(),
+        };
+        let now = now_ms();
+        let mut made: Option<(Persisted, Vec<Command>)> = None;
+        let new = osmo_store::NewWorkflow {
+            name: workflow.name.clone(),
+            pool: pool.clone(),
+            priority: priority.as_str().to_string(),
+            submitted_by,
+            spec_source: source,
+            spec_rendered: rendered,
+            submitted_at: now as i64,
+        };
+        let id = self
+            .store
+            .insert_workflow(new, |id| {
+                let (engine, commands) = WorkflowState::new(id.to_string(), workflow, rules, now);
+                let mut doc = Persisted::new(engine);
+                doc.remember(&commands);
+                let initial = osmo_store::Initial {
+                    state: serde_json::to_value(&doc).expect("state serializes"),
+                    state_version: STATE_VERSION,
+                    status: doc.engine.status().as_str().to_string(),
+                    // Recovery derives what to redo from the state document itself.
+                    commands: Vec::new(),
+                };
+                made = Some((doc, commands));
+                initial
+            })
+            .await?;
+        let (doc, commands) = made.expect("the store calls make_state once");
+        self.active.insert(id.clone(), Active { doc, pool, priority, phases: HashMap::new() });
+        self.carry_out(&id, commands);
+        self.dispatch();
+        Ok(id)
+    }
+
+    async fn cancel(&mut self, id: String, by: String, message: Option<String>) -> Result<String, CancelError> {
+        if !self.active.contains_key(&id) {
+            return match self.store.get_workflow(&id).await {
+                Ok(Some(row)) => Err(CancelError::Finished(id, row.status)),
+                Ok(None) => Err(CancelError::Unknown(id)),
+                Err(e) => Err(CancelError::Store(e.to_string())),
+            };
+        }
+        self.apply(&id, Event::Cancel { by, reason: message }).await;
+        self.dispatch();
+        Ok(self.status_of(&id).await)
+    }
+
+    async fn status_of(&self, id: &str) -> String {
+        match self.active.get(id) {
+            Some(a) => a.doc.engine.status().as_str().to_string(),
+            None => match self.store.get_workflow(id).await {
+                Ok(Some(row)) => row.status,
+                _ => "UNKNOWN".to_string(),
+            },
+        }
+    }
+
+    /// Applies one event, commits, then carries out the commands. Returns
+    /// false when the commit failed (nothing was acted on).
+    async fn apply(&mut self, id: &str, event: Event) -> bool {
+        let Some(active) = self.active.get_mut(id) else { return true };
+        let now = now_ms();
+        let mut commands = Vec::new();
+        active.doc.engine.apply(&event, now, &mut commands);
+        active.doc.remember(&commands);
+        let engine = &active.doc.engine;
+        let status = engine.status().as_str().to_string();
+        let finished_at = engine.is_finished().then(|| engine.end_time().unwrap_or(now) as i64);
+        let state = serde_json::to_value(&active.doc).expect("state serializes");
+        let event_json = serde_json::to_value(&event).expect("events serialize");
+        let commit = osmo_store::EventCommit {
+            event: &event_json,
+            event_version: EVENT_VERSION,
+            at: now as i64,
+            state: &state,
+            state_version: STATE_VERSION,
+            status: &status,
+            finished_at,
+            // The state document records what a restart must redo (releases,
+            // timers); launches and stops are derived from attempt statuses.
+            commands: &[],
+        };
+        if let Err(e) = self.store.commit_event(id, &commit).await
+        {
+            // Not committed means not decided: reload the last committed state.
+            tracing::error!("cannot commit an event of {id}: {e}; reloading its state");
+            if let Ok(Some(row)) = self.store.get_workflow(id).await
+                && let Ok(doc) = Persisted::from_json(row.state)
+                && let Some(active) = self.active.get_mut(id)
+            {
+                active.doc = doc;
+            }
+            return false;
+        }
+        self.carry_out(id, commands);
+        true
+    }
+
+    fn carry_out(&mut self, id: &str, commands: Vec<Command>) {
+        let Some(active) = self.active.get(id) else { return };
+        let pool = active.pool.clone();
+        let priority = active.priority as u8;
+        let mut launches: Vec<(u32, Vec<AttemptId>)> = Vec::new();
+        let mut finished = false;
+        for command in commands {
+            match command {
+                Command::Launch { attempt } => match launches.iter_mut().find(|(g, _)| *g == attempt.task.group) {
+                    Some((_, list)) => list.push(attempt),
+                    None => launches.push((attempt.task.group, vec![attempt])),
+                },
+                Command::Release { attempts } => {
+                    for attempt in attempts {
+                        self.link.send(ToAgent::Release { key: key(id, attempt) });
+                    }
+                }
+                Command::Stop { attempt, .. } => {
+                    let queued = self
+                        .schedulers
+                        .get_mut(&pool)
+                        .is_some_and(|s| s.dequeue(&(id.to_string(), attempt.task.group), attempt));
+                    if !queued {
+                        self.link.send(ToAgent::Stop { key: key(id, attempt) });
+                    }
+                }
+                Command::SetTimer { group, kind, at } => {
+                    self.timers.push(Reverse(Timer { at, workflow: id.to_string(), group, kind }))
+                }
+                Command::Finished { .. } => finished = true,
+            }
+        }
+        let workflow = active.doc.engine.workflow();
+        for (group, attempts) in launches {
+            let footprint = self.launches.footprint(workflow, group as usize);
+            if let Some(s) = self.schedulers.get_mut(&pool) {
+                s.enqueue((id.to_string(), group), footprint, priority, attempts);
+            }
+        }
+        if finished {
+            for s in self.schedulers.values_mut() {
+                s.forget_workflow(id);
+            }
+            self.active.remove(id);
+        }
+    }
+
+    /// Hands admitted launches to the agent (only while one is connected).
+    fn dispatch(&mut self) {
+        if !self.link.connected() {
+            return;
+        }
+        let mut admitted: Vec<(String, GroupRef, AttemptId)> = Vec::new();
+        for (pool, s) in self.schedulers.iter_mut() {
+            admitted.extend(s.admit().into_iter().map(|(g, a)| (pool.clone(), g, a)));
+        }
+        for (pool, (workflow_id, _), attempt) in admitted {
+            let Some(active) = self.active.get(&workflow_id) else { continue };
+            let pool_config = self.config.pools.get(&pool).cloned().unwrap_or_default();
+            let attempt_key = key(&workflow_id, attempt);
+            match self.launches.build(&active.doc.engine, &pool_config, attempt_key.clone()) {
+                Ok(launch) => {
+                    self.launched.insert(attempt_key.clone(), pool);
+                    if !self.link.send(ToAgent::Launch(Box::new(launch))) {
+                        tracing::warn!("the agent went away before {} launched", attempt_key.file_stem());
+                    }
+                }
+                Err(e) => {
+                    tracing::error!("cannot prepare {}: {e:#}", attempt_key.file_stem());
+                    // Reported like any exit so the engine decides; no capacity is held.
+                    if let Some(s) = self.schedulers.get_mut(&pool) {
+                        s.finished(&(workflow_id.clone(), attempt.task.group));
+                    }
+                    let codes = vec![ReportedCode {
+                        code: well_known::INIT_FILES,
+                        source: CodeSource::Init,
+                        detail: Some(format!("{e:#}")),
+                    }];
+                    let _ = self.link_exit_later(attempt_key, codes);
+                }
+            }
+        }
+    }
+
+    /// Queues an exit the server itself decided, handled like an agent's.
+    fn link_exit_later(&self, key: AttemptKey, codes: Vec<ReportedCode>) -> bool {
+        self.link.loopback(LinkEvent::Message(FromAgent::Exited { key, codes }))
+    }
+
+    async fn handle_link(&mut self, event: LinkEvent) {
+        match event {
+            LinkEvent::Disconnected => tracing::warn!("the node agent disconnected; waiting for it to dial back"),
+            LinkEvent::Message(FromAgent::Logs { lines }) => {
+                let rows = lines
+                    .into_iter()
+                    .map(|l| osmo_store::LogLine {
+                        workflow_id: l.key.workflow_id,
+                        task: l.task,
+                        retry_id: l.key.attempt.retry_id,
+                        at_ms: l.at_ms as i64,
+                        stream: l.stream.as_str().to_string(),
+                        line: l.line,
+                    })
+                    .collect();
+                let _ = self.logs.send(rows);
+            }
+            LinkEvent::Message(FromAgent::Phase { key, phase }) => {
+                self.advance(&key, phase).await;
+            }
+            LinkEvent::Message(FromAgent::Exited { key, codes }) => {
+                let committed = self
+                    .apply(&key.workflow_id, Event::Exited { attempt: key.attempt, codes })
+                    .await;
+                if committed {
+                    self.link.send(ToAgent::Ack { key: key.clone() });
+                }
+                if let Some(pool) = self.launched.remove(&key)
+                    && let Some(s) = self.schedulers.get_mut(&pool)
+                {
+                    s.finished(&(key.workflow_id.clone(), key.attempt.task.group));
+                }
+                self.dispatch();
+            }
+            LinkEvent::Message(FromAgent::Hello { node, pid, attempts }) => {
+                tracing::info!("node agent {pid} on {node} connected with {} attempt(s)", attempts.len());
+                self.node = node;
+                self.reconcile(attempts).await;
+                self.dispatch();
+            }
+        }
+    }
+
+    /// Feeds the engine every phase between what it knows and what the agent reports.
+    async fn advance(&mut self, key: &AttemptKey, phase: Phase) {
+        let Some(active) = self.active.get_mut(&key.workflow_id) else { return };
+        let known = active.phases.get(&key.attempt).copied();
+        if known.is_some_and(|k| k >= phase) {
+            return;
+        }
+        active.phases.insert(key.attempt, phase);
+        let attempt = key.attempt;
+        let steps = [Phase::Initializing, Phase::SetupDone, Phase::Running];
+        for step in steps.into_iter().filter(|s| known.is_none_or(|k| *s > k) && *s <= phase) {
+            let event = match step {
+                Phase::Initializing => Event::Initializing { attempt, node: Some(self.node.clone()) },
+                Phase::SetupDone => Event::SetupDone { attempt },
+                Phase::Running => Event::Running { attempt },
+            };
+            self.apply(&key.workflow_id, event).await;
+        }
+    }
+
+    /// After a (re)connection: adopt what the agent runs, re-queue what never
+    /// reached it, and fail with 3001 what it lost.
+    async fn reconcile(&mut self, running: Vec<(AttemptKey, Phase)>) {
+        let running: HashMap<AttemptKey, Phase> = running.into_iter().collect();
+        for (key, phase) in &running {
+            let Some(active) = self.active.get(&key.workflow_id) else {
+                self.link.send(ToAgent::Stop { key: key.clone() });
+                continue;
+            };
+            if !self.launched.contains_key(key) {
+                let pool = active.pool.clone();
+                let footprint = self.launches.footprint(active.doc.engine.workflow(), key.attempt.task.group as usize);
+                if let Some(s) = self.schedulers.get_mut(&pool) {
+                    s.adopt((key.workflow_id.clone(), key.attempt.task.group), footprint);
+                }
+                self.launched.insert(key.clone(), pool);
+            }
+            let released = active.doc.released.contains(&key.attempt);
+            self.advance(key, *phase).await;
+            if *phase == Phase::SetupDone && released {
+                self.link.send(ToAgent::Release { key: key.clone() });
+            }
+        }
+        let mut lost = Vec::new();
+        let mut requeue = Vec::new();
+        for (id, active) in &self.active {
+            let engine = &active.doc.engine;
+            for (g, group) in engine.workflow().groups.iter().enumerate() {
+                for t in 0..group.tasks.len() {
+                    let task = TaskKey { group: g as u32, task: t as u32 };
+                    let attempt = engine.current(task);
+                    if attempt.status.is_finished() {
+                        continue;
+                    }
+                    let k = key(id, AttemptId { task, retry_id: attempt.retry_id });
+                    if running.contains_key(&k) {
+                        continue;
+                    }
+                    let queued = self
+                        .schedulers
+                        .get(&active.pool)
+                        .is_some_and(|s| s.is_queued(&(id.clone(), g as u32), k.attempt));
+                    if self.launched.contains_key(&k) || attempt.status != TaskStatus::Scheduling {
+                        lost.push(k);
+                    } else if !queued && engine.group_status(g as u32) != TaskStatus::Waiting {
+                        requeue.push((active.pool.clone(), active.priority as u8, k));
+                    }
+                }
+            }
+        }
+        for (pool, priority, k) in requeue {
+            let Some(active) = self.active.get(&k.workflow_id) else { continue };
+            let footprint = self.launches.footprint(active.doc.engine.workflow(), k.attempt.task.group as usize);
+            if let Some(s) = self.schedulers.get_mut(&pool) {
+                s.enqueue((k.workflow_id.clone(), k.attempt.task.group), footprint, priority, vec![k.attempt]);
+            }
+        }
+        for k in lost {
+            if let Some(pool) = self.launched.remove(&k)
+                && let Some(s) = self.schedulers.get_mut(&pool)
+            {
+                s.finished(&(k.workflow_id.clone(), k.attempt.task.group));
+            }
+            let codes = vec![ReportedCode {
+                code: well_known::BACKEND_ERROR,
+                source: CodeSource::Service,
+                detail: Some("the node agent lost this attempt".to_string()),
+            }];
+            self.apply(&k.workflow_id, Event::Exited { attempt: k.attempt, codes }).await;
+        }
+    }
+
+    async fn fire_timers(&mut self) {
+        let now = now_ms();
+        while self.timers.peek().is_some_and(|Reverse(t)| t.at <= now) {
+            let Reverse(timer) = self.timers.pop().expect("peeked");
+            self.apply(&timer.workflow, Event::TimedOut { group: timer.group, kind: timer.kind }).await;
+        }
+        self.dispatch();
+    }
+}
+
+fn key(workflow_id: &str, attempt: AttemptId) -> AttemptKey {
+    AttemptKey { workflow_id: workflow_id.to_string(), attempt }
+}
+
+/// The CPUs a pool hands out at once: its `cpu_capacity`, else one node's CPUs,
+/// else this machine's.
+pub fn cpu_capacity(pool: &PoolConfig) -> f64 {
+    pool.cpu_capacity.or(pool.node.cpu).unwrap_or_else(|| {
+        std::thread::available_parallelism().map(|n| n.get() as f64).unwrap_or(1.0)
+    })
+}

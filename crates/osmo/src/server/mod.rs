@@ -1,0 +1,126 @@
+//! The workflow service: REST API, the manager that owns engine state, the
+//! gang scheduler, and the link to the local node agent.
+
+mod agent_link;
+mod api;
+mod docs;
+mod launch;
+mod manager;
+mod persisted;
+mod scheduler;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context;
+use osmo_spec::config::{PoolConfig, ServiceConfig};
+use tokio::sync::{mpsc, oneshot};
+
+pub use manager::cpu_capacity;
+
+/// How `osmo server` (and `osmo workflow run`'s embedded server) starts.
+#[derive(Debug, Clone)]
+pub struct ServerOptions {
+    pub config: Option<PathBuf>,
+    pub data_dir: PathBuf,
+    pub listen: SocketAddr,
+    /// `postgres://…` selects PostgreSQL; None: the SQLite file in `data_dir`.
+    pub database_url: Option<String>,
+}
+
+/// A server started in this process (for `osmo workflow run`).
+pub struct RunningServer {
+    pub url: String,
+    stop: oneshot::Sender<()>,
+    http: tokio::task::JoinHandle<std::io::Result<()>>,
+    link: agent_link::AgentLink,
+}
+
+impl RunningServer {
+    /// Stops serving and tells the agent to exit once no task runs.
+    pub async fn shutdown(self) -> anyhow::Result<()> {
+        self.link.send(crate::proto::ToAgent::Shutdown);
+        let _ = self.stop.send(());
+        self.http.await??;
+        Ok(())
+    }
+}
+
+/// The configuration file, or one local pool named `default`.
+pub fn load_config(path: Option<&std::path::Path>) -> anyhow::Result<ServiceConfig> {
+    let Some(path) = path else {
+        let pools = [("default".to_string(), PoolConfig::default())].into_iter().collect();
+        return Ok(ServiceConfig { pools });
+    };
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read the configuration file {}", path.display()))?;
+    osmo_spec::load_config(&text, &path.display().to_string()).map_err(|d| anyhow::anyhow!("{d}"))
+}
+
+/// Runs the server until SIGTERM or SIGINT.
+pub async fn serve(opts: ServerOptions) -> anyhow::Result<()> {
+    let running = start(opts).await?;
+    tracing::info!("osmo server listening on {}", running.url);
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+    tracing::info!("stopping");
+    running.shutdown().await
+}
+
+/// Starts the server in this process and returns once it accepts work.
+pub async fn start(opts: ServerOptions) -> anyhow::Result<RunningServer> {
+    let config = Arc::new(load_config(opts.config.as_deref())?);
+    std::fs::create_dir_all(&opts.data_dir)
+        .with_context(|| format!("cannot create the data directory {}", opts.data_dir.display()))?;
+    let data_dir = std::fs::canonicalize(&opts.data_dir)?;
+    let url = match &opts.database_url {
+        Some(url) => url.clone(),
+        None => format!("sqlite://{}?mode=rwc", data_dir.join("osmo.db").display()),
+    };
+    let store = osmo_store::Store::open(&url).await.context("cannot open the store")?;
+
+    let (link_tx, link_rx) = mpsc::unbounded_channel();
+    let socket = agent_link::socket_path(&data_dir);
+    let link = agent_link::listen(&socket, link_tx)?;
+    let (logs_tx, logs_rx) = mpsc::unbounded_channel();
+    tokio::spawn(write_logs(store.clone(), logs_rx));
+    let manager =
+        manager::Manager::new(store.clone(), config.clone(), link.clone(), data_dir.clone(), logs_tx).await?;
+    let (requests_tx, requests_rx) = mpsc::channel(256);
+    tokio::spawn(manager.run(requests_rx, link_rx));
+    agent_link::ensure_agent(&socket, &data_dir.join("agent"))?;
+
+    let listener = tokio::net::TcpListener::bind(opts.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", opts.listen))?;
+    let url = format!("http://{}", listener.local_addr()?);
+    let app = api::router(api::AppState { store, requests: requests_tx, config });
+    let (stop, stopped) = oneshot::channel::<()>();
+    let http = tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async {
+                let _ = stopped.await;
+            })
+            .await
+    });
+    Ok(RunningServer { url, stop, http, link })
+}
+
+/// Appends log lines in batches, so a chatty task costs one transaction per batch.
+async fn write_logs(store: osmo_store::Store, mut rx: mpsc::UnboundedReceiver<Vec<osmo_store::LogLine>>) {
+    while let Some(mut batch) = rx.recv().await {
+        while batch.len() < 10_000 {
+            match rx.try_recv() {
+                Ok(more) => batch.extend(more),
+                Err(_) => break,
+            }
+        }
+        if let Err(e) = store.append_logs(&batch).await {
+            tracing::error!("cannot store {} log line(s): {e}", batch.len());
+        }
+    }
+}

@@ -1,0 +1,213 @@
+//! The CLI against a real service: `osmo server` in a child process, and
+//! `osmo workflow run` with its embedded one.
+
+mod cli_support;
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use cli_support::*;
+
+const QUICK: &str = r#"workflow:
+  name: quick
+  tasks:
+  - name: example
+    image: ubuntu
+    command: [sh, -c, "echo hello from $OSMO_TASK_NAME; exit 16"]
+    exitActions:
+      COMPLETE: 0,1-10,16,20
+"#;
+
+const RETRIED: &str = r#"workflow:
+  name: retried
+  tasks:
+  - name: flaky
+    image: ubuntu
+    command: [sh, -c, "echo attempt $OSMO_RETRY_ID; if [ $OSMO_RETRY_ID = 0 ]; then exit 12; fi"]
+    exitActions: {COMPLETE: 0-10, RESCHEDULE: 11-20}
+"#;
+
+const FAILING: &str = r#"workflow:
+  name: failing
+  tasks:
+  - {name: boom, image: ubuntu, command: [sh, -c, "echo oops; exit 3"]}
+"#;
+
+const TYPO: &str = r#"workflow:
+  name: typo
+  tasks:
+  - name: t
+    image: ubuntu
+    command: [sh, -c, "exit 0"]
+    exitAction: {COMPLETE: "0"}
+"#;
+
+struct Service {
+    dir: tempfile::TempDir,
+    url: String,
+    child: Child,
+}
+
+impl Service {
+    fn start() -> Service {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("pools.yaml"), "pools:\n  default:\n    backend: local\n").unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let log = std::fs::File::create(dir.path().join("server.log")).unwrap();
+        let child = Command::new(OSMO)
+            .arg("server")
+            .arg("--config")
+            .arg(dir.path().join("pools.yaml"))
+            .arg("--data-dir")
+            .arg(dir.path().join("data"))
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap();
+        let service = Service { dir, url: format!("http://127.0.0.1:{port}"), child };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return service;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("the server did not listen within 20 s: {}", service.log());
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default()
+    }
+
+    fn spec(&self, name: &str, text: &str) -> String {
+        let path = self.dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        path.to_str().unwrap().to_string()
+    }
+
+    fn osmo(&self, args: &[&str]) -> Output {
+        osmo_with(args, &[("OSMO_URL", &self.url)])
+    }
+
+    /// Polls `query --verbose -t json` until the workflow has finished.
+    fn wait(&self, id: &str) -> serde_json::Value {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let out = self.osmo(&["workflow", "query", id, "--verbose", "--format-type", "json"]);
+            assert_eq!(out.code, 0, "{out:#?}");
+            let doc = out.json();
+            if !["PENDING", "RUNNING", "WAITING"].contains(&doc["status"].as_str().unwrap()) {
+                return doc;
+            }
+            assert!(Instant::now() < deadline, "{id} still {} after 60 s: {}", doc["status"], self.log());
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        // SAFETY: signals our own child process.
+        unsafe {
+            libc::kill(self.child.id() as i32, libc::SIGTERM);
+        }
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn submit_query_list_logs_spec_cancel() {
+    let service = Service::start();
+    let quick = service.spec("quick.yaml", QUICK);
+    let out = service.osmo(&["workflow", "submit", &quick, "--format-type", "json"]);
+    assert_eq!(out.code, 0, "{out:#?}\n{}", service.log());
+    let id = out.json()["name"].as_str().unwrap().to_string();
+    assert_eq!(id, "quick-1");
+    let doc = service.wait(&id);
+    assert_eq!(doc["status"], "COMPLETED", "{doc:#}");
+    assert_eq!(doc["groups"][0]["tasks"][0]["exit_code"], 16, "{doc:#}");
+
+    let out = service.osmo(&["workflow", "query", &id]);
+    assert_eq!(out.code, 0, "{out:#?}");
+    assert!(out.stdout.contains("Workflow ID : quick-1") && out.stdout.contains("COMPLETED"), "{out:#?}");
+
+    let out = service.osmo(&["workflow", "list", "-t", "json"]);
+    assert!(out.json()["workflows"][0]["name"] == "quick-1", "{out:#?}");
+    let out = service.osmo(&["workflow", "list", "--status", "FAILED"]);
+    assert_eq!(out.stdout, "No workflows found.\n", "{out:#?}");
+
+    let out = service.osmo(&["workflow", "logs", &id, "--task", "example"]);
+    assert!(out.stdout.contains("[example retry-0][stdout] hello from example"), "{out:#?}");
+
+    let out = service.osmo(&["workflow", "spec", &id]);
+    assert_eq!(out.stdout, QUICK);
+
+    let out = service.osmo(&["workflow", "cancel", &id]);
+    assert_eq!(out.code, 1, "a finished workflow cannot be canceled: {out:#?}");
+
+    let out = service.osmo(&["workflow", "query", "nope-1"]);
+    assert_eq!(out.code, 1, "{out:#?}");
+    assert!(out.stderr.contains("nope-1"), "{out:#?}");
+}
+
+#[test]
+fn submit_of_a_bad_spec_says_where() {
+    let service = Service::start();
+    let typo = service.spec("typo.yaml", TYPO);
+    let out = service.osmo(&["workflow", "submit", &typo]);
+    assert_eq!(out.code, 1, "{out:#?}");
+    assert!(out.stderr.contains("exitAction") && out.stderr.contains("line 7"), "{out:#?}");
+    assert!(out.stderr.contains("typo.yaml:7:"), "{out:#?}");
+}
+
+#[test]
+fn cancel_a_running_workflow() {
+    let service = Service::start();
+    let slow = service.spec(
+        "slow.yaml",
+        "workflow:\n  name: slow\n  tasks:\n  - {name: sleeper, image: ubuntu, command: [sh, -c, \"sleep 30\"]}\n",
+    );
+    let id = service.osmo(&["workflow", "submit", &slow, "-t", "json"]).json()["name"].as_str().unwrap().to_string();
+    let out = service.osmo(&["workflow", "cancel", &id, "-m", "not needed"]);
+    assert_eq!(out.code, 0, "{out:#?}");
+    assert!(out.stdout.starts_with(&format!("Cancel requested for workflow {id}")), "{out:#?}");
+    let doc = service.wait(&id);
+    assert_eq!(doc["status"], "FAILED_CANCELED", "{doc:#}");
+}
+
+#[test]
+fn run_shows_every_attempt_and_the_logs() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("retried.yaml");
+    std::fs::write(&path, RETRIED).unwrap();
+    let out = osmo(&["workflow", "run", path.to_str().unwrap()]);
+    assert_eq!(out.code, 0, "{out:#?}");
+    let text = &out.stdout;
+    assert!(text.contains("flaky retry 0 RESCHEDULED (exit 12)"), "{text}");
+    assert!(text.contains("flaky retry 1 COMPLETED (exit 0)"), "{text}");
+    assert!(text.contains("[flaky retry-0][stdout] attempt 0"), "{text}");
+    assert!(text.contains("[flaky retry-1][stdout] attempt 1"), "{text}");
+    assert!(text.contains("Workflow retried-1 COMPLETED in"), "{text}");
+}
+
+#[test]
+fn run_fails_when_the_workflow_fails() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("failing.yaml");
+    std::fs::write(&path, FAILING).unwrap();
+    let data = dir.path().join("data");
+    let out = osmo(&["workflow", "run", path.to_str().unwrap(), "--data-dir", data.to_str().unwrap(), "-t", "json"]);
+    assert_eq!(out.code, 1, "{out:#?}");
+    let doc = out.json();
+    assert_eq!(doc["status"], "FAILED");
+    assert_eq!(doc["groups"][0]["tasks"][0]["exit_code"], 3);
+    assert!(data.join("osmo.db").exists() || data.exists(), "the data directory is kept");
+    // A bad spec never starts a service.
+    let typo = dir.path().join("typo.yaml");
+    std::fs::write(&typo, TYPO).unwrap();
+    let out = osmo(&["workflow", "run", typo.to_str().unwrap()]);
+    assert_eq!(out.code, 1, "{out:#?}");
+    assert!(out.stderr.contains("typo.yaml:7:"), "{out:#?}");
+}

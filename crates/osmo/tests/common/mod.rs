@@ -1,0 +1,184 @@
+//! Harness for the server tests: a real `osmo server` process with its own
+//! data dir, config and port, talked to over HTTP.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+pub const OSMO: &str = env!("CARGO_BIN_EXE_osmo");
+
+pub struct Server {
+    pub dir: tempfile::TempDir,
+    pub url: String,
+    pub port: u16,
+    child: Option<Child>,
+    client: reqwest::blocking::Client,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// Polls `f` until it returns Some or `limit` passes (then panics with `what`).
+pub fn wait_for<T>(limit: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out after {limit:?} waiting for {what}");
+        std::thread::sleep(Duration::from_millis(25));
+    }
+}
+
+impl Server {
+    pub fn start(config: &str) -> Server {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("config.yaml"), config).unwrap();
+        let port = free_port();
+        let mut server = Server {
+            dir,
+            url: format!("http://127.0.0.1:{port}"),
+            port,
+            child: None,
+            client: reqwest::blocking::Client::builder().timeout(Duration::from_secs(10)).build().unwrap(),
+        };
+        server.spawn();
+        server
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    /// Starts (or restarts) the server process on the same data dir and port.
+    pub fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("server.log"))
+            .unwrap();
+        let child = Command::new(OSMO)
+            .args(["server", "--config"])
+            .arg(self.dir.path().join("config.yaml"))
+            .arg("--data-dir")
+            .arg(self.data_dir())
+            .args(["--listen", &format!("127.0.0.1:{}", self.port)])
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+        let url = format!("{}/api/health", self.url);
+        wait_for(Duration::from_secs(20), "the server to be healthy", || {
+            self.client.get(&url).send().ok().filter(|r| r.status().is_success())
+        });
+    }
+
+    /// Kills the server process only (SIGKILL): its agent, in its own session, lives on.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.kill().unwrap();
+            child.wait().unwrap();
+        }
+    }
+
+    /// Stops the server as the conformance runner does (SIGTERM).
+    pub fn terminate(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::SIGTERM)
+                .unwrap();
+            child.wait().unwrap();
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default()
+    }
+
+    pub fn get(&self, path: &str) -> (u16, String) {
+        let r = self.client.get(format!("{}{path}", self.url)).send().unwrap();
+        (r.status().as_u16(), r.text().unwrap())
+    }
+
+    pub fn get_json(&self, path: &str) -> Value {
+        let (status, body) = self.get(path);
+        assert_eq!(status, 200, "GET {path}: {body}");
+        serde_json::from_str(&body).unwrap()
+    }
+
+    pub fn post(&self, path: &str, body: impl Into<reqwest::blocking::Body>) -> (u16, String) {
+        let r = self
+            .client
+            .post(format!("{}{path}", self.url))
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .unwrap();
+        (r.status().as_u16(), r.text().unwrap())
+    }
+
+    /// Submits a spec to pool `default`; returns the workflow ID.
+    pub fn submit(&self, spec: &str) -> String {
+        let body = serde_json::json!({"file": spec}).to_string();
+        let (status, text) = self.post("/api/pool/default/workflow", body);
+        assert_eq!(status, 200, "submit failed: {text}");
+        serde_json::from_str::<Value>(&text).unwrap()["name"].as_str().unwrap().to_string()
+    }
+
+    pub fn workflow(&self, id: &str) -> Value {
+        self.get_json(&format!("/api/workflow/{id}?verbose=true"))
+    }
+
+    /// Waits until the workflow is finished; returns its verbose document.
+    pub fn wait_finished(&self, id: &str, limit: Duration) -> Value {
+        wait_for(limit, &format!("{id} to finish"), || {
+            let doc = self.workflow(id);
+            let status = doc["status"].as_str().unwrap().to_string();
+            (status != "PENDING" && status != "RUNNING").then_some(doc)
+        })
+    }
+
+    pub fn workflow_count(&self) -> usize {
+        self.get_json("/api/workflow?limit=1000")["workflows"].as_array().unwrap().len()
+    }
+
+    pub fn agent_pid(&self) -> Option<i32> {
+        std::fs::read_to_string(self.data_dir().join("agent").join("agent.pid")).ok()?.trim().parse().ok()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.terminate();
+    }
+}
+
+pub fn alive(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => !stat.rsplit(')').next().is_some_and(|s| s.trim_start().starts_with('Z')),
+        Err(_) => false,
+    }
+}
+
+pub fn task<'a>(doc: &'a Value, name: &str, retry_id: u64) -> &'a Value {
+    doc["groups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|g| g["tasks"].as_array().unwrap())
+        .find(|t| t["name"] == name && t["retry_id"] == retry_id)
+        .unwrap_or_else(|| panic!("no attempt {name} retry {retry_id} in {doc:#}"))
+}
+
+pub fn local_pool() -> &'static str {
+    "pools:\n  default:\n    backend: local\n"
+}
+
+pub fn exists(path: &Path) -> bool {
+    path.exists()
+}

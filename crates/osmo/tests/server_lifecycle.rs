@@ -1,0 +1,92 @@
+//! The server's life: a restart mid-workflow, the memory limit, nothing left behind.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+
+#[test]
+fn a_server_restart_mid_workflow_kills_no_task_and_the_workflow_completes() {
+    let mut server = Server::start(local_pool());
+    // The task waits for a file the test creates in its output directory after the restart.
+    let id = server.submit(
+        r#"
+workflow:
+  name: survivor
+  tasks:
+  - name: long
+    image: ubuntu
+    command: [sh, -c, 'while [ ! -e {{output}}/go ]; do sleep 0.02; done; echo finished']
+  - name: after
+    image: ubuntu
+    command: [sh, -c, 'cat {{input:long}}/go']
+    inputs: [{task: long}]
+"#,
+    );
+    wait_for(Duration::from_secs(20), "the task to run", || {
+        (task(&server.workflow(&id), "long", 0)["status"] == "RUNNING").then_some(())
+    });
+    let agent = server.agent_pid().expect("the agent wrote its pid");
+    server.kill();
+    assert!(alive(agent), "the agent outlives its server");
+    server.spawn();
+    assert_eq!(server.agent_pid(), Some(agent), "the restarted server reuses the running agent");
+    let output = server.data_dir().join("runs").join(&id).join("long").join("0").join("output");
+    std::fs::write(output.join("go"), "ok\n").unwrap();
+    let doc = server.wait_finished(&id, Duration::from_secs(30));
+    assert_eq!(doc["status"], "COMPLETED", "{doc:#}\n{}", server.log());
+    let groups = doc["groups"].as_array().unwrap();
+    let attempts: usize = groups.iter().map(|g| g["tasks"].as_array().unwrap().len()).sum();
+    assert_eq!(attempts, 2, "nothing was launched twice: {doc:#}");
+}
+
+#[test]
+fn a_task_over_its_memory_is_evicted_with_3004() {
+    let server = Server::start(local_pool());
+    let id = server.submit(
+        r#"
+workflow:
+  name: hungry
+  resources:
+    default: {memory: 64Mi}
+  tasks:
+  - name: eater
+    image: ubuntu
+    command: [python3, -c, 'b = bytearray(512 * 1024 * 1024); print(len(b))']
+"#,
+    );
+    let doc = server.wait_finished(&id, Duration::from_secs(30));
+    let eater = task(&doc, "eater", 0);
+    assert_eq!(eater["status"], "FAILED_EVICTED", "{doc:#}");
+    assert_eq!(eater["exit_code"], 3004);
+    assert_eq!(doc["status"], "FAILED_EVICTED");
+}
+
+#[test]
+fn the_agent_is_gone_soon_after_the_server_stops() {
+    let mut server = Server::start(local_pool());
+    let id = server.submit("workflow:\n  name: quick\n  tasks:\n  - {name: t, image: ubuntu, command: [\"true\"]}\n");
+    server.wait_finished(&id, Duration::from_secs(30));
+    let agent = server.agent_pid().expect("the agent wrote its pid");
+    server.terminate();
+    wait_for(Duration::from_secs(5), "the agent to exit", || (!alive(agent)).then_some(()));
+}
+
+#[test]
+fn cancel_stops_the_running_task() {
+    let server = Server::start(local_pool());
+    let id = server.submit(
+        "workflow:\n  name: stopme\n  tasks:\n  - {name: t, image: ubuntu, command: [sh, -c, 'echo $$ > {{output}}/pid; sleep 600']}\n",
+    );
+    wait_for(Duration::from_secs(20), "the task to run", || {
+        (task(&server.workflow(&id), "t", 0)["status"] == "RUNNING").then_some(())
+    });
+    let (status, body) = server.post(&format!("/api/workflow/{id}/cancel?message=enough"), "");
+    assert_eq!(status, 200, "{body}");
+    let doc = server.wait_finished(&id, Duration::from_secs(10));
+    assert_eq!(doc["status"], "FAILED_CANCELED");
+    assert_eq!(doc["cancel_message"], "enough");
+    let (status, _) = server.post(&format!("/api/workflow/{id}/cancel"), "");
+    assert_eq!(status, 409, "a finished workflow cannot be canceled again");
+}

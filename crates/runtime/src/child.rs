@@ -1,0 +1,729 @@
+//! The code that runs in the forked children: the sandbox's init (PID 1 of
+//! the new PID namespace, "the reaper") and, below it, the preflight tests and
+//! the user command up to their `exec`.
+//!
+//! The controller is multi-threaded, so after the fork only async-signal-safe
+//! work is allowed: everything here is raw system calls over data the
+//! controller prepared before forking ([`ChildPlan`]: C strings, argv and envp
+//! arrays, file contents). No allocation, no locks, no logging, no panics
+//! (nothing indexes or does arithmetic that could fail). Children are made
+//! with the raw `clone` system call rather than glibc's `fork`, which would
+//! run atfork handlers and take malloc locks that another thread of the
+//! controller may have held at the moment of the first fork.
+//!
+//! The init tells the controller what happens through a pipe of fixed-size
+//! messages (`[kind, index, value]`, 12 bytes, atomic pipe writes); see [`msg`].
+
+use std::ffi::{CStr, CString};
+use std::ptr;
+
+use libc::{c_char, c_int, c_uint, c_ulong, c_void, pid_t};
+
+/// Message kinds, init → controller. `index` and `value` depend on the kind.
+pub(crate) mod msg {
+    /// A set-up step failed: index = step ([`super::step`] or a plan step), value = errno.
+    pub const STEP_FAILED: u32 = 1;
+    /// How the root was built: index = [`super::ROOT_OVERLAY_DISK`]…, value = errnos of failed tries.
+    pub const ROOT_MODE: u32 = 2;
+    /// A file could not be written: index = file, value = errno.
+    pub const FILE_FAILED: u32 = 3;
+    /// Preflight test `index` starts.
+    pub const PREFLIGHT_START: u32 = 4;
+    /// Preflight test `index` ended with wait status `value`.
+    pub const PREFLIGHT_EXIT: u32 = 5;
+    /// Preflight test `index` could not be executed: value = errno.
+    pub const PREFLIGHT_EXEC_FAILED: u32 = 6;
+    /// Set-up finished; the init waits for the go byte.
+    pub const READY: u32 = 7;
+    /// The user command was executed.
+    pub const STARTED: u32 = 8;
+    /// The user command could not be executed: value = errno.
+    pub const EXEC_FAILED: u32 = 9;
+    /// The user command ended with wait status `value`.
+    pub const EXITED: u32 = 10;
+    /// An optional set-up step failed and was skipped: index = step, value = errno.
+    pub const STEP_SKIPPED: u32 = 11;
+}
+
+/// Built-in set-up steps (plan steps are numbered from 0).
+pub(crate) mod step {
+    pub const FDS: u32 = 0x1000_0000;
+    pub const CGROUP: u32 = FDS + 1;
+    pub const RLIMIT: u32 = FDS + 2;
+    pub const PRIVATE: u32 = FDS + 3;
+    pub const ROOT_BIND: u32 = FDS + 4;
+    pub const ROOT_READONLY: u32 = FDS + 5;
+    pub const PIVOT: u32 = FDS + 6;
+    pub const CHDIR: u32 = FDS + 7;
+    pub const PIPE: u32 = FDS + 8;
+    pub const FORK: u32 = FDS + 9;
+}
+
+pub(crate) const ROOT_OVERLAY_DISK: u32 = 0;
+pub(crate) const ROOT_OVERLAY_TMPFS: u32 = 1;
+pub(crate) const ROOT_READONLY_BIND: u32 = 2;
+
+/// A program to execute: the paths to try in order (the `PATH` search is
+/// done beforehand) and its argv.
+pub(crate) struct ExecPlan {
+    pub candidates: Vec<CString>,
+    /// Owns the strings `argv` points to.
+    pub _argv_store: Vec<CString>,
+    /// Null-terminated.
+    pub argv: Vec<*const c_char>,
+}
+
+/// A null-terminated `envp` with its strings.
+pub(crate) struct EnvBlock {
+    pub _store: Vec<CString>,
+    pub envp: Vec<*const c_char>,
+}
+
+/// One mount of the set-up, in the host's view (targets are below the new root).
+pub(crate) struct Step {
+    /// Directories to create first (parents first); existing ones are fine.
+    pub mkdirs: Vec<CString>,
+    pub source: Option<CString>,
+    pub target: CString,
+    pub fstype: Option<CString>,
+    pub flags: c_ulong,
+    pub data: Option<CString>,
+    /// Made read-only afterwards, with everything mounted below it.
+    pub readonly: bool,
+    /// A failure is ignored.
+    pub optional: bool,
+    pub when: When,
+}
+
+/// Which roots a step is for.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum When {
+    Always,
+    /// The read-only bind of `/` has it already.
+    Overlay,
+    /// The overlay has it already.
+    ReadOnlyRoot,
+}
+
+pub(crate) struct RootPlan {
+    pub newroot: CString,
+    /// Mount data of the overlay with its upper and work directories on disk
+    /// (in the scratch directory); `None` when the path cannot be written in
+    /// mount options.
+    pub overlay_disk: Option<CString>,
+    /// Where a tmpfs for the upper and work directories goes when the disk fails.
+    pub tmpfs_dir: CString,
+    pub tmpfs_upper: CString,
+    /// `upper/tmp` on that tmpfs, made opaque like the disk one.
+    pub tmpfs_tmp: CString,
+    pub tmpfs_work: CString,
+    pub overlay_tmpfs: Option<CString>,
+}
+
+pub(crate) struct FilePlan {
+    pub path: CString,
+    pub parents: Vec<CString>,
+    pub data: Vec<u8>,
+}
+
+pub(crate) struct PreflightPlan {
+    pub exec: ExecPlan,
+    /// Write end of this test's output pipe (stdout and stderr).
+    pub out: c_int,
+}
+
+/// Everything the init needs, prepared before the fork.
+pub(crate) struct ChildPlan {
+    pub devnull: c_int,
+    pub status: c_int,
+    pub go: c_int,
+    pub stdout: c_int,
+    pub stderr: c_int,
+    /// `cgroup.procs` of the attempt's memory cgroup, or -1.
+    pub cgroup_procs: c_int,
+    /// `RLIMIT_AS` when no cgroup is available; 0 = none.
+    pub rlimit_as: u64,
+    /// Every descriptor above that the init keeps, sorted; all others are closed.
+    pub keep_fds: Vec<c_int>,
+    pub root: RootPlan,
+    pub steps: Vec<Step>,
+    pub files: Vec<FilePlan>,
+    pub env: EnvBlock,
+    pub preflight: Vec<PreflightPlan>,
+    pub command: ExecPlan,
+    /// The controller's argument and environment areas ([start, end) from
+    /// `/proc/self/stat`), wiped in the init's copy so the task cannot read
+    /// the controller's environment in `/proc/1/environ`; empty if unknown.
+    pub scrub: [(usize, usize); 2],
+}
+
+/// `fork` as the bare system call, with extra clone flags (namespaces).
+///
+/// # Safety
+/// The child may only use async-signal-safe operations and must end in
+/// `exec` or `_exit`.
+pub(crate) unsafe fn raw_fork(flags: c_ulong) -> pid_t {
+    // x86_64 and aarch64 both take (flags, stack, ...); a null stack means
+    // "continue on a copy of the current one", as fork does.
+    unsafe {
+        libc::syscall(
+            libc::SYS_clone,
+            flags | libc::SIGCHLD as c_ulong,
+            0 as c_ulong,
+            0 as c_ulong,
+            0 as c_ulong,
+            0 as c_ulong,
+        ) as pid_t
+    }
+}
+
+fn errno() -> c_int {
+    // SAFETY: reading the calling thread's errno.
+    unsafe { *libc::__errno_location() }
+}
+
+unsafe fn send(fd: c_int, kind: u32, index: u32, value: i32) {
+    let m: [u32; 3] = [kind, index, value as u32];
+    // SAFETY: 12 bytes from a live array; a pipe write of <= PIPE_BUF is atomic.
+    unsafe {
+        libc::write(fd, m.as_ptr() as *const c_void, std::mem::size_of_val(&m));
+    }
+}
+
+unsafe fn fail(p: &ChildPlan, step: u32, err: c_int) -> ! {
+    unsafe {
+        send(p.status, msg::STEP_FAILED, step, err);
+        libc::_exit(1)
+    }
+}
+
+unsafe fn mount(
+    source: Option<&CStr>,
+    target: &CStr,
+    fstype: Option<&CStr>,
+    flags: c_ulong,
+    data: Option<&CStr>,
+) -> Result<(), c_int> {
+    let opt = |s: Option<&CStr>| s.map_or(ptr::null(), |s| s.as_ptr());
+    // SAFETY: all pointers are null or point to NUL-terminated strings.
+    let r = unsafe {
+        libc::mount(
+            opt(source),
+            target.as_ptr(),
+            opt(fstype),
+            flags,
+            data.map_or(ptr::null(), |d| d.as_ptr() as *const c_void),
+        )
+    };
+    if r == 0 { Ok(()) } else { Err(errno()) }
+}
+
+/// `struct mount_attr` of `mount_setattr(2)`.
+#[repr(C)]
+struct MountAttr {
+    attr_set: u64,
+    attr_clr: u64,
+    propagation: u64,
+    userns_fd: u64,
+}
+const MOUNT_ATTR_RDONLY: u64 = 0x1;
+
+/// Makes the mount at `target` and every mount below it read-only. Kernels
+/// before 5.12 lack `mount_setattr`: then only the top mount becomes read-only.
+unsafe fn make_readonly(target: &CStr) -> Result<(), c_int> {
+    let attr = MountAttr {
+        attr_set: MOUNT_ATTR_RDONLY,
+        attr_clr: 0,
+        propagation: 0,
+        userns_fd: 0,
+    };
+    // SAFETY: valid path and struct of the size we pass.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            libc::AT_FDCWD,
+            target.as_ptr(),
+            libc::AT_RECURSIVE as c_uint,
+            &attr as *const MountAttr,
+            std::mem::size_of::<MountAttr>(),
+        )
+    };
+    if r == 0 {
+        return Ok(());
+    }
+    unsafe {
+        mount(
+            None,
+            target,
+            None,
+            libc::MS_REMOUNT | libc::MS_BIND | libc::MS_RDONLY,
+            None,
+        )
+    }
+}
+
+unsafe fn mkdirs(dirs: &[CString], mode: libc::mode_t) -> Result<(), c_int> {
+    for d in dirs {
+        // SAFETY: NUL-terminated path.
+        if unsafe { libc::mkdir(d.as_ptr(), mode) } != 0 {
+            let e = errno();
+            if e != libc::EEXIST {
+                return Err(e);
+            }
+        }
+    }
+    Ok(())
+}
+
+unsafe fn reset_signals() {
+    unsafe {
+        let mut sa: libc::sigaction = std::mem::zeroed();
+        sa.sa_sigaction = libc::SIG_DFL;
+        libc::sigemptyset(&mut sa.sa_mask);
+        for sig in 1..65 {
+            if sig != libc::SIGKILL && sig != libc::SIGSTOP {
+                // glibc refuses its internal signals; that is fine.
+                libc::sigaction(sig, &sa, ptr::null_mut());
+            }
+        }
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigprocmask(libc::SIG_SETMASK, &set, ptr::null_mut());
+    }
+}
+
+unsafe fn close_range(first: c_uint, last: c_uint) {
+    // SAFETY: closing descriptors of this (single-threaded) child.
+    unsafe {
+        if libc::syscall(libc::SYS_close_range, first, last, 0 as c_uint) != 0 {
+            // Before Linux 5.9: close them one by one, up to a sane bound.
+            let mut fd = first;
+            while fd <= last && fd < 65536 {
+                libc::close(fd as c_int);
+                fd += 1;
+            }
+        }
+    }
+}
+
+/// Closes every descriptor from 3 up except `keep` (sorted).
+unsafe fn close_other_fds(keep: &[c_int]) {
+    let mut next: c_uint = 3;
+    for &fd in keep {
+        if fd < 3 {
+            continue;
+        }
+        let fd = fd as c_uint;
+        if fd > next {
+            unsafe { close_range(next, fd - 1) };
+        }
+        next = fd.saturating_add(1);
+    }
+    unsafe { close_range(next, c_uint::MAX) };
+}
+
+/// Tries the candidates in order, like `execvp`: on "not there" go on,
+/// remember "not permitted", stop at anything else. Returns the errno.
+unsafe fn exec(plan: &ExecPlan, envp: *const *const c_char) -> c_int {
+    let mut result = libc::ENOENT;
+    let mut denied = false;
+    for path in &plan.candidates {
+        // SAFETY: argv and envp are null-terminated arrays of C strings.
+        unsafe { libc::execve(path.as_ptr(), plan.argv.as_ptr(), envp) };
+        let e = errno();
+        match e {
+            libc::EACCES => denied = true,
+            libc::ENOENT
+            | libc::ENOTDIR
+            | libc::ESTALE
+            | libc::ENODEV
+            | libc::ETIMEDOUT
+            | libc::ELOOP
+            | libc::ENAMETOOLONG => {}
+            _ => return e,
+        }
+        result = e;
+    }
+    if denied { libc::EACCES } else { result }
+}
+
+/// Forks a child that runs `plan` with stdin from /dev/null and the given
+/// stdout and stderr. Returns its pid and 0, or the errno of a failed exec
+/// (the child has then exited with 127 and must still be reaped).
+unsafe fn spawn(
+    p: &ChildPlan,
+    plan: &ExecPlan,
+    out: c_int,
+    err: c_int,
+    new_session: bool,
+) -> Result<(pid_t, c_int), (u32, c_int)> {
+    unsafe {
+        let mut fds: [c_int; 2] = [-1, -1];
+        if libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) != 0 {
+            return Err((step::PIPE, errno()));
+        }
+        let pid = raw_fork(0);
+        if pid < 0 {
+            let e = errno();
+            libc::close(fds[0]);
+            libc::close(fds[1]);
+            return Err((step::FORK, e));
+        }
+        if pid == 0 {
+            libc::close(fds[0]);
+            if new_session {
+                libc::setsid();
+            }
+            let e =
+                if libc::dup2(p.devnull, 0) < 0 || libc::dup2(out, 1) < 0 || libc::dup2(err, 2) < 0
+                {
+                    errno()
+                } else {
+                    exec(plan, p.env.envp.as_ptr())
+                };
+            libc::write(
+                fds[1],
+                &e as *const c_int as *const c_void,
+                std::mem::size_of::<c_int>(),
+            );
+            libc::_exit(127);
+        }
+        libc::close(fds[1]);
+        let mut code: c_int = 0;
+        let n = loop {
+            let n = libc::read(
+                fds[0],
+                &mut code as *mut c_int as *mut c_void,
+                std::mem::size_of::<c_int>(),
+            );
+            if n < 0 && errno() == libc::EINTR {
+                continue;
+            }
+            break n;
+        };
+        libc::close(fds[0]);
+        let exec_err = if n == std::mem::size_of::<c_int>() as isize {
+            code
+        } else {
+            0
+        };
+        Ok((pid, exec_err))
+    }
+}
+
+/// Reaps children (as PID 1, orphans too) until `pid` ends; its wait status.
+unsafe fn wait_for(pid: pid_t) -> c_int {
+    loop {
+        let mut status: c_int = 0;
+        // SAFETY: plain waitpid.
+        let r = unsafe { libc::waitpid(-1, &mut status, 0) };
+        if r == pid {
+            return status;
+        }
+        if r < 0 && errno() != libc::EINTR {
+            return 255 << 8;
+        }
+    }
+}
+
+/// Makes `dir` the task's private `/tmp`: world-writable, sticky, and
+/// opaque (the host's `/tmp` below it does not show through).
+unsafe fn opaque_tmp(dir: &CStr) -> Result<(), c_int> {
+    unsafe {
+        if libc::chmod(dir.as_ptr(), 0o1777) != 0 {
+            return Err(errno());
+        }
+        let name = crate::plan::OPAQUE_XATTR;
+        if libc::setxattr(
+            dir.as_ptr(),
+            name.as_ptr(),
+            c"y".as_ptr() as *const c_void,
+            1,
+            0,
+        ) != 0
+        {
+            return Err(errno());
+        }
+    }
+    Ok(())
+}
+
+/// Builds the root: an overlay over `/` (upper on disk, else on a tmpfs), or
+/// a read-only recursive bind of `/`. Returns whether it is an overlay.
+unsafe fn setup_root(p: &ChildPlan) -> bool {
+    let r = &p.root;
+    let overlay = Some(c"overlay");
+    let unbindable = |target: &CStr| {
+        // Keep the new root out of recursive binds of the host mounts above it.
+        let _ = unsafe { mount(None, target, None, libc::MS_UNBINDABLE, None) };
+    };
+    let disk_err = match &r.overlay_disk {
+        Some(data) => match unsafe { mount(Some(c"osmo"), &r.newroot, overlay, 0, Some(data)) } {
+            Ok(()) => {
+                unbindable(&r.newroot);
+                unsafe { send(p.status, msg::ROOT_MODE, ROOT_OVERLAY_DISK, 0) };
+                return true;
+            }
+            Err(e) => e,
+        },
+        None => libc::EINVAL,
+    };
+    let tmpfs_err =
+        match unsafe { mkdirs(std::slice::from_ref(&r.tmpfs_dir), 0o700) }.and_then(|()| unsafe {
+            mount(
+                Some(c"osmo-upper"),
+                &r.tmpfs_dir,
+                Some(c"tmpfs"),
+                libc::MS_NOSUID | libc::MS_NODEV,
+                Some(c"mode=0700"),
+            )
+        }) {
+            Err(e) => e,
+            Ok(()) => {
+                // (Not unbindable yet: overlayfs clones the upper layer's mount.)
+                let made = unsafe { mkdirs(std::slice::from_ref(&r.tmpfs_upper), 0o755) }
+                    .and_then(|()| unsafe { mkdirs(std::slice::from_ref(&r.tmpfs_tmp), 0o755) })
+                    .and_then(|()| unsafe { opaque_tmp(&r.tmpfs_tmp) })
+                    .and_then(|()| unsafe { mkdirs(std::slice::from_ref(&r.tmpfs_work), 0o700) })
+                    .and_then(|()| match &r.overlay_tmpfs {
+                        Some(data) => unsafe {
+                            mount(Some(c"osmo"), &r.newroot, overlay, 0, Some(data))
+                        },
+                        None => Err(libc::EINVAL),
+                    });
+                match made {
+                    Ok(()) => {
+                        unbindable(&r.tmpfs_dir);
+                        unbindable(&r.newroot);
+                        unsafe { send(p.status, msg::ROOT_MODE, ROOT_OVERLAY_TMPFS, disk_err) };
+                        return true;
+                    }
+                    Err(e) => {
+                        unsafe { libc::umount2(r.tmpfs_dir.as_ptr(), libc::MNT_DETACH) };
+                        e
+                    }
+                }
+            }
+        };
+    unsafe {
+        if let Err(e) = mount(
+            Some(c"/"),
+            &r.newroot,
+            None,
+            libc::MS_BIND | libc::MS_REC,
+            None,
+        ) {
+            fail(p, step::ROOT_BIND, e);
+        }
+        if let Err(e) = make_readonly(&r.newroot) {
+            fail(p, step::ROOT_READONLY, e);
+        }
+        send(
+            p.status,
+            msg::ROOT_MODE,
+            ROOT_READONLY_BIND,
+            disk_err | (tmpfs_err << 16),
+        );
+    }
+    false
+}
+
+unsafe fn write_files(p: &ChildPlan) {
+    for (i, f) in p.files.iter().enumerate() {
+        let result = unsafe { mkdirs(&f.parents, 0o755) }.and_then(|()| unsafe {
+            let fd = libc::open(
+                f.path.as_ptr(),
+                libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC | libc::O_CLOEXEC | libc::O_NOCTTY,
+                0o755 as c_uint,
+            );
+            if fd < 0 {
+                return Err(errno());
+            }
+            let mut rest: &[u8] = &f.data;
+            while !rest.is_empty() {
+                let n = libc::write(fd, rest.as_ptr() as *const c_void, rest.len());
+                if n < 0 {
+                    if errno() == libc::EINTR {
+                        continue;
+                    }
+                    let e = errno();
+                    libc::close(fd);
+                    return Err(e);
+                }
+                rest = rest.get(n as usize..).unwrap_or(&[]);
+            }
+            if libc::close(fd) != 0 && errno() != libc::EINTR {
+                return Err(errno());
+            }
+            Ok(())
+        });
+        if let Err(e) = result {
+            unsafe {
+                send(p.status, msg::FILE_FAILED, i as u32, e);
+                libc::_exit(1);
+            }
+        }
+    }
+}
+
+/// The init of the sandbox: PID 1 of a new PID namespace, in a new mount
+/// namespace. Builds the task's view of the file system, writes the files,
+/// runs the preflight tests, waits for the go byte, runs the command, reaps
+/// everything and reports the command's wait status. Never returns.
+///
+/// # Safety
+/// Only to be called in the child of [`raw_fork`] with `CLONE_NEWPID |
+/// CLONE_NEWNS`, with a plan whose descriptors are open.
+pub(crate) unsafe fn sandbox_init(p: &ChildPlan) -> ! {
+    unsafe {
+        reset_signals();
+        libc::prctl(libc::PR_SET_NAME, c"osmo-init".as_ptr() as c_ulong, 0, 0, 0);
+        for &(start, end) in &p.scrub {
+            if start != 0 && end > start {
+                // SAFETY: the kernel's own bounds of this process's argument and
+                // environment strings, mapped and writable (our copy of them).
+                ptr::write_bytes(start as *mut u8, 0, end - start);
+            }
+        }
+        let [(arg_start, arg_end), _] = p.scrub;
+        let name = b"osmo-init";
+        if arg_start != 0 && arg_end > arg_start && arg_end - arg_start > name.len() {
+            // What `ps` shows as the init's command line.
+            ptr::copy_nonoverlapping(name.as_ptr(), arg_start as *mut u8, name.len());
+        }
+        // If the controller's thread dies, so do we (and with us the namespace).
+        libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as c_ulong, 0, 0, 0);
+        for fd in 0..3 {
+            if libc::dup2(p.devnull, fd) < 0 {
+                fail(p, step::FDS, errno());
+            }
+        }
+        close_other_fds(&p.keep_fds);
+        if p.cgroup_procs >= 0 {
+            if libc::write(p.cgroup_procs, c"0".as_ptr() as *const c_void, 1) != 1 {
+                fail(p, step::CGROUP, errno());
+            }
+            libc::close(p.cgroup_procs);
+        }
+        if p.rlimit_as > 0 {
+            let lim = libc::rlimit {
+                rlim_cur: p.rlimit_as,
+                rlim_max: p.rlimit_as,
+            };
+            if libc::setrlimit(libc::RLIMIT_AS, &lim) != 0 {
+                fail(p, step::RLIMIT, errno());
+            }
+        }
+        libc::umask(0o022);
+
+        if let Err(e) = mount(None, c"/", None, libc::MS_REC | libc::MS_PRIVATE, None) {
+            fail(p, step::PRIVATE, e);
+        }
+        let overlay = setup_root(p);
+        for (i, s) in p.steps.iter().enumerate() {
+            let wanted = match s.when {
+                When::Always => true,
+                When::Overlay => overlay,
+                When::ReadOnlyRoot => !overlay,
+            };
+            if !wanted {
+                continue;
+            }
+            let done = mkdirs(&s.mkdirs, 0o755)
+                .and_then(|()| {
+                    mount(
+                        s.source.as_deref(),
+                        &s.target,
+                        s.fstype.as_deref(),
+                        s.flags,
+                        s.data.as_deref(),
+                    )
+                })
+                .and_then(|()| {
+                    if s.readonly {
+                        make_readonly(&s.target)
+                    } else {
+                        Ok(())
+                    }
+                });
+            if let Err(e) = done {
+                if s.optional {
+                    send(p.status, msg::STEP_SKIPPED, i as u32, e);
+                } else {
+                    fail(p, i as u32, e);
+                }
+            }
+        }
+        if libc::chdir(p.root.newroot.as_ptr()) != 0 {
+            fail(p, step::PIVOT, errno());
+        }
+        if libc::syscall(libc::SYS_pivot_root, c".".as_ptr(), c".".as_ptr()) == 0 {
+            if libc::umount2(c".".as_ptr(), libc::MNT_DETACH) != 0 {
+                fail(p, step::PIVOT, errno());
+            }
+        } else {
+            // The host root cannot be pivoted (an initramfs): move and chroot.
+            if let Err(e) = mount(Some(c"."), c"/", None, libc::MS_MOVE, None) {
+                fail(p, step::PIVOT, e);
+            }
+            if libc::chroot(c".".as_ptr()) != 0 {
+                fail(p, step::PIVOT, errno());
+            }
+        }
+        if libc::chdir(c"/".as_ptr()) != 0 {
+            fail(p, step::CHDIR, errno());
+        }
+
+        write_files(p);
+
+        for (i, test) in p.preflight.iter().enumerate() {
+            send(p.status, msg::PREFLIGHT_START, i as u32, 0);
+            let (pid, exec_err) = match spawn(p, &test.exec, test.out, test.out, false) {
+                Ok(r) => r,
+                Err((s, e)) => fail(p, s, e),
+            };
+            let status = wait_for(pid);
+            libc::close(test.out);
+            if exec_err != 0 {
+                send(p.status, msg::PREFLIGHT_EXEC_FAILED, i as u32, exec_err);
+                libc::_exit(1);
+            }
+            send(p.status, msg::PREFLIGHT_EXIT, i as u32, status);
+            if !(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0) {
+                libc::_exit(1);
+            }
+        }
+
+        send(p.status, msg::READY, 0, 0);
+        let mut byte = 0u8;
+        loop {
+            let n = libc::read(p.go, &mut byte as *mut u8 as *mut c_void, 1);
+            if n == 1 {
+                break;
+            }
+            if n < 0 && errno() == libc::EINTR {
+                continue;
+            }
+            // The controller said no (or is gone): the command never starts.
+            libc::_exit(0);
+        }
+        libc::close(p.go);
+
+        let (pid, exec_err) = match spawn(p, &p.command, p.stdout, p.stderr, true) {
+            Ok(r) => r,
+            Err((s, e)) => fail(p, s, e),
+        };
+        libc::close(p.stdout);
+        libc::close(p.stderr);
+        if exec_err != 0 {
+            wait_for(pid);
+            send(p.status, msg::EXEC_FAILED, 0, exec_err);
+            libc::_exit(0);
+        }
+        send(p.status, msg::STARTED, 0, 0);
+        let status = wait_for(pid);
+        send(p.status, msg::EXITED, 0, status);
+        // Leaving kills every other process of the namespace.
+        libc::_exit(0)
+    }
+}

@@ -1,0 +1,126 @@
+//! `/proc/self/mountinfo`, read by the controller before it forks (the child
+//! must not allocate, so it gets a finished list of mounts to bind).
+
+use std::path::{Path, PathBuf};
+
+/// One line of mountinfo, the fields we use.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct MountEntry {
+    /// The path inside the file system that is mounted (field 4).
+    pub root: String,
+    /// Where it is mounted (field 5).
+    pub mount_point: PathBuf,
+    pub fstype: String,
+    pub super_options: String,
+}
+
+pub(crate) fn read() -> std::io::Result<Vec<MountEntry>> {
+    Ok(parse(&std::fs::read_to_string("/proc/self/mountinfo")?))
+}
+
+pub(crate) fn parse(text: &str) -> Vec<MountEntry> {
+    text.lines().filter_map(parse_line).collect()
+}
+
+fn parse_line(line: &str) -> Option<MountEntry> {
+    let (left, right) = line.split_once(" - ")?;
+    let left: Vec<&str> = left.split(' ').collect();
+    let right: Vec<&str> = right.split(' ').collect();
+    if left.len() < 6 || right.len() < 3 {
+        return None;
+    }
+    Some(MountEntry {
+        root: unescape(left[3]),
+        mount_point: PathBuf::from(unescape(left[4])),
+        fstype: right[0].to_string(),
+        super_options: right[2].to_string(),
+    })
+}
+
+/// mountinfo writes space, tab, newline and backslash as `\ooo`.
+fn unescape(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'\\'
+            && i + 3 < bytes.len()
+            && bytes[i + 1..i + 4]
+                .iter()
+                .all(|b| (b'0'..=b'7').contains(b))
+        {
+            let v = (bytes[i + 1] - b'0') * 64 + (bytes[i + 2] - b'0') * 8 + (bytes[i + 3] - b'0');
+            out.push(v);
+            i += 4;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The host mounts that the overlay root does not show (an overlay's lower
+/// layer is one file system, without what is mounted on it): every mount
+/// point other than `/`, except those under `skip`, reduced to the topmost
+/// ones (a recursive bind brings the ones below along).
+pub(crate) fn submounts(entries: &[MountEntry], skip: &[&Path]) -> Vec<PathBuf> {
+    let mut points: Vec<PathBuf> = entries
+        .iter()
+        .map(|e| e.mount_point.clone())
+        .filter(|p| p.is_absolute() && p != Path::new("/"))
+        .filter(|p| !skip.iter().any(|s| p.starts_with(s)))
+        .collect();
+    points.sort();
+    points.dedup();
+    let mut top: Vec<PathBuf> = Vec::new();
+    for p in points {
+        if !top.iter().any(|t| p.starts_with(t)) {
+            top.push(p);
+        }
+    }
+    top
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SAMPLE: &str = "\
+22 1 254:0 / / rw,relatime - ext4 /dev/vda rw
+23 22 0:5 / /dev rw - devtmpfs devtmpfs rw
+24 23 0:20 / /dev/shm rw - tmpfs tmpfs rw
+25 22 0:21 / /proc rw - proc proc rw
+26 25 0:30 / /proc/sys/fs/binfmt_misc rw - binfmt_misc binfmt_misc rw
+27 22 0:22 / /sys rw - sysfs sysfs rw
+28 27 0:23 / /sys/fs/cgroup/memory rw shared:5 - cgroup cgroup rw,memory
+29 22 0:24 / /tmp rw - tmpfs tmpfs rw
+30 29 0:25 / /tmp/sub rw - tmpfs tmpfs rw
+31 22 0:26 /data /my\\040data rw - ext4 /dev/vdb rw
+32 22 0:27 / /scratch/a rw - tmpfs tmpfs rw
+";
+
+    #[test]
+    fn parses_fields_and_escapes() {
+        let entries = parse(SAMPLE);
+        assert_eq!(entries.len(), 11);
+        assert_eq!(entries[6].fstype, "cgroup");
+        assert_eq!(entries[6].super_options, "rw,memory");
+        assert_eq!(entries[9].mount_point, PathBuf::from("/my data"));
+        assert_eq!(entries[9].root, "/data");
+    }
+
+    #[test]
+    fn submounts_are_the_topmost_outside_the_skipped_trees() {
+        let entries = parse(SAMPLE);
+        let got = submounts(
+            &entries,
+            &[Path::new("/proc"), Path::new("/tmp"), Path::new("/scratch")],
+        );
+        let want: Vec<PathBuf> = ["/dev", "/my data", "/sys"]
+            .iter()
+            .map(PathBuf::from)
+            .collect();
+        assert_eq!(got, want);
+    }
+}

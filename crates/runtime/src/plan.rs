@@ -1,0 +1,527 @@
+//! Turns an [`AttemptSpec`] into the [`ChildPlan`] the sandbox's init runs:
+//! every path, string and file content is made ready here, before the fork.
+
+use std::collections::BTreeMap;
+use std::ffi::CString;
+use std::fs;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Component, Path, PathBuf};
+
+use base64::Engine as _;
+use libc::c_int;
+use osmo_spec::codes::{CodeSource, ReportedCode, well_known};
+
+use crate::AttemptSpec;
+use crate::child::{ChildPlan, EnvBlock, ExecPlan, FilePlan, PreflightPlan, RootPlan, Step, When};
+use crate::error::PrepareError;
+use crate::mountinfo;
+
+/// Environment variable of the controller that forces a weaker root:
+/// `tmpfs` (overlay with its upper layer on a tmpfs) or `readonly`.
+pub const ROOT_ENV: &str = "OSMO_SANDBOX_ROOT";
+
+/// The per-attempt directories in the scratch directory. The scratch
+/// directory itself is the mount point of the task's root (inside the mount
+/// namespace only), so it needs just the overlay's upper and work
+/// directories (few directories: removing them is the caller's cost, and on
+/// a file system mounted with `discard` every `rmdir` is slow).
+pub(crate) struct Layout {
+    pub scratch: PathBuf,
+    /// Where the task's root is mounted: the scratch directory.
+    pub root: PathBuf,
+    pub upper: PathBuf,
+    pub work: PathBuf,
+    /// For a tmpfs holding upper and work when the disk cannot; made by the init.
+    pub ovl: PathBuf,
+    /// `upper/tmp` is an opaque directory (the task's `/tmp` starts empty and
+    /// is private); false when the file system refused the xattr.
+    pub opaque_tmp: bool,
+}
+
+/// Overlayfs's mark of a directory that hides the lower layers' one.
+pub(crate) const OPAQUE_XATTR: &std::ffi::CStr = c"trusted.overlay.opaque";
+
+impl Layout {
+    pub fn create(scratch: &Path) -> Result<Layout, PrepareError> {
+        let io = |what: String| move |source| PrepareError::Io { what, source };
+        fs::create_dir_all(scratch).map_err(io(format!(
+            "create scratch directory {}",
+            scratch.display()
+        )))?;
+        let scratch = fs::canonicalize(scratch).map_err(io(format!(
+            "resolve scratch directory {}",
+            scratch.display()
+        )))?;
+        let upper = scratch.join("upper");
+        let tmp = upper.join("tmp");
+        let work = scratch.join("work");
+        for dir in [&upper, &work] {
+            if dir.exists() {
+                // A leftover of an earlier run with this scratch directory.
+                fs::remove_dir_all(dir).map_err(io(format!("clear {}", dir.display())))?;
+            }
+        }
+        for (dir, mode) in [(&upper, 0o755), (&tmp, 0o1777), (&work, 0o700)] {
+            fs::create_dir(dir).map_err(io(format!("create {}", dir.display())))?;
+            fs::set_permissions(dir, fs::Permissions::from_mode(mode))
+                .map_err(io(format!("set the mode of {}", dir.display())))?;
+        }
+        let opaque_tmp = cpath(&tmp).is_ok_and(|c| {
+            // SAFETY: setxattr with a NUL-terminated path and name and a 1-byte value.
+            unsafe {
+                libc::setxattr(
+                    c.as_ptr(),
+                    OPAQUE_XATTR.as_ptr(),
+                    c"y".as_ptr() as *const libc::c_void,
+                    1,
+                    0,
+                ) == 0
+            }
+        });
+        Ok(Layout {
+            root: scratch.clone(),
+            ovl: scratch.join("ovl"),
+            scratch,
+            upper,
+            work,
+            opaque_tmp,
+        })
+    }
+}
+
+/// Descriptors the plan refers to (owned by the controller).
+pub(crate) struct PlanFds {
+    pub devnull: c_int,
+    pub status: c_int,
+    pub go: c_int,
+    pub stdout: c_int,
+    pub stderr: c_int,
+    pub cgroup_procs: c_int,
+    pub preflight: Vec<c_int>,
+}
+
+/// A plan with the words to explain its failures.
+pub(crate) struct Prepared {
+    pub plan: ChildPlan,
+    /// What each plan step does, for messages (`bind output dir /x`).
+    pub step_names: Vec<String>,
+    pub file_paths: Vec<String>,
+}
+
+fn cstring(what: &str, s: impl Into<Vec<u8>>) -> Result<CString, PrepareError> {
+    CString::new(s).map_err(|_| PrepareError::Nul(what.to_string()))
+}
+
+fn cpath(p: &Path) -> Result<CString, PrepareError> {
+    cstring(&format!("path {}", p.display()), p.as_os_str().as_bytes())
+}
+
+/// `root` + the absolute `path`, without `..` tricks.
+fn under(root: &Path, path: &Path) -> PathBuf {
+    let mut out = root.to_path_buf();
+    for c in path.components() {
+        if let Component::Normal(part) = c {
+            out.push(part);
+        }
+    }
+    out
+}
+
+/// `root/a`, `root/a/b`, ... for `path` = `/a/b/...` (not `root` itself).
+fn prefixes(root: &Path, path: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut cur = root.to_path_buf();
+    for c in path.components() {
+        if let Component::Normal(part) = c {
+            cur.push(part);
+            out.push(cur.clone());
+        }
+    }
+    out
+}
+
+fn cpaths(paths: &[PathBuf]) -> Result<Vec<CString>, PrepareError> {
+    paths.iter().map(|p| cpath(p)).collect()
+}
+
+/// `argv` and the paths to try for `argv[0]`, searched in `path_var` as
+/// `execvp` would (but with the task's `PATH`, not the controller's).
+pub(crate) fn exec_plan(argv: &[String], path_var: &str) -> Result<ExecPlan, PrepareError> {
+    let store: Vec<CString> = argv
+        .iter()
+        .map(|a| cstring(&format!("argument {a:?}"), a.as_str()))
+        .collect::<Result<_, _>>()?;
+    let mut ptrs: Vec<*const libc::c_char> = store.iter().map(|c| c.as_ptr()).collect();
+    ptrs.push(std::ptr::null());
+    let candidates = match argv.first() {
+        None => Vec::new(),
+        Some(cmd) if cmd.is_empty() => Vec::new(),
+        Some(cmd) if cmd.contains('/') => vec![cstring("command", cmd.as_str())?],
+        Some(cmd) => path_var
+            .split(':')
+            .map(|dir| {
+                let dir = if dir.is_empty() { "." } else { dir };
+                cstring("PATH entry", format!("{}/{cmd}", dir.trim_end_matches('/')))
+            })
+            .collect::<Result<_, _>>()?,
+    };
+    Ok(ExecPlan {
+        candidates,
+        _argv_store: store,
+        argv: ptrs,
+    })
+}
+
+fn env_block(env: &BTreeMap<String, String>) -> Result<EnvBlock, PrepareError> {
+    let mut store = Vec::with_capacity(env.len());
+    for (k, v) in env {
+        if k.is_empty() || k.contains('=') {
+            return Err(PrepareError::BadEnvName(k.clone()));
+        }
+        store.push(cstring(
+            &format!("environment variable {k}"),
+            format!("{k}={v}"),
+        )?);
+    }
+    let mut envp: Vec<*const libc::c_char> = store.iter().map(|c| c.as_ptr()).collect();
+    envp.push(std::ptr::null());
+    Ok(EnvBlock {
+        _store: store,
+        envp,
+    })
+}
+
+fn decode_file(f: &osmo_spec::model::File) -> Result<Vec<u8>, ReportedCode> {
+    if !f.base64 {
+        return Ok(f.contents.clone().into_bytes());
+    }
+    let compact: String = f
+        .contents
+        .chars()
+        .filter(|c| !c.is_ascii_whitespace())
+        .collect();
+    let engine = base64::engine::GeneralPurpose::new(
+        &base64::alphabet::STANDARD,
+        base64::engine::GeneralPurposeConfig::new()
+            .with_decode_padding_mode(base64::engine::DecodePaddingMode::Indifferent),
+    );
+    engine.decode(compact.as_bytes()).map_err(|e| ReportedCode {
+        code: well_known::INIT_FILES,
+        source: CodeSource::Init,
+        detail: Some(format!(
+            "file {}: contents are not valid base64 ({e}); fix the spec",
+            f.path
+        )),
+    })
+}
+
+fn file_plan(f: &osmo_spec::model::File) -> Result<FilePlan, ReportedCode> {
+    let data = decode_file(f)?;
+    let path = Path::new("/").join(&f.path);
+    let mut parents = prefixes(Path::new("/"), &path);
+    parents.pop();
+    let init = |e: PrepareError| e.into_code();
+    Ok(FilePlan {
+        path: cpath(&path).map_err(init)?,
+        parents: cpaths(&parents).map_err(init)?,
+        data,
+    })
+}
+
+fn has_mount_option_chars(p: &Path) -> bool {
+    p.as_os_str()
+        .as_bytes()
+        .iter()
+        .any(|b| matches!(b, b',' | b':' | b'\\' | b'='))
+}
+
+fn overlay_data(upper: &Path, work: &Path) -> Option<CString> {
+    if has_mount_option_chars(upper) || has_mount_option_chars(work) {
+        return None;
+    }
+    CString::new(format!(
+        "lowerdir=/,upperdir={},workdir={}",
+        upper.display(),
+        work.display()
+    ))
+    .ok()
+}
+
+fn bind_step(
+    layout: &Layout,
+    source: &Path,
+    readonly: bool,
+    optional: bool,
+    when: When,
+) -> Result<Step, PrepareError> {
+    Ok(Step {
+        mkdirs: cpaths(&prefixes(&layout.root, source))?,
+        source: Some(cpath(source)?),
+        target: cpath(&under(&layout.root, source))?,
+        fstype: None,
+        flags: libc::MS_BIND | libc::MS_REC,
+        data: None,
+        readonly,
+        optional,
+        when,
+    })
+}
+
+/// The argument and environment areas of this process (fields 48–51 of
+/// `/proc/self/stat`), read once; zeros when unknown or implausible.
+fn scrub_ranges() -> [(usize, usize); 2] {
+    static RANGES: std::sync::OnceLock<[(usize, usize); 2]> = std::sync::OnceLock::new();
+    *RANGES.get_or_init(|| {
+        let parse = || -> Option<[(usize, usize); 2]> {
+            let stat = fs::read_to_string("/proc/self/stat").ok()?;
+            // Fields after the command name, which may hold spaces: field 3 is index 0.
+            let fields: Vec<&str> = stat.get(stat.rfind(')')? + 2..)?.split(' ').collect();
+            let field = |n: usize| fields.get(n - 3)?.parse::<usize>().ok();
+            let (a0, a1, e0, e1) = (field(48)?, field(49)?, field(50)?, field(51)?);
+            let sane = |s: usize, e: usize| s > 0 && e > s && e - s < (64 << 20);
+            (sane(a0, a1) && sane(e0, e1)).then_some([(a0, a1), (e0, e1)])
+        };
+        parse().unwrap_or([(0, 0); 2])
+    })
+}
+
+/// Everything but the descriptors comes from `spec`; `tests` are the
+/// preflight tests that run (already filtered), with their argv expanded.
+pub(crate) fn build(
+    spec: &AttemptSpec,
+    env: &BTreeMap<String, String>,
+    argv: &[String],
+    tests: &[Vec<String>],
+    layout: &Layout,
+    fds: &PlanFds,
+    rlimit_as: u64,
+) -> Result<Prepared, ReportedCode> {
+    let init = |e: PrepareError| e.into_code();
+    let path_var = env
+        .get("PATH")
+        .map(String::as_str)
+        .unwrap_or(crate::env::DEFAULT_PATH);
+
+    // Files first: a bad file is 257, whatever else is wrong.
+    let files: Vec<FilePlan> = spec.files.iter().map(file_plan).collect::<Result<_, _>>()?;
+    let file_paths = spec.files.iter().map(|f| f.path.clone()).collect();
+
+    let canonical = |what: &str, p: &Path| {
+        fs::canonicalize(p)
+            .map_err(|source| PrepareError::Io {
+                what: format!("{what} {}", p.display()),
+                source,
+            })
+            .map_err(init)
+    };
+    fs::create_dir_all(&spec.output_dir)
+        .map_err(|source| PrepareError::Io {
+            what: format!("create output dir {}", spec.output_dir.display()),
+            source,
+        })
+        .map_err(init)?;
+    let output = canonical("output dir", &spec.output_dir)?;
+    let inputs: Vec<PathBuf> = spec
+        .input_dirs
+        .iter()
+        .map(|p| canonical("input dir", p))
+        .collect::<Result<_, _>>()?;
+
+    let mut steps = Vec::new();
+    let mut step_names = Vec::new();
+
+    // The host mounts an overlay of `/` does not show, read-only.
+    let entries = mountinfo::read()
+        .map_err(|source| PrepareError::Io {
+            what: "read /proc/self/mountinfo".into(),
+            source,
+        })
+        .map_err(init)?;
+    let skip = [
+        Path::new("/proc"),
+        Path::new("/tmp"),
+        layout.scratch.as_path(),
+    ];
+    for m in mountinfo::submounts(&entries, &skip) {
+        steps.push(bind_step(layout, &m, true, true, When::Overlay).map_err(init)?);
+        step_names.push(format!("bind host mount {} read-only", m.display()));
+    }
+
+    let proc_target = layout.root.join("proc");
+    steps.push(Step {
+        mkdirs: vec![],
+        source: Some(c"proc".into()),
+        target: cpath(&proc_target).map_err(init)?,
+        fstype: Some(c"proc".into()),
+        flags: libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+        data: None,
+        readonly: false,
+        optional: false,
+        when: When::Always,
+    });
+    step_names.push("mount /proc for the PID namespace".into());
+
+    steps.push(Step {
+        mkdirs: vec![],
+        source: Some(c"shm".into()),
+        target: cpath(&layout.root.join("dev/shm")).map_err(init)?,
+        fstype: Some(c"tmpfs".into()),
+        flags: libc::MS_NOSUID | libc::MS_NODEV,
+        data: Some(c"mode=1777".into()),
+        readonly: false,
+        optional: true,
+        when: When::Always,
+    });
+    step_names.push("mount a private /dev/shm".into());
+
+    // With an overlay root, /tmp is the opaque `upper/tmp`: private and empty.
+    steps.push(Step {
+        mkdirs: vec![],
+        source: Some(c"tmp".into()),
+        target: cpath(&layout.root.join("tmp")).map_err(init)?,
+        fstype: Some(c"tmpfs".into()),
+        flags: libc::MS_NOSUID | libc::MS_NODEV,
+        data: Some(c"mode=1777".into()),
+        readonly: false,
+        optional: false,
+        when: When::ReadOnlyRoot,
+    });
+    step_names.push("mount a private /tmp".into());
+
+    // Output and inputs at their host paths, parents before children.
+    let mut dirs: Vec<(PathBuf, bool)> = vec![(output, false)];
+    dirs.extend(inputs.into_iter().map(|p| (p, true)));
+    dirs.sort_by_key(|(p, _)| p.components().count());
+    for (dir, readonly) in dirs {
+        steps.push(bind_step(layout, &dir, readonly, false, When::Always).map_err(init)?);
+        step_names.push(if readonly {
+            format!("bind input dir {} read-only", dir.display())
+        } else {
+            format!("bind output dir {}", dir.display())
+        });
+    }
+
+    // `OSMO_SANDBOX_ROOT=tmpfs|readonly` skips the better kinds of root (to
+    // work around a misbehaving overlayfs, and to test the fallbacks).
+    let forced = std::env::var(ROOT_ENV).unwrap_or_default();
+    let tmpfs_upper = layout.ovl.join("upper");
+    let root = RootPlan {
+        newroot: cpath(&layout.root).map_err(init)?,
+        overlay_disk: overlay_data(&layout.upper, &layout.work)
+            .filter(|_| layout.opaque_tmp && forced != "tmpfs" && forced != "readonly"),
+        tmpfs_dir: cpath(&layout.ovl).map_err(init)?,
+        tmpfs_upper: cpath(&tmpfs_upper).map_err(init)?,
+        tmpfs_tmp: cpath(&tmpfs_upper.join("tmp")).map_err(init)?,
+        tmpfs_work: cpath(&layout.ovl.join("work")).map_err(init)?,
+        overlay_tmpfs: overlay_data(&tmpfs_upper, &layout.ovl.join("work"))
+            .filter(|_| forced != "readonly"),
+    };
+
+    let preflight = tests
+        .iter()
+        .zip(&fds.preflight)
+        .map(|(argv, &out)| {
+            Ok(PreflightPlan {
+                exec: exec_plan(argv, path_var)?,
+                out,
+            })
+        })
+        .collect::<Result<Vec<_>, PrepareError>>()
+        .map_err(init)?;
+
+    let mut keep_fds = vec![fds.devnull, fds.status, fds.go, fds.stdout, fds.stderr];
+    keep_fds.extend(fds.preflight.iter().copied());
+    if fds.cgroup_procs >= 0 {
+        keep_fds.push(fds.cgroup_procs);
+    }
+    keep_fds.sort_unstable();
+
+    let plan = ChildPlan {
+        devnull: fds.devnull,
+        status: fds.status,
+        go: fds.go,
+        stdout: fds.stdout,
+        stderr: fds.stderr,
+        cgroup_procs: fds.cgroup_procs,
+        rlimit_as,
+        keep_fds,
+        root,
+        steps,
+        files,
+        env: env_block(env).map_err(init)?,
+        preflight,
+        command: exec_plan(argv, path_var).map_err(init)?,
+        scrub: scrub_ranges(),
+    };
+    Ok(Prepared {
+        plan,
+        step_names,
+        file_paths,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn searches_the_task_path() {
+        let plan = exec_plan(&["sh".into(), "-c".into(), "true".into()], "/a:/b/:").unwrap();
+        let got: Vec<&str> = plan
+            .candidates
+            .iter()
+            .map(|c| c.to_str().unwrap())
+            .collect();
+        assert_eq!(got, ["/a/sh", "/b/sh", "./sh"]);
+        assert_eq!(plan.argv.len(), 4);
+        assert!(plan.argv[3].is_null());
+        let plan = exec_plan(&["./x".into()], "/a").unwrap();
+        assert_eq!(plan.candidates, vec![CString::new("./x").unwrap()]);
+        assert!(
+            exec_plan(&[String::new()], "/a")
+                .unwrap()
+                .candidates
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn paths_below_the_new_root() {
+        let root = Path::new("/s/root");
+        assert_eq!(
+            under(root, Path::new("/tmp/../x/y")),
+            PathBuf::from("/s/root/tmp/x/y")
+        );
+        assert_eq!(
+            prefixes(root, Path::new("/a/b")),
+            vec![PathBuf::from("/s/root/a"), PathBuf::from("/s/root/a/b")]
+        );
+    }
+
+    #[test]
+    fn decodes_base64_files_leniently_and_refuses_garbage() {
+        let file = |contents: &str| osmo_spec::model::File {
+            path: "/x".into(),
+            contents: contents.into(),
+            base64: true,
+        };
+        assert_eq!(decode_file(&file("aGVs\nbG8=")).unwrap(), b"hello");
+        assert_eq!(decode_file(&file("aGVsbG8")).unwrap(), b"hello");
+        let err = decode_file(&file("not base64!")).unwrap_err();
+        assert_eq!(err.code, well_known::INIT_FILES);
+        assert!(err.detail.unwrap().contains("/x"));
+    }
+
+    #[test]
+    fn overlay_options_refuse_separator_characters() {
+        assert!(overlay_data(Path::new("/a,b/u"), Path::new("/w")).is_none());
+        assert_eq!(
+            overlay_data(Path::new("/s/u"), Path::new("/s/w"))
+                .unwrap()
+                .to_str()
+                .unwrap(),
+            "lowerdir=/,upperdir=/s/u,workdir=/s/w"
+        );
+    }
+}

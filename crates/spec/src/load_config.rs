@@ -1,0 +1,229 @@
+//! The service configuration file → [`ServiceConfig`], checked like a
+//! workflow file: unknown keys, bad values, bad code lists and overlaps are
+//! all reported with their places.
+
+use std::collections::BTreeMap;
+
+use crate::check;
+use crate::config::{
+    BackendKind, NodeCapacity, PoolConfig, PreflightTest, RuntimeKind, ServiceConfig,
+};
+use crate::de::{Checked, Scalar};
+use crate::error::Diagnostics;
+use crate::raw::{RawConfig, RawPool};
+use crate::report::Report;
+use crate::{read_yaml, render};
+
+/// Reads the service configuration file `source` (named `file` in messages).
+pub fn load_config(source: &str, file: &str) -> Result<ServiceConfig, Diagnostics> {
+    render::check_size(source, file)?;
+    let (raw, root, mut report) = read_yaml::<RawConfig>(source, source, file)?;
+    let mut pools = BTreeMap::new();
+    match raw.as_ref().map(|r| &r.pools) {
+        Some(None) => report.error(
+            root,
+            "missing `pools`; the configuration needs at least one pool",
+            None,
+        ),
+        Some(Some(Checked {
+            value: Some(entries),
+            mark,
+        })) => {
+            if entries.0.is_empty() {
+                report.error(
+                    *mark,
+                    "`pools` is empty; the configuration needs at least one pool",
+                    None,
+                );
+            }
+            for (key, value) in &entries.0 {
+                let name = check::name(key, "pool name", &mut report);
+                let pool = value
+                    .value
+                    .as_ref()
+                    .map(|raw| pool(raw, &key.text, &mut report));
+                if let (Some(name), Some(pool)) = (name, pool) {
+                    pools.insert(name, pool);
+                }
+            }
+        }
+        _ => {}
+    }
+    report.finish()?;
+    Ok(ServiceConfig { pools })
+}
+
+fn pool(raw: &RawPool, name: &str, report: &mut Report) -> PoolConfig {
+    let what = |field: &str| format!("`{field}` of pool `{name}`");
+    let mut pool = PoolConfig::default();
+    if let Some(s) = &raw.backend {
+        match s.text.as_str() {
+            "local" => pool.backend = BackendKind::Local,
+            "slurm" => pool.backend = BackendKind::Slurm,
+            _ => report.error(
+                s.mark,
+                format!("unknown backend for pool `{name}`; expected `local` or `slurm`"),
+                Some(s.text.clone()),
+            ),
+        }
+    }
+    if let Some(s) = &raw.runtime {
+        match s.text.as_str() {
+            "sandbox" => pool.runtime = RuntimeKind::Sandbox,
+            "docker" => pool.runtime = RuntimeKind::Docker,
+            _ => report.error(
+                s.mark,
+                format!("unknown runtime for pool `{name}`; expected `sandbox` or `docker`"),
+                Some(s.text.clone()),
+            ),
+        }
+    }
+    if let Some(n) = raw
+        .max_retry_per_task
+        .as_ref()
+        .and_then(|s| check::count(s, &what("max_retry_per_task"), report))
+    {
+        pool.max_retry_per_task = n;
+    }
+    if let Some(actions) = &raw.default_exit_actions {
+        pool.default_exit_actions = check::exit_actions(actions, report);
+    }
+    let mut names: Vec<(String, Scalar)> = Vec::new();
+    for item in raw
+        .preflight
+        .as_ref()
+        .and_then(|p| p.value.as_deref())
+        .unwrap_or_default()
+    {
+        let Some(test) = &item.value else { continue };
+        let Some(name_scalar) = &test.name else {
+            report.error(
+                item.mark,
+                format!("a preflight test of pool `{name}` is missing `name`"),
+                None,
+            );
+            continue;
+        };
+        let Some(test_name) = check::text(name_scalar, "a preflight test's `name`", report) else {
+            continue;
+        };
+        if let Some((_, first)) = names.iter().find(|(n, _)| *n == test_name) {
+            report.error(
+                name_scalar.mark,
+                format!(
+                    "preflight test `{test_name}` is defined twice in pool `{name}` (first at line {}, column {})",
+                    first.mark.line, first.mark.column
+                ),
+                None,
+            );
+            continue;
+        }
+        names.push((test_name.clone(), name_scalar.clone()));
+        let command = match &test.command {
+            None => {
+                report.error(
+                    item.mark,
+                    format!("preflight test `{test_name}` is missing `command` (a list)"),
+                    None,
+                );
+                None
+            }
+            Some(list) => match check::strings(list, "a preflight `command`", report) {
+                Some(c) if c.is_empty() => {
+                    report.error(
+                        list.mark,
+                        format!("`command` of preflight test `{test_name}` is empty"),
+                        None,
+                    );
+                    None
+                }
+                other => other,
+            },
+        };
+        let first_attempt_only = check::opt_flag(
+            test.first_attempt_only.as_ref(),
+            "`first_attempt_only`",
+            false,
+            report,
+        );
+        if let Some(command) = command {
+            pool.preflight.push(PreflightTest {
+                name: test_name,
+                command,
+                first_attempt_only,
+            });
+        }
+    }
+    if let Some(node) = raw.node.as_ref().and_then(|n| n.value.as_ref()) {
+        pool.node = NodeCapacity {
+            cpu: node
+                .cpu
+                .as_ref()
+                .and_then(|s| check::cpu(s, &what("node.cpu"), report)),
+            gpu: node
+                .gpu
+                .as_ref()
+                .and_then(|s| check::count(s, &what("node.gpu"), report)),
+            memory_bytes: node
+                .memory
+                .as_ref()
+                .and_then(|s| check::quantity(s, &what("node.memory"), report)),
+            storage_bytes: node
+                .storage
+                .as_ref()
+                .and_then(|s| check::quantity(s, &what("node.storage"), report)),
+        };
+    }
+    pool.cpu_capacity = raw
+        .cpu_capacity
+        .as_ref()
+        .and_then(|s| check::cpu(s, &what("cpu_capacity"), report));
+    pool.default_exec_timeout = raw
+        .default_exec_timeout
+        .as_ref()
+        .and_then(|s| check::duration(s, &what("default_exec_timeout"), report));
+    pool.default_queue_timeout = raw
+        .default_queue_timeout
+        .as_ref()
+        .and_then(|s| check::duration(s, &what("default_queue_timeout"), report));
+    if let Some(list) = &raw.platforms {
+        pool.platforms = check::strings(list, &what("platforms"), report).unwrap_or_default();
+    }
+    if let Some(options) = raw.options.as_ref().and_then(|o| o.value.as_ref()) {
+        for (key, value) in &options.0 {
+            if let Some(v) = &value.value {
+                pool.options.insert(key.text.clone(), v.clone());
+            }
+        }
+    }
+    for (key, value) in [
+        ("partition", &raw.partition),
+        ("account", &raw.account),
+        ("qos", &raw.qos),
+    ] {
+        if let Some(text) = check::opt_text(value.as_ref(), &what(key), report) {
+            pool.options
+                .insert(key.to_string(), serde_json::Value::String(text));
+        }
+    }
+    pool
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_the_runner_config() {
+        let config = load_config(
+            "pools:\n  default:\n    backend: local\n    max_retry_per_task: 2\n    default_exit_actions: {COMPLETE: \"7\"}\n    preflight:\n    - {name: nccl-bandwidth, command: [sh, -c, \"exit 1\"], first_attempt_only: true}\n",
+            "config.yaml",
+        )
+        .unwrap();
+        let pool = &config.pools["default"];
+        assert_eq!(pool.max_retry_per_task, 2);
+        assert_eq!(pool.default_exit_actions.rules[0].codes.text, "7");
+        assert!(pool.preflight[0].first_attempt_only);
+        assert_eq!(pool.runtime, RuntimeKind::Sandbox);
+    }
+}
