@@ -14,7 +14,9 @@ use std::hint::black_box;
 
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 use osmo_engine::testkit::{GroupBuilder, Rng, WorkflowBuilder, actions, code};
-use osmo_engine::{Action, AttemptId, Command, Event, ExitActions, Rules, TaskKey, WorkflowState, decide};
+use osmo_engine::{
+    Action, AttemptId, Command, Event, ExitActions, Rules, TaskKey, WorkflowState, decide,
+};
 use osmo_spec::Workflow;
 
 const TEMPLATES: [&[(Action, &str)]; 5] = [
@@ -26,7 +28,9 @@ const TEMPLATES: [&[(Action, &str)]; 5] = [
 ];
 
 /// Codes an attempt exits with: mostly success.
-const CODES: [u32; 20] = [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 16, 16, 3006, 1, 137, 3004];
+const CODES: [u32; 20] = [
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 16, 16, 3006, 1, 137, 3004,
+];
 
 /// `groups` groups of `per_group` tasks, the last one leading; single-task
 /// groups depend on up to two groups of the previous layer of 100 (a
@@ -35,12 +39,15 @@ fn workflow(groups: usize, per_group: usize, rng: &mut Rng) -> Workflow {
     let mut builder = WorkflowBuilder::new("bench");
     for g in 0..groups {
         let mut group = GroupBuilder::new(&format!("g{g}"))
-            .barrier(rng.next_u64() % 4 != 0)
-            .ignore_nonlead_status(rng.next_u64() % 2 == 0);
+            .barrier(!rng.next_u64().is_multiple_of(4))
+            .ignore_nonlead_status(rng.next_u64().is_multiple_of(2));
         for t in 0..per_group {
             let template = if per_group == 1 {
                 // A deep DAG fails as soon as one task does: these tasks retry.
-                &[(Action::Complete, "0"), (Action::Reschedule, "1-255,3004,3006")][..]
+                &[
+                    (Action::Complete, "0"),
+                    (Action::Reschedule, "1-255,3004,3006"),
+                ][..]
             } else {
                 TEMPLATES[(rng.next_u64() % TEMPLATES.len() as u64) as usize]
             };
@@ -61,7 +68,9 @@ fn workflow(groups: usize, per_group: usize, rng: &mut Rng) -> Workflow {
 
 /// The code attempt `id` exits with: fixed per attempt, so every run is the same.
 fn exit_code(id: AttemptId) -> u32 {
-    let mut rng = Rng::new((u64::from(id.task.group) << 40) ^ (u64::from(id.task.task) << 20) ^ u64::from(id.retry_id));
+    let mut rng = Rng::new(
+        (u64::from(id.task.group) << 40) ^ (u64::from(id.task.task) << 20) ^ u64::from(id.retry_id),
+    );
     CODES[(rng.next_u64() % CODES.len() as u64) as usize]
 }
 
@@ -69,10 +78,16 @@ fn exit_code(id: AttemptId) -> u32 {
 fn drive(state: &mut WorkflowState, initial: &[Command], lifecycle: bool) -> u64 {
     let mut queue: VecDeque<AttemptId> = VecDeque::with_capacity(16_384);
     let mut out: Vec<Command> = Vec::with_capacity(64);
-    let mut exited = Event::Exited { attempt: AttemptId { task: TaskKey { group: 0, task: 0 }, retry_id: 0 }, codes: vec![code(0)] };
+    let mut exited = Event::Exited {
+        attempt: AttemptId {
+            task: TaskKey { group: 0, task: 0 },
+            retry_id: 0,
+        },
+        codes: vec![code(0)],
+    };
     let mut exits = 0;
     let mut now = 1_000;
-    let mut absorb = |out: &mut Vec<Command>, queue: &mut VecDeque<AttemptId>| {
+    let absorb = |out: &mut Vec<Command>, queue: &mut VecDeque<AttemptId>| {
         for command in out.drain(..) {
             if let Command::Launch { attempt } = command {
                 queue.push_back(attempt);
@@ -90,7 +105,14 @@ fn drive(state: &mut WorkflowState, initial: &[Command], lifecycle: bool) -> u64
             let batch: Vec<AttemptId> = queue.drain(..).collect();
             assert!(!batch.is_empty(), "unfinished with nothing launched");
             for &attempt in &batch {
-                state.apply(&Event::Initializing { attempt, node: None }, now, &mut out);
+                state.apply(
+                    &Event::Initializing {
+                        attempt,
+                        node: None,
+                    },
+                    now,
+                    &mut out,
+                );
                 state.apply(&Event::SetupDone { attempt }, now, &mut out);
                 absorb(&mut out, &mut queue);
             }
@@ -139,7 +161,10 @@ fn bench_workflow(c: &mut Criterion, name: &str, groups: usize, per_group: usize
     assert_eq!(wf.task_count(), 10_000);
     // The DAG's tasks get a larger budget: one failure fails everything downstream.
     let budget = if per_group == 1 { 10 } else { 3 };
-    let rules = Rules { max_retry_per_task: budget, default_exit_actions: actions(&[(Action::Reschedule, "3006")]) };
+    let rules = Rules {
+        max_retry_per_task: budget,
+        default_exit_actions: actions(&[(Action::Reschedule, "3006")]),
+    };
     let (state, initial) = WorkflowState::new("bench-1".into(), wf, rules, 0);
     let exits = drive(&mut state.clone(), &initial, lifecycle);
     let mut group = c.benchmark_group("exits");
@@ -156,11 +181,14 @@ fn bench_workflow(c: &mut Criterion, name: &str, groups: usize, per_group: usize
         )
     });
     group.finish();
-    println!("{name}: {exits} exit decisions per iteration, final status {}", {
-        let mut s = state.clone();
-        drive(&mut s, &initial, lifecycle);
-        s.status()
-    });
+    println!(
+        "{name}: {exits} exit decisions per iteration, final status {}",
+        {
+            let mut s = state.clone();
+            drive(&mut s, &initial, lifecycle);
+            s.status()
+        }
+    );
 }
 
 fn exits(c: &mut Criterion) {
@@ -171,12 +199,19 @@ fn exits(c: &mut Criterion) {
 
 fn decide_alone(c: &mut Criterion) {
     let task_actions: Vec<ExitActions> = TEMPLATES.iter().map(|t| actions(t)).collect();
-    let rules = Rules { max_retry_per_task: 3, default_exit_actions: actions(&[(Action::Reschedule, "3006")]) };
+    let rules = Rules {
+        max_retry_per_task: 3,
+        default_exit_actions: actions(&[(Action::Reschedule, "3006")]),
+    };
     let mut rng = Rng::new(7);
     let cases: Vec<(u32, usize, u32)> = (0..1024)
         .map(|_| {
             let code = [0, 3, 16, 137, 1001, 3001, 3006, 4000][(rng.next_u64() % 8) as usize];
-            (code, (rng.next_u64() % TEMPLATES.len() as u64) as usize, (rng.next_u64() % 5) as u32)
+            (
+                code,
+                (rng.next_u64() % TEMPLATES.len() as u64) as usize,
+                (rng.next_u64() % 5) as u32,
+            )
         })
         .collect();
     let mut group = c.benchmark_group("decide");

@@ -88,14 +88,20 @@ pub enum TimeoutKind {
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Event {
     /// The backend placed the attempt and its set-up began (files, inputs, preflight).
-    Initializing { attempt: AttemptId, node: Option<String> },
+    Initializing {
+        attempt: AttemptId,
+        node: Option<String>,
+    },
     /// Set-up finished; the attempt waits at the group barrier for [`Command::Release`].
     SetupDone { attempt: AttemptId },
     /// The user command started.
     Running { attempt: AttemptId },
     /// The attempt ended, with every code it produced (may be several; the highest wins).
     /// An attempt that never reported codes but whose backend lost it reports 3001 (source service).
-    Exited { attempt: AttemptId, codes: Vec<ReportedCode> },
+    Exited {
+        attempt: AttemptId,
+        codes: Vec<ReportedCode>,
+    },
     /// A timer set by [`Command::SetTimer`] fired.
     TimedOut { group: u32, kind: TimeoutKind },
     /// A user canceled the workflow.
@@ -115,7 +121,11 @@ pub enum Command {
     /// Stop this attempt; its record is already final, so whatever it reports later is ignored.
     Stop { attempt: AttemptId, reason: String },
     /// Send `Event::TimedOut { group, kind }` at `at` (unless the workflow is finished).
-    SetTimer { group: u32, kind: TimeoutKind, at: Millis },
+    SetTimer {
+        group: u32,
+        kind: TimeoutKind,
+        at: Millis,
+    },
     /// The workflow reached its final status; the server may clean up.
     Finished { status: WorkflowStatus },
 }

@@ -22,7 +22,10 @@ pub struct Rules {
 
 impl Default for Rules {
     fn default() -> Self {
-        Rules { max_retry_per_task: 3, default_exit_actions: ExitActions::default() }
+        Rules {
+            max_retry_per_task: 3,
+            default_exit_actions: ExitActions::default(),
+        }
     }
 }
 
@@ -105,7 +108,14 @@ pub fn decide(
     own_reschedules: u32,
     retry_id: u32,
 ) -> Decision {
-    decide_with(exit_code, task_actions, rules, own_reschedules, retry_id, true)
+    decide_with(
+        exit_code,
+        task_actions,
+        rules,
+        own_reschedules,
+        retry_id,
+        true,
+    )
 }
 
 /// [`decide`]; without `always_explain` a COMPLETED decision carries an
@@ -139,14 +149,24 @@ pub(crate) fn decide_with(
             let description = describe_code(exit_code);
             message.reserve(96);
             let _ = if exempt {
-                write!(message, "exit code {exit_code} ({description}) → {natural}; exit actions do not apply to it")
+                write!(
+                    message,
+                    "exit code {exit_code} ({description}) → {natural}; exit actions do not apply to it"
+                )
             } else {
-                write!(message, "exit code {exit_code} is not listed in exitActions; {description} → {natural} (default)")
+                write!(
+                    message,
+                    "exit code {exit_code} is not listed in exitActions; {description} → {natural} (default)"
+                )
             };
         }
         return Decision {
             exit_code,
-            rule: RuleMatch { origin: RuleOrigin::Default, action: None, range: None },
+            rule: RuleMatch {
+                origin: RuleOrigin::Default,
+                action: None,
+                range: None,
+            },
             status: natural,
             retry_limit_reached: false,
             message,
@@ -167,20 +187,32 @@ pub(crate) fn decide_with(
             RuleOrigin::Default => "default",
         };
         message.reserve(96);
-        let _ = write!(message, "exit code {exit_code} matched {action} {range} ({origin_name})");
+        let _ = write!(
+            message,
+            "exit code {exit_code} matched {action} {range} ({origin_name})"
+        );
         let _ = if status == TaskStatus::Rescheduled {
             let next = u64::from(retry_id) + 2;
-            let most = u64::from(retry_id) + 1 + u64::from(rules.max_retry_per_task - own_reschedules);
+            let most =
+                u64::from(retry_id) + 1 + u64::from(rules.max_retry_per_task - own_reschedules);
             write!(message, "; attempt {next} of {most} scheduled")
         } else if retry_limit_reached {
-            write!(message, " but retry limit {} reached; {status}", rules.max_retry_per_task)
+            write!(
+                message,
+                " but retry limit {} reached; {status}",
+                rules.max_retry_per_task
+            )
         } else {
             write!(message, "; {status}")
         };
     }
     Decision {
         exit_code,
-        rule: RuleMatch { origin, action: Some(action), range: Some(range.to_string()) },
+        rule: RuleMatch {
+            origin,
+            action: Some(action),
+            range: Some(range.to_string()),
+        },
         status,
         retry_limit_reached,
         message,
@@ -197,13 +229,20 @@ mod tests {
         ExitActions {
             rules: list
                 .iter()
-                .map(|(action, text)| ExitRule { action: *action, codes: CodeList::parse(text).unwrap() })
+                .map(|(action, text)| ExitRule {
+                    action: *action,
+                    codes: CodeList::parse(text).unwrap(),
+                })
                 .collect(),
         }
     }
 
     fn reported(code: u32, source: CodeSource) -> ReportedCode {
-        ReportedCode { code, source, detail: None }
+        ReportedCode {
+            code,
+            source,
+            detail: None,
+        }
     }
 
     #[test]
@@ -250,20 +289,35 @@ mod tests {
         assert_eq!(d.rule.origin, RuleOrigin::Task);
         assert_eq!(d.rule.action, Some(Action::Complete));
         assert_eq!(d.rule.range.as_deref(), Some("16"));
-        assert_eq!(d.message, "exit code 16 matched COMPLETE 16 (task); COMPLETED");
+        assert_eq!(
+            d.message,
+            "exit code 16 matched COMPLETE 16 (task); COMPLETED"
+        );
     }
 
     #[test]
     fn reschedule_until_the_budget_is_spent() {
         let task = actions(&[(Action::Complete, "0-10"), (Action::Reschedule, "11-20")]);
-        let rules = Rules { max_retry_per_task: 3, ..Rules::default() };
+        let rules = Rules {
+            max_retry_per_task: 3,
+            ..Rules::default()
+        };
         let d = decide(16, &task, &rules, 0, 0);
         assert_eq!(d.status, TaskStatus::Rescheduled);
         assert!(!d.retry_limit_reached);
-        assert_eq!(d.message, "exit code 16 matched RESCHEDULE 11-20 (task); attempt 2 of 4 scheduled");
+        assert_eq!(
+            d.message,
+            "exit code 16 matched RESCHEDULE 11-20 (task); attempt 2 of 4 scheduled"
+        );
         let d = decide(16, &task, &rules, 2, 2);
-        assert_eq!(d.message, "exit code 16 matched RESCHEDULE 11-20 (task); attempt 4 of 4 scheduled");
-        let rules = Rules { max_retry_per_task: 2, ..Rules::default() };
+        assert_eq!(
+            d.message,
+            "exit code 16 matched RESCHEDULE 11-20 (task); attempt 4 of 4 scheduled"
+        );
+        let rules = Rules {
+            max_retry_per_task: 2,
+            ..Rules::default()
+        };
         let d = decide(16, &task, &rules, 2, 2);
         assert_eq!(d.status, TaskStatus::Failed);
         assert!(d.retry_limit_reached);
@@ -282,7 +336,10 @@ mod tests {
     #[test]
     fn zero_budget_never_reschedules() {
         let task = actions(&[(Action::Reschedule, "1-255")]);
-        let rules = Rules { max_retry_per_task: 0, ..Rules::default() };
+        let rules = Rules {
+            max_retry_per_task: 0,
+            ..Rules::default()
+        };
         let d = decide(3, &task, &rules, 0, 0);
         assert_eq!(d.status, TaskStatus::Failed);
         assert!(d.retry_limit_reached);
@@ -290,19 +347,34 @@ mod tests {
 
     #[test]
     fn defaults_and_pool_rules() {
-        let rules = Rules { max_retry_per_task: 3, default_exit_actions: actions(&[(Action::Complete, "7")]) };
+        let rules = Rules {
+            max_retry_per_task: 3,
+            default_exit_actions: actions(&[(Action::Complete, "7")]),
+        };
         let d = decide(3, &ExitActions::default(), &rules, 0, 0);
         assert_eq!(d.status, TaskStatus::Failed);
         assert_eq!(d.rule.origin, RuleOrigin::Default);
-        assert_eq!(d.message, "exit code 3 is not listed in exitActions; non-zero exit → FAILED (default)");
+        assert_eq!(
+            d.message,
+            "exit code 3 is not listed in exitActions; non-zero exit → FAILED (default)"
+        );
         let d = decide(0, &ExitActions::default(), &rules, 0, 0);
         assert_eq!(d.status, TaskStatus::Completed);
         let d = decide(7, &ExitActions::default(), &rules, 0, 0);
-        assert_eq!((d.status, d.rule.origin), (TaskStatus::Completed, RuleOrigin::Pool));
-        assert_eq!(d.message, "exit code 7 matched COMPLETE 7 (pool); COMPLETED");
+        assert_eq!(
+            (d.status, d.rule.origin),
+            (TaskStatus::Completed, RuleOrigin::Pool)
+        );
+        assert_eq!(
+            d.message,
+            "exit code 7 matched COMPLETE 7 (pool); COMPLETED"
+        );
         // The task's own rule wins over the pool's.
         let d = decide(7, &actions(&[(Action::Fail, "7")]), &rules, 0, 0);
-        assert_eq!((d.status, d.rule.origin), (TaskStatus::Failed, RuleOrigin::Task));
+        assert_eq!(
+            (d.status, d.rule.origin),
+            (TaskStatus::Failed, RuleOrigin::Task)
+        );
         let d = decide(3006, &ExitActions::default(), &rules, 0, 0);
         assert_eq!(d.status, TaskStatus::FailedPreempted);
         assert_eq!(
@@ -314,17 +386,33 @@ mod tests {
     #[test]
     fn actions_override_the_code_status() {
         let task = actions(&[(Action::Complete, "3004"), (Action::Fail, "3006")]);
-        assert_eq!(decide(3004, &task, &Rules::default(), 0, 0).status, TaskStatus::Completed);
-        assert_eq!(decide(3006, &task, &Rules::default(), 0, 0).status, TaskStatus::Failed);
+        assert_eq!(
+            decide(3004, &task, &Rules::default(), 0, 0).status,
+            TaskStatus::Completed
+        );
+        assert_eq!(
+            decide(3006, &task, &Rules::default(), 0, 0).status,
+            TaskStatus::Failed
+        );
     }
 
     #[test]
     fn no_actions_for_upstream_and_server_error() {
         let task = actions(&[(Action::Complete, "3000"), (Action::Reschedule, "3002")]);
         let d = decide(3000, &task, &Rules::default(), 0, 0);
-        assert_eq!((d.status, d.rule.origin), (TaskStatus::FailedUpstream, RuleOrigin::Default));
+        assert_eq!(
+            (d.status, d.rule.origin),
+            (TaskStatus::FailedUpstream, RuleOrigin::Default)
+        );
         let d = decide(3002, &task, &Rules::default(), 0, 0);
-        assert_eq!((d.status, d.rule.origin), (TaskStatus::FailedServerError, RuleOrigin::Default));
-        assert!(d.message.contains("exit actions do not apply"), "{}", d.message);
+        assert_eq!(
+            (d.status, d.rule.origin),
+            (TaskStatus::FailedServerError, RuleOrigin::Default)
+        );
+        assert!(
+            d.message.contains("exit actions do not apply"),
+            "{}",
+            d.message
+        );
     }
 }

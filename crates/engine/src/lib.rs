@@ -8,8 +8,40 @@
 //! - [`decide()`]: the exit-code decision alone (highest code wins, exit actions
 //!   task → pool → default, retry budget), also for `osmo workflow explain`.
 //! - [`WorkflowState`]: groups, barrier, restarts, DAG, timeouts, cancel, statuses.
+//!   Each event costs O(size of the group it touches), never O(workflow)
+//!   (a cancel touches every unfinished group, a failure every group downstream).
 //! - [`testkit`]: workflow builders, a recording test environment that checks
 //!   the invariants after every event, and a random simulator (tests, benches).
+//!
+//! # Decisions where the semantics leave room
+//!
+//! - **Barrier.** A task holds its group's barrier back while its current
+//!   attempt has not finished set-up. A finished task (say a non-lead FAILED
+//!   under `ignoreNonleadStatus: true`) never holds it. After a group restart
+//!   every new attempt passes the barrier again; a task rescheduled alone into
+//!   a group that is already past it is released as soon as it is set up. An
+//!   attempt reported `Running` without a release counts as past the barrier.
+//! - **Forward only, also for groups and the workflow.** A group that ran
+//!   (an attempt RUNNING or finished) stays RUNNING until it finishes, and the
+//!   workflow stays RUNNING from its first running group to its final status
+//!   (it does not fall back to PENDING while a later group queues).
+//! - **Timers.** The queue clock starts when attempts of a group are launched:
+//!   at the group's start and again at each reschedule or restart in it (the
+//!   latest deadline is the one in force). It stops once no current attempt of
+//!   the group is SCHEDULING. The exec clock starts at the group's first
+//!   RUNNING attempt, once; restarts do not reset it. A `TimedOut` acts only
+//!   when `now` has reached the deadline in force ([`WorkflowState::pending_timers`]).
+//! - **Messages.** An attempt COMPLETED by its own exit has no failure
+//!   message (its rule is recorded). Attempts stopped because their lead finished
+//!   get `lead task X finished STATUS`, even when they take COMPLETED; restarted
+//!   ones get `restarted: lead X rescheduled` or `restarted: non-lead X
+//!   rescheduled`; a strict group's siblings get `task X failed`. A group's failure
+//!   message is `task X STATUS: <its message>` for the task that decided it.
+//!   Downstream groups name the group whose failure started the cascade. In
+//!   `attempt N of M scheduled`, M counts the attempts the task's remaining own
+//!   budget allows (group restarts may add more).
+//! - **Codes.** An attempt that exits with no code at all gets 4000 (unknown).
+//!   Exit actions never apply to 3000 and 3002, even when listed.
 
 pub mod api;
 mod decide;

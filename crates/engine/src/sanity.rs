@@ -33,7 +33,11 @@ impl WorkflowState {
         for (g, (group, spec)) in self.groups.iter().zip(&wf.groups).enumerate() {
             let gname = &spec.name;
             if group.tasks.len() != spec.tasks.len() {
-                fail!("group {gname}: {} task states for {} tasks", group.tasks.len(), spec.tasks.len());
+                fail!(
+                    "group {gname}: {} task states for {} tasks",
+                    group.tasks.len(),
+                    spec.tasks.len()
+                );
                 continue;
             }
             for &d in &self.downstream[g] {
@@ -52,7 +56,10 @@ impl WorkflowState {
                 finished_groups += 1;
                 tallies[status as usize] += 1;
             }
-            if matches!(status, TaskStatus::Rescheduled | TaskStatus::Submitting | TaskStatus::Processing) {
+            if matches!(
+                status,
+                TaskStatus::Rescheduled | TaskStatus::Submitting | TaskStatus::Processing
+            ) {
                 fail!("group {gname}: status {status} is not a group status");
             }
             if group.start_time.is_some() {
@@ -62,7 +69,10 @@ impl WorkflowState {
                 fail!("group {gname}: RUNNING without a start time");
             }
             if final_ != group.end_time.is_some() {
-                fail!("group {gname}: status {status} but end time {:?}", group.end_time);
+                fail!(
+                    "group {gname}: status {status} but end time {:?}",
+                    group.end_time
+                );
             }
             // Upstream bookkeeping.
             let remaining = spec
@@ -71,9 +81,15 @@ impl WorkflowState {
                 .filter(|&&u| self.groups[u].status != TaskStatus::Completed)
                 .count() as u32;
             if remaining != group.remaining_upstream {
-                fail!("group {gname}: remaining_upstream {} but {remaining} upstream unfinished", group.remaining_upstream);
+                fail!(
+                    "group {gname}: remaining_upstream {} but {remaining} upstream unfinished",
+                    group.remaining_upstream
+                );
             }
-            let upstream_failed = spec.upstream.iter().any(|&u| self.groups[u].status.is_failed());
+            let upstream_failed = spec
+                .upstream
+                .iter()
+                .any(|&u| self.groups[u].status.is_failed());
             if upstream_failed && !final_ {
                 fail!("group {gname}: an upstream group failed but it is {status}");
             }
@@ -106,37 +122,68 @@ impl WorkflowState {
                         fail!("task {tname}: attempt {i} has cause {:?}", a.cause);
                     }
                     if !last && !a.status.is_finished() {
-                        fail!("task {tname}: attempt {i} is {} but not the latest", a.status);
+                        fail!(
+                            "task {tname}: attempt {i} is {} but not the latest",
+                            a.status
+                        );
                     }
                     if a.status.is_finished() != a.end_time.is_some() {
-                        fail!("task {tname}: attempt {i} is {} with end time {:?}", a.status, a.end_time);
+                        fail!(
+                            "task {tname}: attempt {i} is {} with end time {:?}",
+                            a.status,
+                            a.end_time
+                        );
                     }
                     if a.status == TaskStatus::Waiting && i > 0 {
                         fail!("task {tname}: a retry is WAITING");
                     }
                     if !a.codes.is_empty() && a.exit_code != a.codes.iter().map(|c| c.code).max() {
-                        fail!("task {tname}: attempt {i} exit code {:?} is not the highest of its codes", a.exit_code);
+                        fail!(
+                            "task {tname}: attempt {i} exit code {:?} is not the highest of its codes",
+                            a.exit_code
+                        );
                     }
-                    if a.status == TaskStatus::FailedUpstream && a.exit_code != Some(well_known::UPSTREAM) {
-                        fail!("task {tname}: attempt {i} FAILED_UPSTREAM with exit code {:?}", a.exit_code);
+                    if a.status == TaskStatus::FailedUpstream
+                        && a.exit_code != Some(well_known::UPSTREAM)
+                    {
+                        fail!(
+                            "task {tname}: attempt {i} FAILED_UPSTREAM with exit code {:?}",
+                            a.exit_code
+                        );
                     }
-                    if a.status.is_finished() && a.exit_code.is_some() && a.rule.is_none() && a.status != TaskStatus::FailedUpstream {
+                    if a.status.is_finished()
+                        && a.exit_code.is_some()
+                        && a.rule.is_none()
+                        && a.status != TaskStatus::FailedUpstream
+                    {
                         fail!("task {tname}: attempt {i} exited without a recorded rule");
                     }
                     if a.action.is_some() && a.rule.as_ref().and_then(|r| r.action) != a.action {
-                        fail!("task {tname}: attempt {i} applied {:?} that no rule matched", a.action);
+                        fail!(
+                            "task {tname}: attempt {i} applied {:?} that no rule matched",
+                            a.action
+                        );
                     }
-                    if a.status == TaskStatus::Completed && a.failure_message.is_some() && a.exit_code.is_some() {
-                        fail!("task {tname}: attempt {i} COMPLETED on its own code with a failure message");
+                    if a.status == TaskStatus::Completed
+                        && a.failure_message.is_some()
+                        && a.exit_code.is_some()
+                    {
+                        fail!(
+                            "task {tname}: attempt {i} COMPLETED on its own code with a failure message"
+                        );
                     }
-                    let by_own_action = a.status == TaskStatus::Rescheduled && a.action == Some(Action::Reschedule);
+                    let by_own_action =
+                        a.status == TaskStatus::Rescheduled && a.action == Some(Action::Reschedule);
                     if by_own_action {
                         own += 1;
                     }
                     if let Some(next) = task.attempts.get(i + 1) {
                         match next.cause {
                             AttemptCause::Rescheduled if !by_own_action => {
-                                fail!("task {tname}: attempt {} rescheduled but {i} did not ask for it", i + 1)
+                                fail!(
+                                    "task {tname}: attempt {} rescheduled but {i} did not ask for it",
+                                    i + 1
+                                )
                             }
                             AttemptCause::GroupRestart if by_own_action => {
                                 fail!("task {tname}: attempt {} counted as a group restart", i + 1)
@@ -146,45 +193,74 @@ impl WorkflowState {
                     }
                 }
                 if own != task.own_reschedules {
-                    fail!("task {tname}: own_reschedules {} but {own} own RESCHEDULE actions", task.own_reschedules);
+                    fail!(
+                        "task {tname}: own_reschedules {} but {own} own RESCHEDULE actions",
+                        task.own_reschedules
+                    );
                 }
                 if task.own_reschedules > self.rules.max_retry_per_task {
-                    fail!("task {tname}: {} reschedules exceed the budget {}", task.own_reschedules, self.rules.max_retry_per_task);
+                    fail!(
+                        "task {tname}: {} reschedules exceed the budget {}",
+                        task.own_reschedules,
+                        self.rules.max_retry_per_task
+                    );
                 }
                 let cs = current.status;
                 match task.barrier {
                     _ if cs.is_finished() => {}
                     Barrier::Setup => {}
                     Barrier::Waiting if matches!(cs, TaskStatus::Initializing) => {}
-                    Barrier::Released if matches!(cs, TaskStatus::Initializing | TaskStatus::Running) => {}
+                    Barrier::Released
+                        if matches!(cs, TaskStatus::Initializing | TaskStatus::Running) => {}
                     b => fail!("task {tname}: {cs} with barrier state {b:?}"),
                 }
                 if cs == TaskStatus::Running && task.barrier != Barrier::Released {
                     fail!("task {tname}: RUNNING but not past the barrier");
                 }
-                if status == TaskStatus::Waiting && (task.attempts.len() != 1 || cs != TaskStatus::Waiting) {
-                    fail!("task {tname}: group WAITING but the task is {cs} with {} attempts", task.attempts.len());
+                if status == TaskStatus::Waiting
+                    && (task.attempts.len() != 1 || cs != TaskStatus::Waiting)
+                {
+                    fail!(
+                        "task {tname}: group WAITING but the task is {cs} with {} attempts",
+                        task.attempts.len()
+                    );
                 }
                 if final_ && !cs.is_finished() {
                     fail!("task {tname}: group {status} but the task is {cs}");
                 }
-                if !final_ && status != TaskStatus::Waiting && cs.progress() < TaskStatus::Scheduling.progress() {
+                if !final_
+                    && status != TaskStatus::Waiting
+                    && cs.progress() < TaskStatus::Scheduling.progress()
+                {
                     fail!("task {tname}: group {status} but the task is {cs}");
                 }
-                let Flags { scheduling, finished, ready, waiting } = task.flags();
-                for (n, f) in [scheduling, finished, ready, waiting].into_iter().enumerate() {
+                let Flags {
+                    scheduling,
+                    finished,
+                    ready,
+                    waiting,
+                } = task.flags();
+                for (n, f) in [scheduling, finished, ready, waiting]
+                    .into_iter()
+                    .enumerate()
+                {
                     counts[n] += u32::from(f);
                 }
                 let _ = t;
             }
             let counters = [group.scheduling, group.finished, group.ready, group.waiting];
             if counts != counters {
-                fail!("group {gname}: counters (scheduling, finished, ready, waiting) {counters:?} but {counts:?}");
+                fail!(
+                    "group {gname}: counters (scheduling, finished, ready, waiting) {counters:?} but {counts:?}"
+                );
             }
             if !final_ {
                 let barrier = spec.barrier && spec.tasks.len() > 1;
                 if group.waiting > 0 && (!barrier || group.ready as usize == spec.tasks.len()) {
-                    fail!("group {gname}: {} attempts wait at a barrier that holds nothing back", group.waiting);
+                    fail!(
+                        "group {gname}: {} attempts wait at a barrier that holds nothing back",
+                        group.waiting
+                    );
                 }
                 if group.finished as usize == spec.tasks.len() {
                     fail!("group {gname}: every task finished but the group is {status}");
@@ -207,7 +283,9 @@ impl WorkflowState {
                 }
                 let direct = matches!(
                     status,
-                    TaskStatus::FailedCanceled | TaskStatus::FailedExecTimeout | TaskStatus::FailedQueueTimeout
+                    TaskStatus::FailedCanceled
+                        | TaskStatus::FailedExecTimeout
+                        | TaskStatus::FailedQueueTimeout
                 );
                 if !direct {
                     let outcome = self.group_outcome(g).0;
@@ -227,24 +305,39 @@ impl WorkflowState {
             }
         }
         if finished_groups != self.finished_groups {
-            fail!("finished_groups {} but {finished_groups} groups are finished", self.finished_groups);
+            fail!(
+                "finished_groups {} but {finished_groups} groups are finished",
+                self.finished_groups
+            );
         }
         if tallies != self.tallies {
             fail!("tallies {:?} but {tallies:?}", self.tallies);
         }
         let all = finished_groups as usize == self.groups.len();
         if all != self.status.is_finished() {
-            fail!("workflow {} with {finished_groups} of {} groups finished", self.status, self.groups.len());
+            fail!(
+                "workflow {} with {finished_groups} of {} groups finished",
+                self.status,
+                self.groups.len()
+            );
         }
         if all {
             if self.status != self.final_status() {
-                fail!("workflow {} but its groups say {}", self.status, self.final_status());
+                fail!(
+                    "workflow {} but its groups say {}",
+                    self.status,
+                    self.final_status()
+                );
             }
             if self.end_time.is_none() {
                 fail!("workflow finished without an end time");
             }
         } else {
-            let expected = if any_ran { WorkflowStatus::Running } else { WorkflowStatus::Pending };
+            let expected = if any_ran {
+                WorkflowStatus::Running
+            } else {
+                WorkflowStatus::Pending
+            };
             if self.status != expected {
                 fail!("workflow {}, expected {expected}", self.status);
             }
@@ -258,7 +351,11 @@ impl WorkflowState {
         if self.status == WorkflowStatus::FailedCanceled && self.canceled_by.is_none() {
             fail!("workflow FAILED_CANCELED without who canceled it");
         }
-        if errors.is_empty() { Ok(()) } else { Err(format!("workflow {}:\n{errors}", self.id)) }
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(format!("workflow {}:\n{errors}", self.id))
+        }
     }
 }
 
@@ -271,7 +368,11 @@ mod tests {
 
     fn running_group() -> TestEnv {
         let wf = WorkflowBuilder::new("s")
-            .group(GroupBuilder::new("g").task_with("a", &[(Action::Reschedule, "1")]).task("b"))
+            .group(
+                GroupBuilder::new("g")
+                    .task_with("a", &[(Action::Reschedule, "1")])
+                    .task("b"),
+            )
             .task_after("c", &[], &["g"])
             .build();
         let mut env = TestEnv::new(wf, Rules::default());
@@ -282,7 +383,9 @@ mod tests {
     fn broken(env: &TestEnv, f: impl FnOnce(&mut WorkflowState)) -> String {
         let mut state = env.state.clone();
         f(&mut state);
-        state.sanity_check().expect_err("the corruption must be found")
+        state
+            .sanity_check()
+            .expect_err("the corruption must be found")
     }
 
     #[test]
@@ -291,17 +394,29 @@ mod tests {
         env.state.sanity_check().unwrap();
         assert!(broken(&env, |s| s.groups[0].waiting = 0).contains("counters"));
         assert!(broken(&env, |s| s.groups[0].ready += 1).contains("counters"));
-        assert!(broken(&env, |s| s.groups[1].status = TaskStatus::Running).contains("group c-group"));
-        assert!(broken(&env, |s| s.groups[0].remaining_upstream = 1).contains("remaining_upstream"));
-        assert!(broken(&env, |s| s.finished_groups = 1).contains("finished_groups"));
-        assert!(broken(&env, |s| s.status = WorkflowStatus::Completed).contains("workflow"));
-        assert!(broken(&env, |s| s.groups[0].tasks[0].own_reschedules = 1).contains("own_reschedules"));
-        assert!(broken(&env, |s| s.groups[0].tasks[1].attempts[0].retry_id = 3).contains("retry_id"));
         assert!(
-            broken(&env, |s| s.groups[0].tasks[1].attempts[0].status = TaskStatus::Running).contains("barrier")
+            broken(&env, |s| s.groups[1].status = TaskStatus::Running).contains("group c-group")
         );
         assert!(
-            broken(&env, |s| s.groups[0].tasks[1].attempts[0].status = TaskStatus::Completed).contains("end time")
+            broken(&env, |s| s.groups[0].remaining_upstream = 1).contains("remaining_upstream")
+        );
+        assert!(broken(&env, |s| s.finished_groups = 1).contains("finished_groups"));
+        assert!(broken(&env, |s| s.status = WorkflowStatus::Completed).contains("workflow"));
+        assert!(
+            broken(&env, |s| s.groups[0].tasks[0].own_reschedules = 1).contains("own_reschedules")
+        );
+        assert!(
+            broken(&env, |s| s.groups[0].tasks[1].attempts[0].retry_id = 3).contains("retry_id")
+        );
+        assert!(
+            broken(&env, |s| s.groups[0].tasks[1].attempts[0].status =
+                TaskStatus::Running)
+            .contains("barrier")
+        );
+        assert!(
+            broken(&env, |s| s.groups[0].tasks[1].attempts[0].status =
+                TaskStatus::Completed)
+            .contains("end time")
         );
     }
 
@@ -314,11 +429,13 @@ mod tests {
         env.exit("a", 0);
         assert_eq!(env.status("c"), TaskStatus::Scheduling);
         env.state.sanity_check().unwrap();
-        assert!(broken(&env, |s| {
-            s.groups[0].status = TaskStatus::Failed;
-            s.tallies[TaskStatus::Completed as usize] -= 1;
-            s.tallies[TaskStatus::Failed as usize] += 1;
-        })
-        .contains("its tasks say COMPLETED"));
+        assert!(
+            broken(&env, |s| {
+                s.groups[0].status = TaskStatus::Failed;
+                s.tallies[TaskStatus::Completed as usize] -= 1;
+                s.tallies[TaskStatus::Failed as usize] += 1;
+            })
+            .contains("its tasks say COMPLETED")
+        );
     }
 }

@@ -12,8 +12,8 @@ use osmo_spec::model::Workflow;
 use serde::{Deserialize, Serialize};
 
 use crate::api::{
-    Action, Attempt, AttemptCause, AttemptId, Command, Event, Millis, ReportedCode, TaskKey, TaskStatus,
-    TimeoutKind, WorkflowStatus,
+    Action, Attempt, AttemptCause, AttemptId, Command, Event, Millis, ReportedCode, TaskKey,
+    TaskStatus, TimeoutKind, WorkflowStatus,
 };
 use crate::decide::{Rules, decide_with, resolve_code};
 
@@ -55,7 +55,9 @@ impl TaskState {
     }
 
     fn current_mut(&mut self) -> &mut Attempt {
-        self.attempts.last_mut().expect("a task always has an attempt")
+        self.attempts
+            .last_mut()
+            .expect("a task always has an attempt")
     }
 
     pub(crate) fn flags(&self) -> Flags {
@@ -144,7 +146,12 @@ pub struct WorkflowState {
     pub(crate) canceled_by: Option<CanceledBy>,
 }
 
-pub(crate) fn new_attempt(retry_id: u32, cause: AttemptCause, status: TaskStatus, now: Option<Millis>) -> Attempt {
+pub(crate) fn new_attempt(
+    retry_id: u32,
+    cause: AttemptCause,
+    status: TaskStatus,
+    now: Option<Millis>,
+) -> Attempt {
     Attempt {
         retry_id,
         cause,
@@ -170,9 +177,9 @@ fn millis(d: std::time::Duration) -> Millis {
 fn human(d: std::time::Duration) -> String {
     let ms = millis(d);
     match ms {
-        _ if ms % 3_600_000 == 0 && ms > 0 => format!("{}h", ms / 3_600_000),
-        _ if ms % 60_000 == 0 && ms > 0 => format!("{}m", ms / 60_000),
-        _ if ms % 1000 == 0 => format!("{}s", ms / 1000),
+        _ if ms.is_multiple_of(3_600_000) && ms > 0 => format!("{}h", ms / 3_600_000),
+        _ if ms.is_multiple_of(60_000) && ms > 0 => format!("{}m", ms / 60_000),
+        _ if ms.is_multiple_of(1000) => format!("{}s", ms / 1000),
         _ => format!("{ms}ms"),
     }
 }
@@ -182,7 +189,12 @@ impl WorkflowState {
     /// the first attempts of their tasks are SCHEDULING and launched, and the
     /// queue clock starts when the workflow has a queue timeout. Every other
     /// group is WAITING, its tasks' first attempts too.
-    pub fn new(id: String, workflow: Workflow, rules: Rules, now: Millis) -> (WorkflowState, Vec<Command>) {
+    pub fn new(
+        id: String,
+        workflow: Workflow,
+        rules: Rules,
+        now: Millis,
+    ) -> (WorkflowState, Vec<Command>) {
         let mut downstream = vec![Vec::new(); workflow.groups.len()];
         for (g, group) in workflow.groups.iter().enumerate() {
             for &u in &group.upstream {
@@ -198,7 +210,12 @@ impl WorkflowState {
                     .tasks
                     .iter()
                     .map(|_| TaskState {
-                        attempts: vec![new_attempt(0, AttemptCause::First, TaskStatus::Waiting, None)],
+                        attempts: vec![new_attempt(
+                            0,
+                            AttemptCause::First,
+                            TaskStatus::Waiting,
+                            None,
+                        )],
                         own_reschedules: 0,
                         barrier: Barrier::Setup,
                     })
@@ -254,7 +271,9 @@ impl WorkflowState {
             return;
         }
         match event {
-            Event::Initializing { attempt, node } => self.on_initializing(*attempt, node.as_deref(), now, out),
+            Event::Initializing { attempt, node } => {
+                self.on_initializing(*attempt, node.as_deref(), now, out)
+            }
             Event::SetupDone { attempt } => self.on_setup_done(*attempt, now, out),
             Event::Running { attempt } => self.on_running(*attempt, now, out),
             Event::Exited { attempt, codes } => self.on_exited(*attempt, codes, now, out),
@@ -338,7 +357,9 @@ impl WorkflowState {
 
     /// Who canceled the workflow and why.
     pub fn canceled_by(&self) -> Option<(&str, Option<&str>)> {
-        self.canceled_by.as_ref().map(|c| (c.by.as_str(), c.reason.as_deref()))
+        self.canceled_by
+            .as_ref()
+            .map(|c| (c.by.as_str(), c.reason.as_deref()))
     }
 
     /// The timers in force: (group, clock, due time). A restarted server
@@ -373,7 +394,13 @@ impl WorkflowState {
         live.then_some((g, t))
     }
 
-    fn on_initializing(&mut self, id: AttemptId, node: Option<&str>, now: Millis, out: &mut Vec<Command>) {
+    fn on_initializing(
+        &mut self,
+        id: AttemptId,
+        node: Option<&str>,
+        now: Millis,
+        out: &mut Vec<Command>,
+    ) {
         let Some((g, t)) = self.live(id) else { return };
         let group = &mut self.groups[g];
         if group.tasks[t].current().status != TaskStatus::Scheduling {
@@ -405,7 +432,15 @@ impl WorkflowState {
             }
             task.barrier = Barrier::Waiting;
         });
-        self.maybe_release(g, out);
+        let spec = &self.workflow.groups[g];
+        let barrier = spec.barrier && spec.tasks.len() > 1;
+        if group.waiting == 1 && (!barrier || group.ready as usize == spec.tasks.len()) {
+            // Only this attempt waits: release it without looking at the others.
+            group.update(t, |task| task.barrier = Barrier::Released);
+            out.push(Command::Release { attempts: vec![id] });
+        } else {
+            self.maybe_release(g, out);
+        }
         self.refresh_group(g, now, out);
     }
 
@@ -427,14 +462,24 @@ impl WorkflowState {
             if let Some(exec) = self.workflow.timeout.exec {
                 let at = now.saturating_add(millis(exec));
                 group.exec_deadline = Some(at);
-                out.push(Command::SetTimer { group: g as u32, kind: TimeoutKind::Exec, at });
+                out.push(Command::SetTimer {
+                    group: g as u32,
+                    kind: TimeoutKind::Exec,
+                    at,
+                });
             }
         }
         self.enter_running(g, now);
         self.maybe_release(g, out);
     }
 
-    fn on_exited(&mut self, id: AttemptId, codes: &[ReportedCode], now: Millis, out: &mut Vec<Command>) {
+    fn on_exited(
+        &mut self,
+        id: AttemptId,
+        codes: &[ReportedCode],
+        now: Millis,
+        out: &mut Vec<Command>,
+    ) {
         let Some((g, t)) = self.live(id) else { return };
         let spec = &self.workflow.groups[g];
         let exit_code = resolve_code(codes).unwrap_or(well_known::UNKNOWN);
@@ -448,7 +493,11 @@ impl WorkflowState {
             false,
         );
         let status = decision.status;
-        let applied: Option<Action> = if decision.retry_limit_reached { None } else { decision.rule.action };
+        let applied: Option<Action> = if decision.retry_limit_reached {
+            None
+        } else {
+            decision.rule.action
+        };
         let message = (status != TaskStatus::Completed).then_some(decision.message);
         self.groups[g].update(t, |task| {
             let attempt = task.current_mut();
@@ -485,7 +534,11 @@ impl WorkflowState {
             self.arm_queue(g, now, out);
         } else if n > 1 && (is_lead || (status.is_failed() && !spec.ignore_nonlead_status)) {
             let (sibling_status, reason) = if is_lead {
-                let sibling = if status == TaskStatus::Completed { TaskStatus::Completed } else { TaskStatus::Failed };
+                let sibling = if status == TaskStatus::Completed {
+                    TaskStatus::Completed
+                } else {
+                    TaskStatus::Failed
+                };
                 (sibling, format!("lead task {name} finished {status}"))
             } else {
                 (TaskStatus::Failed, format!("task {name} failed"))
@@ -499,7 +552,9 @@ impl WorkflowState {
     }
 
     fn on_timed_out(&mut self, g: usize, kind: TimeoutKind, now: Millis, out: &mut Vec<Command>) {
-        let Some(group) = self.groups.get(g) else { return };
+        let Some(group) = self.groups.get(g) else {
+            return;
+        };
         if group.status.is_finished() {
             return;
         }
@@ -510,9 +565,12 @@ impl WorkflowState {
                 TaskStatus::FailedQueueTimeout,
                 "queue",
             ),
-            TimeoutKind::Exec => {
-                (group.exec_deadline, self.workflow.timeout.exec, TaskStatus::FailedExecTimeout, "exec")
-            }
+            TimeoutKind::Exec => (
+                group.exec_deadline,
+                self.workflow.timeout.exec,
+                TaskStatus::FailedExecTimeout,
+                "exec",
+            ),
         };
         if deadline.is_none_or(|at| now < at) {
             return;
@@ -529,7 +587,10 @@ impl WorkflowState {
 
     fn on_cancel(&mut self, by: &str, reason: Option<&str>, now: Millis, out: &mut Vec<Command>) {
         if self.canceled_by.is_none() {
-            self.canceled_by = Some(CanceledBy { by: by.to_string(), reason: reason.map(str::to_string) });
+            self.canceled_by = Some(CanceledBy {
+                by: by.to_string(),
+                reason: reason.map(str::to_string),
+            });
         }
         let message = match reason {
             Some(reason) => format!("canceled by {by}: {reason}"),
@@ -543,7 +604,14 @@ impl WorkflowState {
                 self.stop_attempt(g, t, TaskStatus::FailedCanceled, &message, now, out);
             }
             // No cascade: every unfinished group is canceled, none is FAILED_UPSTREAM.
-            self.finish_group(g, TaskStatus::FailedCanceled, Some(message.clone()), false, now, out);
+            self.finish_group(
+                g,
+                TaskStatus::FailedCanceled,
+                Some(message.clone()),
+                false,
+                now,
+                out,
+            );
         }
     }
 
@@ -560,7 +628,13 @@ impl WorkflowState {
                 attempt.scheduling_time = Some(now);
             });
             out.push(Command::Launch {
-                attempt: AttemptId { task: TaskKey { group: g as u32, task: t as u32 }, retry_id: 0 },
+                attempt: AttemptId {
+                    task: TaskKey {
+                        group: g as u32,
+                        task: t as u32,
+                    },
+                    retry_id: 0,
+                },
             });
         }
         self.arm_queue(g, now, out);
@@ -574,31 +648,70 @@ impl WorkflowState {
         {
             let at = now.saturating_add(millis(queue));
             group.queue_deadline = Some(at);
-            out.push(Command::SetTimer { group: g as u32, kind: TimeoutKind::Queue, at });
+            out.push(Command::SetTimer {
+                group: g as u32,
+                kind: TimeoutKind::Queue,
+                at,
+            });
         }
     }
 
     /// A new SCHEDULING attempt of a task whose current attempt is finished, launched.
-    fn push_attempt(&mut self, g: usize, t: usize, cause: AttemptCause, now: Millis, out: &mut Vec<Command>) {
+    fn push_attempt(
+        &mut self,
+        g: usize,
+        t: usize,
+        cause: AttemptCause,
+        now: Millis,
+        out: &mut Vec<Command>,
+    ) {
         let retry_id = self.groups[g].update(t, |task| {
             let retry_id = task.current().retry_id + 1;
-            task.attempts.push(new_attempt(retry_id, cause, TaskStatus::Scheduling, Some(now)));
+            task.attempts.push(new_attempt(
+                retry_id,
+                cause,
+                TaskStatus::Scheduling,
+                Some(now),
+            ));
             task.barrier = Barrier::Setup;
             retry_id
         });
-        out.push(Command::Launch { attempt: AttemptId { task: TaskKey { group: g as u32, task: t as u32 }, retry_id } });
+        out.push(Command::Launch {
+            attempt: AttemptId {
+                task: TaskKey {
+                    group: g as u32,
+                    task: t as u32,
+                },
+                retry_id,
+            },
+        });
     }
 
     /// Group restart of one task: an unfinished attempt ends RESCHEDULED and
     /// is stopped, a finished one keeps its status; either way a new attempt.
-    fn restart_task(&mut self, g: usize, t: usize, reason: &str, now: Millis, out: &mut Vec<Command>) {
+    fn restart_task(
+        &mut self,
+        g: usize,
+        t: usize,
+        reason: &str,
+        now: Millis,
+        out: &mut Vec<Command>,
+    ) {
         self.stop_attempt(g, t, TaskStatus::Rescheduled, reason, now, out);
         self.push_attempt(g, t, AttemptCause::GroupRestart, now, out);
     }
 
     /// Ends the task's current attempt with `status` unless it is finished;
     /// a launched one is stopped.
-    fn stop_attempt(&mut self, g: usize, t: usize, status: TaskStatus, reason: &str, now: Millis, out: &mut Vec<Command>) {
+    fn stop_attempt(
+        &mut self,
+        g: usize,
+        t: usize,
+        status: TaskStatus,
+        reason: &str,
+        now: Millis,
+        out: &mut Vec<Command>,
+    ) {
         let group = &mut self.groups[g];
         let current = group.tasks[t].current();
         if current.status.is_finished() {
@@ -614,7 +727,13 @@ impl WorkflowState {
         });
         if launched {
             out.push(Command::Stop {
-                attempt: AttemptId { task: TaskKey { group: g as u32, task: t as u32 }, retry_id },
+                attempt: AttemptId {
+                    task: TaskKey {
+                        group: g as u32,
+                        task: t as u32,
+                    },
+                    retry_id,
+                },
                 reason: reason.to_string(),
             });
         }
@@ -639,7 +758,13 @@ impl WorkflowState {
                     task.barrier = Barrier::Released;
                     task.current().retry_id
                 });
-                attempts.push(AttemptId { task: TaskKey { group: g as u32, task: t as u32 }, retry_id });
+                attempts.push(AttemptId {
+                    task: TaskKey {
+                        group: g as u32,
+                        task: t as u32,
+                    },
+                    retry_id,
+                });
             }
         }
         out.push(Command::Release { attempts });
@@ -669,7 +794,11 @@ impl WorkflowState {
             self.finish_group(g, status, message, true, now, out);
             return;
         }
-        let queue = if group.scheduling > 0 { TaskStatus::Scheduling } else { TaskStatus::Initializing };
+        let queue = if group.scheduling > 0 {
+            TaskStatus::Scheduling
+        } else {
+            TaskStatus::Initializing
+        };
         if queue.progress() > group.status.progress() {
             group.status = queue;
         }
@@ -681,7 +810,13 @@ impl WorkflowState {
         let spec = &self.workflow.groups[g];
         let group = &self.groups[g];
         let considered = |t: usize| !spec.ignore_nonlead_status || t == spec.lead;
-        let statuses = || group.tasks.iter().map(|task| task.current().status).enumerate();
+        let statuses = || {
+            group
+                .tasks
+                .iter()
+                .map(|task| task.current().status)
+                .enumerate()
+        };
         let any = |s: TaskStatus| statuses().any(|(_, x)| x == s);
         let any_considered = |s: TaskStatus| statuses().any(|(t, x)| considered(t) && x == s);
         let status = if any(TaskStatus::FailedUpstream) {
@@ -700,11 +835,21 @@ impl WorkflowState {
         // The task that decided it: one with that status (any failed one for
         // FAILED), preferring one that exited over one that was stopped.
         let decides = |t: usize, x: TaskStatus| {
-            if status == TaskStatus::Failed { considered(t) && x.is_failed() } else { x == status }
+            if status == TaskStatus::Failed {
+                considered(t) && x.is_failed()
+            } else {
+                x == status
+            }
         };
         let cause = statuses()
             .filter(|&(t, x)| decides(t, x))
-            .max_by_key(|&(t, _)| (group.tasks[t].current().exit_code.is_some(), t == spec.lead, usize::MAX - t))
+            .max_by_key(|&(t, _)| {
+                (
+                    group.tasks[t].current().exit_code.is_some(),
+                    t == spec.lead,
+                    usize::MAX - t,
+                )
+            })
             .map(|(t, _)| t);
         let message = cause.map(|t| {
             let attempt = group.tasks[t].current();
@@ -747,7 +892,8 @@ impl WorkflowState {
                         self.start_group(d, now, out);
                     }
                 } else if cascade && !self.groups[d].status.is_finished() {
-                    let reason = format!("upstream group {} failed", self.workflow.groups[root].name);
+                    let reason =
+                        format!("upstream group {} failed", self.workflow.groups[root].name);
                     self.fail_upstream(d, &reason, now);
                     stack.push((d, TaskStatus::FailedUpstream, Some(reason)));
                 }
@@ -779,9 +925,18 @@ impl WorkflowState {
         let count = |s: TaskStatus| self.tallies[s as usize];
         for (group, workflow) in [
             (TaskStatus::FailedCanceled, WorkflowStatus::FailedCanceled),
-            (TaskStatus::FailedServerError, WorkflowStatus::FailedServerError),
-            (TaskStatus::FailedExecTimeout, WorkflowStatus::FailedExecTimeout),
-            (TaskStatus::FailedQueueTimeout, WorkflowStatus::FailedQueueTimeout),
+            (
+                TaskStatus::FailedServerError,
+                WorkflowStatus::FailedServerError,
+            ),
+            (
+                TaskStatus::FailedExecTimeout,
+                WorkflowStatus::FailedExecTimeout,
+            ),
+            (
+                TaskStatus::FailedQueueTimeout,
+                WorkflowStatus::FailedQueueTimeout,
+            ),
         ] {
             if count(group) > 0 {
                 return workflow;
@@ -802,7 +957,9 @@ impl WorkflowState {
         if self.finished_groups as usize == self.groups.len() && !self.status.is_finished() {
             self.status = self.final_status();
             self.end_time = Some(now);
-            out.push(Command::Finished { status: self.status });
+            out.push(Command::Finished {
+                status: self.status,
+            });
         }
     }
 }

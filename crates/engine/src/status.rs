@@ -197,12 +197,22 @@ mod tests {
     #[test]
     fn predicates() {
         use TaskStatus::*;
-        for s in [Submitting, Waiting, Processing, Scheduling, Initializing, Running] {
+        for s in [
+            Submitting,
+            Waiting,
+            Processing,
+            Scheduling,
+            Initializing,
+            Running,
+        ] {
             assert!(!s.is_finished() && !s.is_failed(), "{s}");
         }
         assert!(Completed.is_finished() && !Completed.is_failed());
         assert!(Rescheduled.is_finished() && !Rescheduled.is_failed());
-        for s in TaskStatus::ALL.into_iter().filter(|s| s.as_str().starts_with("FAILED")) {
+        for s in TaskStatus::ALL
+            .into_iter()
+            .filter(|s| s.as_str().starts_with("FAILED"))
+        {
             assert!(s.is_finished() && s.is_failed(), "{s}");
         }
         assert!(!WorkflowStatus::Running.is_finished());

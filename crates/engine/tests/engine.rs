@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use osmo_engine::testkit::{GroupBuilder, TestEnv, WorkflowBuilder, actions, code};
 use osmo_engine::{
-    Action, AttemptCause, AttemptId, CodeSource, Command, Event, ReportedCode, RuleOrigin, Rules, TaskKey,
-    TaskStatus, TimeoutKind, WorkflowStatus,
+    Action, AttemptCause, AttemptId, CodeSource, Command, Event, ReportedCode, RuleOrigin, Rules,
+    TaskKey, TaskStatus, TimeoutKind, WorkflowStatus,
 };
 
 use Action::{Complete, Fail, Reschedule};
@@ -65,7 +65,10 @@ fn statuses(env: &TestEnv, task: &str) -> Vec<TaskStatus> {
 }
 
 fn budget(n: u32) -> Rules {
-    Rules { max_retry_per_task: n, ..Rules::default() }
+    Rules {
+        max_retry_per_task: n,
+        ..Rules::default()
+    }
 }
 
 /// The seed's preflight example: task1 leads and reschedules on 1001.
@@ -82,14 +85,20 @@ fn preflight_group() -> TestEnv {
 }
 
 fn preflight_failure() -> Vec<ReportedCode> {
-    vec![ReportedCode { code: 1001, source: CodeSource::Preflight, detail: Some("preflight nccl-bandwidth failed".into()) }]
+    vec![ReportedCode {
+        code: 1001,
+        source: CodeSource::Preflight,
+        detail: Some("preflight nccl-bandwidth failed".into()),
+    }]
 }
 
 // ----- §2/§3: the seed's examples --------------------------------------------
 
 #[test]
 fn seed_01_complete_on_16() {
-    let wf = WorkflowBuilder::new("exit-actions-example").task("example", &[(Complete, "0,1-10,16,20")]).build();
+    let wf = WorkflowBuilder::new("exit-actions-example")
+        .task("example", &[(Complete, "0,1-10,16,20")])
+        .build();
     let mut env = TestEnv::new(wf, Rules::default());
     assert_eq!(launches(&env.take()), vec![env.id("example", 0)]);
     assert_eq!(env.state.status(), WorkflowStatus::Pending);
@@ -97,11 +106,20 @@ fn seed_01_complete_on_16() {
     assert_eq!(env.state.status(), WorkflowStatus::Running);
     let out = env.exit("example", 16);
     let a = env.current("example");
-    assert_eq!((a.status, a.exit_code, a.retry_id), (S::Completed, Some(16), 0));
+    assert_eq!(
+        (a.status, a.exit_code, a.retry_id),
+        (S::Completed, Some(16), 0)
+    );
     let rule = a.rule.as_ref().unwrap();
-    assert_eq!((rule.origin, rule.action, rule.range.as_deref()), (RuleOrigin::Task, Some(Complete), Some("16")));
+    assert_eq!(
+        (rule.origin, rule.action, rule.range.as_deref()),
+        (RuleOrigin::Task, Some(Complete), Some("16"))
+    );
     assert_eq!(a.action, Some(Complete));
-    assert_eq!(a.failure_message, None, "COMPLETED carries no failure message");
+    assert_eq!(
+        a.failure_message, None,
+        "COMPLETED carries no failure message"
+    );
     assert_eq!(finished(&out), Some(WorkflowStatus::Completed));
     assert_eq!(env.attempts("example").len(), 1);
     assert!(env.state.end_time().is_some() && env.state.start_time().is_some());
@@ -121,13 +139,20 @@ fn seed_02_reschedule_on_16_until_the_budget_is_spent() {
         if retry < 2 {
             assert_eq!(launches(&out), vec![env.id("example", retry + 1)]);
             assert_eq!(env.state.status(), WorkflowStatus::Running);
-            assert_eq!(env.group_status("example-group"), S::Running, "the group stays RUNNING");
+            assert_eq!(
+                env.group_status("example-group"),
+                S::Running,
+                "the group stays RUNNING"
+            );
         } else {
             assert!(launches(&out).is_empty());
             assert_eq!(finished(&out), Some(WorkflowStatus::Failed));
         }
     }
-    assert_eq!(statuses(&env, "example"), [S::Rescheduled, S::Rescheduled, S::Failed]);
+    assert_eq!(
+        statuses(&env, "example"),
+        [S::Rescheduled, S::Rescheduled, S::Failed]
+    );
     let attempts = env.attempts("example");
     assert!(attempts.iter().all(|a| a.exit_code == Some(16)));
     assert_eq!(
@@ -143,25 +168,36 @@ fn seed_02_reschedule_on_16_until_the_budget_is_spent() {
         attempts[2].failure_message.as_deref(),
         Some("exit code 16 matched RESCHEDULE 11-20 (task) but retry limit 2 reached; FAILED")
     );
-    assert_eq!(attempts[2].action, None, "no action applied once the budget is spent");
-    assert_eq!(attempts.iter().map(|a| a.cause).collect::<Vec<_>>(), [
-        AttemptCause::First,
-        AttemptCause::Rescheduled,
-        AttemptCause::Rescheduled
-    ]);
+    assert_eq!(
+        attempts[2].action, None,
+        "no action applied once the budget is spent"
+    );
+    assert_eq!(
+        attempts.iter().map(|a| a.cause).collect::<Vec<_>>(),
+        [
+            AttemptCause::First,
+            AttemptCause::Rescheduled,
+            AttemptCause::Rescheduled
+        ]
+    );
     assert_eq!(env.state.status(), WorkflowStatus::Failed);
 }
 
 #[test]
 fn reschedule_01_then_complete() {
-    let wf = WorkflowBuilder::new("flaky").task("flaky", &[(Reschedule, "11-20")]).build();
+    let wf = WorkflowBuilder::new("flaky")
+        .task("flaky", &[(Reschedule, "11-20")])
+        .build();
     let mut env = TestEnv::new(wf, Rules::default());
     env.run("flaky");
     env.exit("flaky", 16);
     env.run("flaky");
     let out = env.exit("flaky", 0);
     assert_eq!(statuses(&env, "flaky"), [S::Rescheduled, S::Completed]);
-    assert_eq!(env.current("flaky").rule.as_ref().unwrap().origin, RuleOrigin::Default);
+    assert_eq!(
+        env.current("flaky").rule.as_ref().unwrap().origin,
+        RuleOrigin::Default
+    );
     assert_eq!(finished(&out), Some(WorkflowStatus::Completed));
 }
 
@@ -182,15 +218,25 @@ fn seed_03_preflight_failure_of_the_lead_restarts_the_group() {
     );
     let t2 = &env.attempts("task2")[0];
     assert_eq!(t2.status, S::Rescheduled);
-    assert_eq!(t2.failure_message.as_deref(), Some("restarted: lead task1 rescheduled"));
+    assert_eq!(
+        t2.failure_message.as_deref(),
+        Some("restarted: lead task1 rescheduled")
+    );
     assert_eq!(stops(&out), vec![env.id("task2", 0)]);
     assert_eq!(launches(&out), vec![env.id("task1", 1), env.id("task2", 1)]);
     assert_eq!(env.current("task2").cause, AttemptCause::GroupRestart);
-    assert_eq!(env.state.own_reschedules(env.key("task2")), 0, "a group restart spends no budget");
+    assert_eq!(
+        env.state.own_reschedules(env.key("task2")),
+        0,
+        "a group restart spends no budget"
+    );
     // Second attempts pass the barrier again, then complete.
     assert!(releases(&env.start("task1")).is_empty());
     let out = env.start("task2");
-    assert_eq!(releases(&out), vec![vec![env.id("task1", 1), env.id("task2", 1)]]);
+    assert_eq!(
+        releases(&out),
+        vec![vec![env.id("task1", 1), env.id("task2", 1)]]
+    );
     env.running("task1");
     env.running("task2");
     env.exit("task2", 0);
@@ -207,7 +253,11 @@ fn seed_03_when_task2_fails_its_preflight_first_it_keeps_failed_and_restarts() {
     env.init("task1");
     env.init("task2");
     env.exit_codes("task2", preflight_failure());
-    assert_eq!(env.status("task2"), S::Failed, "a non-lead failure with ignoreNonleadStatus only fails it");
+    assert_eq!(
+        env.status("task2"),
+        S::Failed,
+        "a non-lead failure with ignoreNonleadStatus only fails it"
+    );
     assert_eq!(env.group_status("my_group"), S::Running);
     let out = env.exit_codes("task1", preflight_failure());
     assert!(stops(&out).is_empty(), "task2 was already finished");
@@ -217,8 +267,15 @@ fn seed_03_when_task2_fails_its_preflight_first_it_keeps_failed_and_restarts() {
     env.running("task1");
     env.running("task2");
     env.exit("task1", 0);
-    assert_eq!(statuses(&env, "task2"), [S::Failed, S::Completed], "stopped by the lead, takes its status");
-    assert_eq!(env.current("task2").failure_message.as_deref(), Some("lead task task1 finished COMPLETED"));
+    assert_eq!(
+        statuses(&env, "task2"),
+        [S::Failed, S::Completed],
+        "stopped by the lead, takes its status"
+    );
+    assert_eq!(
+        env.current("task2").failure_message.as_deref(),
+        Some("lead task task1 finished COMPLETED")
+    );
     assert_eq!(env.group_status("my_group"), S::Completed);
     assert_eq!(env.state.status(), WorkflowStatus::Completed);
 }
@@ -227,13 +284,19 @@ fn seed_03_when_task2_fails_its_preflight_first_it_keeps_failed_and_restarts() {
 
 #[test]
 fn default_01_nonzero_fails() {
-    let wf = WorkflowBuilder::new("defaults").task("ok", &[]).task("bad", &[]).build();
+    let wf = WorkflowBuilder::new("defaults")
+        .task("ok", &[])
+        .task("bad", &[])
+        .build();
     let mut env = TestEnv::new(wf, Rules::default());
     env.run("ok");
     env.exit("ok", 0);
     env.run("bad");
     let out = env.exit("bad", 3);
-    assert_eq!((env.status("ok"), env.status("bad")), (S::Completed, S::Failed));
+    assert_eq!(
+        (env.status("ok"), env.status("bad")),
+        (S::Completed, S::Failed)
+    );
     assert_eq!(
         env.current("bad").failure_message.as_deref(),
         Some("exit code 3 is not listed in exitActions; non-zero exit → FAILED (default)")
@@ -243,42 +306,73 @@ fn default_01_nonzero_fails() {
 
 #[test]
 fn default_02_signal_137_matches_fail() {
-    let wf = WorkflowBuilder::new("killed").task("victim", &[(Fail, "137"), (Complete, "0")]).build();
+    let wf = WorkflowBuilder::new("killed")
+        .task("victim", &[(Fail, "137"), (Complete, "0")])
+        .build();
     let mut env = TestEnv::new(wf, Rules::default());
     env.run("victim");
     env.exit("victim", 137);
-    assert_eq!((env.status("victim"), env.current("victim").action), (S::Failed, Some(Fail)));
+    assert_eq!(
+        (env.status("victim"), env.current("victim").action),
+        (S::Failed, Some(Fail))
+    );
     assert_eq!(env.state.status(), WorkflowStatus::Failed);
 }
 
 #[test]
 fn pool_01_default_exit_actions_after_the_tasks_own() {
-    let wf = WorkflowBuilder::new("pool-defaults").task("pool-rule", &[]).task("task-rule", &[(Fail, "7")]).build();
-    let rules = Rules { max_retry_per_task: 3, default_exit_actions: actions(&[(Complete, "7")]) };
+    let wf = WorkflowBuilder::new("pool-defaults")
+        .task("pool-rule", &[])
+        .task("task-rule", &[(Fail, "7")])
+        .build();
+    let rules = Rules {
+        max_retry_per_task: 3,
+        default_exit_actions: actions(&[(Complete, "7")]),
+    };
     let mut env = TestEnv::new(wf, rules);
     env.run("pool-rule");
     env.exit("pool-rule", 7);
     env.run("task-rule");
     env.exit("task-rule", 7);
     assert_eq!(env.status("pool-rule"), S::Completed);
-    assert_eq!(env.current("pool-rule").rule.as_ref().unwrap().origin, RuleOrigin::Pool);
+    assert_eq!(
+        env.current("pool-rule").rule.as_ref().unwrap().origin,
+        RuleOrigin::Pool
+    );
     assert_eq!(env.status("task-rule"), S::Failed);
-    assert_eq!(env.current("task-rule").rule.as_ref().unwrap().origin, RuleOrigin::Task);
+    assert_eq!(
+        env.current("task-rule").rule.as_ref().unwrap().origin,
+        RuleOrigin::Task
+    );
     assert_eq!(env.state.status(), WorkflowStatus::Failed);
 }
 
 #[test]
 fn the_highest_code_wins_and_every_code_is_kept() {
-    let wf = WorkflowBuilder::new("multi").task("t", &[(Complete, "50")]).build();
+    let wf = WorkflowBuilder::new("multi")
+        .task("t", &[(Complete, "50")])
+        .build();
     let mut env = TestEnv::new(wf, Rules::default());
     env.run("t");
     let codes = vec![
-        ReportedCode { code: 50, source: CodeSource::User, detail: None },
-        ReportedCode { code: 2010, source: CodeSource::Runtime, detail: Some("download failed".into()) },
+        ReportedCode {
+            code: 50,
+            source: CodeSource::User,
+            detail: None,
+        },
+        ReportedCode {
+            code: 2010,
+            source: CodeSource::Runtime,
+            detail: Some("download failed".into()),
+        },
     ];
     env.exit_codes("t", codes.clone());
     let a = env.current("t");
-    assert_eq!((a.exit_code, a.status), (Some(2010), S::Failed), "COMPLETE 50 does not apply: 2010 wins");
+    assert_eq!(
+        (a.exit_code, a.status),
+        (Some(2010), S::Failed),
+        "COMPLETE 50 does not apply: 2010 wins"
+    );
     assert_eq!(a.codes, codes);
 }
 
@@ -287,7 +381,10 @@ fn no_code_at_all_is_unknown_4000() {
     let wf = WorkflowBuilder::new("lost").task("t", &[]).build();
     let mut env = TestEnv::new(wf, Rules::default());
     env.exit_codes("t", vec![]);
-    assert_eq!((env.status("t"), env.current("t").exit_code), (S::Failed, Some(4000)));
+    assert_eq!(
+        (env.status("t"), env.current("t").exit_code),
+        (S::Failed, Some(4000))
+    );
 }
 
 #[test]
@@ -356,13 +453,19 @@ fn group_01_strict_nonlead_failure_stops_the_group() {
     assert_eq!(env.status("worker"), S::Failed);
     for t in ["leader", "sidecar"] {
         assert_eq!(env.status(t), S::Failed);
-        assert_eq!(env.current(t).failure_message.as_deref(), Some("task worker failed"));
+        assert_eq!(
+            env.current(t).failure_message.as_deref(),
+            Some("task worker failed")
+        );
         assert_eq!(env.current(t).exit_code, None);
     }
     assert_eq!(stops(&out), vec![env.id("leader", 0), env.id("sidecar", 0)]);
     assert_eq!(env.group_status("gang"), S::Failed);
     let message = env.state.group_failure_message(0).unwrap();
-    assert!(message.starts_with("task worker FAILED: exit code 5"), "{message}");
+    assert!(
+        message.starts_with("task worker FAILED: exit code 5"),
+        "{message}"
+    );
     assert_eq!(finished(&out), Some(WorkflowStatus::Failed));
 }
 
@@ -373,9 +476,20 @@ fn group_02_lead_completion_ends_the_group_and_nonlead_failure_is_ignored() {
     assert!(stops(&out).is_empty());
     assert_eq!(env.group_status("gang"), S::Running);
     let out = env.exit("leader", 0);
-    assert_eq!(env.status("sidecar"), S::Failed, "finished before the lead: keeps its status");
-    assert_eq!(env.status("worker"), S::Completed, "stopped by the lead: takes COMPLETED");
-    assert_eq!(env.current("worker").failure_message.as_deref(), Some("lead task leader finished COMPLETED"));
+    assert_eq!(
+        env.status("sidecar"),
+        S::Failed,
+        "finished before the lead: keeps its status"
+    );
+    assert_eq!(
+        env.status("worker"),
+        S::Completed,
+        "stopped by the lead: takes COMPLETED"
+    );
+    assert_eq!(
+        env.current("worker").failure_message.as_deref(),
+        Some("lead task leader finished COMPLETED")
+    );
     assert_eq!(stops(&out), vec![env.id("worker", 0)]);
     assert_eq!(env.group_status("gang"), S::Completed);
     assert_eq!(env.state.group_failure_message(0), None);
@@ -387,7 +501,10 @@ fn a_failed_lead_fails_its_siblings_plainly() {
     let mut env = gang(true);
     env.exit("leader", 3006);
     assert_eq!(env.status("leader"), S::FailedPreempted);
-    assert_eq!((env.status("worker"), env.status("sidecar")), (S::Failed, S::Failed));
+    assert_eq!(
+        (env.status("worker"), env.status("sidecar")),
+        (S::Failed, S::Failed)
+    );
     assert_eq!(env.group_status("gang"), S::FailedPreempted);
     assert_eq!(env.state.status(), WorkflowStatus::FailedPreempted);
 }
@@ -401,8 +518,15 @@ fn lead_rescheduled_restarts_everyone_whatever_ignore_nonlead_says() {
         assert_eq!(statuses(&env, "leader"), [S::Rescheduled, S::Scheduling]);
         assert_eq!(statuses(&env, "worker"), [S::Rescheduled, S::Scheduling]);
         assert_eq!(statuses(&env, "sidecar"), [S::Completed, S::Scheduling]);
-        assert_eq!(env.attempts("worker")[0].failure_message.as_deref(), Some("restarted: lead leader rescheduled"));
-        assert_eq!(stops(&out), vec![env.id("worker", 0)], "only the unfinished one is stopped");
+        assert_eq!(
+            env.attempts("worker")[0].failure_message.as_deref(),
+            Some("restarted: lead leader rescheduled")
+        );
+        assert_eq!(
+            stops(&out),
+            vec![env.id("worker", 0)],
+            "only the unfinished one is stopped"
+        );
         assert_eq!(launches(&out).len(), 3);
         assert_eq!(env.current("sidecar").cause, AttemptCause::GroupRestart);
         assert_eq!(env.current("leader").cause, AttemptCause::Rescheduled);
@@ -427,7 +551,10 @@ fn nonlead_rescheduled_restarts_everyone_when_not_ignored() {
     let mut env = gang(false);
     let out = env.exit("worker", 15);
     assert_eq!(statuses(&env, "leader"), [S::Rescheduled, S::Scheduling]);
-    assert_eq!(env.attempts("leader")[0].failure_message.as_deref(), Some("restarted: non-lead worker rescheduled"));
+    assert_eq!(
+        env.attempts("leader")[0].failure_message.as_deref(),
+        Some("restarted: non-lead worker rescheduled")
+    );
     assert_eq!(stops(&out), vec![env.id("leader", 0), env.id("sidecar", 0)]);
     assert_eq!(launches(&out).len(), 3);
     // Everyone passes the barrier again.
@@ -450,10 +577,19 @@ fn group_restarts_do_not_spend_the_budget() {
     env.exit("lead", 1); // restarts other
     assert_eq!(env.attempts("other").len(), 2);
     env.exit("other", 1); // its own budget is untouched: granted
-    assert_eq!(statuses(&env, "other"), [S::Rescheduled, S::Rescheduled, S::Scheduling]);
+    assert_eq!(
+        statuses(&env, "other"),
+        [S::Rescheduled, S::Rescheduled, S::Scheduling]
+    );
     env.exit("other", 1); // now spent
     assert_eq!(env.status("other"), S::Failed);
-    assert!(env.current("other").failure_message.as_deref().unwrap().contains("retry limit 1 reached"));
+    assert!(
+        env.current("other")
+            .failure_message
+            .as_deref()
+            .unwrap()
+            .contains("retry limit 1 reached")
+    );
     env.exit("lead", 1);
     assert_eq!(env.status("lead"), S::Failed);
     assert_eq!(env.group_status("g"), S::Failed);
@@ -486,18 +622,30 @@ fn group_status_precedence() {
 
 #[test]
 fn group_status_follows_its_attempts_before_it_finishes() {
-    let wf = WorkflowBuilder::new("q").group(GroupBuilder::new("g").task("a").task("b")).build();
+    let wf = WorkflowBuilder::new("q")
+        .group(GroupBuilder::new("g").task("a").task("b"))
+        .build();
     let mut env = TestEnv::new(wf, Rules::default());
     assert_eq!(env.group_status("g"), S::Scheduling);
     env.init("a");
-    assert_eq!(env.group_status("g"), S::Scheduling, "b has no resources yet");
+    assert_eq!(
+        env.group_status("g"),
+        S::Scheduling,
+        "b has no resources yet"
+    );
     env.init("b");
     assert_eq!(env.group_status("g"), S::Initializing);
     env.start("a");
     env.start("b");
-    assert_eq!((env.group_status("g"), env.state.status()), (S::Initializing, WorkflowStatus::Pending));
+    assert_eq!(
+        (env.group_status("g"), env.state.status()),
+        (S::Initializing, WorkflowStatus::Pending)
+    );
     env.running("a");
-    assert_eq!((env.group_status("g"), env.state.status()), (S::Running, WorkflowStatus::Running));
+    assert_eq!(
+        (env.group_status("g"), env.state.status()),
+        (S::Running, WorkflowStatus::Running)
+    );
 }
 
 // ----- §4: the barrier ------------------------------------------------------
@@ -509,13 +657,20 @@ fn group_03_barrier_releases_everyone_together() {
         .task_after("check", &[], &["a", "b"])
         .build();
     let mut env = TestEnv::new(wf, Rules::default());
-    assert_eq!(launches(&env.take()).len(), 3, "check waits for its upstream");
+    assert_eq!(
+        launches(&env.take()).len(),
+        3,
+        "check waits for its upstream"
+    );
     assert!(releases(&env.start("a")).is_empty());
     assert!(releases(&env.start("b")).is_empty());
     env.init("c");
     assert_eq!(env.status("a"), S::Initializing);
     let out = env.setup_done("c");
-    assert_eq!(releases(&out), vec![vec![env.id("a", 0), env.id("b", 0), env.id("c", 0)]]);
+    assert_eq!(
+        releases(&out),
+        vec![vec![env.id("a", 0), env.id("b", 0), env.id("c", 0)]]
+    );
     for t in ["a", "b", "c"] {
         env.running(t);
     }
@@ -532,7 +687,9 @@ fn group_03_barrier_releases_everyone_together() {
 
 #[test]
 fn without_a_barrier_each_task_is_released_when_set_up() {
-    let wf = WorkflowBuilder::new("nobarrier").group(GroupBuilder::new("g").task("a").task("b").barrier(false)).build();
+    let wf = WorkflowBuilder::new("nobarrier")
+        .group(GroupBuilder::new("g").task("a").task("b").barrier(false))
+        .build();
     let mut env = TestEnv::new(wf, Rules::default());
     assert_eq!(releases(&env.start("a")), vec![vec![env.id("a", 0)]]);
     assert_eq!(releases(&env.start("b")), vec![vec![env.id("b", 0)]]);
@@ -540,18 +697,26 @@ fn without_a_barrier_each_task_is_released_when_set_up() {
 
 #[test]
 fn a_finished_task_does_not_hold_the_barrier() {
-    let wf = WorkflowBuilder::new("b").group(GroupBuilder::new("g").task("lead").task("side")).build();
+    let wf = WorkflowBuilder::new("b")
+        .group(GroupBuilder::new("g").task("lead").task("side"))
+        .build();
     let mut env = TestEnv::new(wf, Rules::default());
     assert!(releases(&env.start("lead")).is_empty());
     env.init("side");
     let out = env.exit_codes("side", preflight_failure());
     assert_eq!(env.status("side"), S::Failed);
-    assert_eq!(releases(&out), vec![vec![env.id("lead", 0)]], "the lead goes on alone");
+    assert_eq!(
+        releases(&out),
+        vec![vec![env.id("lead", 0)]],
+        "the lead goes on alone"
+    );
 }
 
 #[test]
 fn running_without_a_release_passes_the_barrier() {
-    let wf = WorkflowBuilder::new("b").group(GroupBuilder::new("g").task("a").task("b")).build();
+    let wf = WorkflowBuilder::new("b")
+        .group(GroupBuilder::new("g").task("a").task("b"))
+        .build();
     let mut env = TestEnv::new(wf, Rules::default());
     env.start("a");
     env.running("b"); // b skipped its set-up report
@@ -571,7 +736,10 @@ fn dag_01_upstream_failure_cascades_without_exit_actions() {
         .task("other", &[])
         .build();
     let mut env = TestEnv::new(wf, Rules::default());
-    assert_eq!(launches(&env.take()), vec![env.id("a", 0), env.id("other", 0)]);
+    assert_eq!(
+        launches(&env.take()),
+        vec![env.id("a", 0), env.id("other", 0)]
+    );
     assert_eq!(env.group_status("b-group"), S::Waiting);
     assert_eq!(env.status("b"), S::Waiting);
     env.run("a");
@@ -579,12 +747,22 @@ fn dag_01_upstream_failure_cascades_without_exit_actions() {
     assert!(launches(&out).is_empty() && stops(&out).is_empty());
     for t in ["b", "c"] {
         let a = env.current(t);
-        assert_eq!((a.status, a.exit_code, a.retry_id), (S::FailedUpstream, Some(3000), 0));
-        assert_eq!(a.failure_message.as_deref(), Some("upstream group a-group failed"));
+        assert_eq!(
+            (a.status, a.exit_code, a.retry_id),
+            (S::FailedUpstream, Some(3000), 0)
+        );
+        assert_eq!(
+            a.failure_message.as_deref(),
+            Some("upstream group a-group failed")
+        );
         assert_eq!((a.rule.as_ref(), a.action), (None, None));
     }
     assert_eq!(env.group_status("c-group"), S::FailedUpstream);
-    assert_eq!(env.state.status(), WorkflowStatus::Running, "other still runs");
+    assert_eq!(
+        env.state.status(),
+        WorkflowStatus::Running,
+        "other still runs"
+    );
     env.run("other");
     let out = env.exit("other", 0);
     assert_eq!(env.status("other"), S::Completed);
@@ -633,19 +811,31 @@ fn timeout_01_exec_timeout_fails_the_group_without_exit_actions() {
         .exec_timeout(Duration::from_secs(2))
         .build();
     let mut env = TestEnv::new(wf, Rules::default());
-    assert!(timers(&env.take()).is_empty(), "no queue timeout, no exec clock yet");
+    assert!(
+        timers(&env.take()).is_empty(),
+        "no queue timeout, no exec clock yet"
+    );
     env.start("sleeper");
     let out = env.running("sleeper");
     let at = env.now + 2000;
     assert_eq!(timers(&out), vec![(0, TimeoutKind::Exec, at)]);
     env.advance(1999);
-    assert!(env.timeout("sleeper-group", TimeoutKind::Exec).is_empty(), "not due yet");
-    assert!(env.timeout("sleeper-group", TimeoutKind::Queue).is_empty(), "no queue clock");
+    assert!(
+        env.timeout("sleeper-group", TimeoutKind::Exec).is_empty(),
+        "not due yet"
+    );
+    assert!(
+        env.timeout("sleeper-group", TimeoutKind::Queue).is_empty(),
+        "no queue clock"
+    );
     env.advance(1);
     let out = env.timeout("sleeper-group", TimeoutKind::Exec);
     assert_eq!(stops(&out), vec![env.id("sleeper", 0)]);
     assert_eq!(env.status("sleeper"), S::FailedExecTimeout);
-    assert_eq!(env.current("sleeper").failure_message.as_deref(), Some("exec timeout of 2s reached"));
+    assert_eq!(
+        env.current("sleeper").failure_message.as_deref(),
+        Some("exec timeout of 2s reached")
+    );
     assert_eq!(finished(&out), Some(WorkflowStatus::FailedExecTimeout));
     // What the stopped attempt reports later is ignored.
     assert!(env.exit("sleeper", 137).is_empty());
@@ -662,15 +852,24 @@ fn queue_timeout_only_while_something_waits_for_resources() {
         .build();
     let mut env = TestEnv::new(wf, Rules::default());
     let at = env.now + 60_000;
-    assert_eq!(timers(&env.take()), vec![(0, TimeoutKind::Queue, at), (1, TimeoutKind::Queue, at)]);
+    assert_eq!(
+        timers(&env.take()),
+        vec![(0, TimeoutKind::Queue, at), (1, TimeoutKind::Queue, at)]
+    );
     env.init("placed");
     env.advance(60_000);
-    assert!(env.timeout("placed-group", TimeoutKind::Queue).is_empty(), "placed in time");
+    assert!(
+        env.timeout("placed-group", TimeoutKind::Queue).is_empty(),
+        "placed in time"
+    );
     let out = env.timeout("stuck-group", TimeoutKind::Queue);
     assert_eq!(stops(&out), vec![env.id("stuck", 0)]);
     assert_eq!(env.status("stuck"), S::FailedQueueTimeout);
     assert_eq!(env.status("after"), S::FailedUpstream);
-    assert!(env.timeout("stuck-group", TimeoutKind::Queue).is_empty(), "fires once");
+    assert!(
+        env.timeout("stuck-group", TimeoutKind::Queue).is_empty(),
+        "fires once"
+    );
     env.start("placed");
     env.running("placed");
     let out = env.exit("placed", 0);
@@ -690,7 +889,10 @@ fn a_reschedule_restarts_the_queue_clock_and_the_old_timer_is_stale() {
     assert_eq!(timers(&out), vec![(0, TimeoutKind::Queue, at)]);
     env.advance(5_000); // the first timer's due time
     assert!(env.timeout("t-group", TimeoutKind::Queue).is_empty());
-    assert_eq!(env.state.pending_timers(), vec![(0, TimeoutKind::Queue, at)]);
+    assert_eq!(
+        env.state.pending_timers(),
+        vec![(0, TimeoutKind::Queue, at)]
+    );
     env.advance(5_000);
     env.timeout("t-group", TimeoutKind::Queue);
     assert_eq!(statuses(&env, "t"), [S::Rescheduled, S::FailedQueueTimeout]);
@@ -707,12 +909,22 @@ fn cancel_01_stops_everything_and_records_who() {
     let mut env = TestEnv::new(wf, Rules::default());
     env.run("long");
     let out = env.cancel("alice", Some("no longer needed"));
-    assert_eq!(stops(&out), vec![env.id("long", 0)], "the waiting task was never launched");
+    assert_eq!(
+        stops(&out),
+        vec![env.id("long", 0)],
+        "the waiting task was never launched"
+    );
     assert_eq!(env.status("long"), S::FailedCanceled);
     assert_eq!(env.status("later"), S::FailedCanceled);
     assert_eq!(env.group_status("later-group"), S::FailedCanceled);
-    assert_eq!(env.current("long").failure_message.as_deref(), Some("canceled by alice: no longer needed"));
-    assert_eq!(env.state.canceled_by(), Some(("alice", Some("no longer needed"))));
+    assert_eq!(
+        env.current("long").failure_message.as_deref(),
+        Some("canceled by alice: no longer needed")
+    );
+    assert_eq!(
+        env.state.canceled_by(),
+        Some(("alice", Some("no longer needed")))
+    );
     assert_eq!(finished(&out), Some(WorkflowStatus::FailedCanceled));
     assert!(env.exit("long", 137).is_empty());
     assert!(env.cancel("bob", None).is_empty());
@@ -723,29 +935,47 @@ fn cancel_01_stops_everything_and_records_who() {
 #[test]
 fn workflow_status_precedence() {
     let two = |a: u32, b: u32| {
-        let wf = WorkflowBuilder::new("two").task("a", &[]).task("b", &[]).build();
+        let wf = WorkflowBuilder::new("two")
+            .task("a", &[])
+            .task("b", &[])
+            .build();
         let mut env = TestEnv::new(wf, Rules::default());
         env.exit("a", a);
         env.exit("b", b);
         env.state.status()
     };
-    assert_eq!(two(3006, 3006), WorkflowStatus::FailedPreempted, "all failures share one status");
+    assert_eq!(
+        two(3006, 3006),
+        WorkflowStatus::FailedPreempted,
+        "all failures share one status"
+    );
     assert_eq!(two(3006, 0), WorkflowStatus::FailedPreempted);
     assert_eq!(two(3006, 1), WorkflowStatus::Failed);
     assert_eq!(two(3006, 3002), WorkflowStatus::FailedServerError);
-    assert_eq!(two(301, 0), WorkflowStatus::Failed, "a FAILED_IMAGE_PULL task makes a FAILED group");
+    assert_eq!(
+        two(301, 0),
+        WorkflowStatus::Failed,
+        "a FAILED_IMAGE_PULL task makes a FAILED group"
+    );
     assert_eq!(two(0, 0), WorkflowStatus::Completed);
 }
 
 #[test]
 fn workflow_stays_running_between_groups() {
-    let wf = WorkflowBuilder::new("serial").task("a", &[]).task_after("b", &[], &["a"]).build();
+    let wf = WorkflowBuilder::new("serial")
+        .task("a", &[])
+        .task_after("b", &[], &["a"])
+        .build();
     let mut env = TestEnv::new(wf, Rules::default());
     env.run("a");
     let started = env.state.start_time();
     env.exit("a", 0);
     assert_eq!(env.group_status("b-group"), S::Scheduling);
-    assert_eq!(env.state.status(), WorkflowStatus::Running, "statuses only move forward");
+    assert_eq!(
+        env.state.status(),
+        WorkflowStatus::Running,
+        "statuses only move forward"
+    );
     assert_eq!(env.state.start_time(), started);
 }
 
@@ -753,22 +983,53 @@ fn workflow_stays_running_between_groups() {
 
 #[test]
 fn stale_duplicate_and_unknown_events_are_ignored() {
-    let wf = WorkflowBuilder::new("stale").task("t", &[(Reschedule, "1")]).task_after("w", &[], &["t"]).build();
+    let wf = WorkflowBuilder::new("stale")
+        .task("t", &[(Reschedule, "1")])
+        .task_after("w", &[], &["t"])
+        .build();
     let mut env = TestEnv::new(wf, Rules::default());
     env.run("t");
     env.exit("t", 1);
     let old = env.id("t", 0);
     let before = env.state.clone();
     for event in [
-        Event::Exited { attempt: old, codes: vec![code(0)] },
+        Event::Exited {
+            attempt: old,
+            codes: vec![code(0)],
+        },
         Event::Running { attempt: old },
-        Event::Initializing { attempt: old, node: None },
-        Event::SetupDone { attempt: env.id("t", 7) },
-        Event::Running { attempt: env.id("w", 0) }, // not launched yet
-        Event::Exited { attempt: AttemptId { task: TaskKey { group: 9, task: 0 }, retry_id: 0 }, codes: vec![] },
-        Event::Exited { attempt: AttemptId { task: TaskKey { group: 0, task: 5 }, retry_id: 0 }, codes: vec![] },
-        Event::TimedOut { group: 42, kind: TimeoutKind::Exec },
-        Event::TimedOut { group: 0, kind: TimeoutKind::Queue },
+        Event::Initializing {
+            attempt: old,
+            node: None,
+        },
+        Event::SetupDone {
+            attempt: env.id("t", 7),
+        },
+        Event::Running {
+            attempt: env.id("w", 0),
+        }, // not launched yet
+        Event::Exited {
+            attempt: AttemptId {
+                task: TaskKey { group: 9, task: 0 },
+                retry_id: 0,
+            },
+            codes: vec![],
+        },
+        Event::Exited {
+            attempt: AttemptId {
+                task: TaskKey { group: 0, task: 5 },
+                retry_id: 0,
+            },
+            codes: vec![],
+        },
+        Event::TimedOut {
+            group: 42,
+            kind: TimeoutKind::Exec,
+        },
+        Event::TimedOut {
+            group: 0,
+            kind: TimeoutKind::Queue,
+        },
     ] {
         assert!(env.apply(event).is_empty());
     }
@@ -780,12 +1041,18 @@ fn stale_duplicate_and_unknown_events_are_ignored() {
 
 #[test]
 fn exits_skipping_phases_are_taken() {
-    let wf = WorkflowBuilder::new("skip").task("a", &[]).task("b", &[]).build();
+    let wf = WorkflowBuilder::new("skip")
+        .task("a", &[])
+        .task("b", &[])
+        .build();
     let mut env = TestEnv::new(wf, Rules::default());
     env.exit("a", 3003); // never placed
     env.init("b");
     env.exit("b", 256); // failed while setting up
-    assert_eq!((env.status("a"), env.status("b")), (S::FailedStartError, S::Failed));
+    assert_eq!(
+        (env.status("a"), env.status("b")),
+        (S::FailedStartError, S::Failed)
+    );
     assert_eq!(env.current("b").node.as_deref(), Some("node-1"));
     assert!(env.current("a").start_time.is_none());
     assert_eq!(env.state.status(), WorkflowStatus::Failed);

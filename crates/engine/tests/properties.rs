@@ -7,10 +7,12 @@
 //! every event by `testkit::Checker` inside `simulate`; here they must hold
 //! for every generated run, and every run must reach a final status.
 
-use osmo_engine::testkit::{Script, SimConfig, TestEnv, WorkflowBuilder, actions, random_rules, random_workflow, simulate};
+use osmo_engine::testkit::{
+    Script, SimConfig, TestEnv, WorkflowBuilder, actions, random_rules, random_workflow, simulate,
+};
 use osmo_engine::{
-    Action, AttemptCause, CodeSource, ExitActions, ReportedCode, Rules, TaskStatus, decide, resolve_code,
-    status_for_code,
+    Action, AttemptCause, CodeSource, ExitActions, ReportedCode, Rules, TaskStatus, decide,
+    resolve_code, status_for_code,
 };
 use proptest::prelude::*;
 
@@ -25,8 +27,21 @@ const SOURCES: [CodeSource; 6] = [
 
 fn codes() -> impl Strategy<Value = Vec<ReportedCode>> {
     prop::collection::vec(
-        (prop_oneof![0u32..300, 1000u32..1002, 2000u32..2041, 3000u32..3007, Just(4000)], 0usize..6)
-            .prop_map(|(code, s)| ReportedCode { code, source: SOURCES[s], detail: None }),
+        (
+            prop_oneof![
+                0u32..300,
+                1000u32..1002,
+                2000u32..2041,
+                3000u32..3007,
+                Just(4000)
+            ],
+            0usize..6,
+        )
+            .prop_map(|(code, s)| ReportedCode {
+                code,
+                source: SOURCES[s],
+                detail: None,
+            }),
         1..5,
     )
 }

@@ -16,7 +16,8 @@ const ATTEMPTS: usize = 100_000;
 #[test]
 fn random_workflows_finish_with_every_invariant_held() {
     let started = Instant::now();
-    let (mut attempts, mut events, mut exits, mut stale, mut timeouts, mut restarts) = (0, 0, 0, 0, 0, 0);
+    let (mut attempts, mut events, mut exits, mut stale, mut timeouts, mut restarts) =
+        (0, 0, 0, 0, 0, 0);
     let mut by_status = [0usize; TaskStatus::ALL.len()];
     let mut workflows = [0usize; WorkflowStatus::ALL.len()];
     let mut seed = 0u64;
@@ -24,8 +25,12 @@ fn random_workflows_finish_with_every_invariant_held() {
         let mut rng = Rng::new(seed);
         let workflow = random_workflow(&mut rng, 8, 5);
         let rules = random_rules(&mut rng);
-        let config = SimConfig { check_serde: seed % 64 == 0, ..SimConfig::default() };
-        let report = simulate(workflow, rules, &mut rng, config).unwrap_or_else(|e| panic!("seed {seed}: {e}"));
+        let config = SimConfig {
+            check_serde: seed.is_multiple_of(64),
+            ..SimConfig::default()
+        };
+        let report = simulate(workflow, rules, &mut rng, config)
+            .unwrap_or_else(|e| panic!("seed {seed}: {e}"));
         let status = report.status.expect("finished");
         assert!(status.is_finished());
         workflows[status as usize] += 1;
@@ -44,10 +49,16 @@ fn random_workflows_finish_with_every_invariant_held() {
         "simulated {seed} workflows: {attempts} attempts ({restarts} by group restarts), {events} events ({exits} exits, {stale} stale or odd, {timeouts} timers) in {:.1?}",
         started.elapsed()
     );
-    for s in WorkflowStatus::ALL.into_iter().filter(|s| workflows[*s as usize] > 0) {
+    for s in WorkflowStatus::ALL
+        .into_iter()
+        .filter(|s| workflows[*s as usize] > 0)
+    {
         println!("  workflow {s}: {}", workflows[s as usize]);
     }
-    for s in TaskStatus::ALL.into_iter().filter(|s| by_status[*s as usize] > 0) {
+    for s in TaskStatus::ALL
+        .into_iter()
+        .filter(|s| by_status[*s as usize] > 0)
+    {
         println!("  attempt {s}: {}", by_status[s as usize]);
     }
     assert!(attempts >= ATTEMPTS);

@@ -4,8 +4,8 @@
 
 pub mod agent;
 pub mod api_types;
-pub mod proto;
 pub mod cli;
+pub mod proto;
 pub mod server;
 
 /// Milliseconds since the Unix epoch: the only clock the service reads.

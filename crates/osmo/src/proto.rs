@@ -23,7 +23,10 @@ impl AttemptKey {
     pub fn file_stem(&self) -> String {
         format!(
             "{}.{}.{}.{}",
-            self.workflow_id, self.attempt.task.group, self.attempt.task.task, self.attempt.retry_id
+            self.workflow_id,
+            self.attempt.task.group,
+            self.attempt.task.task,
+            self.attempt.retry_id
         )
     }
 }
@@ -103,9 +106,21 @@ pub enum ToAgent {
 pub enum FromAgent {
     /// Sent on every connection, after the unacknowledged results (as
     /// `Exited` messages): what runs now.
-    Hello { node: String, pid: u32, attempts: Vec<(AttemptKey, Phase)> },
-    Phase { key: AttemptKey, phase: Phase },
-    Logs { lines: Vec<LogLine> },
+    Hello {
+        node: String,
+        pid: u32,
+        attempts: Vec<(AttemptKey, Phase)>,
+    },
+    Phase {
+        key: AttemptKey,
+        phase: Phase,
+    },
+    Logs {
+        lines: Vec<LogLine>,
+    },
     /// The attempt ended; kept on disk by the agent until `Ack`.
-    Exited { key: AttemptKey, codes: Vec<ReportedCode> },
+    Exited {
+        key: AttemptKey,
+        codes: Vec<ReportedCode>,
+    },
 }

@@ -47,7 +47,8 @@ fn an_unreachable_service_is_a_clear_error() {
         let out = osmo(&[command, &["--url", NOWHERE][..]].concat());
         assert_eq!(out.code, 1, "{command:?}: {out:#?}");
         assert!(
-            out.stderr.contains("cannot reach the osmo service at http://127.0.0.1:1")
+            out.stderr
+                .contains("cannot reach the osmo service at http://127.0.0.1:1")
                 && out.stderr.contains("osmo server"),
             "{command:?}: {out:#?}"
         );
@@ -66,8 +67,19 @@ fn submit_sends_the_file_and_values() {
     let reply = json!({"name": "exit-actions-example-1", "overview": "/api/workflow/exit-actions-example-1", "warnings": []});
     let service = FakeService::start(vec![json_reply(200, reply)]);
     let out = osmo(&[
-        "workflow", "submit", "seed-complete.yaml", "--url", &service.url, "--set", "a=1", "--set-string", "b=007",
-        "--priority", "high", "--pool", "gpu",
+        "workflow",
+        "submit",
+        "seed-complete.yaml",
+        "--url",
+        &service.url,
+        "--set",
+        "a=1",
+        "--set-string",
+        "b=007",
+        "--priority",
+        "high",
+        "--pool",
+        "gpu",
     ]);
     assert_eq!(out.code, 0, "{out:#?}");
     assert_eq!(
@@ -85,7 +97,10 @@ fn submit_sends_the_file_and_values() {
     assert_eq!(r.target, "/api/pool/gpu/workflow?priority=HIGH");
     assert_eq!(r.header("x-osmo-user"), Some("tester"));
     let body: serde_json::Value = serde_json::from_str(&r.body).unwrap();
-    assert_eq!(body["file"], std::fs::read_to_string(data().join("seed-complete.yaml")).unwrap());
+    assert_eq!(
+        body["file"],
+        std::fs::read_to_string(data().join("seed-complete.yaml")).unwrap()
+    );
     assert_eq!(body["set_variables"], json!(["a=1"]));
     assert_eq!(body["set_string_variables"], json!(["b=007"]));
     assert_eq!(body["file_name"], "seed-complete.yaml");
@@ -95,11 +110,22 @@ fn submit_sends_the_file_and_values() {
 fn submit_json_prints_the_answer() {
     let reply = json!({"name": "wf-3", "overview": "/api/workflow/wf-3", "warnings": []});
     let service = FakeService::start(vec![json_reply(200, reply.clone())]);
-    let out =
-        osmo(&["workflow", "submit", "seed-complete.yaml", "--format-type", "json", "--dry-run", "--url", &service.url]);
+    let out = osmo(&[
+        "workflow",
+        "submit",
+        "seed-complete.yaml",
+        "--format-type",
+        "json",
+        "--dry-run",
+        "--url",
+        &service.url,
+    ]);
     assert_eq!(out.code, 0, "{out:#?}");
     assert_eq!(out.json(), reply);
-    assert_eq!(service.requests()[0].target, "/api/pool/default/workflow?dry_run=true");
+    assert_eq!(
+        service.requests()[0].target,
+        "/api/pool/default/workflow?dry_run=true"
+    );
 }
 
 #[test]
@@ -109,10 +135,22 @@ fn a_refused_submit_shows_every_diagnostic() {
         "diagnostics": ["wf.yaml:7:5: unknown field `exitAction` at line 7, column 5", "wf.yaml:9:1: another"],
     });
     let service = FakeService::start(vec![json_reply(400, error)]);
-    let out = osmo(&["workflow", "submit", "seed-complete.yaml", "--url", &service.url, "-t", "json"]);
+    let out = osmo(&[
+        "workflow",
+        "submit",
+        "seed-complete.yaml",
+        "--url",
+        &service.url,
+        "-t",
+        "json",
+    ]);
     assert_eq!(out.code, 1, "{out:#?}");
     assert!(out.stdout.is_empty(), "{out:#?}");
-    assert!(out.stderr.starts_with("error: the workflow spec is not valid:\nwf.yaml:7:5:"), "{out:#?}");
+    assert!(
+        out.stderr
+            .starts_with("error: the workflow spec is not valid:\nwf.yaml:7:5:"),
+        "{out:#?}"
+    );
     assert_eq!(out.stderr.matches("unknown field").count(), 1, "{out:#?}");
     assert!(out.stderr.contains("wf.yaml:9:1: another"), "{out:#?}");
 }
@@ -121,14 +159,25 @@ fn a_refused_submit_shows_every_diagnostic() {
 fn server_errors_and_non_json_answers() {
     let service = FakeService::start(vec![
         json_reply(500, json!({"error": "server error: disk full"})),
-        Reply { status: 502, content_type: "text/html", body: "<html>bad gateway</html>".into() },
+        Reply {
+            status: 502,
+            content_type: "text/html",
+            body: "<html>bad gateway</html>".into(),
+        },
         text_reply("not json"),
     ]);
     let out = osmo(&["workflow", "query", "wf-1", "--url", &service.url]);
     assert_eq!(out.code, 1);
-    assert!(out.stderr.contains("the service failed (HTTP 500): server error: disk full"), "{out:#?}");
+    assert!(
+        out.stderr
+            .contains("the service failed (HTTP 500): server error: disk full"),
+        "{out:#?}"
+    );
     let out = osmo(&["workflow", "query", "wf-1", "--url", &service.url]);
-    assert!(out.stderr.contains("HTTP 502") && out.stderr.contains("bad gateway"), "{out:#?}");
+    assert!(
+        out.stderr.contains("HTTP 502") && out.stderr.contains("bad gateway"),
+        "{out:#?}"
+    );
     let out = osmo(&["workflow", "query", "wf-1", "--url", &service.url]);
     assert!(out.stderr.contains("not JSON"), "{out:#?}");
 }
@@ -136,11 +185,29 @@ fn server_errors_and_non_json_answers() {
 #[test]
 fn query_text_and_json() {
     let doc = workflow_doc("COMPLETED");
-    let service = FakeService::start(vec![json_reply(200, doc.clone()), json_reply(200, doc.clone())]);
-    let out = osmo(&["workflow", "query", "exit-actions-example-1", "-v", "--url", &service.url]);
+    let service = FakeService::start(vec![
+        json_reply(200, doc.clone()),
+        json_reply(200, doc.clone()),
+    ]);
+    let out = osmo(&[
+        "workflow",
+        "query",
+        "exit-actions-example-1",
+        "-v",
+        "--url",
+        &service.url,
+    ]);
     assert_eq!(out.code, 0, "{out:#?}");
     insta::assert_snapshot!("query_verbose", out.stdout);
-    let out = osmo(&["workflow", "query", "exit-actions-example-1", "--url", &service.url, "--format-type", "json"]);
+    let out = osmo(&[
+        "workflow",
+        "query",
+        "exit-actions-example-1",
+        "--url",
+        &service.url,
+        "--format-type",
+        "json",
+    ]);
     assert_eq!(out.json(), doc);
     let targets: Vec<String> = service.requests().into_iter().map(|r| r.target).collect();
     assert_eq!(
@@ -160,10 +227,27 @@ fn list_filters() {
         {"name": "wf-1", "status": "FAILED", "pool": "gpu", "priority": "LOW", "submitted_by": "b",
          "submit_time": "2026-03-01T09:00:00.000Z", "end_time": "2026-03-01T09:00:05.000Z"}
     ]});
-    let service = FakeService::start(vec![json_reply(200, list), json_reply(200, json!({"workflows": []}))]);
+    let service = FakeService::start(vec![
+        json_reply(200, list),
+        json_reply(200, json!({"workflows": []})),
+    ]);
     let out = osmo(&[
-        "workflow", "list", "-n", "wf", "-s", "running", "--status", "FAILED", "-p", "gpu", "-c", "5", "-f", "2",
-        "--url", &service.url,
+        "workflow",
+        "list",
+        "-n",
+        "wf",
+        "-s",
+        "running",
+        "--status",
+        "FAILED",
+        "-p",
+        "gpu",
+        "-c",
+        "5",
+        "-f",
+        "2",
+        "--url",
+        &service.url,
     ]);
     assert_eq!(out.code, 0, "{out:#?}");
     insta::assert_snapshot!("list", out.stdout);
@@ -181,16 +265,42 @@ fn list_filters() {
 fn cancel_tries_every_id() {
     let service = FakeService::start(vec![
         json_reply(200, json!({"name": "wf-1", "status": "FAILED_CANCELED"})),
-        json_reply(404, json!({"error": "workflow wf-9 is not known; `osmo workflow list` shows the workflows"})),
+        json_reply(
+            404,
+            json!({"error": "workflow wf-9 is not known; `osmo workflow list` shows the workflows"}),
+        ),
     ]);
-    let out = osmo(&["workflow", "cancel", "wf-1", "wf-9", "-m", "wrong data", "--url", &service.url]);
+    let out = osmo(&[
+        "workflow",
+        "cancel",
+        "wf-1",
+        "wf-9",
+        "-m",
+        "wrong data",
+        "--url",
+        &service.url,
+    ]);
     assert_eq!(out.code, 1, "{out:#?}");
-    assert_eq!(out.stdout, "Cancel requested for workflow wf-1 (status: FAILED_CANCELED).\n");
-    assert!(out.stderr.contains("error: cannot cancel wf-9: workflow wf-9 is not known"), "{out:#?}");
-    let targets: Vec<String> = service.requests().into_iter().map(|r| format!("{} {}", r.method, r.target)).collect();
+    assert_eq!(
+        out.stdout,
+        "Cancel requested for workflow wf-1 (status: FAILED_CANCELED).\n"
+    );
+    assert!(
+        out.stderr
+            .contains("error: cannot cancel wf-9: workflow wf-9 is not known"),
+        "{out:#?}"
+    );
+    let targets: Vec<String> = service
+        .requests()
+        .into_iter()
+        .map(|r| format!("{} {}", r.method, r.target))
+        .collect();
     assert_eq!(
         targets,
-        ["POST /api/workflow/wf-1/cancel?message=wrong+data", "POST /api/workflow/wf-9/cancel?message=wrong+data"]
+        [
+            "POST /api/workflow/wf-1/cancel?message=wrong+data",
+            "POST /api/workflow/wf-9/cancel?message=wrong+data"
+        ]
     );
 }
 
@@ -202,12 +312,39 @@ fn logs_and_spec_are_printed_as_they_are() {
         text_reply(lines),
         text_reply("workflow:\n  name: x\n"),
     ]);
-    let out = osmo(&["workflow", "logs", "wf-1", "-t", "example", "-r", "1", "-n", "5", "--url", &service.url]);
+    let out = osmo(&[
+        "workflow",
+        "logs",
+        "wf-1",
+        "-t",
+        "example",
+        "-r",
+        "1",
+        "-n",
+        "5",
+        "--url",
+        &service.url,
+    ]);
     assert_eq!(out.code, 0, "{out:#?}");
     assert_eq!(out.stdout, lines);
-    let out = osmo(&["workflow", "logs", "wf-1", "--format-type", "json", "--url", &service.url]);
+    let out = osmo(&[
+        "workflow",
+        "logs",
+        "wf-1",
+        "--format-type",
+        "json",
+        "--url",
+        &service.url,
+    ]);
     assert_eq!(out.json()["lines"].as_array().unwrap().len(), 2);
-    let out = osmo(&["workflow", "spec", "wf-1", "--rendered", "--url", &service.url]);
+    let out = osmo(&[
+        "workflow",
+        "spec",
+        "wf-1",
+        "--rendered",
+        "--url",
+        &service.url,
+    ]);
     assert_eq!(out.stdout, "workflow:\n  name: x\n");
     let targets: Vec<String> = service.requests().into_iter().map(|r| r.target).collect();
     assert_eq!(

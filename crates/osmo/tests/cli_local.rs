@@ -9,7 +9,12 @@ use cli_support::*;
 
 #[test]
 fn the_seed_examples_are_valid() {
-    for file in ["seed-complete.yaml", "seed-reschedule.yaml", "seed-preflight.yaml", "pipeline.yaml"] {
+    for file in [
+        "seed-complete.yaml",
+        "seed-reschedule.yaml",
+        "seed-preflight.yaml",
+        "pipeline.yaml",
+    ] {
         let out = osmo(&["workflow", "validate", file]);
         assert_eq!(out.code, 0, "{file}: {out:#?}");
         assert!(out.stdout.contains("is valid"), "{file}: {out:#?}");
@@ -29,7 +34,13 @@ fn validate_summarizes_groups_and_edges() {
 
 #[test]
 fn validate_json() {
-    let out = osmo(&["workflow", "validate", "pipeline.yaml", "--format-type", "json"]);
+    let out = osmo(&[
+        "workflow",
+        "validate",
+        "pipeline.yaml",
+        "--format-type",
+        "json",
+    ]);
     assert_eq!(out.code, 0, "{out:#?}");
     let doc = out.json();
     assert_eq!(doc["valid"], true);
@@ -38,7 +49,10 @@ fn validate_json() {
     assert_eq!(doc["task_count"], 3);
     assert_eq!(doc["edge_count"], 2);
     assert_eq!(doc["groups"][1]["name"], "train-group");
-    assert_eq!(doc["groups"][1]["upstream"], serde_json::json!(["preprocess-group"]));
+    assert_eq!(
+        doc["groups"][1]["upstream"],
+        serde_json::json!(["preprocess-group"])
+    );
     assert_eq!(doc["groups"][1]["lead"], "train");
 }
 
@@ -53,7 +67,10 @@ fn validate_reports_every_error_with_its_place() {
     assert!(err.contains("exitAction"), "{err}");
     assert!(err.contains("COMPLETE") && err.contains("FAIL"), "{err}");
     assert!(err.contains("20-11"), "{err}");
-    let places = err.lines().filter(|l| l.starts_with("invalid-many.yaml:")).count();
+    let places = err
+        .lines()
+        .filter(|l| l.starts_with("invalid-many.yaml:"))
+        .count();
     assert!(places >= 3, "want at least 3 located errors: {err}");
     assert!(err.trim_end().ends_with("errors"), "{err}");
     assert!(err.contains('^'), "a caret under the column: {err}");
@@ -68,7 +85,12 @@ fn validate_errors_as_json() {
     let errors = doc["errors"].as_array().unwrap();
     assert!(errors.len() >= 3, "{doc:#}");
     assert_eq!(doc["error_count"], errors.len());
-    assert!(errors.iter().all(|e| e["file"] == "invalid-many.yaml" && e["line"].as_u64().unwrap() > 0), "{doc:#}");
+    assert!(
+        errors
+            .iter()
+            .all(|e| e["file"] == "invalid-many.yaml" && e["line"].as_u64().unwrap() > 0),
+        "{doc:#}"
+    );
     assert_eq!(errors[0]["line"], 7, "{doc:#}");
 }
 
@@ -93,7 +115,17 @@ fn template_values_are_applied() {
     let out = osmo(&["workflow", "validate", path]);
     assert_eq!(out.code, 1, "`name` is undefined: {out:#?}");
     assert!(out.stderr.contains("name"), "{out:#?}");
-    let out = osmo(&["workflow", "validate", path, "--set-string", "name=wf", "--set", "n=4", "-t", "json"]);
+    let out = osmo(&[
+        "workflow",
+        "validate",
+        path,
+        "--set-string",
+        "name=wf",
+        "--set",
+        "n=4",
+        "-t",
+        "json",
+    ]);
     assert_eq!(out.code, 0, "{out:#?}");
     assert_eq!(out.json()["name"], "wf");
     assert_eq!(out.json()["task_count"], 4);
@@ -110,7 +142,11 @@ fn bad_set_values_are_usage_errors() {
 fn unreadable_files_are_clear_errors() {
     let out = osmo(&["workflow", "validate", "no-such-file.yaml"]);
     assert_eq!(out.code, 1, "{out:#?}");
-    assert!(out.stderr.starts_with("error: cannot read the workflow file no-such-file.yaml"), "{out:#?}");
+    assert!(
+        out.stderr
+            .starts_with("error: cannot read the workflow file no-such-file.yaml"),
+        "{out:#?}"
+    );
     let out = osmo(&["workflow", "validate", "."]);
     assert_eq!(out.code, 1, "{out:#?}");
     assert!(out.stderr.contains("is a directory"), "{out:#?}");
@@ -136,17 +172,48 @@ fn huge_files_are_refused_quickly() {
 
 #[test]
 fn validate_against_a_pool() {
-    let out = osmo(&["workflow", "validate", "pipeline.yaml", "--config", "pools.yaml", "--pool", "strict"]);
+    let out = osmo(&[
+        "workflow",
+        "validate",
+        "pipeline.yaml",
+        "--config",
+        "pools.yaml",
+        "--pool",
+        "strict",
+    ]);
     assert_eq!(out.code, 0, "{out:#?}");
-    assert!(out.stdout.contains("resources fit pool `strict`"), "{out:#?}");
-    let out = osmo(&["workflow", "validate", "pipeline.yaml", "--config", "pools.yaml", "--pool", "nope"]);
+    assert!(
+        out.stdout.contains("resources fit pool `strict`"),
+        "{out:#?}"
+    );
+    let out = osmo(&[
+        "workflow",
+        "validate",
+        "pipeline.yaml",
+        "--config",
+        "pools.yaml",
+        "--pool",
+        "nope",
+    ]);
     assert_eq!(out.code, 1, "{out:#?}");
-    assert!(out.stderr.contains("no pool `nope`") && out.stderr.contains("default, strict"), "{out:#?}");
+    assert!(
+        out.stderr.contains("no pool `nope`") && out.stderr.contains("default, strict"),
+        "{out:#?}"
+    );
     let out = osmo(&["workflow", "validate", "pipeline.yaml", "--pool", "strict"]);
     assert_eq!(out.code, 2, "--pool needs --config: {out:#?}");
-    let out = osmo(&["workflow", "validate", "pipeline.yaml", "--config", "seed-complete.yaml"]);
+    let out = osmo(&[
+        "workflow",
+        "validate",
+        "pipeline.yaml",
+        "--config",
+        "seed-complete.yaml",
+    ]);
     assert_eq!(out.code, 1, "{out:#?}");
-    assert!(out.stderr.contains("pools configuration is not valid"), "{out:#?}");
+    assert!(
+        out.stderr.contains("pools configuration is not valid"),
+        "{out:#?}"
+    );
 }
 
 // ---- explain -------------------------------------------------------------
@@ -157,14 +224,33 @@ fn headline(out: &Output) -> &str {
 
 #[test]
 fn explain_seed_complete_on_16() {
-    let out = osmo(&["workflow", "explain", "seed-complete.yaml", "--task", "example", "--exit-code", "16"]);
+    let out = osmo(&[
+        "workflow",
+        "explain",
+        "seed-complete.yaml",
+        "--task",
+        "example",
+        "--exit-code",
+        "16",
+    ]);
     assert_eq!(out.code, 0, "{out:#?}");
-    assert_eq!(headline(&out), "exit code 16 → rule COMPLETE 16 (task exitActions) → COMPLETED");
+    assert_eq!(
+        headline(&out),
+        "exit code 16 → rule COMPLETE 16 (task exitActions) → COMPLETED"
+    );
 }
 
 #[test]
 fn explain_seed_reschedule_on_16() {
-    let out = osmo(&["workflow", "explain", "seed-reschedule.yaml", "--task", "example", "--exit-code", "16"]);
+    let out = osmo(&[
+        "workflow",
+        "explain",
+        "seed-reschedule.yaml",
+        "--task",
+        "example",
+        "--exit-code",
+        "16",
+    ]);
     assert_eq!(out.code, 0, "{out:#?}");
     assert_eq!(
         headline(&out),
@@ -175,7 +261,15 @@ fn explain_seed_reschedule_on_16() {
 
 #[test]
 fn explain_retry_limit() {
-    let args = ["workflow", "explain", "seed-reschedule.yaml", "--task", "example", "--exit-code", "16"];
+    let args = [
+        "workflow",
+        "explain",
+        "seed-reschedule.yaml",
+        "--task",
+        "example",
+        "--exit-code",
+        "16",
+    ];
     let out = osmo(&[&args[..], &["--retry-id", "3", "--config", "pools.yaml"]].concat());
     assert_eq!(out.code, 0, "{out:#?}");
     assert_eq!(
@@ -185,20 +279,43 @@ fn explain_retry_limit() {
     assert!(out.stdout.contains("retry limit 3 reached"), "{out:#?}");
     // A pool that allows no retry refuses even the first reschedule.
     let out = osmo(&[&args[..], &["--config", "pools.yaml", "--pool", "strict"]].concat());
-    assert!(headline(&out).contains("FAILED: retry limit 0 reached"), "{out:#?}");
+    assert!(
+        headline(&out).contains("FAILED: retry limit 0 reached"),
+        "{out:#?}"
+    );
 }
 
 #[test]
 fn explain_pool_rule() {
     let out = osmo(&[
-        "workflow", "explain", "pipeline.yaml", "--task", "evaluate", "--exit-code", "7", "--config", "pools.yaml",
+        "workflow",
+        "explain",
+        "pipeline.yaml",
+        "--task",
+        "evaluate",
+        "--exit-code",
+        "7",
+        "--config",
+        "pools.yaml",
     ]);
     assert_eq!(out.code, 0, "{out:#?}");
-    assert_eq!(headline(&out), "exit code 7 → rule COMPLETE 7 (pool `default` default_exit_actions) → COMPLETED");
+    assert_eq!(
+        headline(&out),
+        "exit code 7 → rule COMPLETE 7 (pool `default` default_exit_actions) → COMPLETED"
+    );
     insta::assert_snapshot!("explain_pool_rule", out.stdout);
     let out = osmo(&[
-        "workflow", "explain", "pipeline.yaml", "--task", "evaluate", "--exit-code", "7", "--config", "pools.yaml",
-        "-t", "json",
+        "workflow",
+        "explain",
+        "pipeline.yaml",
+        "--task",
+        "evaluate",
+        "--exit-code",
+        "7",
+        "--config",
+        "pools.yaml",
+        "-t",
+        "json",
     ]);
     let doc = out.json();
     assert_eq!(doc["decision"]["rule"]["origin"], "pool");
@@ -210,34 +327,94 @@ fn explain_pool_rule() {
 
 #[test]
 fn explain_default_rule() {
-    let out = osmo(&["workflow", "explain", "pipeline.yaml", "--task", "evaluate", "--exit-code", "137"]);
+    let out = osmo(&[
+        "workflow",
+        "explain",
+        "pipeline.yaml",
+        "--task",
+        "evaluate",
+        "--exit-code",
+        "137",
+    ]);
     assert_eq!(out.code, 0, "{out:#?}");
     assert_eq!(headline(&out), "exit code 137 → no rule (default) → FAILED");
     assert!(out.stdout.contains("SIGKILL"), "{out:#?}");
-    let out = osmo(&["workflow", "explain", "pipeline.yaml", "--task", "evaluate", "--exit-code", "0", "-t", "json"]);
+    let out = osmo(&[
+        "workflow",
+        "explain",
+        "pipeline.yaml",
+        "--task",
+        "evaluate",
+        "--exit-code",
+        "0",
+        "-t",
+        "json",
+    ]);
     let doc = out.json();
     assert_eq!(doc["decision"]["rule"]["origin"], "default");
     assert_eq!(doc["decision"]["status"], "COMPLETED");
     assert_eq!(doc["meaning"], "task completed");
     // The task's own rule for 137 wins over everything.
-    let out = osmo(&["workflow", "explain", "pipeline.yaml", "--task", "train", "--exit-code", "137"]);
-    assert!(headline(&out).contains("rule RESCHEDULE 137 (task exitActions) → RESCHEDULED"), "{out:#?}");
+    let out = osmo(&[
+        "workflow",
+        "explain",
+        "pipeline.yaml",
+        "--task",
+        "train",
+        "--exit-code",
+        "137",
+    ]);
+    assert!(
+        headline(&out).contains("rule RESCHEDULE 137 (task exitActions) → RESCHEDULED"),
+        "{out:#?}"
+    );
 }
 
 #[test]
 fn explain_preflight_seed() {
-    let out = osmo(&["workflow", "explain", "seed-preflight.yaml", "--task", "task1", "--exit-code", "1001"]);
+    let out = osmo(&[
+        "workflow",
+        "explain",
+        "seed-preflight.yaml",
+        "--task",
+        "task1",
+        "--exit-code",
+        "1001",
+    ]);
     assert_eq!(out.code, 0, "{out:#?}");
-    assert!(headline(&out).contains("rule RESCHEDULE 1001 (task exitActions) → RESCHEDULED"), "{out:#?}");
+    assert!(
+        headline(&out).contains("rule RESCHEDULE 1001 (task exitActions) → RESCHEDULED"),
+        "{out:#?}"
+    );
     assert!(out.stdout.contains("preflight"), "{out:#?}");
 }
 
 #[test]
 fn explain_unknown_task_and_bad_spec() {
-    let out = osmo(&["workflow", "explain", "pipeline.yaml", "--task", "nope", "--exit-code", "1"]);
+    let out = osmo(&[
+        "workflow",
+        "explain",
+        "pipeline.yaml",
+        "--task",
+        "nope",
+        "--exit-code",
+        "1",
+    ]);
     assert_eq!(out.code, 1, "{out:#?}");
-    assert!(out.stderr.contains("has no task `nope`; its tasks: preprocess, train, evaluate"), "{out:#?}");
-    let out = osmo(&["workflow", "explain", "invalid-many.yaml", "--task", "t", "--exit-code", "1"]);
+    assert!(
+        out.stderr
+            .contains("has no task `nope`; its tasks: preprocess, train, evaluate"),
+        "{out:#?}"
+    );
+    let out = osmo(&[
+        "workflow",
+        "explain",
+        "invalid-many.yaml",
+        "--task",
+        "t",
+        "--exit-code",
+        "1",
+    ]);
     assert_eq!(out.code, 1, "{out:#?}");
     assert!(out.stderr.contains("invalid-many.yaml:7:"), "{out:#?}");
     let out = osmo(&["workflow", "explain", "pipeline.yaml", "--task", "train"]);
@@ -248,11 +425,22 @@ fn explain_unknown_task_and_bad_spec() {
 
 #[test]
 fn completion_scripts() {
-    for (shell, marker) in [("bash", "complete"), ("zsh", "#compdef osmo"), ("fish", "complete -c osmo")] {
+    for (shell, marker) in [
+        ("bash", "complete"),
+        ("zsh", "#compdef osmo"),
+        ("fish", "complete -c osmo"),
+    ] {
         let out = osmo(&["completion", shell]);
         assert_eq!(out.code, 0, "{shell}: {out:#?}");
-        assert!(out.stdout.contains(marker), "{shell}: {}", &out.stdout[..out.stdout.len().min(300)]);
-        assert!(out.stdout.contains("validate"), "{shell} completes subcommands");
+        assert!(
+            out.stdout.contains(marker),
+            "{shell}: {}",
+            &out.stdout[..out.stdout.len().min(300)]
+        );
+        assert!(
+            out.stdout.contains("validate"),
+            "{shell} completes subcommands"
+        );
     }
     assert_eq!(osmo(&["completion", "powershell"]).code, 2);
 }
@@ -281,7 +469,10 @@ fn help_for_every_command() {
         assert!(out.stdout.contains("Usage: osmo"), "{command:?}: {out:#?}");
     }
     let top = osmo(&["--help"]).stdout;
-    assert!(!top.contains("\n  agent") && !top.contains("\n  exec"), "internal commands are hidden: {top}");
+    assert!(
+        !top.contains("\n  agent") && !top.contains("\n  exec"),
+        "internal commands are hidden: {top}"
+    );
     let version = osmo(&["--version"]);
     assert_eq!(version.code, 0);
     assert!(version.stdout.starts_with("osmo "), "{version:#?}");
@@ -289,13 +480,28 @@ fn help_for_every_command() {
 
 #[test]
 fn usage_errors_exit_2() {
-    for args in [&["workflow", "submit"][..], &["nonsense"], &["workflow", "list", "--count", "0"], &["workflow", "list", "-s", "BOGUS"]] {
+    for args in [
+        &["workflow", "submit"][..],
+        &["nonsense"],
+        &["workflow", "list", "--count", "0"],
+        &["workflow", "list", "-s", "BOGUS"],
+    ] {
         let out = osmo(args);
         assert_eq!(out.code, 2, "{args:?}: {out:#?}");
-        assert!(out.stderr.contains("Usage:") || out.stderr.contains("error:"), "{args:?}: {out:#?}");
+        assert!(
+            out.stderr.contains("Usage:") || out.stderr.contains("error:"),
+            "{args:?}: {out:#?}"
+        );
     }
     // Status names are case-insensitive.
-    let out = osmo(&["workflow", "list", "-s", "running", "--url", "http://127.0.0.1:1"]);
+    let out = osmo(&[
+        "workflow",
+        "list",
+        "-s",
+        "running",
+        "--url",
+        "http://127.0.0.1:1",
+    ]);
     assert_eq!(out.code, 1, "{out:#?}");
 }
 

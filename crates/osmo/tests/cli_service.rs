@@ -51,8 +51,16 @@ struct Service {
 impl Service {
     fn start() -> Service {
         let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("pools.yaml"), "pools:\n  default:\n    backend: local\n").unwrap();
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        std::fs::write(
+            dir.path().join("pools.yaml"),
+            "pools:\n  default:\n    backend: local\n",
+        )
+        .unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
         let log = std::fs::File::create(dir.path().join("server.log")).unwrap();
         let child = Command::new(OSMO)
             .arg("server")
@@ -66,7 +74,11 @@ impl Service {
             .stdin(Stdio::null())
             .spawn()
             .unwrap();
-        let service = Service { dir, url: format!("http://127.0.0.1:{port}"), child };
+        let service = Service {
+            dir,
+            url: format!("http://127.0.0.1:{port}"),
+            child,
+        };
         let deadline = Instant::now() + Duration::from_secs(20);
         while Instant::now() < deadline {
             if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
@@ -95,13 +107,25 @@ impl Service {
     fn wait(&self, id: &str) -> serde_json::Value {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
-            let out = self.osmo(&["workflow", "query", id, "--verbose", "--format-type", "json"]);
+            let out = self.osmo(&[
+                "workflow",
+                "query",
+                id,
+                "--verbose",
+                "--format-type",
+                "json",
+            ]);
             assert_eq!(out.code, 0, "{out:#?}");
             let doc = out.json();
             if !["PENDING", "RUNNING", "WAITING"].contains(&doc["status"].as_str().unwrap()) {
                 return doc;
             }
-            assert!(Instant::now() < deadline, "{id} still {} after 60 s: {}", doc["status"], self.log());
+            assert!(
+                Instant::now() < deadline,
+                "{id} still {} after 60 s: {}",
+                doc["status"],
+                self.log()
+            );
             std::thread::sleep(Duration::from_millis(100));
         }
     }
@@ -131,7 +155,10 @@ fn submit_query_list_logs_spec_cancel() {
 
     let out = service.osmo(&["workflow", "query", &id]);
     assert_eq!(out.code, 0, "{out:#?}");
-    assert!(out.stdout.contains("Workflow ID : quick-1") && out.stdout.contains("COMPLETED"), "{out:#?}");
+    assert!(
+        out.stdout.contains("Workflow ID : quick-1") && out.stdout.contains("COMPLETED"),
+        "{out:#?}"
+    );
 
     let out = service.osmo(&["workflow", "list", "-t", "json"]);
     assert!(out.json()["workflows"][0]["name"] == "quick-1", "{out:#?}");
@@ -139,13 +166,20 @@ fn submit_query_list_logs_spec_cancel() {
     assert_eq!(out.stdout, "No workflows found.\n", "{out:#?}");
 
     let out = service.osmo(&["workflow", "logs", &id, "--task", "example"]);
-    assert!(out.stdout.contains("[example retry-0][stdout] hello from example"), "{out:#?}");
+    assert!(
+        out.stdout
+            .contains("[example retry-0][stdout] hello from example"),
+        "{out:#?}"
+    );
 
     let out = service.osmo(&["workflow", "spec", &id]);
     assert_eq!(out.stdout, QUICK);
 
     let out = service.osmo(&["workflow", "cancel", &id]);
-    assert_eq!(out.code, 1, "a finished workflow cannot be canceled: {out:#?}");
+    assert_eq!(
+        out.code, 1,
+        "a finished workflow cannot be canceled: {out:#?}"
+    );
 
     let out = service.osmo(&["workflow", "query", "nope-1"]);
     assert_eq!(out.code, 1, "{out:#?}");
@@ -158,7 +192,10 @@ fn submit_of_a_bad_spec_says_where() {
     let typo = service.spec("typo.yaml", TYPO);
     let out = service.osmo(&["workflow", "submit", &typo]);
     assert_eq!(out.code, 1, "{out:#?}");
-    assert!(out.stderr.contains("exitAction") && out.stderr.contains("line 7"), "{out:#?}");
+    assert!(
+        out.stderr.contains("exitAction") && out.stderr.contains("line 7"),
+        "{out:#?}"
+    );
     assert!(out.stderr.contains("typo.yaml:7:"), "{out:#?}");
 }
 
@@ -169,10 +206,19 @@ fn cancel_a_running_workflow() {
         "slow.yaml",
         "workflow:\n  name: slow\n  tasks:\n  - {name: sleeper, image: ubuntu, command: [sh, -c, \"sleep 30\"]}\n",
     );
-    let id = service.osmo(&["workflow", "submit", &slow, "-t", "json"]).json()["name"].as_str().unwrap().to_string();
+    let id = service
+        .osmo(&["workflow", "submit", &slow, "-t", "json"])
+        .json()["name"]
+        .as_str()
+        .unwrap()
+        .to_string();
     let out = service.osmo(&["workflow", "cancel", &id, "-m", "not needed"]);
     assert_eq!(out.code, 0, "{out:#?}");
-    assert!(out.stdout.starts_with(&format!("Cancel requested for workflow {id}")), "{out:#?}");
+    assert!(
+        out.stdout
+            .starts_with(&format!("Cancel requested for workflow {id}")),
+        "{out:#?}"
+    );
     let doc = service.wait(&id);
     assert_eq!(doc["status"], "FAILED_CANCELED", "{doc:#}");
 }
@@ -185,7 +231,10 @@ fn run_shows_every_attempt_and_the_logs() {
     let out = osmo(&["workflow", "run", path.to_str().unwrap()]);
     assert_eq!(out.code, 0, "{out:#?}");
     let text = &out.stdout;
-    assert!(text.contains("flaky retry 0 RESCHEDULED (exit 12)"), "{text}");
+    assert!(
+        text.contains("flaky retry 0 RESCHEDULED (exit 12)"),
+        "{text}"
+    );
     assert!(text.contains("flaky retry 1 COMPLETED (exit 0)"), "{text}");
     assert!(text.contains("[flaky retry-0][stdout] attempt 0"), "{text}");
     assert!(text.contains("[flaky retry-1][stdout] attempt 1"), "{text}");
@@ -198,12 +247,23 @@ fn run_fails_when_the_workflow_fails() {
     let path = dir.path().join("failing.yaml");
     std::fs::write(&path, FAILING).unwrap();
     let data = dir.path().join("data");
-    let out = osmo(&["workflow", "run", path.to_str().unwrap(), "--data-dir", data.to_str().unwrap(), "-t", "json"]);
+    let out = osmo(&[
+        "workflow",
+        "run",
+        path.to_str().unwrap(),
+        "--data-dir",
+        data.to_str().unwrap(),
+        "-t",
+        "json",
+    ]);
     assert_eq!(out.code, 1, "{out:#?}");
     let doc = out.json();
     assert_eq!(doc["status"], "FAILED");
     assert_eq!(doc["groups"][0]["tasks"][0]["exit_code"], 3);
-    assert!(data.join("osmo.db").exists() || data.exists(), "the data directory is kept");
+    assert!(
+        data.join("osmo.db").exists() || data.exists(),
+        "the data directory is kept"
+    );
     // A bad spec never starts a service.
     let typo = dir.path().join("typo.yaml");
     std::fs::write(&typo, TYPO).unwrap();

@@ -32,10 +32,17 @@ workflow:
     assert!(all.contains("[talker retry-0][stderr] err 0"), "{all}");
     assert!(all.contains("[talker retry-1][stdout] out 1"), "{all}");
 
-    let (_, retry1) = server.get(&format!("/api/workflow/{id}/logs?task_name=talker&retry_id=1"));
-    assert!(retry1.contains("out 1") && !retry1.contains("out 0"), "{retry1}");
+    let (_, retry1) = server.get(&format!(
+        "/api/workflow/{id}/logs?task_name=talker&retry_id=1"
+    ));
+    assert!(
+        retry1.contains("out 1") && !retry1.contains("out 0"),
+        "{retry1}"
+    );
 
-    let (_, last) = server.get(&format!("/api/workflow/{id}/logs?task_name=talker&retry_id=1&last_n_lines=1"));
+    let (_, last) = server.get(&format!(
+        "/api/workflow/{id}/logs?task_name=talker&retry_id=1&last_n_lines=1"
+    ));
     assert_eq!(last.lines().count(), 1, "{last}");
 
     let (status, body) = server.get(&format!("/api/workflow/{id}/logs?task_name=nope"));
@@ -48,14 +55,19 @@ workflow:
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success() && text.contains("out 0") && !text.contains("out 1"), "{text}");
+    assert!(
+        out.status.success() && text.contains("out 0") && !text.contains("out 1"),
+        "{text}"
+    );
 }
 
 #[test]
 fn list_filters_by_name_status_pool_limit_and_offset() {
     let server = Server::start(local_pool());
-    let ok = "workflow:\n  name: good\n  tasks:\n  - {name: t, image: ubuntu, command: [\"true\"]}\n";
-    let bad = "workflow:\n  name: bad\n  tasks:\n  - {name: t, image: ubuntu, command: [\"false\"]}\n";
+    let ok =
+        "workflow:\n  name: good\n  tasks:\n  - {name: t, image: ubuntu, command: [\"true\"]}\n";
+    let bad =
+        "workflow:\n  name: bad\n  tasks:\n  - {name: t, image: ubuntu, command: [\"false\"]}\n";
     let ids = [server.submit(ok), server.submit(ok), server.submit(bad)];
     assert_eq!(ids, ["good-1", "good-2", "bad-1"].map(String::from));
     for id in &ids {
@@ -69,10 +81,17 @@ fn list_filters_by_name_status_pool_limit_and_offset() {
             .map(|w| w["name"].as_str().unwrap().to_string())
             .collect()
     };
-    assert_eq!(names("/api/workflow"), ["bad-1", "good-2", "good-1"], "newest first");
+    assert_eq!(
+        names("/api/workflow"),
+        ["bad-1", "good-2", "good-1"],
+        "newest first"
+    );
     assert_eq!(names("/api/workflow?name=good"), ["good-2", "good-1"]);
     assert_eq!(names("/api/workflow?statuses=FAILED"), ["bad-1"]);
-    assert_eq!(names("/api/workflow?statuses=FAILED&statuses=COMPLETED").len(), 3);
+    assert_eq!(
+        names("/api/workflow?statuses=FAILED&statuses=COMPLETED").len(),
+        3
+    );
     assert_eq!(names("/api/workflow?pools=default").len(), 3);
     assert!(names("/api/workflow?pools=other").is_empty());
     assert_eq!(names("/api/workflow?limit=1&offset=1"), ["good-2"]);
@@ -87,25 +106,41 @@ fn bad_requests_get_a_clear_4xx_and_store_nothing() {
     assert_eq!(status, 400);
     assert!(body.contains("not a submit request"), "{body}");
 
-    let (status, body) = server.post("/api/pool/default/workflow", r#"{"file": "x", "surprise": 1}"#);
+    let (status, body) = server.post(
+        "/api/pool/default/workflow",
+        r#"{"file": "x", "surprise": 1}"#,
+    );
     assert_eq!(status, 400, "{body}");
 
     let huge = serde_json::json!({"file": "a".repeat(9 * 1024 * 1024)}).to_string();
     let (status, body) = server.post("/api/pool/default/workflow", huge);
     assert_eq!(status, 413, "{body}");
 
-    let spec = "workflow:\n  name: x\n  tasks:\n  - {name: t, image: ubuntu, command: [\"true\"]}\n";
-    let (status, body) = server.post("/api/pool/nope/workflow", serde_json::json!({"file": spec}).to_string());
+    let spec =
+        "workflow:\n  name: x\n  tasks:\n  - {name: t, image: ubuntu, command: [\"true\"]}\n";
+    let (status, body) = server.post(
+        "/api/pool/nope/workflow",
+        serde_json::json!({"file": spec}).to_string(),
+    );
     assert_eq!(status, 404);
     assert!(body.contains("pool `nope` is not known"), "{body}");
 
     let bad_spec = "workflow:\n  name: x\n  tasks:\n  - {name: t, image: ubuntu, command: [\"true\"], exitActions: {FAIL: 9-3}}\n";
-    let (status, body) = server.post("/api/pool/default/workflow", serde_json::json!({"file": bad_spec}).to_string());
+    let (status, body) = server.post(
+        "/api/pool/default/workflow",
+        serde_json::json!({"file": bad_spec}).to_string(),
+    );
     assert_eq!(status, 400);
     let err: serde_json::Value = serde_json::from_str(&body).unwrap();
-    assert!(err["diagnostics"][0].as_str().unwrap().contains("9-3"), "{body}");
+    assert!(
+        err["diagnostics"][0].as_str().unwrap().contains("9-3"),
+        "{body}"
+    );
 
-    let (status, body) = server.post("/api/pool/default/workflow?priority=URGENT", serde_json::json!({"file": spec}).to_string());
+    let (status, body) = server.post(
+        "/api/pool/default/workflow?priority=URGENT",
+        serde_json::json!({"file": spec}).to_string(),
+    );
     assert_eq!(status, 400, "{body}");
 
     assert_eq!(server.get("/api/workflow/ghost-1").0, 404);
@@ -113,11 +148,18 @@ fn bad_requests_get_a_clear_4xx_and_store_nothing() {
     assert_eq!(server.get("/api/workflow/ghost-1/logs").0, 404);
     assert_eq!(server.get("/api/nothing/here").0, 404);
 
-    assert_eq!(server.workflow_count(), 0, "rejected submissions must store nothing");
+    assert_eq!(
+        server.workflow_count(),
+        0,
+        "rejected submissions must store nothing"
+    );
     assert_eq!(server.get("/api/health").0, 200, "the server keeps serving");
 
     // dry_run and validation_only check without storing.
-    let (status, body) = server.post("/api/pool/default/workflow?dry_run=true", serde_json::json!({"file": spec}).to_string());
+    let (status, body) = server.post(
+        "/api/pool/default/workflow?dry_run=true",
+        serde_json::json!({"file": spec}).to_string(),
+    );
     assert_eq!(status, 200, "{body}");
     assert_eq!(server.workflow_count(), 0);
 }
@@ -126,7 +168,12 @@ fn bad_requests_get_a_clear_4xx_and_store_nothing() {
 fn openapi_document_lists_the_paths() {
     let server = Server::start(local_pool());
     let doc = server.get_json("/api/openapi.json");
-    for path in ["/api/pool/{pool}/workflow", "/api/workflow", "/api/workflow/{id}", "/api/workflow/{id}/cancel"] {
+    for path in [
+        "/api/pool/{pool}/workflow",
+        "/api/workflow",
+        "/api/workflow/{id}",
+        "/api/workflow/{id}/cancel",
+    ] {
         assert!(doc["paths"].get(path).is_some(), "missing {path}");
     }
 }
@@ -137,7 +184,12 @@ fn spec_is_served_as_submitted() {
     let spec = "default-values: {n: 2}\nworkflow:\n  name: shown\n  tasks:\n  - {name: t, image: ubuntu, command: [sh, -c, \"exit {{ n }}\"], exitActions: {COMPLETE: \"2\"}}\n";
     let id = server.submit(spec);
     assert_eq!(server.get(&format!("/api/workflow/{id}/spec")).1, spec);
-    assert!(server.get(&format!("/api/workflow/{id}/spec?rendered=true")).1.contains("exit 2"));
+    assert!(
+        server
+            .get(&format!("/api/workflow/{id}/spec?rendered=true"))
+            .1
+            .contains("exit 2")
+    );
     let doc = server.wait_finished(&id, Duration::from_secs(30));
     assert_eq!(task(&doc, "t", 0)["exit_code"], 2);
 }

@@ -31,13 +31,26 @@ workflow:
     server.kill();
     assert!(alive(agent), "the agent outlives its server");
     server.spawn();
-    assert_eq!(server.agent_pid(), Some(agent), "the restarted server reuses the running agent");
-    let output = server.data_dir().join("runs").join(&id).join("long").join("0").join("output");
+    assert_eq!(
+        server.agent_pid(),
+        Some(agent),
+        "the restarted server reuses the running agent"
+    );
+    let output = server
+        .data_dir()
+        .join("runs")
+        .join(&id)
+        .join("long")
+        .join("0")
+        .join("output");
     std::fs::write(output.join("go"), "ok\n").unwrap();
     let doc = server.wait_finished(&id, Duration::from_secs(30));
     assert_eq!(doc["status"], "COMPLETED", "{doc:#}\n{}", server.log());
     let groups = doc["groups"].as_array().unwrap();
-    let attempts: usize = groups.iter().map(|g| g["tasks"].as_array().unwrap().len()).sum();
+    let attempts: usize = groups
+        .iter()
+        .map(|g| g["tasks"].as_array().unwrap().len())
+        .sum();
     assert_eq!(attempts, 2, "nothing was launched twice: {doc:#}");
 }
 
@@ -66,11 +79,15 @@ workflow:
 #[test]
 fn the_agent_is_gone_soon_after_the_server_stops() {
     let mut server = Server::start(local_pool());
-    let id = server.submit("workflow:\n  name: quick\n  tasks:\n  - {name: t, image: ubuntu, command: [\"true\"]}\n");
+    let id = server.submit(
+        "workflow:\n  name: quick\n  tasks:\n  - {name: t, image: ubuntu, command: [\"true\"]}\n",
+    );
     server.wait_finished(&id, Duration::from_secs(30));
     let agent = server.agent_pid().expect("the agent wrote its pid");
     server.terminate();
-    wait_for(Duration::from_secs(5), "the agent to exit", || (!alive(agent)).then_some(()));
+    wait_for(Duration::from_secs(5), "the agent to exit", || {
+        (!alive(agent)).then_some(())
+    });
 }
 
 #[test]

@@ -15,7 +15,8 @@ pub fn actions(list: &[(Action, &str)]) -> ExitActions {
             .iter()
             .map(|(action, text)| ExitRule {
                 action: *action,
-                codes: CodeList::parse(text).unwrap_or_else(|e| panic!("bad code list {text:?}: {e}")),
+                codes: CodeList::parse(text)
+                    .unwrap_or_else(|e| panic!("bad code list {text:?}: {e}")),
             })
             .collect(),
     }
@@ -31,7 +32,11 @@ pub fn code(code: u32) -> ReportedCode {
         3000..=3999 => CodeSource::Service,
         _ => CodeSource::Unknown,
     };
-    ReportedCode { code, source, detail: None }
+    ReportedCode {
+        code,
+        source,
+        detail: None,
+    }
 }
 
 /// A task with nothing but a name (image `ubuntu`, command `true`).
@@ -129,7 +134,11 @@ pub struct WorkflowBuilder {
 
 impl WorkflowBuilder {
     pub fn new(name: &str) -> WorkflowBuilder {
-        WorkflowBuilder { name: name.to_string(), groups: Vec::new(), timeout: Timeouts::default() }
+        WorkflowBuilder {
+            name: name.to_string(),
+            groups: Vec::new(),
+            timeout: Timeouts::default(),
+        }
     }
 
     /// A plain task: a one-task group named `<task>-group`.
@@ -138,8 +147,17 @@ impl WorkflowBuilder {
     }
 
     /// A plain task depending on the named tasks or groups (`inputs: [{task}]`).
-    pub fn task_after(self, name: &str, exit_actions: &[(Action, &str)], after: &[&str]) -> WorkflowBuilder {
-        self.group(GroupBuilder::new(&format!("{name}-group")).task_with(name, exit_actions).after(after))
+    pub fn task_after(
+        self,
+        name: &str,
+        exit_actions: &[(Action, &str)],
+        after: &[&str],
+    ) -> WorkflowBuilder {
+        self.group(
+            GroupBuilder::new(&format!("{name}-group"))
+                .task_with(name, exit_actions)
+                .after(after),
+        )
     }
 
     pub fn group(mut self, group: GroupBuilder) -> WorkflowBuilder {
@@ -168,7 +186,11 @@ impl WorkflowBuilder {
         };
         let mut groups = Vec::with_capacity(self.groups.len());
         for builder in &self.groups {
-            assert!(!builder.tasks.is_empty(), "group {} has no task", builder.name);
+            assert!(
+                !builder.tasks.is_empty(),
+                "group {} has no task",
+                builder.name
+            );
             let lead = match &builder.lead {
                 Some(name) => builder
                     .tasks
@@ -184,8 +206,15 @@ impl WorkflowBuilder {
             for (i, t) in tasks.iter_mut().enumerate() {
                 t.lead = i == lead;
                 for name in &builder.after {
-                    if self.groups.iter().any(|g| g.tasks.iter().any(|t| &t.name == name)) {
-                        t.inputs.push(Input::Task { task: name.clone(), regex: None });
+                    if self
+                        .groups
+                        .iter()
+                        .any(|g| g.tasks.iter().any(|t| &t.name == name))
+                    {
+                        t.inputs.push(Input::Task {
+                            task: name.clone(),
+                            regex: None,
+                        });
                     }
                 }
             }
@@ -215,7 +244,14 @@ mod tests {
     fn builds_groups_leads_and_edges() {
         let wf = WorkflowBuilder::new("wf")
             .task("a", &[(Action::Complete, "0,16")])
-            .group(GroupBuilder::new("g").task("x").task("y").lead("y").after(&["a"]).ignore_nonlead_status(false))
+            .group(
+                GroupBuilder::new("g")
+                    .task("x")
+                    .task("y")
+                    .lead("y")
+                    .after(&["a"])
+                    .ignore_nonlead_status(false),
+            )
             .task_after("z", &[], &["g"])
             .build();
         assert_eq!(wf.groups.len(), 3);
@@ -226,7 +262,13 @@ mod tests {
         assert_eq!(wf.groups[1].upstream, vec![0]);
         assert!(!wf.groups[1].ignore_nonlead_status);
         assert_eq!(wf.groups[2].upstream, vec![1]);
-        assert_eq!(wf.groups[0].tasks[0].exit_actions.lookup(16).map(|(r, _)| r.action), Some(Action::Complete));
+        assert_eq!(
+            wf.groups[0].tasks[0]
+                .exit_actions
+                .lookup(16)
+                .map(|(r, _)| r.action),
+            Some(Action::Complete)
+        );
         assert_eq!(code(1001).source, CodeSource::Preflight);
     }
 }

@@ -5,7 +5,9 @@ use std::collections::HashSet;
 
 use osmo_spec::codes::well_known;
 
-use crate::api::{Attempt, AttemptCause, AttemptId, Command, Event, Millis, TaskKey, TaskStatus, WorkflowStatus};
+use crate::api::{
+    Attempt, AttemptCause, AttemptId, Command, Event, Millis, TaskKey, TaskStatus, WorkflowStatus,
+};
 use crate::decide::resolve_code;
 use crate::state::WorkflowState;
 
@@ -36,13 +38,22 @@ pub struct Checker {
 
 impl Checker {
     /// Checks a new state and the commands [`WorkflowState::new`] returned.
-    pub fn new(state: &WorkflowState, commands: &[Command], now: Millis) -> Result<Checker, String> {
+    pub fn new(
+        state: &WorkflowState,
+        commands: &[Command],
+        now: Millis,
+    ) -> Result<Checker, String> {
         let wf = state.workflow();
         let keys: Vec<TaskKey> = wf
             .groups
             .iter()
             .enumerate()
-            .flat_map(|(g, group)| (0..group.tasks.len()).map(move |t| TaskKey { group: g as u32, task: t as u32 }))
+            .flat_map(|(g, group)| {
+                (0..group.tasks.len()).map(move |t| TaskKey {
+                    group: g as u32,
+                    task: t as u32,
+                })
+            })
             .collect();
         let mut checker = Checker {
             prev: keys.iter().map(|_| Vec::new()).collect(),
@@ -69,18 +80,29 @@ impl Checker {
         state.sanity_check()?;
         let mut stops = HashSet::new();
         let find = |id: AttemptId| -> Result<&Attempt, String> {
-            let n = state.workflow().groups.get(id.task.group as usize).map(|g| g.tasks.len());
+            let n = state
+                .workflow()
+                .groups
+                .get(id.task.group as usize)
+                .map(|g| g.tasks.len());
             if n.is_none_or(|n| id.task.task as usize >= n) {
                 return Err(format!("a command names an unknown task {:?}", id.task));
             }
-            state.attempts(id.task).get(id.retry_id as usize).ok_or_else(|| format!("no attempt {id:?}"))
+            state
+                .attempts(id.task)
+                .get(id.retry_id as usize)
+                .ok_or_else(|| format!("no attempt {id:?}"))
         };
         for command in commands {
             match command {
                 Command::Launch { attempt } => {
                     let a = find(*attempt)?;
-                    if a.scheduling_time.is_none() || state.current(attempt.task).retry_id != attempt.retry_id {
-                        return Err(format!("Launch {attempt:?} of an attempt that is not the current one, scheduled"));
+                    if a.scheduling_time.is_none()
+                        || state.current(attempt.task).retry_id != attempt.retry_id
+                    {
+                        return Err(format!(
+                            "Launch {attempt:?} of an attempt that is not the current one, scheduled"
+                        ));
                     }
                     if !self.launched.insert(*attempt) {
                         return Err(format!("Launch {attempt:?} twice"));
@@ -93,7 +115,11 @@ impl Checker {
                     for id in attempts {
                         let a = find(*id)?;
                         if !self.launched.contains(id) || a.status != TaskStatus::Initializing {
-                            return Err(format!("Release {id:?} which is {} (launched: {})", a.status, self.launched.contains(id)));
+                            return Err(format!(
+                                "Release {id:?} which is {} (launched: {})",
+                                a.status,
+                                self.launched.contains(id)
+                            ));
                         }
                         if !self.released.insert(*id) {
                             return Err(format!("Release {id:?} twice"));
@@ -115,7 +141,11 @@ impl Checker {
                 Command::Stop { attempt, reason } => {
                     let a = find(*attempt)?;
                     if !self.launched.contains(attempt) || !a.status.is_finished() {
-                        return Err(format!("Stop {attempt:?} ({reason}) which is {} and launched: {}", a.status, self.launched.contains(attempt)));
+                        return Err(format!(
+                            "Stop {attempt:?} ({reason}) which is {} and launched: {}",
+                            a.status,
+                            self.launched.contains(attempt)
+                        ));
                     }
                     if !self.stopped.insert(*attempt) {
                         return Err(format!("Stop {attempt:?} twice"));
@@ -124,19 +154,30 @@ impl Checker {
                 }
                 Command::SetTimer { group, kind, at } => {
                     if *at < now || !state.pending_timers().contains(&(*group, *kind, *at)) {
-                        return Err(format!("SetTimer {group} {kind:?} at {at} (now {now}) not in force"));
+                        return Err(format!(
+                            "SetTimer {group} {kind:?} at {at} (now {now}) not in force"
+                        ));
                     }
                 }
                 Command::Finished { status } => {
                     self.finished_sent += 1;
-                    if self.finished_sent > 1 || *status != state.status() || !status.is_finished() {
-                        return Err(format!("Finished {status} (sent {} times, state {})", self.finished_sent, state.status()));
+                    if self.finished_sent > 1 || *status != state.status() || !status.is_finished()
+                    {
+                        return Err(format!(
+                            "Finished {status} (sent {} times, state {})",
+                            self.finished_sent,
+                            state.status()
+                        ));
                     }
                 }
             }
         }
         if state.is_finished() && self.finished_sent != 1 {
-            return Err(format!("workflow {} but Finished sent {} times", state.status(), self.finished_sent));
+            return Err(format!(
+                "workflow {} but Finished sent {} times",
+                state.status(),
+                self.finished_sent
+            ));
         }
         // The workflow and its groups move forward.
         let status = state.status();
@@ -145,14 +186,24 @@ impl Checker {
             WorkflowStatus::Running => 1,
             _ => 2,
         };
-        if rank(status) < rank(self.prev_status) || (self.prev_status.is_finished() && status != self.prev_status) {
-            return Err(format!("workflow went from {} to {status}", self.prev_status));
+        if rank(status) < rank(self.prev_status)
+            || (self.prev_status.is_finished() && status != self.prev_status)
+        {
+            return Err(format!(
+                "workflow went from {} to {status}",
+                self.prev_status
+            ));
         }
         self.prev_status = status;
         for (g, prev) in self.prev_groups.iter_mut().enumerate() {
             let now_status = state.group_status(g as u32);
-            if now_status.progress() < prev.progress() || (prev.is_finished() && now_status != *prev) {
-                return Err(format!("group {} went from {prev} to {now_status}", state.workflow().groups[g].name));
+            if now_status.progress() < prev.progress()
+                || (prev.is_finished() && now_status != *prev)
+            {
+                return Err(format!(
+                    "group {} went from {prev} to {now_status}",
+                    state.workflow().groups[g].name
+                ));
             }
             *prev = now_status;
         }
@@ -166,24 +217,40 @@ impl Checker {
             let attempts = state.attempts(*key);
             let name = &state.workflow().groups[key.group as usize].tasks[key.task as usize].name;
             if attempts.len() < prev.len() {
-                return Err(format!("task {name}: attempts went from {} to {}", prev.len(), attempts.len()));
+                return Err(format!(
+                    "task {name}: attempts went from {} to {}",
+                    prev.len(),
+                    attempts.len()
+                ));
             }
             for (old, new) in prev.iter().zip(attempts) {
-                let id = AttemptId { task: *key, retry_id: new.retry_id };
+                let id = AttemptId {
+                    task: *key,
+                    retry_id: new.retry_id,
+                };
                 if old.status.is_finished() {
                     if old != new {
-                        return Err(format!("task {name}: finished attempt {} changed:\n{old:?}\n{new:?}", old.retry_id));
+                        return Err(format!(
+                            "task {name}: finished attempt {} changed:\n{old:?}\n{new:?}",
+                            old.retry_id
+                        ));
                     }
                     continue;
                 }
                 if new.status.progress() < old.status.progress() {
-                    return Err(format!("task {name}: attempt {} went from {} to {}", old.retry_id, old.status, new.status));
+                    return Err(format!(
+                        "task {name}: attempt {} went from {} to {}",
+                        old.retry_id, old.status, new.status
+                    ));
                 }
                 let was_live = old.scheduling_time.is_some();
                 if new.status.is_finished() && was_live {
                     let by_exit = exited.is_some_and(|(a, _)| a == id);
                     if !by_exit && !stops.contains(&id) {
-                        return Err(format!("task {name}: launched attempt {} ended {} without a Stop", old.retry_id, new.status));
+                        return Err(format!(
+                            "task {name}: launched attempt {} ended {} without a Stop",
+                            old.retry_id, new.status
+                        ));
                     }
                 }
                 if let Some((a, codes)) = exited
@@ -191,23 +258,42 @@ impl Checker {
                     && was_live
                 {
                     if !new.status.is_finished() {
-                        return Err(format!("task {name}: Exited for live attempt {} ignored", a.retry_id));
+                        return Err(format!(
+                            "task {name}: Exited for live attempt {} ignored",
+                            a.retry_id
+                        ));
                     }
                     let expected = resolve_code(codes).unwrap_or(well_known::UNKNOWN);
                     if new.exit_code != Some(expected) {
-                        return Err(format!("task {name}: exit code {:?}, expected {expected}", new.exit_code));
+                        return Err(format!(
+                            "task {name}: exit code {:?}, expected {expected}",
+                            new.exit_code
+                        ));
                     }
                 }
             }
             for new in attempts {
-                let id = AttemptId { task: *key, retry_id: new.retry_id };
+                let id = AttemptId {
+                    task: *key,
+                    retry_id: new.retry_id,
+                };
                 if new.scheduling_time.is_some() != self.launched.contains(&id) {
-                    return Err(format!("task {name}: attempt {} scheduled {:?} but launched {}", new.retry_id, new.scheduling_time, self.launched.contains(&id)));
+                    return Err(format!(
+                        "task {name}: attempt {} scheduled {:?} but launched {}",
+                        new.retry_id,
+                        new.scheduling_time,
+                        self.launched.contains(&id)
+                    ));
                 }
             }
-            let own = attempts.iter().filter(|a| a.cause != AttemptCause::GroupRestart).count();
+            let own = attempts
+                .iter()
+                .filter(|a| a.cause != AttemptCause::GroupRestart)
+                .count();
             if own > max_own {
-                return Err(format!("task {name}: {own} attempts of its own, budget allows {max_own}"));
+                return Err(format!(
+                    "task {name}: {own} attempts of its own, budget allows {max_own}"
+                ));
             }
             // Remember: refresh the unfinished tail, append the new ones.
             let keep = prev.iter().take_while(|a| a.status.is_finished()).count();
@@ -230,20 +316,29 @@ mod tests {
     use crate::testkit::{WorkflowBuilder, code};
 
     fn setup() -> (WorkflowState, Checker, Vec<Command>) {
-        let wf = WorkflowBuilder::new("c").task("t", &[]).task("u", &[]).build();
+        let wf = WorkflowBuilder::new("c")
+            .task("t", &[])
+            .task("u", &[])
+            .build();
         let (state, commands) = WorkflowState::new("c-1".into(), wf, Rules::default(), 10);
         let checker = Checker::new(&state, &commands, 10).unwrap();
         (state, checker, commands)
     }
 
     fn id(group: u32) -> AttemptId {
-        AttemptId { task: TaskKey { group, task: 0 }, retry_id: 0 }
+        AttemptId {
+            task: TaskKey { group, task: 0 },
+            retry_id: 0,
+        }
     }
 
     #[test]
     fn accepts_a_real_step() {
         let (mut state, mut checker, _) = setup();
-        let event = Event::Exited { attempt: id(0), codes: vec![code(0)] };
+        let event = Event::Exited {
+            attempt: id(0),
+            codes: vec![code(0)],
+        };
         let mut out = Vec::new();
         state.apply(&event, 20, &mut out);
         checker.check(&state, Some(&event), &out, 20).unwrap();
@@ -252,7 +347,10 @@ mod tests {
     #[test]
     fn finds_a_status_moving_back() {
         let (mut state, mut checker, _) = setup();
-        let event = Event::Initializing { attempt: id(0), node: None };
+        let event = Event::Initializing {
+            attempt: id(0),
+            node: None,
+        };
         let mut out = Vec::new();
         state.apply(&event, 20, &mut out);
         checker.check(&state, Some(&event), &out, 20).unwrap();
@@ -265,7 +363,10 @@ mod tests {
     #[test]
     fn finds_a_finished_attempt_that_changed() {
         let (mut state, mut checker, _) = setup();
-        let event = Event::Exited { attempt: id(0), codes: vec![code(4)] };
+        let event = Event::Exited {
+            attempt: id(0),
+            codes: vec![code(4)],
+        };
         let mut out = Vec::new();
         state.apply(&event, 20, &mut out);
         checker.check(&state, Some(&event), &out, 20).unwrap();
@@ -277,8 +378,14 @@ mod tests {
     #[test]
     fn finds_an_ignored_exit_and_a_silent_end() {
         let (state, mut checker, _) = setup();
-        let event = Event::Exited { attempt: id(1), codes: vec![code(0)] };
-        let err = checker.clone().check(&state, Some(&event), &[], 20).unwrap_err();
+        let event = Event::Exited {
+            attempt: id(1),
+            codes: vec![code(0)],
+        };
+        let err = checker
+            .clone()
+            .check(&state, Some(&event), &[], 20)
+            .unwrap_err();
         assert!(err.contains("ignored"), "{err}");
         // Ending a launched attempt without its exit or a Stop.
         let mut state = state;
@@ -299,18 +406,38 @@ mod tests {
     #[test]
     fn finds_bad_commands() {
         let (state, checker, launched) = setup();
-        let err = checker.clone().check(&state, None, &launched, 20).unwrap_err();
+        let err = checker
+            .clone()
+            .check(&state, None, &launched, 20)
+            .unwrap_err();
         assert!(err.contains("twice"), "{err}");
-        let release = [Command::Release { attempts: vec![id(0)] }];
-        let err = checker.clone().check(&state, None, &release, 20).unwrap_err();
+        let release = [Command::Release {
+            attempts: vec![id(0)],
+        }];
+        let err = checker
+            .clone()
+            .check(&state, None, &release, 20)
+            .unwrap_err();
         assert!(err.contains("Release"), "{err}");
-        let stop = [Command::Stop { attempt: id(0), reason: "x".into() }];
+        let stop = [Command::Stop {
+            attempt: id(0),
+            reason: "x".into(),
+        }];
         let err = checker.clone().check(&state, None, &stop, 20).unwrap_err();
         assert!(err.contains("Stop"), "{err}");
-        let finished = [Command::Finished { status: WorkflowStatus::Completed }];
-        let err = checker.clone().check(&state, None, &finished, 20).unwrap_err();
+        let finished = [Command::Finished {
+            status: WorkflowStatus::Completed,
+        }];
+        let err = checker
+            .clone()
+            .check(&state, None, &finished, 20)
+            .unwrap_err();
         assert!(err.contains("Finished"), "{err}");
-        let timer = [Command::SetTimer { group: 0, kind: crate::api::TimeoutKind::Exec, at: 30 }];
+        let timer = [Command::SetTimer {
+            group: 0,
+            kind: crate::api::TimeoutKind::Exec,
+            at: 30,
+        }];
         let err = checker.clone().check(&state, None, &timer, 20).unwrap_err();
         assert!(err.contains("SetTimer"), "{err}");
     }

@@ -5,7 +5,9 @@ use osmo_spec::model::Workflow;
 
 use super::builder::code;
 use super::check::Checker;
-use crate::api::{Attempt, AttemptId, Command, Event, Millis, ReportedCode, TaskKey, TaskStatus, TimeoutKind};
+use crate::api::{
+    Attempt, AttemptId, Command, Event, Millis, ReportedCode, TaskKey, TaskStatus, TimeoutKind,
+};
 use crate::decide::Rules;
 use crate::state::WorkflowState;
 
@@ -34,9 +36,17 @@ impl TestEnv {
 
     pub fn try_new(workflow: Workflow, rules: Rules) -> Result<TestEnv, String> {
         let now = 1_000_000;
-        let (state, commands) = WorkflowState::new(format!("{}-1", workflow.name), workflow, rules, now);
+        let (state, commands) =
+            WorkflowState::new(format!("{}-1", workflow.name), workflow, rules, now);
         let checker = Checker::new(&state, &commands, now)?;
-        Ok(TestEnv { state, now, log: commands.clone(), check_serde: true, pending: commands, checker })
+        Ok(TestEnv {
+            state,
+            now,
+            log: commands.clone(),
+            check_serde: true,
+            pending: commands,
+            checker,
+        })
     }
 
     /// Applies `event` at the current time; returns its commands.
@@ -49,7 +59,9 @@ impl TestEnv {
         let mut out = Vec::new();
         self.state.apply(&event, self.now, &mut out);
         let out: Vec<Command> = out.iter().map(roundtrip).collect::<Result<_, _>>()?;
-        self.checker.check(&self.state, Some(&event), &out, self.now).map_err(|e| format!("after {event:?}: {e}"))?;
+        self.checker
+            .check(&self.state, Some(&event), &out, self.now)
+            .map_err(|e| format!("after {event:?}: {e}"))?;
         if self.check_serde {
             self.check_state_serde()?;
         }
@@ -77,8 +89,15 @@ impl TestEnv {
     }
 
     pub fn key(&self, task: &str) -> TaskKey {
-        let (g, t) = self.state.workflow().find_task(task).unwrap_or_else(|| panic!("no task {task}"));
-        TaskKey { group: g as u32, task: t as u32 }
+        let (g, t) = self
+            .state
+            .workflow()
+            .find_task(task)
+            .unwrap_or_else(|| panic!("no task {task}"));
+        TaskKey {
+            group: g as u32,
+            task: t as u32,
+        }
     }
 
     pub fn group(&self, name: &str) -> u32 {
@@ -92,13 +111,19 @@ impl TestEnv {
 
     /// The task's attempt `retry_id`.
     pub fn id(&self, task: &str, retry_id: u32) -> AttemptId {
-        AttemptId { task: self.key(task), retry_id }
+        AttemptId {
+            task: self.key(task),
+            retry_id,
+        }
     }
 
     /// The task's current attempt.
     pub fn current_id(&self, task: &str) -> AttemptId {
         let key = self.key(task);
-        AttemptId { task: key, retry_id: self.state.current(key).retry_id }
+        AttemptId {
+            task: key,
+            retry_id: self.state.current(key).retry_id,
+        }
     }
 
     pub fn current(&self, task: &str) -> &Attempt {
@@ -119,7 +144,10 @@ impl TestEnv {
 
     pub fn init(&mut self, task: &str) -> Vec<Command> {
         let attempt = self.current_id(task);
-        self.apply(Event::Initializing { attempt, node: Some("node-1".to_string()) })
+        self.apply(Event::Initializing {
+            attempt,
+            node: Some("node-1".to_string()),
+        })
     }
 
     pub fn setup_done(&mut self, task: &str) -> Vec<Command> {
@@ -162,13 +190,20 @@ impl TestEnv {
     }
 
     pub fn cancel(&mut self, by: &str, reason: Option<&str>) -> Vec<Command> {
-        self.apply(Event::Cancel { by: by.to_string(), reason: reason.map(str::to_string) })
+        self.apply(Event::Cancel {
+            by: by.to_string(),
+            reason: reason.map(str::to_string),
+        })
     }
 }
 
-fn roundtrip<T: serde::Serialize + serde::de::DeserializeOwned + PartialEq + std::fmt::Debug>(value: &T) -> Result<T, String> {
-    let json = serde_json::to_string(value).map_err(|e| format!("cannot serialize {value:?}: {e}"))?;
-    let back: T = serde_json::from_str(&json).map_err(|e| format!("cannot read back {json}: {e}"))?;
+fn roundtrip<T: serde::Serialize + serde::de::DeserializeOwned + PartialEq + std::fmt::Debug>(
+    value: &T,
+) -> Result<T, String> {
+    let json =
+        serde_json::to_string(value).map_err(|e| format!("cannot serialize {value:?}: {e}"))?;
+    let back: T =
+        serde_json::from_str(&json).map_err(|e| format!("cannot read back {json}: {e}"))?;
     if back != *value {
         return Err(format!("{value:?} came back from JSON as {back:?}"));
     }

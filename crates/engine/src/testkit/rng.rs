@@ -36,7 +36,7 @@ impl Choices for Rng {
         if n == 0 {
             return 0;
         }
-        ((self.next_u64() >> 32) * u64::from(n) >> 32) as u32
+        (((self.next_u64() >> 32) * u64::from(n)) >> 32) as u32
     }
 }
 

@@ -11,14 +11,26 @@ use super::builder::{GroupBuilder, WorkflowBuilder, actions};
 use super::env::TestEnv;
 use super::rng::Choices;
 use crate::api::{
-    Action, AttemptId, Command, Event, ExitActions, Millis, ReportedCode, TaskKey, TaskStatus, TimeoutKind,
-    WorkflowStatus,
+    Action, AttemptId, Command, Event, ExitActions, Millis, ReportedCode, TaskKey, TaskStatus,
+    TimeoutKind, WorkflowStatus,
 };
 use crate::decide::Rules;
 
 /// Disjoint code lists an exit-action rule may use (no overlaps, as the loader demands).
 const BUCKETS: [&str; 13] = [
-    "0", "1-10", "11-20", "21-255", "256-257", "1001", "2002-2040", "3000", "3001", "3002", "3003-3005", "3006", "4000",
+    "0",
+    "1-10",
+    "11-20",
+    "21-255",
+    "256-257",
+    "1001",
+    "2002-2040",
+    "3000",
+    "3001",
+    "3002",
+    "3003-3005",
+    "3006",
+    "4000",
 ];
 
 /// Codes an attempt may report, most common first; index 0 is a clean exit.
@@ -71,7 +83,11 @@ pub fn random_workflow(ch: &mut impl Choices, max_groups: u32, max_tasks: u32) -
     let groups = 1 + ch.below(max_groups.max(1));
     let mut builder = WorkflowBuilder::new("sim");
     for g in 0..groups {
-        let tasks = if ch.chance(500) { 1 } else { 1 + ch.below(max_tasks.max(1)) };
+        let tasks = if ch.chance(500) {
+            1
+        } else {
+            1 + ch.below(max_tasks.max(1))
+        };
         let mut group = GroupBuilder::new(&format!("g{g}"))
             .barrier(!ch.chance(250))
             .ignore_nonlead_status(!ch.chance(500));
@@ -103,7 +119,11 @@ pub fn random_workflow(ch: &mut impl Choices, max_groups: u32, max_tasks: u32) -
 pub fn random_rules(ch: &mut impl Choices) -> Rules {
     Rules {
         max_retry_per_task: ch.below(5),
-        default_exit_actions: if ch.chance(300) { random_actions(ch, 100) } else { ExitActions::default() },
+        default_exit_actions: if ch.chance(300) {
+            random_actions(ch, 100)
+        } else {
+            ExitActions::default()
+        },
     }
 }
 
@@ -124,7 +144,13 @@ pub struct SimConfig {
 
 impl Default for SimConfig {
     fn default() -> Self {
-        SimConfig { cancel_per_mille: 2, noise_per_mille: 40, time_per_mille: 60, max_events: 200_000, check_serde: false }
+        SimConfig {
+            cancel_per_mille: 2,
+            noise_per_mille: 40,
+            time_per_mille: 60,
+            max_events: 200_000,
+            check_serde: false,
+        }
     }
 }
 
@@ -164,8 +190,16 @@ struct Live {
 /// Half the time a clean exit, else any code of [`CODES`].
 fn pick(ch: &mut impl Choices) -> ReportedCode {
     let i = ch.below(2 * CODES.len() as u32) as usize;
-    let (code, source) = if i < CODES.len() { CODES[i] } else { (0, CodeSource::User) };
-    ReportedCode { code, source, detail: None }
+    let (code, source) = if i < CODES.len() {
+        CODES[i]
+    } else {
+        (0, CodeSource::User)
+    };
+    ReportedCode {
+        code,
+        source,
+        detail: None,
+    }
 }
 
 fn random_codes(ch: &mut impl Choices) -> Vec<ReportedCode> {
@@ -204,42 +238,61 @@ fn track(live: &mut Vec<Live>, event: &Event) {
 }
 
 fn service(code: u32) -> Vec<ReportedCode> {
-    vec![ReportedCode { code, source: CodeSource::Service, detail: None }]
+    vec![ReportedCode {
+        code,
+        source: CodeSource::Service,
+        detail: None,
+    }]
 }
 
 /// Runs `workflow` under `rules` against a simulated server whose every
 /// choice comes from `ch`, checking every step with a [`TestEnv`]. Returns
 /// what happened, or the first violation (or a stuck or endless run).
-pub fn simulate(workflow: Workflow, rules: Rules, ch: &mut impl Choices, config: SimConfig) -> Result<SimReport, String> {
+pub fn simulate(
+    workflow: Workflow,
+    rules: Rules,
+    ch: &mut impl Choices,
+    config: SimConfig,
+) -> Result<SimReport, String> {
     let mut env = TestEnv::try_new(workflow, rules)?;
     env.check_serde = config.check_serde;
     let mut report = SimReport::default();
     let mut live: Vec<Live> = Vec::new();
     let mut timers: Vec<(u32, TimeoutKind, Millis)> = Vec::new();
     let mut finished = false;
-    let mut absorb = |commands: Vec<Command>, live: &mut Vec<Live>, timers: &mut Vec<_>| -> Result<(), String> {
-        for command in commands {
-            match command {
-                Command::Launch { attempt } => live.push(Live { id: attempt, phase: Phase::Launched }),
-                Command::Stop { attempt, .. } => {
-                    let i = live.iter().position(|l| l.id == attempt).ok_or(format!("Stop {attempt:?} not live"))?;
-                    live.swap_remove(i);
-                }
-                Command::Release { attempts } => {
-                    for id in attempts {
-                        let l = live.iter_mut().find(|l| l.id == id).ok_or(format!("Release {id:?} not live"))?;
-                        if l.phase != Phase::SetupDone {
-                            return Err(format!("Release {id:?} in phase {:?}", l.phase));
-                        }
-                        l.phase = Phase::Released;
+    let mut absorb =
+        |commands: Vec<Command>, live: &mut Vec<Live>, timers: &mut Vec<_>| -> Result<(), String> {
+            for command in commands {
+                match command {
+                    Command::Launch { attempt } => live.push(Live {
+                        id: attempt,
+                        phase: Phase::Launched,
+                    }),
+                    Command::Stop { attempt, .. } => {
+                        let i = live
+                            .iter()
+                            .position(|l| l.id == attempt)
+                            .ok_or(format!("Stop {attempt:?} not live"))?;
+                        live.swap_remove(i);
                     }
+                    Command::Release { attempts } => {
+                        for id in attempts {
+                            let l = live
+                                .iter_mut()
+                                .find(|l| l.id == id)
+                                .ok_or(format!("Release {id:?} not live"))?;
+                            if l.phase != Phase::SetupDone {
+                                return Err(format!("Release {id:?} in phase {:?}", l.phase));
+                            }
+                            l.phase = Phase::Released;
+                        }
+                    }
+                    Command::SetTimer { group, kind, at } => timers.push((group, kind, at)),
+                    Command::Finished { .. } => finished = true,
                 }
-                Command::SetTimer { group, kind, at } => timers.push((group, kind, at)),
-                Command::Finished { .. } => finished = true,
             }
-        }
-        Ok(())
-    };
+            Ok(())
+        };
     let initial = env.take();
     absorb(initial, &mut live, &mut timers)?;
     while !env.state.is_finished() {
@@ -258,7 +311,9 @@ pub fn simulate(workflow: Workflow, rules: Rules, ch: &mut impl Choices, config:
             absorb(out, &mut live, &mut timers)?;
             continue;
         }
-        let actionable: Vec<usize> = (0..live.len()).filter(|&i| live[i].phase != Phase::SetupDone).collect();
+        let actionable: Vec<usize> = (0..live.len())
+            .filter(|&i| live[i].phase != Phase::SetupDone)
+            .collect();
         if actionable.is_empty() {
             return Err(format!(
                 "stuck: {} live attempts all wait at a barrier, workflow {}",
@@ -266,35 +321,70 @@ pub fn simulate(workflow: Workflow, rules: Rules, ch: &mut impl Choices, config:
                 env.state.status()
             ));
         }
-        let (noise, time, cancel) = (config.noise_per_mille, config.time_per_mille, config.cancel_per_mille);
+        let (noise, time, cancel) = (
+            config.noise_per_mille,
+            config.time_per_mille,
+            config.cancel_per_mille,
+        );
         let roll = ch.below(1000);
         let event = if roll < 1000 - noise - time - cancel {
             let id = live[actionable[ch.below(actionable.len() as u32) as usize]].id;
-            let phase = live.iter().find(|l| l.id == id).map(|l| l.phase).unwrap_or(Phase::Running);
+            let phase = live
+                .iter()
+                .find(|l| l.id == id)
+                .map(|l| l.phase)
+                .unwrap_or(Phase::Running);
             let r = ch.below(20);
             match phase {
                 Phase::Launched => match r {
-                    0..=17 => Event::Initializing { attempt: id, node: Some(format!("n{}", r % 3)) },
+                    0..=17 => Event::Initializing {
+                        attempt: id,
+                        node: Some(format!("n{}", r % 3)),
+                    },
                     18 => Event::SetupDone { attempt: id },
                     _ => match ch.below(3) {
-                        0 => Event::Exited { attempt: id, codes: service(3003) },
-                        1 => Event::Exited { attempt: id, codes: service(3006) },
-                        _ => Event::Exited { attempt: id, codes: random_codes(ch) },
+                        0 => Event::Exited {
+                            attempt: id,
+                            codes: service(3003),
+                        },
+                        1 => Event::Exited {
+                            attempt: id,
+                            codes: service(3006),
+                        },
+                        _ => Event::Exited {
+                            attempt: id,
+                            codes: random_codes(ch),
+                        },
                     },
                 },
                 Phase::Initializing => match r {
                     0..=17 => Event::SetupDone { attempt: id },
-                    18 => Event::Exited { attempt: id, codes: vec![super::builder::code(1001)] },
+                    18 => Event::Exited {
+                        attempt: id,
+                        codes: vec![super::builder::code(1001)],
+                    },
                     _ => match ch.below(2) {
-                        0 => Event::Exited { attempt: id, codes: vec![super::builder::code(256)] },
-                        _ => Event::Exited { attempt: id, codes: random_codes(ch) },
+                        0 => Event::Exited {
+                            attempt: id,
+                            codes: vec![super::builder::code(256)],
+                        },
+                        _ => Event::Exited {
+                            attempt: id,
+                            codes: random_codes(ch),
+                        },
                     },
                 },
                 Phase::Released => match r {
                     0..=17 => Event::Running { attempt: id },
-                    _ => Event::Exited { attempt: id, codes: random_codes(ch) },
+                    _ => Event::Exited {
+                        attempt: id,
+                        codes: random_codes(ch),
+                    },
                 },
-                Phase::Running | Phase::SetupDone => Event::Exited { attempt: id, codes: random_codes(ch) },
+                Phase::Running | Phase::SetupDone => Event::Exited {
+                    attempt: id,
+                    codes: random_codes(ch),
+                },
             }
         } else if roll < 1000 - time - cancel {
             report.stale += 1;
@@ -303,7 +393,10 @@ pub fn simulate(workflow: Workflow, rules: Rules, ch: &mut impl Choices, config:
             env.advance(u64::from(ch.below(2000)));
             continue;
         } else {
-            Event::Cancel { by: "sim".to_string(), reason: ch.chance(500).then(|| "random cancel".to_string()) }
+            Event::Cancel {
+                by: "sim".to_string(),
+                reason: ch.chance(500).then(|| "random cancel".to_string()),
+            }
         };
         if matches!(event, Event::Exited { .. }) {
             report.exits += 1;
@@ -318,19 +411,31 @@ pub fn simulate(workflow: Workflow, rules: Rules, ch: &mut impl Choices, config:
         return Err("finished without a Finished command".to_string());
     }
     if !live.is_empty() {
-        return Err(format!("workflow {} but {} attempts were never stopped", env.state.status(), live.len()));
+        return Err(format!(
+            "workflow {} but {} attempts were never stopped",
+            env.state.status(),
+            live.len()
+        ));
     }
     if config.check_serde {
         env.check_state_serde()?;
     }
     report.status = Some(env.state.status());
-    report.launched = env.log.iter().filter(|c| matches!(c, Command::Launch { .. })).count();
+    report.launched = env
+        .log
+        .iter()
+        .filter(|c| matches!(c, Command::Launch { .. }))
+        .count();
     report.by_status = vec![0; TaskStatus::ALL.len()];
     for (g, group) in env.state.workflow().groups.iter().enumerate() {
         for t in 0..group.tasks.len() {
-            for attempt in env.state.attempts(TaskKey { group: g as u32, task: t as u32 }) {
+            for attempt in env.state.attempts(TaskKey {
+                group: g as u32,
+                task: t as u32,
+            }) {
                 report.attempts += 1;
-                report.restarts += usize::from(attempt.cause == crate::api::AttemptCause::GroupRestart);
+                report.restarts +=
+                    usize::from(attempt.cause == crate::api::AttemptCause::GroupRestart);
                 report.by_status[attempt.status as usize] += 1;
             }
         }
@@ -347,21 +452,43 @@ fn noise_event(env: &TestEnv, live: &[Live], ch: &mut impl Choices) -> Event {
     let t = ch.below(wf.groups[g as usize].tasks.len() as u32);
     let key = TaskKey { group: g, task: t };
     let retries = env.state.attempts(key).len() as u32;
-    let old = AttemptId { task: key, retry_id: ch.below(retries + 1) };
+    let old = AttemptId {
+        task: key,
+        retry_id: ch.below(retries + 1),
+    };
     match ch.below(7) {
-        0 => Event::Exited { attempt: old, codes: random_codes(ch) },
+        0 => Event::Exited {
+            attempt: old,
+            codes: random_codes(ch),
+        },
         1 => Event::Running { attempt: old },
-        2 => Event::Initializing { attempt: old, node: None },
+        2 => Event::Initializing {
+            attempt: old,
+            node: None,
+        },
         3 => Event::SetupDone { attempt: old },
-        4 => Event::TimedOut { group: g, kind: if ch.chance(500) { TimeoutKind::Exec } else { TimeoutKind::Queue } },
+        4 => Event::TimedOut {
+            group: g,
+            kind: if ch.chance(500) {
+                TimeoutKind::Exec
+            } else {
+                TimeoutKind::Queue
+            },
+        },
         5 => match live.iter().find(|l| l.phase == Phase::SetupDone) {
             // Preempted while waiting at the barrier: a real exit, not noise.
-            Some(l) => Event::Exited { attempt: l.id, codes: service(3006) },
+            Some(l) => Event::Exited {
+                attempt: l.id,
+                codes: service(3006),
+            },
             None => Event::Running { attempt: old },
         },
         _ => match live.first() {
             // A duplicate of an earlier phase: ignored.
-            Some(l) => Event::Initializing { attempt: l.id, node: None },
+            Some(l) => Event::Initializing {
+                attempt: l.id,
+                node: None,
+            },
             None => Event::SetupDone { attempt: old },
         },
     }

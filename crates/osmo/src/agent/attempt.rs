@@ -30,7 +30,12 @@ struct GateState {
 
 impl AttemptHandle {
     pub fn phase(&self) -> Phase {
-        self.gate.state.lock().unwrap().phase.unwrap_or(Phase::Initializing)
+        self.gate
+            .state
+            .lock()
+            .unwrap()
+            .phase
+            .unwrap_or(Phase::Initializing)
     }
 
     pub fn release(&self) {
@@ -105,7 +110,10 @@ pub(crate) fn spawn(shared: Arc<Shared>, launch: Launch) {
     let stop = StopHandle::new();
     shared.attempts.lock().unwrap().insert(
         launch.key.clone(),
-        AttemptHandle { gate: gate.clone(), stop: stop.clone() },
+        AttemptHandle {
+            gate: gate.clone(),
+            stop: stop.clone(),
+        },
     );
     shared.set_phase(&launch.key, Phase::Initializing);
     let key = launch.key.clone();
@@ -155,9 +163,15 @@ fn run(shared: Arc<Shared>, launch: Launch, gate: Arc<Gate>, stop: StopHandle) {
 }
 
 fn finish(shared: &Shared, key: &AttemptKey, codes: Vec<ReportedCode>) {
-    let msg = FromAgent::Exited { key: key.clone(), codes };
+    let msg = FromAgent::Exited {
+        key: key.clone(),
+        codes,
+    };
     if let Err(e) = shared.results.keep(&msg) {
-        eprintln!("osmo agent: cannot keep the result of {}: {e}", key.file_stem());
+        eprintln!(
+            "osmo agent: cannot keep the result of {}: {e}",
+            key.file_stem()
+        );
     }
     shared.attempts.lock().unwrap().remove(key);
     shared.send(msg);

@@ -53,8 +53,13 @@ pub(crate) struct Shared {
 pub fn run(args: AgentArgs) -> anyhow::Result<()> {
     std::fs::create_dir_all(&args.state_dir)
         .with_context(|| format!("cannot create agent state dir {}", args.state_dir.display()))?;
-    std::fs::write(args.state_dir.join("agent.pid"), std::process::id().to_string())?;
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    std::fs::write(
+        args.state_dir.join("agent.pid"),
+        std::process::id().to_string(),
+    )?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     runtime.block_on(serve(args))
 }
 
@@ -163,7 +168,10 @@ impl Shared {
     }
 
     fn set_phase(&self, key: &AttemptKey, phase: Phase) {
-        self.send(FromAgent::Phase { key: key.clone(), phase });
+        self.send(FromAgent::Phase {
+            key: key.clone(),
+            phase,
+        });
     }
 }
 

@@ -20,7 +20,9 @@ impl ResultStore {
 
     /// Writes the result durably (write, fsync, rename) before it is sent.
     pub fn keep(&self, msg: &FromAgent) -> std::io::Result<()> {
-        let FromAgent::Exited { key, .. } = msg else { return Ok(()) };
+        let FromAgent::Exited { key, .. } = msg else {
+            return Ok(());
+        };
         let path = self.path(key);
         let tmp = path.with_extension("tmp");
         let file = std::fs::File::create(&tmp)?;
@@ -43,7 +45,9 @@ impl ResultStore {
 
     /// Every result not yet acknowledged.
     pub fn pending(&self) -> Vec<FromAgent> {
-        let Ok(entries) = std::fs::read_dir(&self.dir) else { return Vec::new() };
+        let Ok(entries) = std::fs::read_dir(&self.dir) else {
+            return Vec::new();
+        };
         entries
             .filter_map(|e| e.ok())
             .filter(|e| e.path().extension().is_some_and(|x| x == "json"))

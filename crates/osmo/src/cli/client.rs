@@ -92,7 +92,9 @@ impl Client {
             "https" => anyhow::bail!(
                 "`{url}`: this osmo build speaks plain http only; use http://HOST:PORT, or a proxy that ends TLS"
             ),
-            other => anyhow::bail!("`{url}` uses `{other}:`; give the service address as http://HOST:PORT"),
+            other => anyhow::bail!(
+                "`{url}` uses `{other}:`; give the service address as http://HOST:PORT"
+            ),
         }
         if base.cannot_be_a_base() || base.host().is_none() {
             anyhow::bail!("`{url}` has no host; give the service address as http://HOST:PORT");
@@ -115,7 +117,12 @@ impl Client {
     }
 
     /// `POST /api/pool/{pool}/workflow`; the answer as received (a `SubmitResponse`).
-    pub fn submit(&self, pool: &str, request: &SubmitRequest, options: &SubmitOptions) -> anyhow::Result<Value> {
+    pub fn submit(
+        &self,
+        pool: &str,
+        request: &SubmitRequest,
+        options: &SubmitOptions,
+    ) -> anyhow::Result<Value> {
         let mut url = self.endpoint(&["api", "pool", pool, "workflow"]);
         let mut query: Vec<(&str, String)> = Vec::new();
         if let Some(p) = &options.priority {
@@ -229,7 +236,11 @@ impl Client {
             ),
             diagnostics: Vec::new(),
         });
-        Err(ApiError { status: status.as_u16(), body }.into())
+        Err(ApiError {
+            status: status.as_u16(),
+            body,
+        }
+        .into())
     }
 
     fn json(&self, request: RequestBuilder, url: &Url) -> anyhow::Result<Value> {
@@ -246,9 +257,13 @@ impl Client {
 
     fn text(&self, request: RequestBuilder, url: &Url) -> anyhow::Result<String> {
         let response = self.send(request, url)?;
-        response
-            .text()
-            .with_context(|| format!("cannot read the answer to {} from {}", url.path(), self.url()))
+        response.text().with_context(|| {
+            format!(
+                "cannot read the answer to {} from {}",
+                url.path(),
+                self.url()
+            )
+        })
     }
 
     fn unreachable(&self, e: reqwest::Error, url: &Url) -> anyhow::Error {
@@ -275,8 +290,9 @@ impl Client {
 
 /// Reads a typed document out of an answer.
 pub fn typed<T: DeserializeOwned>(value: &Value, what: &str) -> anyhow::Result<T> {
-    serde_json::from_value(value.clone())
-        .with_context(|| format!("the service's answer is not a {what}; is the service the same osmo version?"))
+    serde_json::from_value(value.clone()).with_context(|| {
+        format!("the service's answer is not a {what}; is the service the same osmo version?")
+    })
 }
 
 fn set_query(url: &mut Url, pairs: &[(&str, String)]) {
@@ -314,9 +330,15 @@ mod tests {
     #[test]
     fn endpoints_are_encoded_and_keep_a_base_path() {
         let c = Client::new("http://127.0.0.1:8000").unwrap();
-        assert_eq!(c.endpoint(&["api", "workflow", "a b/c"]).as_str(), "http://127.0.0.1:8000/api/workflow/a%20b%2Fc");
+        assert_eq!(
+            c.endpoint(&["api", "workflow", "a b/c"]).as_str(),
+            "http://127.0.0.1:8000/api/workflow/a%20b%2Fc"
+        );
         let c = Client::new("http://host:1/prefix/").unwrap();
-        assert_eq!(c.endpoint(&["api", "health"]).as_str(), "http://host:1/prefix/api/health");
+        assert_eq!(
+            c.endpoint(&["api", "health"]).as_str(),
+            "http://host:1/prefix/api/health"
+        );
         assert_eq!(c.url(), "http://host:1/prefix");
     }
 
@@ -337,6 +359,9 @@ mod tests {
                 diagnostics: vec!["wf.yaml:1:1: bad".into(), "wf.yaml:2:1: worse".into()],
             },
         };
-        assert_eq!(e.to_string(), "the workflow spec is not valid:\nwf.yaml:1:1: bad\nwf.yaml:2:1: worse");
+        assert_eq!(
+            e.to_string(),
+            "the workflow spec is not valid:\nwf.yaml:1:1: bad\nwf.yaml:2:1: worse"
+        );
     }
 }

@@ -41,7 +41,9 @@ pub fn describe_code(code: u32) -> &'static str {
         3002 => "OSMO server error",
         3003 => "start error: the task failed to start execution",
         3004 => "evicted: the task was evicted from the node (e.g. out of memory)",
-        3005 => "start timeout: the task took too long to initialize (e.g. stuck pulling secrets or images)",
+        3005 => {
+            "start timeout: the task took too long to initialize (e.g. stuck pulling secrets or images)"
+        }
         3006 => "preempted: the task was preempted to make space for a higher priority task",
         4000 => "unknown error",
         _ => "not a code OSMO defines; user tasks should exit with 0-255",

@@ -33,6 +33,10 @@ impl Outcome {
 
     /// Success when `ok`.
     pub fn from_ok(ok: bool) -> Outcome {
-        if ok { Outcome::Success } else { Outcome::Failure }
+        if ok {
+            Outcome::Success
+        } else {
+            Outcome::Failure
+        }
     }
 }

@@ -57,8 +57,12 @@ where
     t.load_preset(presets::NOTHING)
         .set_style(TableComponent::HeaderLines, '─')
         .set_style(TableComponent::MiddleHeaderIntersections, '─')
-        .set_content_arrangement(ContentArrangement::Dynamic)
         .set_header(header);
+    // Wrap long cells to a real terminal's width; a pipe, or a terminal that
+    // reports no usable size, gets whole lines.
+    if t.width().is_some_and(|w| w >= 60) {
+        t.set_content_arrangement(ContentArrangement::Dynamic);
+    }
     t
 }
 
@@ -78,13 +82,19 @@ pub struct Clock {
 impl Clock {
     /// The system's zone and the current time.
     pub fn system() -> Clock {
-        Clock { tz: jiff::tz::TimeZone::system(), now: jiff::Timestamp::now() }
+        Clock {
+            tz: jiff::tz::TimeZone::system(),
+            now: jiff::Timestamp::now(),
+        }
     }
 
     /// UTC, with `now` fixed (RFC 3339), for tests.
     #[cfg(test)]
     pub fn fixed_utc(now: &str) -> Clock {
-        Clock { tz: jiff::tz::TimeZone::UTC, now: now.parse().expect("an RFC 3339 time") }
+        Clock {
+            tz: jiff::tz::TimeZone::UTC,
+            now: now.parse().expect("an RFC 3339 time"),
+        }
     }
 
     /// An RFC 3339 time from the API in this clock's zone, `2026-11-25 11:20:02`;
@@ -94,7 +104,10 @@ impl Clock {
             return "-".to_string();
         };
         match text.parse::<jiff::Timestamp>() {
-            Ok(t) => t.to_zoned(self.tz.clone()).strftime("%Y-%m-%d %H:%M:%S").to_string(),
+            Ok(t) => t
+                .to_zoned(self.tz.clone())
+                .strftime("%Y-%m-%d %H:%M:%S")
+                .to_string(),
             Err(_) => text.to_string(),
         }
     }
@@ -129,7 +142,9 @@ pub fn duration(seconds: f64) -> String {
 
 /// `-` for nothing.
 pub fn or_dash<T: ToString>(value: Option<T>) -> String {
-    value.map(|v| v.to_string()).unwrap_or_else(|| "-".to_string())
+    value
+        .map(|v| v.to_string())
+        .unwrap_or_else(|| "-".to_string())
 }
 
 #[cfg(test)]
@@ -151,16 +166,25 @@ mod tests {
     #[test]
     fn seconds_between_two_times_or_until_now() {
         let clock = Clock::fixed_utc("2026-01-01T00:02:00Z");
-        let s = clock.seconds(Some("2026-01-01T00:00:00.000Z"), Some("2026-01-01T00:01:05.500Z"));
+        let s = clock.seconds(
+            Some("2026-01-01T00:00:00.000Z"),
+            Some("2026-01-01T00:01:05.500Z"),
+        );
         assert_eq!(s, Some(65.5));
-        assert_eq!(clock.seconds(Some("2026-01-01T00:00:00Z"), None), Some(120.0));
+        assert_eq!(
+            clock.seconds(Some("2026-01-01T00:00:00Z"), None),
+            Some(120.0)
+        );
         assert_eq!(clock.seconds(None, None), None);
     }
 
     #[test]
     fn times_in_the_clock_zone_and_unreadable_ones_as_is() {
         let clock = Clock::fixed_utc("2026-01-01T00:02:00Z");
-        assert_eq!(clock.time(Some("2026-11-25T11:20:02.123Z")), "2026-11-25 11:20:02");
+        assert_eq!(
+            clock.time(Some("2026-11-25T11:20:02.123Z")),
+            "2026-11-25 11:20:02"
+        );
         assert_eq!(clock.time(Some("yesterday")), "yesterday");
         assert_eq!(clock.time(None), "-");
     }

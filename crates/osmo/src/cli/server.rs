@@ -29,7 +29,12 @@ pub struct ServerArgs {
     #[arg(long, value_name = "ADDR", default_value = DEFAULT_LISTEN)]
     pub listen: SocketAddr,
     /// Store in this PostgreSQL database (`postgres://...`) instead of SQLite in the data directory.
-    #[arg(long, value_name = "URL", env = "OSMO_DATABASE_URL", hide_env_values = true)]
+    #[arg(
+        long,
+        value_name = "URL",
+        env = "OSMO_DATABASE_URL",
+        hide_env_values = true
+    )]
     pub database_url: Option<String>,
 }
 

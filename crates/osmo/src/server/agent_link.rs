@@ -43,20 +43,32 @@ impl AgentLink {
     }
 
     pub fn connected(&self) -> bool {
-        self.current.lock().unwrap().as_ref().is_some_and(|tx| !tx.is_closed())
+        self.current
+            .lock()
+            .unwrap()
+            .as_ref()
+            .is_some_and(|tx| !tx.is_closed())
     }
 }
 
 /// Listens on `socket`; each agent connection replaces the previous one.
-pub fn listen(socket: &Path, events: mpsc::UnboundedSender<LinkEvent>) -> anyhow::Result<AgentLink> {
+pub fn listen(
+    socket: &Path,
+    events: mpsc::UnboundedSender<LinkEvent>,
+) -> anyhow::Result<AgentLink> {
     let _ = std::fs::remove_file(socket);
     let listener = UnixListener::bind(socket)
         .with_context(|| format!("cannot listen for the agent on {}", socket.display()))?;
-    let link = AgentLink { current: Default::default(), inbox: events.clone() };
+    let link = AgentLink {
+        current: Default::default(),
+        inbox: events.clone(),
+    };
     let current = link.current.clone();
     tokio::spawn(async move {
         loop {
-            let Ok((stream, _)) = listener.accept().await else { continue };
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
             let (read, mut write) = stream.into_split();
             let (tx, mut rx) = mpsc::unbounded_channel::<ToAgent>();
             *current.lock().unwrap() = Some(tx);
@@ -124,11 +136,19 @@ pub fn ensure_agent(socket: &Path, state_dir: &Path) -> anyhow::Result<()> {
 }
 
 fn running_agent(state_dir: &Path) -> Option<i32> {
-    let pid: i32 = std::fs::read_to_string(state_dir.join("agent.pid")).ok()?.trim().parse().ok()?;
+    let pid: i32 = std::fs::read_to_string(state_dir.join("agent.pid"))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
     let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
     let is_agent = cmdline.split(|b| *b == 0).any(|arg| arg == b"agent");
     let zombie = std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .map(|s| s.rsplit(')').next().is_some_and(|rest| rest.trim_start().starts_with('Z')))
+        .map(|s| {
+            s.rsplit(')')
+                .next()
+                .is_some_and(|rest| rest.trim_start().starts_with('Z'))
+        })
         .unwrap_or(true);
     (is_agent && !zombie).then_some(pid)
 }

@@ -52,8 +52,15 @@ pub fn router(state: AppState) -> Router {
     info(title = "osmo", description = "OSMO workflow service"),
     paths(submit, list, query, cancel, logs, spec, health),
     components(schemas(
-        SubmitRequest, SubmitResponse, ErrorResponse, WorkflowDoc, GroupDoc, TaskDoc,
-        WorkflowListDoc, WorkflowSummaryDoc, CancelResponse
+        SubmitRequest,
+        SubmitResponse,
+        ErrorResponse,
+        WorkflowDoc,
+        GroupDoc,
+        TaskDoc,
+        WorkflowListDoc,
+        WorkflowSummaryDoc,
+        CancelResponse
     ))
 )]
 struct ApiDoc;
@@ -67,7 +74,13 @@ pub struct ApiError {
 
 impl ApiError {
     fn new(status: StatusCode, error: impl Into<String>) -> ApiError {
-        ApiError { status, body: ErrorResponse { error: error.into(), diagnostics: Vec::new() } }
+        ApiError {
+            status,
+            body: ErrorResponse {
+                error: error.into(),
+                diagnostics: Vec::new(),
+            },
+        }
     }
 
     fn bad_request(error: impl Into<String>) -> ApiError {
@@ -75,7 +88,10 @@ impl ApiError {
     }
 
     fn internal(error: impl std::fmt::Display) -> ApiError {
-        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("server error: {error}"))
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("server error: {error}"),
+        )
     }
 
     fn unknown_workflow(id: &str) -> ApiError {
@@ -101,7 +117,10 @@ fn params(raw: &Option<String>) -> ApiResult<Vec<(String, String)>> {
 }
 
 fn param<'a>(params: &'a [(String, String)], key: &str) -> Option<&'a str> {
-    params.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
+    params
+        .iter()
+        .find(|(k, _)| k == key)
+        .map(|(_, v)| v.as_str())
 }
 
 /// Values of a repeatable parameter; each may also be a comma-separated list.
@@ -120,15 +139,18 @@ fn flag(params: &[(String, String)], key: &str) -> ApiResult<bool> {
     match param(params, key).map(str::to_ascii_lowercase).as_deref() {
         None | Some("false") | Some("0") | Some("no") => Ok(false),
         Some("") | Some("true") | Some("1") | Some("yes") => Ok(true),
-        Some(other) => Err(ApiError::bad_request(format!("`{key}` must be true or false, not `{other}`"))),
+        Some(other) => Err(ApiError::bad_request(format!(
+            "`{key}` must be true or false, not `{other}`"
+        ))),
     }
 }
 
 fn number<T: std::str::FromStr>(params: &[(String, String)], key: &str) -> ApiResult<Option<T>> {
     param(params, key)
         .map(|v| {
-            v.parse::<T>()
-                .map_err(|_| ApiError::bad_request(format!("`{key}` must be a non-negative integer, not `{v}`")))
+            v.parse::<T>().map_err(|_| {
+                ApiError::bad_request(format!("`{key}` must be a non-negative integer, not `{v}`"))
+            })
         })
         .transpose()
 }
@@ -147,7 +169,9 @@ fn key_values(items: &[String], flag: &str) -> ApiResult<Vec<(String, String)>> 
         .iter()
         .map(|item| match item.split_once('=') {
             Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_string(), v.to_string())),
-            _ => Err(ApiError::bad_request(format!("`{item}` in {flag} must look like key=value"))),
+            _ => Err(ApiError::bad_request(format!(
+                "`{item}` in {flag} must look like key=value"
+            ))),
         })
         .collect()
 }
@@ -167,7 +191,10 @@ async fn submit(
 ) -> ApiResult<Json<SubmitResponse>> {
     let params = params(&raw)?;
     let body = body.map_err(|e| {
-        ApiError::new(e.status(), format!("cannot read the request body: {}", e.body_text()))
+        ApiError::new(
+            e.status(),
+            format!("cannot read the request body: {}", e.body_text()),
+        )
     })?;
     let request: SubmitRequest = serde_json::from_slice(&body).map_err(|e| {
         ApiError::bad_request(format!(
@@ -176,12 +203,16 @@ async fn submit(
     })?;
     let pool_config = app.config.pools.get(&pool).cloned().ok_or_else(|| {
         let known: Vec<&str> = app.config.pools.keys().map(String::as_str).collect();
-        ApiError::new(StatusCode::NOT_FOUND, format!("pool `{pool}` is not known; pools: {}", known.join(", ")))
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("pool `{pool}` is not known; pools: {}", known.join(", ")),
+        )
     })?;
     let priority = match param(&params, "priority") {
         None => Priority::Normal,
-        Some(p) => Priority::parse(p)
-            .ok_or_else(|| ApiError::bad_request(format!("priority `{p}` is not HIGH, NORMAL or LOW")))?,
+        Some(p) => Priority::parse(p).ok_or_else(|| {
+            ApiError::bad_request(format!("priority `{p}` is not HIGH, NORMAL or LOW"))
+        })?,
     };
     let dry_run = flag(&params, "dry_run")?;
     let validation_only = flag(&params, "validation_only")?;
@@ -189,7 +220,10 @@ async fn submit(
         set: key_values(&request.set_variables, "set_variables")?,
         set_string: key_values(&request.set_string_variables, "set_string_variables")?,
     };
-    let file_name = request.file_name.clone().unwrap_or_else(|| "workflow.yaml".to_string());
+    let file_name = request
+        .file_name
+        .clone()
+        .unwrap_or_else(|| "workflow.yaml".to_string());
     let source = request.file;
     // Rendering and validation are CPU work with bounded fuel: keep them off the I/O threads.
     let (workflow, rendered) = tokio::task::spawn_blocking(move || {
@@ -225,8 +259,14 @@ async fn submit(
         rendered,
         reply,
     };
-    app.requests.send(request).await.map_err(ApiError::internal)?;
-    let id = answer.await.map_err(ApiError::internal)?.map_err(ApiError::internal)?;
+    app.requests
+        .send(request)
+        .await
+        .map_err(ApiError::internal)?;
+    let id = answer
+        .await
+        .map_err(ApiError::internal)?
+        .map_err(ApiError::internal)?;
     Ok(Json(SubmitResponse {
         overview: format!("/api/workflow/{id}"),
         name: id,
@@ -240,7 +280,10 @@ async fn submit(
     params(("name" = Option<String>, Query), ("statuses" = Option<Vec<String>>, Query),
            ("pools" = Option<Vec<String>>, Query), ("limit" = Option<u32>, Query), ("offset" = Option<u32>, Query)),
     responses((status = 200, body = WorkflowListDoc), (status = 400, body = ErrorResponse)))]
-async fn list(State(app): State<AppState>, RawQuery(raw): RawQuery) -> ApiResult<Json<WorkflowListDoc>> {
+async fn list(
+    State(app): State<AppState>,
+    RawQuery(raw): RawQuery,
+) -> ApiResult<Json<WorkflowListDoc>> {
     let params = params(&raw)?;
     let limit: Option<u32> = number(&params, "limit")?;
     if limit.is_some_and(|l| l > 1000) {
@@ -248,18 +291,31 @@ async fn list(State(app): State<AppState>, RawQuery(raw): RawQuery) -> ApiResult
     }
     let filter = osmo_store::ListFilter {
         name: param(&params, "name").map(str::to_string),
-        statuses: param_list(&params, "statuses").into_iter().map(|s| s.to_ascii_uppercase()).collect(),
+        statuses: param_list(&params, "statuses")
+            .into_iter()
+            .map(|s| s.to_ascii_uppercase())
+            .collect(),
         pools: param_list(&params, "pools"),
         submitted_by: param_list(&params, "users"),
         limit: Some(limit.unwrap_or(20)),
         offset: number::<u64>(&params, "offset")?.unwrap_or(0),
     };
-    let rows = app.store.list_workflows(&filter).await.map_err(ApiError::internal)?;
-    Ok(Json(WorkflowListDoc { workflows: rows.iter().map(docs::summary_doc).collect() }))
+    let rows = app
+        .store
+        .list_workflows(&filter)
+        .await
+        .map_err(ApiError::internal)?;
+    Ok(Json(WorkflowListDoc {
+        workflows: rows.iter().map(docs::summary_doc).collect(),
+    }))
 }
 
 async fn load(app: &AppState, id: &str) -> ApiResult<(osmo_store::WorkflowRow, Persisted)> {
-    let row = app.store.get_workflow(id).await.map_err(ApiError::internal)?;
+    let row = app
+        .store
+        .get_workflow(id)
+        .await
+        .map_err(ApiError::internal)?;
     let row = row.ok_or_else(|| ApiError::unknown_workflow(id))?;
     let doc = Persisted::from_json(row.state.clone()).map_err(ApiError::internal)?;
     Ok((row, doc))
@@ -298,11 +354,18 @@ async fn cancel(
         message: param(&params, "message").map(str::to_string),
         reply,
     };
-    app.requests.send(request).await.map_err(ApiError::internal)?;
+    app.requests
+        .send(request)
+        .await
+        .map_err(ApiError::internal)?;
     match answer.await.map_err(ApiError::internal)? {
         Ok(status) => Ok(Json(CancelResponse { name: id, status })),
-        Err(e @ CancelError::Unknown(_)) => Err(ApiError::new(StatusCode::NOT_FOUND, e.to_string())),
-        Err(e @ CancelError::Finished(..)) => Err(ApiError::new(StatusCode::CONFLICT, e.to_string())),
+        Err(e @ CancelError::Unknown(_)) => {
+            Err(ApiError::new(StatusCode::NOT_FOUND, e.to_string()))
+        }
+        Err(e @ CancelError::Finished(..)) => {
+            Err(ApiError::new(StatusCode::CONFLICT, e.to_string()))
+        }
         Err(e) => Err(ApiError::internal(e)),
     }
 }
@@ -312,7 +375,11 @@ async fn cancel(
     params(("id" = String, Path), ("task_name" = Option<String>, Query), ("retry_id" = Option<u32>, Query),
            ("last_n_lines" = Option<u32>, Query)),
     responses((status = 200, body = String, content_type = "text/plain"), (status = 404, body = ErrorResponse)))]
-async fn logs(State(app): State<AppState>, Path(id): Path<String>, RawQuery(raw): RawQuery) -> ApiResult<Response> {
+async fn logs(
+    State(app): State<AppState>,
+    Path(id): Path<String>,
+    RawQuery(raw): RawQuery,
+) -> ApiResult<Response> {
     let params = params(&raw)?;
     let retry_id: Option<u32> = number(&params, "retry_id")?;
     let last_n: Option<usize> = number(&params, "last_n_lines")?;
@@ -321,15 +388,29 @@ async fn logs(State(app): State<AppState>, Path(id): Path<String>, RawQuery(raw)
     if let Some(task) = task
         && doc.engine.workflow().find_task(task).is_none()
     {
-        return Err(ApiError::new(StatusCode::NOT_FOUND, format!("workflow {id} has no task `{task}`")));
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("workflow {id} has no task `{task}`"),
+        ));
     }
-    let lines = app.store.logs(&id, task, retry_id, last_n).await.map_err(ApiError::internal)?;
+    let lines = app
+        .store
+        .logs(&id, task, retry_id, last_n)
+        .await
+        .map_err(ApiError::internal)?;
     let mut text = String::new();
     for l in lines {
         let stamp = docs::rfc3339(Some(l.at_ms as u64)).unwrap_or_default();
         // 2026-11-25T11:20:02.123Z → 2026/11/25 11:20:02
-        let stamp = stamp.get(..19).unwrap_or(&stamp).replace('-', "/").replace('T', " ");
-        text.push_str(&format!("{stamp} [{} retry-{}][{}] {}\n", l.task, l.retry_id, l.stream, l.line));
+        let stamp = stamp
+            .get(..19)
+            .unwrap_or(&stamp)
+            .replace('-', "/")
+            .replace('T', " ");
+        text.push_str(&format!(
+            "{stamp} [{} retry-{}][{}] {}\n",
+            l.task, l.retry_id, l.stream, l.line
+        ));
     }
     Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], text).into_response())
 }
@@ -338,11 +419,23 @@ async fn logs(State(app): State<AppState>, Path(id): Path<String>, RawQuery(raw)
 #[utoipa::path(get, path = "/api/workflow/{id}/spec",
     params(("id" = String, Path), ("rendered" = Option<bool>, Query)),
     responses((status = 200, body = String, content_type = "text/plain"), (status = 404, body = ErrorResponse)))]
-async fn spec(State(app): State<AppState>, Path(id): Path<String>, RawQuery(raw): RawQuery) -> ApiResult<Response> {
+async fn spec(
+    State(app): State<AppState>,
+    Path(id): Path<String>,
+    RawQuery(raw): RawQuery,
+) -> ApiResult<Response> {
     let rendered = flag(&params(&raw)?, "rendered")?;
-    let row = app.store.get_workflow(&id).await.map_err(ApiError::internal)?;
+    let row = app
+        .store
+        .get_workflow(&id)
+        .await
+        .map_err(ApiError::internal)?;
     let row = row.ok_or_else(|| ApiError::unknown_workflow(&id))?;
-    let text = if rendered { row.spec_rendered } else { row.spec_source };
+    let text = if rendered {
+        row.spec_rendered
+    } else {
+        row.spec_source
+    };
     Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], text).into_response())
 }
 
@@ -357,5 +450,8 @@ async fn openapi() -> Json<utoipa::openapi::OpenApi> {
 }
 
 async fn not_found() -> ApiError {
-    ApiError::new(StatusCode::NOT_FOUND, "no such API path; GET /api/openapi.json lists them")
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "no such API path; GET /api/openapi.json lists them",
+    )
 }

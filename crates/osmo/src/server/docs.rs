@@ -21,8 +21,15 @@ pub fn workflow_doc(row: &osmo_store::WorkflowRow, doc: &Persisted, verbose: boo
         .map(|(g, group)| {
             let mut tasks = Vec::new();
             for (t, spec) in group.tasks.iter().enumerate() {
-                let attempts = engine.attempts(TaskKey { group: g as u32, task: t as u32 });
-                let shown = if verbose { attempts } else { &attempts[attempts.len().saturating_sub(1)..] };
+                let attempts = engine.attempts(TaskKey {
+                    group: g as u32,
+                    task: t as u32,
+                });
+                let shown = if verbose {
+                    attempts
+                } else {
+                    &attempts[attempts.len().saturating_sub(1)..]
+                };
                 tasks.extend(shown.iter().map(|a| task_doc(&spec.name, spec.lead, a)));
             }
             let remaining_upstream_groups = group
@@ -79,8 +86,15 @@ fn task_doc(name: &str, lead: bool, a: &Attempt) -> TaskDoc {
         exit_code: a.exit_code,
         lead,
         failure_message: a.failure_message.clone(),
-        exit_codes: a.codes.iter().map(|c| serde_json::to_value(c).expect("serializes")).collect(),
-        exit_rule: a.rule.as_ref().map(|r| serde_json::to_value(r).expect("serializes")),
+        exit_codes: a
+            .codes
+            .iter()
+            .map(|c| serde_json::to_value(c).expect("serializes"))
+            .collect(),
+        exit_rule: a
+            .rule
+            .as_ref()
+            .map(|r| serde_json::to_value(r).expect("serializes")),
         node_name: a.node.clone(),
         scheduling_time: rfc3339(a.scheduling_time),
         start_time: rfc3339(a.start_time),

@@ -19,7 +19,10 @@ pub struct LaunchBuilder {
 
 impl LaunchBuilder {
     pub fn new(data_dir: PathBuf, config: Arc<ServiceConfig>) -> LaunchBuilder {
-        LaunchBuilder { runs: data_dir.join("runs"), _config: config }
+        LaunchBuilder {
+            runs: data_dir.join("runs"),
+            _config: config,
+        }
     }
 
     /// The CPU a group holds while it runs: the sum over its tasks.
@@ -33,12 +36,24 @@ impl LaunchBuilder {
 
     /// Where an attempt's `{{output}}` lives on the host.
     pub fn output_dir(&self, workflow_id: &str, task: &str, retry_id: u32) -> PathBuf {
-        self.runs.join(workflow_id).join(task).join(retry_id.to_string()).join("output")
+        self.runs
+            .join(workflow_id)
+            .join(task)
+            .join(retry_id.to_string())
+            .join("output")
     }
 
-    pub fn build(&self, engine: &WorkflowState, pool: &PoolConfig, key: AttemptKey) -> anyhow::Result<Launch> {
+    pub fn build(
+        &self,
+        engine: &WorkflowState,
+        pool: &PoolConfig,
+        key: AttemptKey,
+    ) -> anyhow::Result<Launch> {
         let workflow = engine.workflow();
-        let AttemptId { task: TaskKey { group, task }, retry_id } = key.attempt;
+        let AttemptId {
+            task: TaskKey { group, task },
+            retry_id,
+        } = key.attempt;
         let group = &workflow.groups[group as usize];
         let spec = &group.tasks[task as usize];
         let output = self.output_dir(engine.id(), &spec.name, retry_id);
@@ -52,14 +67,21 @@ impl LaunchBuilder {
                     let (g, t) = workflow
                         .find_task(upstream)
                         .with_context(|| format!("input task {upstream} is not in the workflow"))?;
-                    let latest = engine.current(TaskKey { group: g as u32, task: t as u32 });
+                    let latest = engine.current(TaskKey {
+                        group: g as u32,
+                        task: t as u32,
+                    });
                     let dir = self.output_dir(engine.id(), upstream, latest.retry_id);
                     inputs.push((upstream.clone(), path_text(&dir)));
                     input_dirs.push(dir);
                 }
                 Input::Url { url, .. } => {
                     // URL inputs are not fetched by the local backend yet: an empty directory stands in.
-                    let dir = output.parent().expect("output has a parent").join("input").join(i.to_string());
+                    let dir = output
+                        .parent()
+                        .expect("output has a parent")
+                        .join("input")
+                        .join(i.to_string());
                     std::fs::create_dir_all(&dir)?;
                     inputs.push((url.clone(), path_text(&dir)));
                     input_dirs.push(dir);
@@ -70,11 +92,18 @@ impl LaunchBuilder {
             output: path_text(&output),
             inputs,
             workflow_id: engine.id().to_string(),
-            hosts: group.tasks.iter().map(|t| (t.name.clone(), "127.0.0.1".to_string())).collect(),
+            hosts: group
+                .tasks
+                .iter()
+                .map(|t| (t.name.clone(), "127.0.0.1".to_string()))
+                .collect(),
             uuid: format!("{}-{}-{}", engine.id(), spec.name, retry_id),
         };
         let task = spec.substituted(&tokens);
-        let memory_limit_bytes = workflow.resources.get(&task.resource).and_then(|r| r.memory_bytes);
+        let memory_limit_bytes = workflow
+            .resources
+            .get(&task.resource)
+            .and_then(|r| r.memory_bytes);
         Ok(Launch {
             key,
             group: group.name.clone(),

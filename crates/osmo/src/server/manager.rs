@@ -12,7 +12,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use osmo_engine::{AttemptId, Command, Event, Rules, TaskKey, TaskStatus, TimeoutKind, WorkflowState};
+use osmo_engine::{
+    AttemptId, Command, Event, Rules, TaskKey, TaskStatus, TimeoutKind, WorkflowState,
+};
 use osmo_spec::codes::{CodeSource, ReportedCode, well_known};
 use osmo_spec::config::{PoolConfig, ServiceConfig};
 use osmo_spec::model::Workflow;
@@ -157,7 +159,12 @@ impl Manager {
             let priority = Priority::parse(&row.priority).unwrap_or(Priority::Normal);
             self.active.insert(
                 row.id.clone(),
-                Active { doc, pool: row.pool, priority, phases: HashMap::new() },
+                Active {
+                    doc,
+                    pool: row.pool,
+                    priority,
+                    phases: HashMap::new(),
+                },
             );
         }
         if !self.active.is_empty() {
@@ -175,7 +182,9 @@ impl Manager {
             let next_timer = self.timers.peek().map(|Reverse(t)| t.at);
             let sleep = async move {
                 match next_timer {
-                    Some(at) => tokio::time::sleep(Duration::from_millis(at.saturating_sub(now_ms()))).await,
+                    Some(at) => {
+                        tokio::time::sleep(Duration::from_millis(at.saturating_sub(now_ms()))).await
+                    }
                     None => std::future::pending().await,
                 }
             };
@@ -192,11 +201,26 @@ impl Manager {
 
     async fn handle_request(&mut self, request: Request) {
         match request {
-            Request::Submit { pool, priority, submitted_by, workflow, source, rendered, reply } => {
-                let result = self.submit(pool, priority, submitted_by, *workflow, source, rendered).await;
+            Request::Submit {
+                pool,
+                priority,
+                submitted_by,
+                workflow,
+                source,
+                rendered,
+                reply,
+            } => {
+                let result = self
+                    .submit(pool, priority, submitted_by, *workflow, source, rendered)
+                    .await;
                 let _ = reply.send(result);
             }
-            Request::Cancel { id, by, message, reply } => {
+            Request::Cancel {
+                id,
+                by,
+                message,
+                reply,
+            } => {
                 let _ = reply.send(self.cancel(id, by, message).await);
             }
         }
@@ -251,13 +275,26 @@ impl Manager {
             })
             .await?;
         let (doc, commands) = made.expect("the store calls make_state once");
-        self.active.insert(id.clone(), Active { doc, pool, priority, phases: HashMap::new() });
+        self.active.insert(
+            id.clone(),
+            Active {
+                doc,
+                pool,
+                priority,
+                phases: HashMap::new(),
+            },
+        );
         self.carry_out(&id, commands);
         self.dispatch();
         Ok(id)
     }
 
-    async fn cancel(&mut self, id: String, by: String, message: Option<String>) -> Result<String, CancelError> {
+    async fn cancel(
+        &mut self,
+        id: String,
+        by: String,
+        message: Option<String>,
+    ) -> Result<String, CancelError> {
         if !self.active.contains_key(&id) {
             return match self.store.get_workflow(&id).await {
                 Ok(Some(row)) => Err(CancelError::Finished(id, row.status)),
@@ -265,7 +302,14 @@ impl Manager {
                 Err(e) => Err(CancelError::Store(e.to_string())),
             };
         }
-        self.apply(&id, Event::Cancel { by, reason: message }).await;
+        self.apply(
+            &id,
+            Event::Cancel {
+                by,
+                reason: message,
+            },
+        )
+        .await;
         self.dispatch();
         Ok(self.status_of(&id).await)
     }
@@ -283,14 +327,18 @@ impl Manager {
     /// Applies one event, commits, then carries out the commands. Returns
     /// false when the commit failed (nothing was acted on).
     async fn apply(&mut self, id: &str, event: Event) -> bool {
-        let Some(active) = self.active.get_mut(id) else { return true };
+        let Some(active) = self.active.get_mut(id) else {
+            return true;
+        };
         let now = now_ms();
         let mut commands = Vec::new();
         active.doc.engine.apply(&event, now, &mut commands);
         active.doc.remember(&commands);
         let engine = &active.doc.engine;
         let status = engine.status().as_str().to_string();
-        let finished_at = engine.is_finished().then(|| engine.end_time().unwrap_or(now) as i64);
+        let finished_at = engine
+            .is_finished()
+            .then(|| engine.end_time().unwrap_or(now) as i64);
         let state = serde_json::to_value(&active.doc).expect("state serializes");
         let event_json = serde_json::to_value(&event).expect("events serialize");
         let commit = osmo_store::EventCommit {
@@ -305,8 +353,7 @@ impl Manager {
             // timers); launches and stops are derived from attempt statuses.
             commands: &[],
         };
-        if let Err(e) = self.store.commit_event(id, &commit).await
-        {
+        if let Err(e) = self.store.commit_event(id, &commit).await {
             // Not committed means not decided: reload the last committed state.
             tracing::error!("cannot commit an event of {id}: {e}; reloading its state");
             if let Ok(Some(row)) = self.store.get_workflow(id).await
@@ -322,20 +369,26 @@ impl Manager {
     }
 
     fn carry_out(&mut self, id: &str, commands: Vec<Command>) {
-        let Some(active) = self.active.get(id) else { return };
+        let Some(active) = self.active.get(id) else {
+            return;
+        };
         let pool = active.pool.clone();
         let priority = active.priority as u8;
         let mut launches: Vec<(u32, Vec<AttemptId>)> = Vec::new();
         let mut finished = false;
         for command in commands {
             match command {
-                Command::Launch { attempt } => match launches.iter_mut().find(|(g, _)| *g == attempt.task.group) {
-                    Some((_, list)) => list.push(attempt),
-                    None => launches.push((attempt.task.group, vec![attempt])),
-                },
+                Command::Launch { attempt } => {
+                    match launches.iter_mut().find(|(g, _)| *g == attempt.task.group) {
+                        Some((_, list)) => list.push(attempt),
+                        None => launches.push((attempt.task.group, vec![attempt])),
+                    }
+                }
                 Command::Release { attempts } => {
                     for attempt in attempts {
-                        self.link.send(ToAgent::Release { key: key(id, attempt) });
+                        self.link.send(ToAgent::Release {
+                            key: key(id, attempt),
+                        });
                     }
                 }
                 Command::Stop { attempt, .. } => {
@@ -344,12 +397,17 @@ impl Manager {
                         .get_mut(&pool)
                         .is_some_and(|s| s.dequeue(&(id.to_string(), attempt.task.group), attempt));
                     if !queued {
-                        self.link.send(ToAgent::Stop { key: key(id, attempt) });
+                        self.link.send(ToAgent::Stop {
+                            key: key(id, attempt),
+                        });
                     }
                 }
-                Command::SetTimer { group, kind, at } => {
-                    self.timers.push(Reverse(Timer { at, workflow: id.to_string(), group, kind }))
-                }
+                Command::SetTimer { group, kind, at } => self.timers.push(Reverse(Timer {
+                    at,
+                    workflow: id.to_string(),
+                    group,
+                    kind,
+                })),
                 Command::Finished { .. } => finished = true,
             }
         }
@@ -378,14 +436,22 @@ impl Manager {
             admitted.extend(s.admit().into_iter().map(|(g, a)| (pool.clone(), g, a)));
         }
         for (pool, (workflow_id, _), attempt) in admitted {
-            let Some(active) = self.active.get(&workflow_id) else { continue };
+            let Some(active) = self.active.get(&workflow_id) else {
+                continue;
+            };
             let pool_config = self.config.pools.get(&pool).cloned().unwrap_or_default();
             let attempt_key = key(&workflow_id, attempt);
-            match self.launches.build(&active.doc.engine, &pool_config, attempt_key.clone()) {
+            match self
+                .launches
+                .build(&active.doc.engine, &pool_config, attempt_key.clone())
+            {
                 Ok(launch) => {
                     self.launched.insert(attempt_key.clone(), pool);
                     if !self.link.send(ToAgent::Launch(Box::new(launch))) {
-                        tracing::warn!("the agent went away before {} launched", attempt_key.file_stem());
+                        tracing::warn!(
+                            "the agent went away before {} launched",
+                            attempt_key.file_stem()
+                        );
                     }
                 }
                 Err(e) => {
@@ -407,12 +473,15 @@ impl Manager {
 
     /// Queues an exit the server itself decided, handled like an agent's.
     fn link_exit_later(&self, key: AttemptKey, codes: Vec<ReportedCode>) -> bool {
-        self.link.loopback(LinkEvent::Message(FromAgent::Exited { key, codes }))
+        self.link
+            .loopback(LinkEvent::Message(FromAgent::Exited { key, codes }))
     }
 
     async fn handle_link(&mut self, event: LinkEvent) {
         match event {
-            LinkEvent::Disconnected => tracing::warn!("the node agent disconnected; waiting for it to dial back"),
+            LinkEvent::Disconnected => {
+                tracing::warn!("the node agent disconnected; waiting for it to dial back")
+            }
             LinkEvent::Message(FromAgent::Logs { lines }) => {
                 let rows = lines
                     .into_iter()
@@ -432,7 +501,13 @@ impl Manager {
             }
             LinkEvent::Message(FromAgent::Exited { key, codes }) => {
                 let committed = self
-                    .apply(&key.workflow_id, Event::Exited { attempt: key.attempt, codes })
+                    .apply(
+                        &key.workflow_id,
+                        Event::Exited {
+                            attempt: key.attempt,
+                            codes,
+                        },
+                    )
                     .await;
                 if committed {
                     self.link.send(ToAgent::Ack { key: key.clone() });
@@ -444,8 +519,15 @@ impl Manager {
                 }
                 self.dispatch();
             }
-            LinkEvent::Message(FromAgent::Hello { node, pid, attempts }) => {
-                tracing::info!("node agent {pid} on {node} connected with {} attempt(s)", attempts.len());
+            LinkEvent::Message(FromAgent::Hello {
+                node,
+                pid,
+                attempts,
+            }) => {
+                tracing::info!(
+                    "node agent {pid} on {node} connected with {} attempt(s)",
+                    attempts.len()
+                );
                 self.node = node;
                 self.reconcile(attempts).await;
                 self.dispatch();
@@ -455,7 +537,9 @@ impl Manager {
 
     /// Feeds the engine every phase between what it knows and what the agent reports.
     async fn advance(&mut self, key: &AttemptKey, phase: Phase) {
-        let Some(active) = self.active.get_mut(&key.workflow_id) else { return };
+        let Some(active) = self.active.get_mut(&key.workflow_id) else {
+            return;
+        };
         let known = active.phases.get(&key.attempt).copied();
         if known.is_some_and(|k| k >= phase) {
             return;
@@ -463,9 +547,15 @@ impl Manager {
         active.phases.insert(key.attempt, phase);
         let attempt = key.attempt;
         let steps = [Phase::Initializing, Phase::SetupDone, Phase::Running];
-        for step in steps.into_iter().filter(|s| known.is_none_or(|k| *s > k) && *s <= phase) {
+        for step in steps
+            .into_iter()
+            .filter(|s| known.is_none_or(|k| *s > k) && *s <= phase)
+        {
             let event = match step {
-                Phase::Initializing => Event::Initializing { attempt, node: Some(self.node.clone()) },
+                Phase::Initializing => Event::Initializing {
+                    attempt,
+                    node: Some(self.node.clone()),
+                },
                 Phase::SetupDone => Event::SetupDone { attempt },
                 Phase::Running => Event::Running { attempt },
             };
@@ -484,7 +574,10 @@ impl Manager {
             };
             if !self.launched.contains_key(key) {
                 let pool = active.pool.clone();
-                let footprint = self.launches.footprint(active.doc.engine.workflow(), key.attempt.task.group as usize);
+                let footprint = self.launches.footprint(
+                    active.doc.engine.workflow(),
+                    key.attempt.task.group as usize,
+                );
                 if let Some(s) = self.schedulers.get_mut(&pool) {
                     s.adopt((key.workflow_id.clone(), key.attempt.task.group), footprint);
                 }
@@ -502,12 +595,21 @@ impl Manager {
             let engine = &active.doc.engine;
             for (g, group) in engine.workflow().groups.iter().enumerate() {
                 for t in 0..group.tasks.len() {
-                    let task = TaskKey { group: g as u32, task: t as u32 };
+                    let task = TaskKey {
+                        group: g as u32,
+                        task: t as u32,
+                    };
                     let attempt = engine.current(task);
                     if attempt.status.is_finished() {
                         continue;
                     }
-                    let k = key(id, AttemptId { task, retry_id: attempt.retry_id });
+                    let k = key(
+                        id,
+                        AttemptId {
+                            task,
+                            retry_id: attempt.retry_id,
+                        },
+                    );
                     if running.contains_key(&k) {
                         continue;
                     }
@@ -524,10 +626,19 @@ impl Manager {
             }
         }
         for (pool, priority, k) in requeue {
-            let Some(active) = self.active.get(&k.workflow_id) else { continue };
-            let footprint = self.launches.footprint(active.doc.engine.workflow(), k.attempt.task.group as usize);
+            let Some(active) = self.active.get(&k.workflow_id) else {
+                continue;
+            };
+            let footprint = self
+                .launches
+                .footprint(active.doc.engine.workflow(), k.attempt.task.group as usize);
             if let Some(s) = self.schedulers.get_mut(&pool) {
-                s.enqueue((k.workflow_id.clone(), k.attempt.task.group), footprint, priority, vec![k.attempt]);
+                s.enqueue(
+                    (k.workflow_id.clone(), k.attempt.task.group),
+                    footprint,
+                    priority,
+                    vec![k.attempt],
+                );
             }
         }
         for k in lost {
@@ -541,7 +652,14 @@ impl Manager {
                 source: CodeSource::Service,
                 detail: Some("the node agent lost this attempt".to_string()),
             }];
-            self.apply(&k.workflow_id, Event::Exited { attempt: k.attempt, codes }).await;
+            self.apply(
+                &k.workflow_id,
+                Event::Exited {
+                    attempt: k.attempt,
+                    codes,
+                },
+            )
+            .await;
         }
     }
 
@@ -549,20 +667,32 @@ impl Manager {
         let now = now_ms();
         while self.timers.peek().is_some_and(|Reverse(t)| t.at <= now) {
             let Reverse(timer) = self.timers.pop().expect("peeked");
-            self.apply(&timer.workflow, Event::TimedOut { group: timer.group, kind: timer.kind }).await;
+            self.apply(
+                &timer.workflow,
+                Event::TimedOut {
+                    group: timer.group,
+                    kind: timer.kind,
+                },
+            )
+            .await;
         }
         self.dispatch();
     }
 }
 
 fn key(workflow_id: &str, attempt: AttemptId) -> AttemptKey {
-    AttemptKey { workflow_id: workflow_id.to_string(), attempt }
+    AttemptKey {
+        workflow_id: workflow_id.to_string(),
+        attempt,
+    }
 }
 
 /// The CPUs a pool hands out at once: its `cpu_capacity`, else one node's CPUs,
 /// else this machine's.
 pub fn cpu_capacity(pool: &PoolConfig) -> f64 {
     pool.cpu_capacity.or(pool.node.cpu).unwrap_or_else(|| {
-        std::thread::available_parallelism().map(|n| n.get() as f64).unwrap_or(1.0)
+        std::thread::available_parallelism()
+            .map(|n| n.get() as f64)
+            .unwrap_or(1.0)
     })
 }

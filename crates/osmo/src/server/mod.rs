@@ -47,15 +47,44 @@ impl RunningServer {
     }
 }
 
-/// The configuration file, or one local pool named `default`.
+/// The configuration file, or one local pool named `default`. A local pool
+/// that does not say how big its node is gets this machine's CPUs and memory,
+/// so a task asking for more is refused at submit instead of waiting forever.
 pub fn load_config(path: Option<&std::path::Path>) -> anyhow::Result<ServiceConfig> {
-    let Some(path) = path else {
-        let pools = [("default".to_string(), PoolConfig::default())].into_iter().collect();
-        return Ok(ServiceConfig { pools });
+    let mut config = match path {
+        None => {
+            let pools = [("default".to_string(), PoolConfig::default())]
+                .into_iter()
+                .collect();
+            ServiceConfig { pools }
+        }
+        Some(path) => {
+            let text = std::fs::read_to_string(path).with_context(|| {
+                format!("cannot read the configuration file {}", path.display())
+            })?;
+            osmo_spec::load_config(&text, &path.display().to_string())
+                .map_err(|d| anyhow::anyhow!("{d}"))?
+        }
     };
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("cannot read the configuration file {}", path.display()))?;
-    osmo_spec::load_config(&text, &path.display().to_string()).map_err(|d| anyhow::anyhow!("{d}"))
+    for pool in config.pools.values_mut() {
+        if pool.backend == osmo_spec::config::BackendKind::Local {
+            pool.node.cpu = pool.node.cpu.or_else(|| {
+                std::thread::available_parallelism()
+                    .ok()
+                    .map(|n| n.get() as f64)
+            });
+            pool.node.memory_bytes = pool.node.memory_bytes.or_else(machine_memory);
+        }
+    }
+    Ok(config)
+}
+
+/// MemTotal of /proc/meminfo, in bytes.
+fn machine_memory() -> Option<u64> {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = meminfo.lines().find(|l| l.starts_with("MemTotal:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
 }
 
 /// Runs the server until SIGTERM or SIGINT.
@@ -74,22 +103,34 @@ pub async fn serve(opts: ServerOptions) -> anyhow::Result<()> {
 /// Starts the server in this process and returns once it accepts work.
 pub async fn start(opts: ServerOptions) -> anyhow::Result<RunningServer> {
     let config = Arc::new(load_config(opts.config.as_deref())?);
-    std::fs::create_dir_all(&opts.data_dir)
-        .with_context(|| format!("cannot create the data directory {}", opts.data_dir.display()))?;
+    std::fs::create_dir_all(&opts.data_dir).with_context(|| {
+        format!(
+            "cannot create the data directory {}",
+            opts.data_dir.display()
+        )
+    })?;
     let data_dir = std::fs::canonicalize(&opts.data_dir)?;
     let url = match &opts.database_url {
         Some(url) => url.clone(),
         None => format!("sqlite://{}?mode=rwc", data_dir.join("osmo.db").display()),
     };
-    let store = osmo_store::Store::open(&url).await.context("cannot open the store")?;
+    let store = osmo_store::Store::open(&url)
+        .await
+        .context("cannot open the store")?;
 
     let (link_tx, link_rx) = mpsc::unbounded_channel();
     let socket = agent_link::socket_path(&data_dir);
     let link = agent_link::listen(&socket, link_tx)?;
     let (logs_tx, logs_rx) = mpsc::unbounded_channel();
     tokio::spawn(write_logs(store.clone(), logs_rx));
-    let manager =
-        manager::Manager::new(store.clone(), config.clone(), link.clone(), data_dir.clone(), logs_tx).await?;
+    let manager = manager::Manager::new(
+        store.clone(),
+        config.clone(),
+        link.clone(),
+        data_dir.clone(),
+        logs_tx,
+    )
+    .await?;
     let (requests_tx, requests_rx) = mpsc::channel(256);
     tokio::spawn(manager.run(requests_rx, link_rx));
     agent_link::ensure_agent(&socket, &data_dir.join("agent"))?;
@@ -98,7 +139,11 @@ pub async fn start(opts: ServerOptions) -> anyhow::Result<RunningServer> {
         .await
         .with_context(|| format!("cannot listen on {}", opts.listen))?;
     let url = format!("http://{}", listener.local_addr()?);
-    let app = api::router(api::AppState { store, requests: requests_tx, config });
+    let app = api::router(api::AppState {
+        store,
+        requests: requests_tx,
+        config,
+    });
     let (stop, stopped) = oneshot::channel::<()>();
     let http = tokio::spawn(async move {
         axum::serve(listener, app)
@@ -107,11 +152,19 @@ pub async fn start(opts: ServerOptions) -> anyhow::Result<RunningServer> {
             })
             .await
     });
-    Ok(RunningServer { url, stop, http, link })
+    Ok(RunningServer {
+        url,
+        stop,
+        http,
+        link,
+    })
 }
 
 /// Appends log lines in batches, so a chatty task costs one transaction per batch.
-async fn write_logs(store: osmo_store::Store, mut rx: mpsc::UnboundedReceiver<Vec<osmo_store::LogLine>>) {
+async fn write_logs(
+    store: osmo_store::Store,
+    mut rx: mpsc::UnboundedReceiver<Vec<osmo_store::LogLine>>,
+) {
     while let Some(mut batch) = rx.recv().await {
         while batch.len() < 10_000 {
             match rx.try_recv() {

@@ -27,7 +27,12 @@ pub struct Persisted {
 
 impl Persisted {
     pub fn new(engine: WorkflowState) -> Persisted {
-        Persisted { version: STATE_VERSION, engine, released: BTreeSet::new(), timers: Vec::new() }
+        Persisted {
+            version: STATE_VERSION,
+            engine,
+            released: BTreeSet::new(),
+            timers: Vec::new(),
+        }
     }
 
     /// Notes what the commands ask for that a restarted server must redo.

@@ -39,23 +39,48 @@ pub struct Scheduler {
 
 impl Scheduler {
     pub fn new(capacity: f64) -> Scheduler {
-        Scheduler { capacity, used: 0.0, held: HashMap::new(), queue: VecDeque::new() }
+        Scheduler {
+            capacity,
+            used: 0.0,
+            held: HashMap::new(),
+            queue: VecDeque::new(),
+        }
     }
 
     /// Queues launches of one group (one engine decision's worth).
-    pub fn enqueue(&mut self, group: GroupRef, footprint: f64, priority: u8, attempts: Vec<AttemptId>) {
+    pub fn enqueue(
+        &mut self,
+        group: GroupRef,
+        footprint: f64,
+        priority: u8,
+        attempts: Vec<AttemptId>,
+    ) {
         if let Some(w) = self.queue.iter_mut().find(|w| w.group == group) {
             w.attempts.extend(attempts);
             return;
         }
         // Higher priority first; FIFO within a priority.
-        let at = self.queue.iter().position(|w| w.priority < priority).unwrap_or(self.queue.len());
-        self.queue.insert(at, Waiting { group, footprint, priority, attempts });
+        let at = self
+            .queue
+            .iter()
+            .position(|w| w.priority < priority)
+            .unwrap_or(self.queue.len());
+        self.queue.insert(
+            at,
+            Waiting {
+                group,
+                footprint,
+                priority,
+                attempts,
+            },
+        );
     }
 
     /// Drops a queued attempt (it was stopped before it got resources).
     pub fn dequeue(&mut self, group: &GroupRef, attempt: AttemptId) -> bool {
-        let Some(i) = self.queue.iter().position(|w| &w.group == group) else { return false };
+        let Some(i) = self.queue.iter().position(|w| &w.group == group) else {
+            return false;
+        };
         let before = self.queue[i].attempts.len();
         self.queue[i].attempts.retain(|a| *a != attempt);
         let removed = self.queue[i].attempts.len() != before;
@@ -66,7 +91,9 @@ impl Scheduler {
     }
 
     pub fn is_queued(&self, group: &GroupRef, attempt: AttemptId) -> bool {
-        self.queue.iter().any(|w| &w.group == group && w.attempts.contains(&attempt))
+        self.queue
+            .iter()
+            .any(|w| &w.group == group && w.attempts.contains(&attempt))
     }
 
     /// Drops everything queued for a workflow.
@@ -122,6 +149,7 @@ impl Scheduler {
         }
     }
 
+    #[cfg(test)]
     pub fn used(&self) -> f64 {
         self.used
     }
@@ -134,7 +162,10 @@ mod tests {
     use super::*;
 
     fn attempt(task: u32, retry_id: u32) -> AttemptId {
-        AttemptId { task: TaskKey { group: 0, task }, retry_id }
+        AttemptId {
+            task: TaskKey { group: 0, task },
+            retry_id,
+        }
     }
 
     fn g(wf: &str, n: u32) -> GroupRef {
@@ -170,7 +201,12 @@ mod tests {
     #[test]
     fn an_oversized_group_runs_alone() {
         let mut s = Scheduler::new(2.0);
-        s.enqueue(g("big", 0), 3.0, 1, vec![attempt(0, 0), attempt(1, 0), attempt(2, 0)]);
+        s.enqueue(
+            g("big", 0),
+            3.0,
+            1,
+            vec![attempt(0, 0), attempt(1, 0), attempt(2, 0)],
+        );
         assert_eq!(s.admit().len(), 3);
         s.enqueue(g("small", 0), 1.0, 1, vec![attempt(0, 0)]);
         assert!(s.admit().is_empty());

@@ -32,7 +32,8 @@ impl Output {
     }
 
     pub fn json(&self) -> serde_json::Value {
-        serde_json::from_str(&self.stdout).unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {self:#?}"))
+        serde_json::from_str(&self.stdout)
+            .unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {self:#?}"))
     }
 }
 
@@ -78,7 +79,10 @@ pub struct Request {
 
 impl Request {
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
     }
 }
 
@@ -90,11 +94,19 @@ pub struct Reply {
 }
 
 pub fn json_reply(status: u16, body: serde_json::Value) -> Reply {
-    Reply { status, content_type: "application/json", body: body.to_string() }
+    Reply {
+        status,
+        content_type: "application/json",
+        body: body.to_string(),
+    }
 }
 
 pub fn text_reply(body: &str) -> Reply {
-    Reply { status: 200, content_type: "text/plain; charset=utf-8", body: body.to_string() }
+    Reply {
+        status: 200,
+        content_type: "text/plain; charset=utf-8",
+        body: body.to_string(),
+    }
 }
 
 /// A service that answers each connection with the next reply, in order.
@@ -111,7 +123,9 @@ impl FakeService {
         let seen = requests.clone();
         std::thread::spawn(move || {
             for reply in replies {
-                let Ok((stream, _)) = listener.accept() else { return };
+                let Ok((stream, _)) = listener.accept() else {
+                    return;
+                };
                 let mut reader = BufReader::new(stream.try_clone().unwrap());
                 let mut line = String::new();
                 reader.read_line(&mut line).unwrap();

@@ -19,7 +19,11 @@ pub struct Server {
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// Polls `f` until it returns Some or `limit` passes (then panics with `what`).
@@ -29,7 +33,10 @@ pub fn wait_for<T>(limit: Duration, what: &str, mut f: impl FnMut() -> Option<T>
         if let Some(v) = f() {
             return v;
         }
-        assert!(Instant::now() < deadline, "timed out after {limit:?} waiting for {what}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {limit:?} waiting for {what}"
+        );
         std::thread::sleep(Duration::from_millis(25));
     }
 }
@@ -44,7 +51,10 @@ impl Server {
             url: format!("http://127.0.0.1:{port}"),
             port,
             child: None,
-            client: reqwest::blocking::Client::builder().timeout(Duration::from_secs(10)).build().unwrap(),
+            client: reqwest::blocking::Client::builder()
+                .timeout(Duration::from_secs(10))
+                .build()
+                .unwrap(),
         };
         server.spawn();
         server
@@ -75,7 +85,11 @@ impl Server {
         self.child = Some(child);
         let url = format!("{}/api/health", self.url);
         wait_for(Duration::from_secs(20), "the server to be healthy", || {
-            self.client.get(&url).send().ok().filter(|r| r.status().is_success())
+            self.client
+                .get(&url)
+                .send()
+                .ok()
+                .filter(|r| r.status().is_success())
         });
     }
 
@@ -90,8 +104,11 @@ impl Server {
     /// Stops the server as the conformance runner does (SIGTERM).
     pub fn terminate(&mut self) {
         if let Some(mut child) = self.child.take() {
-            nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::SIGTERM)
-                .unwrap();
+            nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(child.id() as i32),
+                nix::sys::signal::SIGTERM,
+            )
+            .unwrap();
             child.wait().unwrap();
         }
     }
@@ -101,7 +118,11 @@ impl Server {
     }
 
     pub fn get(&self, path: &str) -> (u16, String) {
-        let r = self.client.get(format!("{}{path}", self.url)).send().unwrap();
+        let r = self
+            .client
+            .get(format!("{}{path}", self.url))
+            .send()
+            .unwrap();
         (r.status().as_u16(), r.text().unwrap())
     }
 
@@ -127,7 +148,10 @@ impl Server {
         let body = serde_json::json!({"file": spec}).to_string();
         let (status, text) = self.post("/api/pool/default/workflow", body);
         assert_eq!(status, 200, "submit failed: {text}");
-        serde_json::from_str::<Value>(&text).unwrap()["name"].as_str().unwrap().to_string()
+        serde_json::from_str::<Value>(&text).unwrap()["name"]
+            .as_str()
+            .unwrap()
+            .to_string()
     }
 
     pub fn workflow(&self, id: &str) -> Value {
@@ -144,11 +168,18 @@ impl Server {
     }
 
     pub fn workflow_count(&self) -> usize {
-        self.get_json("/api/workflow?limit=1000")["workflows"].as_array().unwrap().len()
+        self.get_json("/api/workflow?limit=1000")["workflows"]
+            .as_array()
+            .unwrap()
+            .len()
     }
 
     pub fn agent_pid(&self) -> Option<i32> {
-        std::fs::read_to_string(self.data_dir().join("agent").join("agent.pid")).ok()?.trim().parse().ok()
+        std::fs::read_to_string(self.data_dir().join("agent").join("agent.pid"))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
     }
 }
 
@@ -160,7 +191,10 @@ impl Drop for Server {
 
 pub fn alive(pid: i32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => !stat.rsplit(')').next().is_some_and(|s| s.trim_start().starts_with('Z')),
+        Ok(stat) => !stat
+            .rsplit(')')
+            .next()
+            .is_some_and(|s| s.trim_start().starts_with('Z')),
         Err(_) => false,
     }
 }

@@ -37,7 +37,10 @@ pub fn run(args: CancelArgs) -> anyhow::Result<Outcome> {
             Ok(answer) => {
                 if !args.format.json() {
                     let response: CancelResponse = typed(&answer, "cancel response")?;
-                    println!("Cancel requested for workflow {} (status: {}).", response.name, response.status);
+                    println!(
+                        "Cancel requested for workflow {} (status: {}).",
+                        response.name, response.status
+                    );
                 }
                 answers.push(answer);
             }

@@ -46,14 +46,18 @@ pub struct ExplainArgs {
 pub fn run(args: ExplainArgs) -> anyhow::Result<Outcome> {
     let file = read_spec(&args.file)?;
     let pool = args.pool.load()?;
-    let workflow =
-        match osmo_spec::load(&file.source, &file.display, &args.values.values(), pool.as_ref().map(|(_, p)| p)) {
-            Ok(w) => w,
-            Err(diagnostics) => {
-                report_diagnostics(&diagnostics, args.format.json())?;
-                return Ok(Outcome::Failure);
-            }
-        };
+    let workflow = match osmo_spec::load(
+        &file.source,
+        &file.display,
+        &args.values.values(),
+        pool.as_ref().map(|(_, p)| p),
+    ) {
+        Ok(w) => w,
+        Err(diagnostics) => {
+            report_diagnostics(&diagnostics, args.format.json())?;
+            return Ok(Outcome::Failure);
+        }
+    };
     let Some((g, t)) = workflow.find_task(&args.task) else {
         let names: Vec<&str> = workflow.tasks().map(|(_, t)| t.name.as_str()).collect();
         anyhow::bail!(
@@ -65,10 +69,24 @@ pub fn run(args: ExplainArgs) -> anyhow::Result<Outcome> {
     };
     let group = &workflow.groups[g];
     let task = &group.tasks[t];
-    let rules = pool.as_ref().map(|(_, p)| Rules::from_pool(p)).unwrap_or_default();
+    let rules = pool
+        .as_ref()
+        .map(|(_, p)| Rules::from_pool(p))
+        .unwrap_or_default();
     let pool_name = pool.as_ref().map(|(name, _)| name.as_str());
-    let decision = decide(args.exit_code, &task.exit_actions, &rules, args.retry_id, args.retry_id);
-    let explained = Explained { decision: &decision, rules: &rules, pool: pool_name, retry_id: args.retry_id };
+    let decision = decide(
+        args.exit_code,
+        &task.exit_actions,
+        &rules,
+        args.retry_id,
+        args.retry_id,
+    );
+    let explained = Explained {
+        decision: &decision,
+        rules: &rules,
+        pool: pool_name,
+        retry_id: args.retry_id,
+    };
     let headline = explained.headline();
     let steps = explained.steps(&task.exit_actions);
 
@@ -105,7 +123,11 @@ pub fn run(args: ExplainArgs) -> anyhow::Result<Outcome> {
     println!("lookup order:");
     let mut t = table(["Step", "Rules", "Result"]);
     for (i, s) in steps.iter().enumerate() {
-        t.add_row([format!("{}. {}", i + 1, s.step), s.rules.clone(), s.result.clone()]);
+        t.add_row([
+            format!("{}. {}", i + 1, s.step),
+            s.rules.clone(),
+            s.result.clone(),
+        ]);
     }
     print!("{}", table_text(&t));
     println!("engine: {}", decision.message);
@@ -157,7 +179,9 @@ impl Explained<'_> {
     fn headline(&self) -> String {
         let d = self.decision;
         let rule = match (&d.rule.action, &d.rule.range) {
-            (Some(action), Some(range)) => format!("rule {action} {range} ({})", self.origin(d.rule.origin)),
+            (Some(action), Some(range)) => {
+                format!("rule {action} {range} ({})", self.origin(d.rule.origin))
+            }
             (Some(action), None) => format!("rule {action} ({})", self.origin(d.rule.origin)),
             _ if exempt(d.exit_code) => "no exit action applies to this code".to_string(),
             _ => "no rule (default)".to_string(),
@@ -189,20 +213,40 @@ impl Explained<'_> {
             _ => String::new(),
         };
         let exempt = exempt(d.exit_code);
-        let skipped = if exempt { "skipped: exit actions do not apply to this code" } else { "not consulted" };
+        let skipped = if exempt {
+            "skipped: exit actions do not apply to this code"
+        } else {
+            "not consulted"
+        };
         let (task, pool, default) = match d.rule.origin {
             RuleOrigin::Task => (matched, skipped.to_string(), skipped.to_string()),
             RuleOrigin::Pool => (no_rule(d.exit_code), matched, skipped.to_string()),
-            RuleOrigin::Default if exempt => (skipped.to_string(), skipped.to_string(), format!("→ {}", d.status)),
-            RuleOrigin::Default => (no_rule(d.exit_code), no_rule(d.exit_code), format!("→ {}", d.status)),
+            RuleOrigin::Default if exempt => (
+                skipped.to_string(),
+                skipped.to_string(),
+                format!("→ {}", d.status),
+            ),
+            RuleOrigin::Default => (
+                no_rule(d.exit_code),
+                no_rule(d.exit_code),
+                format!("→ {}", d.status),
+            ),
         };
         let pool_step = match self.pool {
             Some(_) => "pool default_exit_actions",
             None => "pool default_exit_actions (built-in)",
         };
         vec![
-            Step { step: "task exitActions", rules: list_rules(task_actions), result: task },
-            Step { step: pool_step, rules: list_rules(&self.rules.default_exit_actions), result: pool },
+            Step {
+                step: "task exitActions",
+                rules: list_rules(task_actions),
+                result: task,
+            },
+            Step {
+                step: pool_step,
+                rules: list_rules(&self.rules.default_exit_actions),
+                result: pool,
+            },
             Step {
                 step: "default",
                 rules: "0 → COMPLETED; else the code's status".to_string(),
@@ -226,14 +270,29 @@ mod tests {
         ExitActions {
             rules: list
                 .iter()
-                .map(|(action, text)| ExitRule { action: *action, codes: CodeList::parse(text).unwrap() })
+                .map(|(action, text)| ExitRule {
+                    action: *action,
+                    codes: CodeList::parse(text).unwrap(),
+                })
                 .collect(),
         }
     }
 
-    fn headline(code: u32, task: &ExitActions, rules: &Rules, retry_id: u32, pool: Option<&str>) -> String {
+    fn headline(
+        code: u32,
+        task: &ExitActions,
+        rules: &Rules,
+        retry_id: u32,
+        pool: Option<&str>,
+    ) -> String {
         let decision = decide(code, task, rules, retry_id, retry_id);
-        Explained { decision: &decision, rules, pool, retry_id }.headline()
+        Explained {
+            decision: &decision,
+            rules,
+            pool,
+            retry_id,
+        }
+        .headline()
     }
 
     #[test]
@@ -248,8 +307,14 @@ mod tests {
             headline(16, &task, &rules, 3, None),
             "exit code 16 → rule RESCHEDULE 11-20 (task exitActions) → FAILED: retry limit 3 reached, so the code's own status stands"
         );
-        assert_eq!(headline(1, &ExitActions::default(), &rules, 0, None), "exit code 1 → no rule (default) → FAILED");
-        let pool = Rules { max_retry_per_task: 2, default_exit_actions: actions(&[(Action::Complete, "7")]) };
+        assert_eq!(
+            headline(1, &ExitActions::default(), &rules, 0, None),
+            "exit code 1 → no rule (default) → FAILED"
+        );
+        let pool = Rules {
+            max_retry_per_task: 2,
+            default_exit_actions: actions(&[(Action::Complete, "7")]),
+        };
         assert_eq!(
             headline(7, &ExitActions::default(), &pool, 0, Some("default")),
             "exit code 7 → rule COMPLETE 7 (pool `default` default_exit_actions) → COMPLETED"

@@ -1,7 +1,7 @@
 //! `osmo workflow list`: `GET /api/workflow`.
 
-use super::{ServiceArgs, WORKFLOW_STATUSES};
 use super::view::list_text;
+use super::{ServiceArgs, WORKFLOW_STATUSES};
 use crate::api_types::WorkflowListDoc;
 use crate::cli::Outcome;
 use crate::cli::client::{ListFilter, typed};

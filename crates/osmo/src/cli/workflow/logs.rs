@@ -36,10 +36,16 @@ pub struct LogsArgs {
 
 pub fn run(args: LogsArgs) -> anyhow::Result<Outcome> {
     let client = args.service.client()?;
-    let filter = LogsFilter { task: args.task, retry_id: args.retry_id, last_n_lines: args.last_n_lines };
+    let filter = LogsFilter {
+        task: args.task,
+        retry_id: args.retry_id,
+        last_n_lines: args.last_n_lines,
+    };
     let text = client.logs(&args.id, &filter)?;
     match args.format_type {
-        FormatType::Json => print_json(&json!({"name": args.id, "lines": text.lines().collect::<Vec<_>>()}))?,
+        FormatType::Json => {
+            print_json(&json!({"name": args.id, "lines": text.lines().collect::<Vec<_>>()}))?
+        }
         FormatType::Text if text.is_empty() => eprintln!("no log lines (yet) for {}", args.id),
         FormatType::Text => print!("{text}{}", if text.ends_with('\n') { "" } else { "\n" }),
     }

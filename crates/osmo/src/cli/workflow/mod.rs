@@ -90,7 +90,10 @@ pub struct ValueArgs {
 
 impl ValueArgs {
     pub fn values(&self) -> Values {
-        Values { set: self.set.clone(), set_string: self.set_string.clone() }
+        Values {
+            set: self.set.clone(),
+            set_string: self.set_string.clone(),
+        }
     }
 
     /// As the API takes them: `["k=v", ...]`.
@@ -99,7 +102,10 @@ impl ValueArgs {
     }
 
     pub fn set_string_variables(&self) -> Vec<String> {
-        self.set_string.iter().map(|(k, v)| format!("{k}={v}")).collect()
+        self.set_string
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect()
     }
 }
 
@@ -136,18 +142,31 @@ impl LocalPoolArgs {
 pub fn read_config(path: &Path) -> anyhow::Result<ServiceConfig> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("cannot read the pools configuration {}", path.display()))?;
-    osmo_spec::load_config(&text, &path.display().to_string())
-        .map_err(|d| anyhow::anyhow!("the pools configuration is not valid; fix these and retry:\n{d}"))
+    osmo_spec::load_config(&text, &path.display().to_string()).map_err(|d| {
+        anyhow::anyhow!("the pools configuration is not valid; fix these and retry:\n{d}")
+    })
 }
 
-fn choose_pool(mut config: ServiceConfig, pool: Option<&str>, path: &Path) -> anyhow::Result<(String, PoolConfig)> {
+fn choose_pool(
+    mut config: ServiceConfig,
+    pool: Option<&str>,
+    path: &Path,
+) -> anyhow::Result<(String, PoolConfig)> {
     let names = || config.pools.keys().cloned().collect::<Vec<_>>().join(", ");
     let name = match pool {
         Some(p) if config.pools.contains_key(p) => p.to_string(),
-        Some(p) => anyhow::bail!("{} has no pool `{p}`; its pools: {}", path.display(), names()),
+        Some(p) => anyhow::bail!(
+            "{} has no pool `{p}`; its pools: {}",
+            path.display(),
+            names()
+        ),
         None if config.pools.contains_key("default") => "default".to_string(),
         None if config.pools.len() == 1 => config.pools.keys().next().cloned().unwrap_or_default(),
-        None => anyhow::bail!("{} has pools {}; choose one with --pool", path.display(), names()),
+        None => anyhow::bail!(
+            "{} has pools {}; choose one with --pool",
+            path.display(),
+            names()
+        ),
     };
     let pool = config.pools.remove(&name).expect("the name was just found");
     Ok((name, pool))
@@ -167,7 +186,8 @@ pub struct SpecFile {
 /// Reads a workflow file, refusing one over the spec's size limit before reading it.
 pub fn read_spec(path: &Path) -> anyhow::Result<SpecFile> {
     let display = path.display().to_string();
-    let meta = std::fs::metadata(path).with_context(|| format!("cannot read the workflow file {display}"))?;
+    let meta = std::fs::metadata(path)
+        .with_context(|| format!("cannot read the workflow file {display}"))?;
     if meta.is_dir() {
         anyhow::bail!("{display} is a directory; give the path of a workflow YAML file");
     }
@@ -179,14 +199,23 @@ pub fn read_spec(path: &Path) -> anyhow::Result<SpecFile> {
             limit >> 20
         );
     }
-    let bytes = std::fs::read(path).with_context(|| format!("cannot read the workflow file {display}"))?;
-    let source = String::from_utf8(bytes)
-        .map_err(|e| anyhow::anyhow!("{display} is not UTF-8 text (invalid byte at offset {}); save it as UTF-8", e.utf8_error().valid_up_to()))?;
+    let bytes =
+        std::fs::read(path).with_context(|| format!("cannot read the workflow file {display}"))?;
+    let source = String::from_utf8(bytes).map_err(|e| {
+        anyhow::anyhow!(
+            "{display} is not UTF-8 text (invalid byte at offset {}); save it as UTF-8",
+            e.utf8_error().valid_up_to()
+        )
+    })?;
     let base_name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| display.clone());
-    Ok(SpecFile { source, display, base_name })
+    Ok(SpecFile {
+        source,
+        display,
+        base_name,
+    })
 }
 
 /// Workflow statuses (SEMANTICS §5), for `--status`.

@@ -76,9 +76,17 @@ pub fn run(args: RunArgs) -> anyhow::Result<Outcome> {
             })?
         }
         None if args.pool == "default" => PoolConfig::default(),
-        None => anyhow::bail!("without --config the only pool is `default`; give --config to use pool `{}`", args.pool),
+        None => anyhow::bail!(
+            "without --config the only pool is `default`; give --config to use pool `{}`",
+            args.pool
+        ),
     };
-    let workflow = match osmo_spec::load(&file.source, &file.display, &args.values.values(), Some(&pool)) {
+    let workflow = match osmo_spec::load(
+        &file.source,
+        &file.display,
+        &args.values.values(),
+        Some(&pool),
+    ) {
         Ok(w) => w,
         Err(diagnostics) => {
             report_diagnostics(&diagnostics, args.format.json())?;
@@ -150,13 +158,17 @@ fn drive(
 ) -> anyhow::Result<Outcome> {
     let json = args.format.json();
     let client = Client::new(url)?;
-    let options =
-        SubmitOptions { priority: args.priority.map(|p| p.as_str().to_string()), ..SubmitOptions::default() };
+    let options = SubmitOptions {
+        priority: args.priority.map(|p| p.as_str().to_string()),
+        ..SubmitOptions::default()
+    };
     let answer = submit(&client, &args.pool, file, &args.values, &options)?;
     let response: SubmitResponse = typed(&answer, "submit response")?;
     let id = response.name;
     let mut progress = Progress::new(workflow.task_count() as u64, json);
-    progress.line(format!("Workflow {id} submitted; running it here (Ctrl-C cancels it)."));
+    progress.line(format!(
+        "Workflow {id} submitted; running it here (Ctrl-C cancels it)."
+    ));
 
     let mut cancel_sent = false;
     let (value, doc) = loop {
@@ -196,7 +208,9 @@ fn drive(
         println!(
             "Workflow {id} {} in {}.",
             doc.status,
-            doc.duration.map(duration).unwrap_or_else(|| "-".to_string())
+            doc.duration
+                .map(duration)
+                .unwrap_or_else(|| "-".to_string())
         );
     }
     Ok(Outcome::from_ok(doc.status == "COMPLETED"))
@@ -207,7 +221,11 @@ fn print_logs(client: &Client, id: &str, workflow: &Workflow, lines: u32) {
     println!();
     println!("Last {lines} log lines of each task:");
     for (_, task) in workflow.tasks() {
-        let filter = LogsFilter { task: Some(task.name.clone()), retry_id: None, last_n_lines: Some(lines) };
+        let filter = LogsFilter {
+            task: Some(task.name.clone()),
+            retry_id: None,
+            last_n_lines: Some(lines),
+        };
         println!("── {} ──", task.name);
         match client.logs(id, &filter) {
             Ok(text) if text.is_empty() => println!("(no output)"),
@@ -229,14 +247,25 @@ struct Progress {
 
 impl Progress {
     fn new(total: u64, quiet: bool) -> Progress {
-        let bar = if quiet { ProgressBar::hidden() } else { ProgressBar::new(total) };
+        let bar = if quiet {
+            ProgressBar::hidden()
+        } else {
+            ProgressBar::new(total)
+        };
         bar.set_style(
-            ProgressStyle::with_template("{spinner} {elapsed:>4} [{bar:24}] {pos}/{len} tasks finished  {msg}")
-                .expect("a valid template")
-                .progress_chars("=> "),
+            ProgressStyle::with_template(
+                "{spinner} {elapsed:>4} [{bar:24}] {pos}/{len} tasks finished  {msg}",
+            )
+            .expect("a valid template")
+            .progress_chars("=> "),
         );
         bar.enable_steady_tick(Duration::from_millis(120));
-        Progress { bar, quiet, started: Default::default(), ended: Default::default() }
+        Progress {
+            bar,
+            quiet,
+            started: Default::default(),
+            ended: Default::default(),
+        }
     }
 
     /// Prints a line above the bar (stdout).
@@ -260,9 +289,19 @@ impl Progress {
                         "RESCHEDULED" => "↻",
                         _ => "✗",
                     };
-                    let code = task.exit_code.map(|c| format!("exit {c}")).unwrap_or_else(|| "no exit code".into());
-                    let message = task.failure_message.as_deref().map(|m| format!(": {m}")).unwrap_or_default();
-                    self.line(format!("  {mark} {} retry {} {} ({code}){message}", task.name, task.retry_id, task.status));
+                    let code = task
+                        .exit_code
+                        .map(|c| format!("exit {c}"))
+                        .unwrap_or_else(|| "no exit code".into());
+                    let message = task
+                        .failure_message
+                        .as_deref()
+                        .map(|m| format!(": {m}"))
+                        .unwrap_or_default();
+                    self.line(format!(
+                        "  {mark} {} retry {} {} ({code}){message}",
+                        task.name, task.retry_id, task.status
+                    ));
                 }
                 // Attempts come in retry order: the last one of a name is the latest.
                 match latest.iter_mut().find(|(name, _)| *name == task.name) {
@@ -271,7 +310,10 @@ impl Progress {
                 }
             }
         }
-        let finished = latest.iter().filter(|(_, s)| is_final(s) && *s != "RESCHEDULED").count();
+        let finished = latest
+            .iter()
+            .filter(|(_, s)| is_final(s) && *s != "RESCHEDULED")
+            .count();
         self.bar.set_position(finished as u64);
         let mut counts: Vec<(&str, usize)> = Vec::new();
         for (_, status) in &latest {
@@ -281,7 +323,8 @@ impl Progress {
             }
         }
         let summary: Vec<String> = counts.iter().map(|(s, n)| format!("{n} {s}")).collect();
-        self.bar.set_message(format!("{} · {}", doc.status, summary.join(", ")));
+        self.bar
+            .set_message(format!("{} · {}", doc.status, summary.join(", ")));
     }
 
     fn finish(&self) {

@@ -27,7 +27,14 @@ pub fn run(args: SpecArgs) -> anyhow::Result<Outcome> {
     if args.format.json() {
         print_json(&json!({"name": args.id, "rendered": args.rendered, "spec": text}))?;
     } else {
-        print!("{text}{}", if text.ends_with('\n') || text.is_empty() { "" } else { "\n" });
+        print!(
+            "{text}{}",
+            if text.ends_with('\n') || text.is_empty() {
+                ""
+            } else {
+                "\n"
+            }
+        );
     }
     Ok(Outcome::Success)
 }

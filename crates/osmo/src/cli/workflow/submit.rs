@@ -112,13 +112,18 @@ pub fn submit(
 
 /// OSMO's answer text: `Workflow submit successful.` and where to look.
 pub fn success_text(client: &Client, response: &SubmitResponse) -> String {
-    let overview = if response.overview.starts_with("http://") || response.overview.starts_with("https://") {
-        response.overview.clone()
-    } else if response.overview.is_empty() {
-        format!("{}/api/workflow/{}", client.url(), response.name)
-    } else {
-        format!("{}/{}", client.url(), response.overview.trim_start_matches('/'))
-    };
+    let overview =
+        if response.overview.starts_with("http://") || response.overview.starts_with("https://") {
+            response.overview.clone()
+        } else if response.overview.is_empty() {
+            format!("{}/api/workflow/{}", client.url(), response.name)
+        } else {
+            format!(
+                "{}/{}",
+                client.url(),
+                response.overview.trim_start_matches('/')
+            )
+        };
     format!(
         "Workflow submit successful.\nWorkflow ID - {}\nWorkflow Overview - {overview}\n",
         response.name

@@ -33,13 +33,21 @@ pub struct ValidateArgs {
 pub fn run(args: ValidateArgs) -> anyhow::Result<Outcome> {
     let file = read_spec(&args.file)?;
     let pool = args.pool.load()?;
-    let loaded = osmo_spec::load(&file.source, &file.display, &args.values.values(), pool.as_ref().map(|(_, p)| p));
+    let loaded = osmo_spec::load(
+        &file.source,
+        &file.display,
+        &args.values.values(),
+        pool.as_ref().map(|(_, p)| p),
+    );
     match loaded {
         Ok(workflow) => {
             if args.format.json() {
                 print_json(&summary_json(&workflow))?;
             } else {
-                print!("{}", summary_text(&workflow, pool.as_ref().map(|(name, _)| name.as_str())));
+                print!(
+                    "{}",
+                    summary_text(&workflow, pool.as_ref().map(|(name, _)| name.as_str()))
+                );
             }
             Ok(Outcome::Success)
         }
@@ -99,12 +107,20 @@ fn summary_text(workflow: &Workflow, pool: Option<&str>) -> String {
     let mut t = table(["Group", "Tasks", "Lead", "Upstream"]);
     for group in &workflow.groups {
         let tasks: Vec<&str> = group.tasks.iter().map(|t| t.name.as_str()).collect();
-        let upstream: Vec<&str> = group.upstream.iter().map(|u| workflow.groups[*u].name.as_str()).collect();
+        let upstream: Vec<&str> = group
+            .upstream
+            .iter()
+            .map(|u| workflow.groups[*u].name.as_str())
+            .collect();
         t.add_row([
             group.name.clone(),
             tasks.join(", "),
             group.tasks[group.lead].name.clone(),
-            if upstream.is_empty() { "-".to_string() } else { upstream.join(", ") },
+            if upstream.is_empty() {
+                "-".to_string()
+            } else {
+                upstream.join(", ")
+            },
         ]);
     }
     out.push_str(&table_text(&t));

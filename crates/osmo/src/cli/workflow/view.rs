@@ -14,16 +14,32 @@ pub fn workflow_text(doc: &WorkflowDoc, clock: &Clock) -> String {
     field("Workflow ID", doc.name.clone());
     field("Status", doc.status.clone());
     field("Pool", format!("{} (priority {})", doc.pool, doc.priority));
-    field("Submitted", format!("{} by {}", clock.time(doc.submit_time.as_deref()), doc.submitted_by));
+    field(
+        "Submitted",
+        format!(
+            "{} by {}",
+            clock.time(doc.submit_time.as_deref()),
+            doc.submitted_by
+        ),
+    );
     if doc.start_time.is_some() {
         field("Started", clock.time(doc.start_time.as_deref()));
     }
     if doc.end_time.is_some() {
         field("Ended", clock.time(doc.end_time.as_deref()));
     }
-    field("Duration", doc.duration.map(duration).unwrap_or_else(|| "-".to_string()));
+    field(
+        "Duration",
+        doc.duration
+            .map(duration)
+            .unwrap_or_else(|| "-".to_string()),
+    );
     if let Some(by) = &doc.canceled_by {
-        let why = doc.cancel_message.as_deref().map(|m| format!(": {m}")).unwrap_or_default();
+        let why = doc
+            .cancel_message
+            .as_deref()
+            .map(|m| format!(": {m}"))
+            .unwrap_or_default();
         field("Canceled", format!("by {by}{why}"));
     }
     out.push('\n');
@@ -46,7 +62,15 @@ pub fn tasks_table(doc: &WorkflowDoc, clock: &Clock) -> Table {
     if show_group {
         header.push("Group");
     }
-    header.extend(["Task", "Retry ID", "Status", "Exit Code", "Start", "Duration", "Message"]);
+    header.extend([
+        "Task",
+        "Retry ID",
+        "Status",
+        "Exit Code",
+        "Start",
+        "Duration",
+        "Message",
+    ]);
     let mut t = table(header);
     for group in &doc.groups {
         for task in &group.tasks {
@@ -67,7 +91,9 @@ pub fn tasks_table(doc: &WorkflowDoc, clock: &Clock) -> Table {
                 or_dash(task.exit_code),
                 clock.time(task.start_time.as_deref()),
                 seconds.map(duration).unwrap_or_else(|| "-".to_string()),
-                task.failure_message.clone().unwrap_or_else(|| "-".to_string()),
+                task.failure_message
+                    .clone()
+                    .unwrap_or_else(|| "-".to_string()),
             ]);
             t.add_row(row);
         }
@@ -78,7 +104,8 @@ pub fn tasks_table(doc: &WorkflowDoc, clock: &Clock) -> Table {
 /// A group made by OSMO from a plain `tasks:` entry: one task, named `<task>-group`.
 fn is_plain_task_group(group: &GroupDoc) -> bool {
     group.tasks.first().is_some_and(|first| {
-        group.tasks.iter().all(|t| t.name == first.name) && group.name == format!("{}-group", first.name)
+        group.tasks.iter().all(|t| t.name == first.name)
+            && group.name == format!("{}-group", first.name)
     })
 }
 
@@ -87,7 +114,14 @@ pub fn list_text(list: &WorkflowListDoc, clock: &Clock) -> String {
     if list.workflows.is_empty() {
         return "No workflows found.\n".to_string();
     }
-    let mut t = table(["Workflow ID", "Status", "Pool", "User", "Submitted", "Ended"]);
+    let mut t = table([
+        "Workflow ID",
+        "Status",
+        "Pool",
+        "User",
+        "Submitted",
+        "Ended",
+    ]);
     for w in &list.workflows {
         t.add_row([
             w.name.clone(),
@@ -106,7 +140,13 @@ mod tests {
     use super::*;
     use crate::api_types::{TaskDoc, WorkflowSummaryDoc};
 
-    fn task(name: &str, retry_id: u32, status: &str, exit_code: Option<u32>, message: Option<&str>) -> TaskDoc {
+    fn task(
+        name: &str,
+        retry_id: u32,
+        status: &str,
+        exit_code: Option<u32>,
+        message: Option<&str>,
+    ) -> TaskDoc {
         TaskDoc {
             name: name.into(),
             retry_id,
@@ -169,7 +209,10 @@ mod tests {
                 task("example", 1, "COMPLETED", Some(0), None),
             ],
         )]);
-        insta::assert_snapshot!(workflow_text(&doc, &Clock::fixed_utc("2026-03-01T10:05:00Z")));
+        insta::assert_snapshot!(workflow_text(
+            &doc,
+            &Clock::fixed_utc("2026-03-01T10:05:00Z")
+        ));
     }
 
     #[test]
@@ -185,7 +228,10 @@ mod tests {
         doc.end_time = None;
         doc.canceled_by = Some("bob".into());
         doc.cancel_message = Some("wrong data".into());
-        insta::assert_snapshot!(workflow_text(&doc, &Clock::fixed_utc("2026-03-01T10:00:30Z")));
+        insta::assert_snapshot!(workflow_text(
+            &doc,
+            &Clock::fixed_utc("2026-03-01T10:00:30Z")
+        ));
     }
 
     #[test]
@@ -214,6 +260,14 @@ mod tests {
         };
         let clock = Clock::fixed_utc("2026-03-01T10:05:00Z");
         insta::assert_snapshot!(list_text(&list, &clock));
-        assert_eq!(list_text(&WorkflowListDoc { workflows: Vec::new() }, &clock), "No workflows found.\n");
+        assert_eq!(
+            list_text(
+                &WorkflowListDoc {
+                    workflows: Vec::new()
+                },
+                &clock
+            ),
+            "No workflows found.\n"
+        );
     }
 }
