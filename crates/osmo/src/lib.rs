@@ -6,6 +6,7 @@ pub mod agent;
 pub mod api_types;
 pub mod cli;
 pub mod proto;
+pub mod render_guard;
 pub mod server;
 
 /// Milliseconds since the Unix epoch: the only clock the service reads.

@@ -7,7 +7,7 @@
 use std::fmt;
 
 /// One problem in a workflow or configuration file.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Diagnostic {
     pub file: String,
     /// 1-based; 0 when the problem has no place in the file (e.g. it is too large).
@@ -68,7 +68,7 @@ impl fmt::Display for Diagnostic {
 }
 
 /// Every problem found in one file, in file order. Never empty when returned as an error.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, serde::Serialize, serde::Deserialize)]
 pub struct Diagnostics(pub Vec<Diagnostic>);
 
 impl Diagnostics {

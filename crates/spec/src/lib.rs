@@ -62,7 +62,19 @@ pub fn load(
     pool: Option<&PoolConfig>,
 ) -> Result<Workflow, Diagnostics> {
     let rendered = render(source, file, values)?;
-    let (raw, root, mut report) = read_yaml::<raw::RawFile>(source, &rendered, file)?;
+    load_rendered(source, &rendered, file, pool)
+}
+
+/// Like [`load`], for a file already rendered (`rendered`, made from
+/// `source` by [`render`]): the server renders in a resource-limited child
+/// process, then validates here. Locations still point into `source`.
+pub fn load_rendered(
+    source: &str,
+    rendered: &str,
+    file: &str,
+    pool: Option<&PoolConfig>,
+) -> Result<Workflow, Diagnostics> {
+    let (raw, root, mut report) = read_yaml::<raw::RawFile>(source, rendered, file)?;
     let draft = raw
         .as_ref()
         .and_then(|raw| validate::file(raw, root, &mut report));

@@ -105,9 +105,16 @@ impl Client {
             .user_agent(concat!("osmo-cli/", env!("CARGO_PKG_VERSION")))
             .build()
             .context("cannot set up the HTTP client")?;
+        // Who submits and cancels: OSMO_USER, USER, or the account's login name.
         let user = ["OSMO_USER", "USER"]
             .iter()
-            .find_map(|k| std::env::var(k).ok().filter(|v| !v.is_empty()));
+            .find_map(|k| std::env::var(k).ok().filter(|v| !v.is_empty()))
+            .or_else(|| {
+                nix::unistd::User::from_uid(nix::unistd::getuid())
+                    .ok()
+                    .flatten()
+                    .map(|u| u.name)
+            });
         Ok(Client { base, http, user })
     }
 

@@ -226,9 +226,10 @@ async fn submit(
         .unwrap_or_else(|| "workflow.yaml".to_string());
     let source = request.file;
     // Rendering and validation are CPU work with bounded fuel: keep them off the I/O threads.
+    // Rendering runs in a child process with memory and time limits: keep it off the I/O threads.
     let (workflow, rendered) = tokio::task::spawn_blocking(move || {
-        let workflow = osmo_spec::load(&source, &file_name, &values, Some(&pool_config))?;
-        let rendered = osmo_spec::render(&source, &file_name, &values)?;
+        let (workflow, rendered) =
+            crate::render_guard::load(&source, &file_name, &values, Some(&pool_config))?;
         Ok::<_, osmo_spec::Diagnostics>((workflow, (source, rendered)))
     })
     .await

@@ -46,12 +46,14 @@ pub struct ExplainArgs {
 pub fn run(args: ExplainArgs) -> anyhow::Result<Outcome> {
     let file = read_spec(&args.file)?;
     let pool = args.pool.load()?;
-    let workflow = match osmo_spec::load(
+    let workflow = match crate::render_guard::load(
         &file.source,
         &file.display,
         &args.values.values(),
         pool.as_ref().map(|(_, p)| p),
-    ) {
+    )
+    .map(|(workflow, _)| workflow)
+    {
         Ok(w) => w,
         Err(diagnostics) => {
             report_diagnostics(&diagnostics, args.format.json())?;

@@ -81,12 +81,14 @@ pub fn run(args: RunArgs) -> anyhow::Result<Outcome> {
             args.pool
         ),
     };
-    let workflow = match osmo_spec::load(
+    let workflow = match crate::render_guard::load(
         &file.source,
         &file.display,
         &args.values.values(),
         Some(&pool),
-    ) {
+    )
+    .map(|(workflow, _)| workflow)
+    {
         Ok(w) => w,
         Err(diagnostics) => {
             report_diagnostics(&diagnostics, args.format.json())?;

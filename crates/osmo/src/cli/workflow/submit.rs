@@ -14,9 +14,11 @@ use crate::cli::output::{FormatArgs, print_json};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 #[value(rename_all = "UPPER")]
 pub enum Priority {
+    /// Scheduled before NORMAL and LOW.
     High,
+    /// The default.
     Normal,
-    /// Preemptible.
+    /// Scheduled last; may be preempted.
     Low,
 }
 
