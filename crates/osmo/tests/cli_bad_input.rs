@@ -11,8 +11,16 @@ fn validate(contents: &[u8]) -> (i32, String, Duration) {
     let path = dir.path().join("wf.yaml");
     std::fs::write(&path, contents).unwrap();
     let start = Instant::now();
-    let out = Command::new(OSMO).args(["workflow", "validate"]).arg(&path).output().unwrap();
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stderr), String::from_utf8_lossy(&out.stdout));
+    let out = Command::new(OSMO)
+        .args(["workflow", "validate"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stderr),
+        String::from_utf8_lossy(&out.stdout)
+    );
     (out.status.code().unwrap_or(-1), text, start.elapsed())
 }
 
@@ -41,8 +49,13 @@ fn a_template_loop_that_never_ends_is_stopped() {
 
 #[test]
 fn truncated_garbage_and_huge_files_get_a_clear_error() {
-    assert_refused(b"workflow:\n  name: cut\n  tasks:\n  - {name: t, image: ubuntu, command: [sh", "wf.yaml:");
-    let garbage: Vec<u8> = (0..4096u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
+    assert_refused(
+        b"workflow:\n  name: cut\n  tasks:\n  - {name: t, image: ubuntu, command: [sh",
+        "wf.yaml:",
+    );
+    let garbage: Vec<u8> = (0..4096u32)
+        .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+        .collect();
     assert_refused(&garbage, "wf.yaml");
     assert_refused(&vec![b'a'; 50 * 1024 * 1024], "at most 4 MiB");
 }

@@ -145,9 +145,15 @@ fn bad_requests_get_a_clear_4xx_and_store_nothing() {
 
     // A template that asks for gigabytes in one step is stopped by the renderer's memory limit.
     let bomb = "{% set a = 'x' * 100000000 %}{% set b = a ~ a ~ a ~ a %}{% set c = b ~ b ~ b ~ b %}\nworkflow:\n  name: bomb\n  tasks:\n  - {name: t, image: ubuntu, command: [\"{{ c|length }}\"]}\n";
-    let (status, body) = server.post("/api/pool/default/workflow", serde_json::json!({"file": bomb}).to_string());
+    let (status, body) = server.post(
+        "/api/pool/default/workflow",
+        serde_json::json!({"file": bomb}).to_string(),
+    );
     assert_eq!(status, 400, "{body}");
-    assert!(body.contains("needed more than 1024 MiB of memory"), "{body}");
+    assert!(
+        body.contains("needed more than 1024 MiB of memory"),
+        "{body}"
+    );
 
     assert_eq!(server.get("/api/workflow/ghost-1").0, 404);
     assert_eq!(server.post("/api/workflow/ghost-1/cancel", "").0, 404);
