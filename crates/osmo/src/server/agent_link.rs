@@ -13,17 +13,26 @@ use tokio::sync::mpsc;
 
 use crate::proto::{FromAgent, ToAgent};
 
-/// What the link tells the manager.
+/// What the link tells the manager. `conn` numbers the agent's connections
+/// (0: an event the server made itself).
 #[derive(Debug)]
 pub enum LinkEvent {
-    Message(FromAgent),
-    Disconnected,
+    Message { conn: u64, msg: FromAgent },
+    Disconnected { conn: u64 },
+}
+
+/// The agent connection, if any; usable once the manager handled its Hello.
+#[derive(Default)]
+struct Current {
+    conn: u64,
+    tx: Option<mpsc::UnboundedSender<ToAgent>>,
+    ready: bool,
 }
 
 /// Sends to the connected agent, if any.
 #[derive(Clone)]
 pub struct AgentLink {
-    current: std::sync::Arc<std::sync::Mutex<Option<mpsc::UnboundedSender<ToAgent>>>>,
+    current: std::sync::Arc<std::sync::Mutex<Current>>,
     /// The manager's own inbox, for exits the server decides itself.
     inbox: mpsc::UnboundedSender<LinkEvent>,
 }
@@ -31,9 +40,17 @@ pub struct AgentLink {
 impl AgentLink {
     /// True when the message was handed to a connected agent.
     pub fn send(&self, msg: ToAgent) -> bool {
-        match &*self.current.lock().unwrap() {
+        match &self.current.lock().unwrap().tx {
             Some(tx) => tx.send(msg).is_ok(),
             None => false,
+        }
+    }
+
+    /// The manager reconciled with connection `conn` (its Hello): launches may go.
+    pub fn set_ready(&self, conn: u64) {
+        let mut current = self.current.lock().unwrap();
+        if current.conn == conn {
+            current.ready = true;
         }
     }
 
@@ -42,12 +59,10 @@ impl AgentLink {
         self.inbox.send(event).is_ok()
     }
 
+    /// An agent is connected and the manager knows what it runs.
     pub fn connected(&self) -> bool {
-        self.current
-            .lock()
-            .unwrap()
-            .as_ref()
-            .is_some_and(|tx| !tx.is_closed())
+        let current = self.current.lock().unwrap();
+        current.ready && current.tx.as_ref().is_some_and(|tx| !tx.is_closed())
     }
 }
 
@@ -65,13 +80,19 @@ pub fn listen(
     };
     let current = link.current.clone();
     tokio::spawn(async move {
+        let mut conn = 0;
         loop {
             let Ok((stream, _)) = listener.accept().await else {
                 continue;
             };
+            conn += 1;
             let (read, mut write) = stream.into_split();
             let (tx, mut rx) = mpsc::unbounded_channel::<ToAgent>();
-            *current.lock().unwrap() = Some(tx);
+            *current.lock().unwrap() = Current {
+                conn,
+                tx: Some(tx),
+                ready: false,
+            };
             tokio::spawn(async move {
                 while let Some(msg) = rx.recv().await {
                     let mut line = serde_json::to_vec(&msg).expect("messages serialize");
@@ -87,12 +108,12 @@ pub fn listen(
                 while let Ok(Some(line)) = lines.next_line().await {
                     match serde_json::from_str::<FromAgent>(&line) {
                         Ok(msg) => {
-                            let _ = events.send(LinkEvent::Message(msg));
+                            let _ = events.send(LinkEvent::Message { conn, msg });
                         }
                         Err(e) => tracing::warn!("ignoring an agent message it cannot read: {e}"),
                     }
                 }
-                let _ = events.send(LinkEvent::Disconnected);
+                let _ = events.send(LinkEvent::Disconnected { conn });
             });
         }
     });

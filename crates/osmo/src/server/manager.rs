@@ -473,16 +473,21 @@ impl Manager {
 
     /// Queues an exit the server itself decided, handled like an agent's.
     fn link_exit_later(&self, key: AttemptKey, codes: Vec<ReportedCode>) -> bool {
-        self.link
-            .loopback(LinkEvent::Message(FromAgent::Exited { key, codes }))
+        self.link.loopback(LinkEvent::Message {
+            conn: 0,
+            msg: FromAgent::Exited { key, codes },
+        })
     }
 
     async fn handle_link(&mut self, event: LinkEvent) {
         match event {
-            LinkEvent::Disconnected => {
-                tracing::warn!("the node agent disconnected; waiting for it to dial back")
+            LinkEvent::Disconnected { conn } => {
+                tracing::warn!("node agent connection {conn} closed; waiting for it to dial back")
             }
-            LinkEvent::Message(FromAgent::Logs { lines }) => {
+            LinkEvent::Message {
+                msg: FromAgent::Logs { lines },
+                ..
+            } => {
                 let rows = lines
                     .into_iter()
                     .map(|l| osmo_store::LogLine {
@@ -496,10 +501,16 @@ impl Manager {
                     .collect();
                 let _ = self.logs.send(rows);
             }
-            LinkEvent::Message(FromAgent::Phase { key, phase }) => {
+            LinkEvent::Message {
+                msg: FromAgent::Phase { key, phase },
+                ..
+            } => {
                 self.advance(&key, phase).await;
             }
-            LinkEvent::Message(FromAgent::Exited { key, codes }) => {
+            LinkEvent::Message {
+                msg: FromAgent::Exited { key, codes },
+                ..
+            } => {
                 let committed = self
                     .apply(
                         &key.workflow_id,
@@ -519,17 +530,24 @@ impl Manager {
                 }
                 self.dispatch();
             }
-            LinkEvent::Message(FromAgent::Hello {
-                node,
-                pid,
-                attempts,
-            }) => {
+            LinkEvent::Message {
+                conn,
+                msg:
+                    FromAgent::Hello {
+                        node,
+                        pid,
+                        attempts,
+                    },
+            } => {
                 tracing::info!(
                     "node agent {pid} on {node} connected with {} attempt(s)",
                     attempts.len()
                 );
                 self.node = node;
                 self.reconcile(attempts).await;
+                // Only now may launches go: before, an attempt launched on this
+                // connection could be judged lost by the Hello already on its way.
+                self.link.set_ready(conn);
                 self.dispatch();
             }
         }
@@ -568,7 +586,22 @@ impl Manager {
     async fn reconcile(&mut self, running: Vec<(AttemptKey, Phase)>) {
         let running: HashMap<AttemptKey, Phase> = running.into_iter().collect();
         for (key, phase) in &running {
-            let Some(active) = self.active.get(&key.workflow_id) else {
+            // An attempt the server no longer expects (its workflow finished, or
+            // it is not the task's current unfinished attempt) must not linger.
+            let expected = self.active.get(&key.workflow_id).filter(|active| {
+                let engine = &active.doc.engine;
+                let task = key.attempt.task;
+                let exists = engine
+                    .workflow()
+                    .groups
+                    .get(task.group as usize)
+                    .is_some_and(|g| (task.task as usize) < g.tasks.len());
+                exists && {
+                    let current = engine.current(task);
+                    current.retry_id == key.attempt.retry_id && !current.status.is_finished()
+                }
+            });
+            let Some(active) = expected else {
                 self.link.send(ToAgent::Stop { key: key.clone() });
                 continue;
             };
