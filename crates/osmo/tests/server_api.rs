@@ -99,6 +99,26 @@ fn list_filters_by_name_status_pool_limit_and_offset() {
     assert_eq!(status, 400, "{body}");
 }
 
+/// Sends `request` as is and returns what the server answers before it closes.
+fn raw_request(port: u16, request: &str) -> String {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    stream.write_all(request.as_bytes()).unwrap();
+    let mut answer = Vec::new();
+    let mut chunk = [0u8; 4096];
+    // The status line and headers arrive in the first reads; stop at the blank line.
+    while !answer.windows(4).any(|w| w == b"\r\n\r\n") {
+        match stream.read(&mut chunk) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => answer.extend_from_slice(&chunk[..n]),
+        }
+    }
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
 #[test]
 fn bad_requests_get_a_clear_4xx_and_store_nothing() {
     let server = Server::start(local_pool());
@@ -112,9 +132,13 @@ fn bad_requests_get_a_clear_4xx_and_store_nothing() {
     );
     assert_eq!(status, 400, "{body}");
 
-    let huge = serde_json::json!({"file": "a".repeat(9 * 1024 * 1024)}).to_string();
-    let (status, body) = server.post("/api/pool/default/workflow", huge);
-    assert_eq!(status, 413, "{body}");
+    // The server refuses an oversized body from its Content-Length alone, so
+    // send only the headers (a client still writing the body would race the reply).
+    let answer = raw_request(
+        server.port,
+        "POST /api/pool/default/workflow HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 9437184\r\n\r\n",
+    );
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
 
     let spec =
         "workflow:\n  name: x\n  tasks:\n  - {name: t, image: ubuntu, command: [\"true\"]}\n";
@@ -204,4 +228,18 @@ fn spec_is_served_as_submitted() {
     );
     let doc = server.wait_finished(&id, Duration::from_secs(30));
     assert_eq!(task(&doc, "t", 0)["exit_code"], 2);
+}
+
+#[test]
+fn a_local_pool_refuses_what_this_machine_does_not_have() {
+    let server = Server::start(local_pool());
+    let spec = "workflow:\n  name: greedy\n  resources:\n    default: {gpu: 1, cpu: 100000}\n  tasks:\n  - {name: t, image: ubuntu, command: [\"true\"]}\n";
+    let (status, body) = server.post(
+        "/api/pool/default/workflow",
+        serde_json::json!({"file": spec}).to_string(),
+    );
+    assert_eq!(status, 400, "{body}");
+    // No GPU device exists on the test machines; the CPU count is always below 100000.
+    assert!(body.contains("100000 CPUs"), "{body}");
+    assert_eq!(server.workflow_count(), 0);
 }

@@ -66,25 +66,8 @@ pub fn load_config(path: Option<&std::path::Path>) -> anyhow::Result<ServiceConf
                 .map_err(|d| anyhow::anyhow!("{d}"))?
         }
     };
-    for pool in config.pools.values_mut() {
-        if pool.backend == osmo_spec::config::BackendKind::Local {
-            pool.node.cpu = pool.node.cpu.or_else(|| {
-                std::thread::available_parallelism()
-                    .ok()
-                    .map(|n| n.get() as f64)
-            });
-            pool.node.memory_bytes = pool.node.memory_bytes.or_else(machine_memory);
-        }
-    }
+    crate::machine::size_local_pools(&mut config);
     Ok(config)
-}
-
-/// MemTotal of /proc/meminfo, in bytes.
-fn machine_memory() -> Option<u64> {
-    let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
-    let line = meminfo.lines().find(|l| l.starts_with("MemTotal:"))?;
-    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib * 1024)
 }
 
 /// Runs the server until SIGTERM or SIGINT.

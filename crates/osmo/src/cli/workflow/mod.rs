@@ -142,9 +142,12 @@ impl LocalPoolArgs {
 pub fn read_config(path: &Path) -> anyhow::Result<ServiceConfig> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("cannot read the pools configuration {}", path.display()))?;
-    osmo_spec::load_config(&text, &path.display().to_string()).map_err(|d| {
+    let mut config = osmo_spec::load_config(&text, &path.display().to_string()).map_err(|d| {
         anyhow::anyhow!("the pools configuration is not valid; fix these and retry:\n{d}")
-    })
+    })?;
+    // As the server does, so `validate` refuses what a submit would.
+    crate::machine::size_local_pools(&mut config);
+    Ok(config)
 }
 
 fn choose_pool(
@@ -183,7 +186,8 @@ pub struct SpecFile {
     pub base_name: String,
 }
 
-/// Reads a workflow file, refusing one over the spec's size limit before reading it.
+/// Reads a workflow file, refusing one over the spec's size limit before
+/// reading it, and inlines the files its tasks name by `localpath`.
 pub fn read_spec(path: &Path) -> anyhow::Result<SpecFile> {
     let display = path.display().to_string();
     let meta = std::fs::metadata(path)
@@ -207,6 +211,14 @@ pub fn read_spec(path: &Path) -> anyhow::Result<SpecFile> {
             e.utf8_error().valid_up_to()
         )
     })?;
+    // Like OSMO's CLI: `files: [{localpath: x}]` is read relative to the
+    // workflow file and sent inline, so the service needs no access to it.
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let source = osmo_spec::inline_local_files(&source, &display, |local| {
+        let full = dir.join(local);
+        std::fs::read_to_string(&full).map_err(|e| format!("cannot read {}: {e}", full.display()))
+    })
+    .map_err(|diagnostics| anyhow::anyhow!("{diagnostics}"))?;
     let base_name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
