@@ -360,15 +360,21 @@ fn add_entry(
         }
         return problems;
     }
-    if let Some((first, _)) = entries
+    if let Some((first, first_value)) = entries
         .iter()
         .find(|(existing, _)| same_key(existing, &key))
     {
+        // PyYAML (and so OSMO) lets the last value win; NVIDIA's own files
+        // repeat a key with the same value. That is harmless; a repeat with a
+        // different value is ambiguous and refused.
+        if same_value(first_value, &value) {
+            return problems;
+        }
         let text = key_text(&key);
         problems.push(YamlProblem {
             mark: key.mark,
             message: format!(
-                "duplicate key `{}`; it is already set at line {}, column {}",
+                "duplicate key `{}` with a different value; it is already set at line {}, column {}",
                 text, first.mark.line, first.mark.column
             ),
             value: None,
@@ -377,6 +383,26 @@ fn add_entry(
     }
     entries.push((key, value));
     problems
+}
+
+/// Equal values, wherever they were written.
+fn same_value(a: &Node, b: &Node) -> bool {
+    match (&a.kind, &b.kind) {
+        (NodeKind::Scalar { text: x, kind: kx }, NodeKind::Scalar { text: y, kind: ky }) => {
+            x == y && kx == ky
+        }
+        (NodeKind::Seq(xs), NodeKind::Seq(ys)) => {
+            xs.len() == ys.len() && xs.iter().zip(ys).all(|(x, y)| same_value(x, y))
+        }
+        (NodeKind::Map(xs), NodeKind::Map(ys)) => {
+            xs.len() == ys.len()
+                && xs
+                    .iter()
+                    .zip(ys)
+                    .all(|((kx, vx), (ky, vy))| same_value(kx, ky) && same_value(vx, vy))
+        }
+        _ => false,
+    }
 }
 
 fn same_key(a: &Node, b: &Node) -> bool {
@@ -514,8 +540,10 @@ mod tests {
 
     #[test]
     fn merges_and_reports_duplicates() {
-        let (node, problems) =
-            parse("base: &b {x: 1, y: 2}\nm:\n  <<: *b\n  y: 3\nm2: {a: 1, a: 2}\n").unwrap();
+        let (node, problems) = parse(
+            "base: &b {x: 1, y: 2}\nm:\n  <<: *b\n  y: 3\nm2: {a: 1, a: 2}\nm3: {c: [1, {d: e}], c: [1, {d: e}]}\n",
+        )
+        .unwrap();
         let NodeKind::Map(entries) = &node.unwrap().kind else {
             panic!()
         };

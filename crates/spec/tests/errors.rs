@@ -395,7 +395,18 @@ fn resources_against_the_pool() {
 fn yaml_problems() {
     check(
         "workflow:\n  name: w\n  name: v\n  tasks: [{name: t, image: i, command: [x]}]\n",
-        &["3:3: duplicate key `name`; it is already set at line 2, column 3"],
+        &[
+            "3:3: duplicate key `name` with a different value; it is already set at line 2, column 3",
+        ],
+    );
+    // A key repeated with the same value is accepted, as PyYAML (and so OSMO) does.
+    let repeated =
+        "workflow:\n  name: w\n  name: w\n  tasks: [{name: t, image: i, command: [x]}]\n";
+    assert_eq!(
+        load(repeated, "wf.yaml", &Values::default(), None)
+            .unwrap()
+            .name,
+        "w"
     );
     let truncated = "workflow:\n  name: w\n  tasks:\n  - {name: t, image: i, command: [x\n";
     let got = errors(truncated);
