@@ -91,14 +91,37 @@ pub fn tasks_table(doc: &WorkflowDoc, clock: &Clock) -> Table {
                 or_dash(task.exit_code),
                 clock.time(task.start_time.as_deref()),
                 seconds.map(duration).unwrap_or_else(|| "-".to_string()),
-                task.failure_message
-                    .clone()
-                    .unwrap_or_else(|| "-".to_string()),
+                message(task),
             ]);
             t.add_row(row);
         }
     }
     t
+}
+
+/// The attempt's message; for one that succeeded, the exit-action rule that
+/// decided it (the API keeps `failure_message` empty on success, as OSMO does).
+pub fn message(task: &crate::api_types::TaskDoc) -> String {
+    if let Some(m) = &task.failure_message {
+        return m.clone();
+    }
+    let rule = task.exit_rule.as_ref();
+    let field = |k: &str| {
+        rule.and_then(|r| r.get(k))
+            .and_then(|v| v.as_str())
+            .map(str::to_string)
+    };
+    match (
+        task.exit_code,
+        field("action"),
+        field("range"),
+        field("origin"),
+    ) {
+        (Some(code), Some(action), Some(range), Some(origin)) => {
+            format!("exit code {code} matched {action} {range} ({origin})")
+        }
+        _ => "-".to_string(),
+    }
 }
 
 /// A group made by OSMO from a plain `tasks:` entry: one task, named `<task>-group`.
@@ -161,6 +184,17 @@ mod tests {
             start_time: Some(format!("2026-03-01T10:00:0{retry_id}.500Z")),
             end_time: exit_code.map(|_| format!("2026-03-01T10:01:1{retry_id}.000Z")),
         }
+    }
+
+    #[test]
+    fn a_success_decided_by_a_rule_shows_the_rule() {
+        let mut t = task("example", 0, "COMPLETED", Some(16), None);
+        assert_eq!(message(&t), "-");
+        t.exit_rule =
+            Some(serde_json::json!({"origin": "task", "action": "COMPLETE", "range": "16"}));
+        assert_eq!(message(&t), "exit code 16 matched COMPLETE 16 (task)");
+        t.failure_message = Some("kept as is".into());
+        assert_eq!(message(&t), "kept as is");
     }
 
     fn group(name: &str, status: &str, tasks: Vec<TaskDoc>) -> GroupDoc {
