@@ -48,6 +48,8 @@ pub struct PoolConfig {
     pub default_queue_timeout: Option<Duration>,
     /// Platforms the pool offers (empty: any `platform` is refused).
     pub platforms: Vec<String>,
+    /// Host paths tasks may mount with `volumeMounts` (themselves or below them).
+    pub allowed_mounts: Vec<String>,
     /// Backend-specific settings kept as written (e.g. Slurm `partition`).
     pub options: BTreeMap<String, serde_json::Value>,
 }
@@ -82,6 +84,7 @@ impl Default for PoolConfig {
             default_exec_timeout: None,
             default_queue_timeout: None,
             platforms: Vec::new(),
+            allowed_mounts: Vec::new(),
             options: BTreeMap::new(),
         }
     }

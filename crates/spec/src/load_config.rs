@@ -189,6 +189,20 @@ fn pool(raw: &RawPool, name: &str, report: &mut Report) -> PoolConfig {
     if let Some(list) = &raw.platforms {
         pool.platforms = check::strings(list, &what("platforms"), report).unwrap_or_default();
     }
+    if let Some(list) = &raw.allowed_mounts {
+        let mounts = check::strings(list, &what("allowed_mounts"), report).unwrap_or_default();
+        let marks = list.value.iter().flatten().map(|s| s.mark);
+        for (mount, mark) in mounts.iter().zip(marks) {
+            if !mount.starts_with('/') {
+                report.error(
+                    mark,
+                    format!("allowed mount `{mount}` must be an absolute host path"),
+                    Some(mount.clone()),
+                );
+            }
+        }
+        pool.allowed_mounts = mounts;
+    }
     if let Some(options) = raw.options.as_ref().and_then(|o| o.value.as_ref()) {
         for (key, value) in &options.0 {
             if let Some(v) = &value.value {

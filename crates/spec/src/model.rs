@@ -91,6 +91,17 @@ pub struct Task {
     pub volume_mounts: Vec<String>,
 }
 
+/// A `volumeMounts` entry, `/src[:/dst]`: (host path, path in the task).
+/// None when it is not two absolute paths (or one, mounted at the same place).
+pub fn parse_volume_mount(entry: &str) -> Option<(String, String)> {
+    let absolute = |p: &str| p.starts_with('/') && !p.split('/').any(|part| part == "..");
+    match entry.split(':').collect::<Vec<_>>()[..] {
+        [src] if absolute(src) => Some((src.to_string(), src.to_string())),
+        [src, dst] if absolute(src) && absolute(dst) => Some((src.to_string(), dst.to_string())),
+        _ => None,
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct File {
     pub path: String,

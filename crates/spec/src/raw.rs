@@ -113,6 +113,8 @@ pub(crate) struct RawFileEntry {
 pub(crate) struct RawInput {
     pub task: Option<Scalar>,
     pub url: Option<Scalar>,
+    /// OSMO's older dataset inputs: parsed so they get one clear refusal.
+    pub dataset: Option<Checked<serde_json::Value>>,
     pub regex: Option<Scalar>,
 }
 
@@ -152,6 +154,8 @@ pub(crate) struct RawPool {
     pub default_exec_timeout: Option<Scalar>,
     pub default_queue_timeout: Option<Scalar>,
     pub platforms: Option<Checked<Vec<Scalar>>>,
+    #[serde(default)]
+    pub allowed_mounts: Option<Checked<Vec<Scalar>>>,
     pub options: Option<Checked<Entries<Checked<serde_json::Value>>>>,
     /// Slurm settings, kept in `options`.
     pub partition: Option<Scalar>,

@@ -23,6 +23,7 @@ pub(crate) fn workflow(
     resources_exist(&draft, report);
     if let Some(pool) = pool {
         fits_pool(&draft, pool, report);
+        mounts_allowed(&draft, pool, report);
     }
     if report.has_errors() {
         return None;
@@ -58,6 +59,38 @@ pub(crate) fn workflow(
         timeout: draft.timeout,
         groups,
     })
+}
+
+/// Host paths a task mounts must be the pool's `allowed_mounts` or under one.
+fn mounts_allowed(draft: &WorkflowDraft, pool: &PoolConfig, report: &mut Report) {
+    let allowed = |src: &str| {
+        pool.allowed_mounts.iter().any(|a| {
+            let a = a.trim_end_matches('/');
+            src == a || src.starts_with(&format!("{a}/")) || a.is_empty()
+        })
+    };
+    for task in draft.groups.iter().flat_map(|g| &g.tasks) {
+        for (mount, mark) in task.task.volume_mounts.iter().zip(&task.volume_marks) {
+            let Some((src, _)) = crate::model::parse_volume_mount(mount) else {
+                continue;
+            };
+            if !allowed(&src) {
+                let offered = if pool.allowed_mounts.is_empty() {
+                    "the pool allows no host mounts (its `allowed_mounts` is empty)".to_string()
+                } else {
+                    format!("the pool allows {}", pool.allowed_mounts.join(", "))
+                };
+                report.error(
+                    *mark,
+                    format!(
+                        "volume mount `{mount}` of task `{}` is not allowed: {offered}",
+                        task.task.name
+                    ),
+                    None,
+                );
+            }
+        }
+    }
 }
 
 /// Case-insensitive, `-` = `_`.

@@ -24,6 +24,8 @@ pub(crate) struct TaskDraft {
     pub resource_mark: Mark,
     /// Texts that may hold reserved tokens, with their places.
     pub texts: Vec<(String, Mark)>,
+    /// Where each `volumeMounts` entry was written, in order.
+    pub volume_marks: Vec<Mark>,
 }
 
 pub(crate) struct GroupDraft {
@@ -442,6 +444,21 @@ fn task(raw: &RawTask, mark: Mark, report: &mut Report) -> TaskDraft {
     for item in list_items(&raw.inputs) {
         let Some(input) = &item.value else { continue };
         let regex = check::opt_text(input.regex.as_ref(), &what("regex"), report);
+        if let Some(dataset) = &input.dataset {
+            report.error(
+                dataset.mark,
+                format!(
+                    "task `{name}` takes a `dataset` input, which needs OSMO's dataset service; osmo has none: use `url:` (or `task:`) instead"
+                ),
+                None,
+            );
+            // Counted as an input so `{{input:N}}` after it raises no second error.
+            inputs.push(Input::Url {
+                url: "dataset:".into(),
+                regex,
+            });
+            continue;
+        }
         match (&input.task, &input.url) {
             (Some(t), None) => {
                 let Some(upstream) = check::text(t, "an input's `task`", report) else { continue };
@@ -564,6 +581,23 @@ fn task(raw: &RawTask, mark: Mark, report: &mut Report) -> TaskDraft {
         .as_ref()
         .and_then(|v| check::strings(v, &what("volumeMounts"), report))
         .unwrap_or_default();
+    let volume_marks: Vec<Mark> = raw
+        .volume_mounts
+        .as_ref()
+        .and_then(|v| v.value.as_ref())
+        .map(|items| items.iter().map(|i| i.mark).collect())
+        .unwrap_or_default();
+    for (mount, mark) in volume_mounts.iter().zip(&volume_marks) {
+        if crate::model::parse_volume_mount(mount).is_none() {
+            report.error(
+                *mark,
+                format!(
+                    "volume mount `{mount}` must be `/host/path` or `/host/path:/path/in/task`, with absolute paths"
+                ),
+                None,
+            );
+        }
+    }
     check::opt_text(raw.download_type.as_ref(), &what("downloadType"), report);
     check::opt_text(raw.cache_size.as_ref(), &what("cacheSize"), report);
 
@@ -591,6 +625,7 @@ fn task(raw: &RawTask, mark: Mark, report: &mut Report) -> TaskDraft {
         mark,
         task_inputs,
         resource_mark,
+        volume_marks,
         texts,
     }
 }

@@ -197,8 +197,7 @@ fn tasks() {
                 "7:14: an input of task `t` needs exactly one of `task` (a task of this workflow) or `url`",
                 "7:38: an input of task `t` needs exactly one of `task` (a task of this workflow) or `url`",
                 "7:57: input `wf-1:a` names a task of another workflow; only tasks of this workflow can be inputs",
-                "7:68: an input of task `t` needs exactly one of `task` (a task of this workflow) or `url`",
-                "7:69: unknown field `dataset` at line 7, column 69; expected one of `task`, `url`, `regex`",
+                "7:78: task `t` takes a `dataset` input, which needs OSMO's dataset service; osmo has none: use `url:` (or `task:`) instead",
             ],
         ),
         (
@@ -462,5 +461,55 @@ fn display_names_file_line_column_and_counts() {
     assert_eq!(
         err.to_string(),
         "wf.yaml:7:5: unknown field `exitAction` at line 7, column 5; did you mean `exitActions`?\n  |\n7 |     exitAction: {COMPLETE: 0}\n  |     ^\n1 error"
+    );
+}
+
+#[test]
+fn volume_mounts_are_checked_and_must_be_allowed_by_the_pool() {
+    let yaml = "workflow:\n  name: w\n  tasks:\n  - name: t\n    image: i\n    command: [x]\n    volumeMounts: ['/opt:/home/foo:/bad', 'relative', '/data:/in/task', '/dev/shm']\n";
+    assert_eq!(
+        errors(yaml),
+        [
+            "7:20: volume mount `/opt:/home/foo:/bad` must be `/host/path` or `/host/path:/path/in/task`, with absolute paths",
+            "7:43: volume mount `relative` must be `/host/path` or `/host/path:/path/in/task`, with absolute paths",
+        ]
+    );
+    let fine = "workflow:\n  name: w\n  tasks:\n  - name: t\n    image: i\n    command: [x]\n    volumeMounts: ['/data/sets:/in/task', '/dev/shm']\n";
+    let none = PoolConfig::default();
+    assert_eq!(
+        errors_with(fine, Some(&none)),
+        [
+            "7:20: volume mount `/data/sets:/in/task` of task `t` is not allowed: the pool allows no host mounts (its `allowed_mounts` is empty)",
+            "7:43: volume mount `/dev/shm` of task `t` is not allowed: the pool allows no host mounts (its `allowed_mounts` is empty)",
+        ]
+    );
+    let some = PoolConfig {
+        allowed_mounts: vec!["/data/".into(), "/dev/shm".into()],
+        ..PoolConfig::default()
+    };
+    let w = load(fine, "wf.yaml", &Values::default(), Some(&some)).unwrap();
+    assert_eq!(
+        w.groups[0].tasks[0].volume_mounts,
+        ["/data/sets:/in/task", "/dev/shm"]
+    );
+    let near_miss = PoolConfig {
+        allowed_mounts: vec!["/dat".into()],
+        ..PoolConfig::default()
+    };
+    assert_eq!(
+        errors_with(fine, Some(&near_miss)).len(),
+        2,
+        "/dat must not allow /data/sets"
+    );
+}
+
+#[test]
+fn a_dataset_input_gets_one_clear_refusal() {
+    let yaml = "workflow:\n  name: w\n  tasks:\n  - name: t\n    image: i\n    command: [sh, -c, 'ls {{input:0}}']\n    inputs:\n    - dataset: {name: my_dataset}\n";
+    let got = errors(yaml);
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert!(
+        got[0].starts_with("8:16: task `t` takes a `dataset` input"),
+        "{got:?}"
     );
 }
