@@ -5,6 +5,7 @@
 pub mod agent;
 pub mod api_types;
 pub mod cli;
+pub mod exec;
 pub mod machine;
 pub mod proto;
 pub mod render_guard;

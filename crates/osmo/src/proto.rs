@@ -7,7 +7,7 @@ use std::path::PathBuf;
 
 use osmo_engine::AttemptId;
 use osmo_spec::codes::ReportedCode;
-use osmo_spec::config::PreflightTest;
+use osmo_spec::config::{PreflightTest, RuntimeKind};
 use osmo_spec::model::File;
 use serde::{Deserialize, Serialize};
 
@@ -43,8 +43,24 @@ pub struct Launch {
     pub files: Vec<File>,
     pub output_dir: PathBuf,
     pub input_dirs: Vec<PathBuf>,
+    /// The task's `volumeMounts`, checked against the pool at submit: host path → path inside.
+    #[serde(default)]
+    pub volume_mounts: Vec<(PathBuf, PathBuf)>,
     pub preflight: Vec<PreflightTest>,
     pub memory_limit_bytes: Option<u64>,
+    /// CPUs the task asked for (backends that place by CPUs, e.g. Slurm).
+    #[serde(default)]
+    pub cpu: Option<f64>,
+    /// The task's image (used by the Docker runtime).
+    #[serde(default)]
+    pub image: String,
+    /// How the agent runs the attempt: its sandbox, or a container of `image`.
+    #[serde(default = "sandbox_runtime")]
+    pub runtime: RuntimeKind,
+}
+
+fn sandbox_runtime() -> RuntimeKind {
+    RuntimeKind::Sandbox
 }
 
 /// How far an attempt got, as the agent last saw it.
@@ -114,6 +130,10 @@ pub enum FromAgent {
     Phase {
         key: AttemptKey,
         phase: Phase,
+        /// Where the attempt runs, when the backend knows better than the
+        /// server's own host name (Slurm).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        node: Option<String>,
     },
     Logs {
         lines: Vec<LogLine>,

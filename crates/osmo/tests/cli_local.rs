@@ -506,8 +506,10 @@ fn usage_errors_exit_2() {
 }
 
 #[test]
-fn exec_is_reserved() {
+fn exec_needs_its_server_and_attempt() {
+    // `osmo exec` is the in-task controller the Slurm backend starts; by hand
+    // it is a usage error without the server and attempt it was given.
     let out = osmo(&["exec", "--anything"]);
-    assert_eq!(out.code, 1, "{out:#?}");
-    assert!(out.stderr.contains("not available yet"), "{out:#?}");
+    assert_eq!(out.code, 2, "{out:#?}");
+    assert!(out.stderr.contains("--server"), "{out:#?}");
 }

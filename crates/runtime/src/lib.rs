@@ -73,6 +73,8 @@ use osmo_spec::codes::ReportedCode;
 /// Set in the controller's environment to `tmpfs` or `readonly` to skip the
 /// overlay with its upper layer on disk (or every overlay); see the crate docs.
 pub use plan::ROOT_ENV as SANDBOX_ROOT_ENV;
+/// A task file's bytes (base64 decoded when it says so); a bad one is 257.
+pub use plan::decode_file as file_contents;
 
 /// One attempt of one task, with tokens (`{{output}}`, ...) already replaced.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -91,6 +93,8 @@ pub struct AttemptSpec {
     pub output_dir: PathBuf,
     /// Host directories, read-only, at the same paths inside.
     pub input_dirs: Vec<PathBuf>,
+    /// The task's `volumeMounts`: host directory → path inside, read-write.
+    pub volume_mounts: Vec<(PathBuf, PathBuf)>,
     /// Run in order before the command; `first_attempt_only` ones are skipped
     /// when `retry_id > 0`.
     pub preflight: Vec<osmo_spec::config::PreflightTest>,

@@ -192,7 +192,7 @@ fn env_block(env: &BTreeMap<String, String>) -> Result<EnvBlock, PrepareError> {
     })
 }
 
-fn decode_file(f: &osmo_spec::model::File) -> Result<Vec<u8>, ReportedCode> {
+pub fn decode_file(f: &osmo_spec::model::File) -> Result<Vec<u8>, ReportedCode> {
     if !f.base64 {
         return Ok(f.contents.clone().into_bytes());
     }
@@ -400,6 +400,33 @@ pub(crate) fn build(
         } else {
             format!("bind output dir {}", dir.display())
         });
+    }
+
+    // `volumeMounts`: host directories at the task's chosen paths, read-write,
+    // after the data dirs and parents before children.
+    let mut mounts: Vec<(PathBuf, PathBuf)> = spec
+        .volume_mounts
+        .iter()
+        .map(|(src, dst)| Ok((canonical("volume mount", src)?, dst.clone())))
+        .collect::<Result<_, _>>()?;
+    mounts.sort_by_key(|(_, dst)| dst.components().count());
+    for (src, dst) in mounts {
+        steps.push(Step {
+            mkdirs: cpaths(&prefixes(&layout.root, &dst)).map_err(init)?,
+            source: Some(cpath(&src).map_err(init)?),
+            target: cpath(&under(&layout.root, &dst)).map_err(init)?,
+            fstype: None,
+            flags: libc::MS_BIND | libc::MS_REC,
+            data: None,
+            readonly: false,
+            optional: false,
+            when: When::Always,
+        });
+        step_names.push(format!(
+            "bind volume mount {} at {}",
+            src.display(),
+            dst.display()
+        ));
     }
 
     // `OSMO_SANDBOX_ROOT=tmpfs|readonly` skips the better kinds of root (to

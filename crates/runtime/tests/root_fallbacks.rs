@@ -46,6 +46,7 @@ fn run(dir: &Path, script: &str, files: Vec<File>) -> (Outcome, Lines) {
         files,
         output_dir: dir.join("output"),
         input_dirs: vec![dir.join("input")],
+        volume_mounts: vec![],
         scratch_dir: dir.join(format!("scratch-{}", script.len())),
         ..AttemptSpec::default()
     };

@@ -111,6 +111,7 @@ impl Fixture {
             files: vec![],
             output_dir: output,
             input_dirs: vec![],
+            volume_mounts: vec![],
             preflight: vec![],
             memory_limit_bytes: None,
             scratch_dir: dir.path().join("scratch"),
@@ -305,6 +306,31 @@ fn output_is_writable_and_inputs_are_read_only() {
         "42\n"
     );
     assert!(!input.join("new").exists());
+}
+
+#[test]
+fn volume_mounts_put_host_directories_at_the_task_paths() {
+    let mut f = Fixture::new("t", &["sh", "-c"]);
+    let host = f._dir.path().join("datasets");
+    std::fs::create_dir(&host).unwrap();
+    std::fs::write(host.join("train.csv"), "1,2\n").unwrap();
+    // A path that does not exist on the host: the sandbox makes it in the task's view.
+    let inside = format!("/osmo-test-mount-{}", std::process::id());
+    f.spec.args = vec![format!(
+        "test \"$(cat {inside}/train.csv)\" = 1,2 || exit 3; echo done > {inside}/result"
+    )];
+    f.spec.volume_mounts = vec![(host.clone(), inside.clone().into())];
+    let (o, rec) = f.run();
+    assert_eq!(codes(&o), user(0), "{:?}", rec.events());
+    assert_eq!(
+        std::fs::read_to_string(host.join("result")).unwrap(),
+        "done\n",
+        "read-write"
+    );
+    assert!(
+        !std::path::Path::new(&inside).exists(),
+        "the host's / is untouched"
+    );
 }
 
 #[test]

@@ -5,6 +5,7 @@ use std::sync::{Arc, Condvar, Mutex};
 
 use osmo_runtime::{AttemptSpec, StopHandle, Supervisor};
 use osmo_spec::codes::{CodeSource, ReportedCode, well_known};
+use osmo_spec::config::RuntimeKind;
 
 use super::Shared;
 use crate::proto::{AttemptKey, FromAgent, Launch, LogLine, Phase, Stream};
@@ -147,6 +148,7 @@ fn run(shared: Arc<Shared>, launch: Launch, gate: Arc<Gate>, stop: StopHandle) {
         files: launch.files,
         output_dir: launch.output_dir,
         input_dirs: launch.input_dirs,
+        volume_mounts: launch.volume_mounts,
         preflight: launch.preflight,
         memory_limit_bytes: launch.memory_limit_bytes,
         scratch_dir: scratch.clone(),
@@ -157,7 +159,12 @@ fn run(shared: Arc<Shared>, launch: Launch, gate: Arc<Gate>, stop: StopHandle) {
         task: launch.task.clone(),
         gate,
     };
-    let outcome = osmo_runtime::run_attempt(&spec, &supervisor, &stop);
+    let outcome = match launch.runtime {
+        RuntimeKind::Sandbox => osmo_runtime::run_attempt(&spec, &supervisor, &stop),
+        RuntimeKind::Docker => {
+            super::docker::run_attempt(&spec, &launch.image, launch.cpu, &supervisor, &stop)
+        }
+    };
     let _ = std::fs::remove_dir_all(&scratch);
     finish(&shared, &launch.key, outcome.codes);
 }

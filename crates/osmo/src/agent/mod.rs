@@ -1,5 +1,6 @@
 //! The local node agent (`osmo agent`): runs attempts in sandboxes for the
-//! server it dials over a Unix socket.
+//! server it dials over a Unix socket (in containers instead, in a pool with
+//! `runtime: docker`: see [`docker`]).
 //!
 //! It runs in its own session so a server restart kills no task. Each result
 //! is written to `state_dir/results/` before it is sent and deleted only when
@@ -9,6 +10,7 @@
 //! nothing lingers.
 
 mod attempt;
+pub mod docker;
 mod results;
 
 use std::collections::HashMap;
@@ -171,6 +173,7 @@ impl Shared {
         self.send(FromAgent::Phase {
             key: key.clone(),
             phase,
+            node: None,
         });
     }
 }

@@ -56,17 +56,9 @@ pub enum Command {
     /// Internal: the node agent the service starts for the local backend.
     #[command(hide = true)]
     Agent(crate::agent::AgentArgs),
-    /// Internal: the in-task controller (not available yet).
+    /// Internal: the in-task controller inside a backend's job (Slurm).
     #[command(hide = true)]
-    Exec(ExecArgs),
-}
-
-/// `osmo exec`: reserved for the in-task controller.
-#[derive(Debug, clap::Args)]
-pub struct ExecArgs {
-    /// Whatever the controller will take.
-    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
-    pub args: Vec<String>,
+    Exec(crate::exec::ExecArgs),
 }
 
 /// Parses the command line, runs the command, and maps the result to an exit code.
@@ -110,9 +102,11 @@ pub fn run(cli: Cli) -> anyhow::Result<Outcome> {
             crate::agent::run(args)?;
             Ok(Outcome::Success)
         }
-        Command::Exec(_) => anyhow::bail!(
-            "`osmo exec` is not available yet; tasks run their commands directly for now"
-        ),
+        Command::Exec(args) => {
+            init_tracing("warn");
+            crate::exec::run(args)?;
+            Ok(Outcome::Success)
+        }
     }
 }
 

@@ -17,8 +17,21 @@ use crate::proto::{FromAgent, ToAgent};
 /// (0: an event the server made itself).
 #[derive(Debug)]
 pub enum LinkEvent {
-    Message { conn: u64, msg: FromAgent },
-    Disconnected { conn: u64 },
+    Message {
+        conn: u64,
+        msg: FromAgent,
+    },
+    Disconnected {
+        conn: u64,
+    },
+    /// A backend without a connection of its own (Slurm) is ready, with the
+    /// attempts it still knows of: `Some(phase)` once started, `None` while
+    /// queued in the backend. The manager reconciles that backend's pools
+    /// with it, as it does the local agent's `Hello`.
+    Ready {
+        backend: osmo_spec::config::BackendKind,
+        attempts: Vec<(crate::proto::AttemptKey, Option<crate::proto::Phase>)>,
+    },
 }
 
 /// The agent connection, if any; usable once the manager handled its Hello.
@@ -63,6 +76,16 @@ impl AgentLink {
     pub fn connected(&self) -> bool {
         let current = self.current.lock().unwrap();
         current.ready && current.tx.as_ref().is_some_and(|tx| !tx.is_closed())
+    }
+}
+
+impl super::backend::BackendLink for AgentLink {
+    fn send(&self, msg: ToAgent) -> bool {
+        AgentLink::send(self, msg)
+    }
+
+    fn connected(&self) -> bool {
+        AgentLink::connected(self)
     }
 }
 

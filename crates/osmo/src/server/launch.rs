@@ -100,10 +100,16 @@ impl LaunchBuilder {
             uuid: format!("{}-{}-{}", engine.id(), spec.name, retry_id),
         };
         let task = spec.substituted(&tokens);
-        let memory_limit_bytes = workflow
-            .resources
-            .get(&task.resource)
-            .and_then(|r| r.memory_bytes);
+        let resource = workflow.resources.get(&task.resource);
+        let memory_limit_bytes = resource.and_then(|r| r.memory_bytes);
+        let cpu = resource.map(|r| r.cpu);
+        // Validated at submit (syntax, and allowed by the pool).
+        let volume_mounts = task
+            .volume_mounts
+            .iter()
+            .filter_map(|m| osmo_spec::model::parse_volume_mount(m))
+            .map(|(src, dst)| (PathBuf::from(src), PathBuf::from(dst)))
+            .collect();
         Ok(Launch {
             key,
             group: group.name.clone(),
@@ -114,8 +120,12 @@ impl LaunchBuilder {
             files: task.files,
             output_dir: output,
             input_dirs,
+            volume_mounts,
             preflight: pool.preflight.clone(),
             memory_limit_bytes,
+            cpu,
+            image: task.image,
+            runtime: pool.runtime,
         })
     }
 }

@@ -16,15 +16,17 @@ use osmo_engine::{
     AttemptId, Command, Event, Rules, TaskKey, TaskStatus, TimeoutKind, WorkflowState,
 };
 use osmo_spec::codes::{CodeSource, ReportedCode, well_known};
-use osmo_spec::config::{PoolConfig, ServiceConfig};
+use osmo_spec::config::{BackendKind, PoolConfig, ServiceConfig};
 use osmo_spec::model::Workflow;
 use osmo_store::Store;
 use tokio::sync::{mpsc, oneshot};
 
 use super::agent_link::{AgentLink, LinkEvent};
+use super::backend::BackendLink;
 use super::launch::LaunchBuilder;
 use super::persisted::{EVENT_VERSION, Persisted, STATE_VERSION};
 use super::scheduler::{GroupRef, Scheduler};
+use super::slurm::SlurmLink;
 use crate::now_ms;
 use crate::proto::{AttemptKey, FromAgent, Phase, ToAgent};
 
@@ -104,6 +106,8 @@ pub struct Manager {
     store: Store,
     config: Arc<ServiceConfig>,
     link: AgentLink,
+    /// The Slurm pools' links, by pool (every other pool is the local agent's).
+    slurm: HashMap<String, SlurmLink>,
     launches: LaunchBuilder,
     active: HashMap<String, Active>,
     schedulers: HashMap<String, Scheduler>,
@@ -119,18 +123,28 @@ impl Manager {
         store: Store,
         config: Arc<ServiceConfig>,
         link: AgentLink,
+        slurm: HashMap<String, SlurmLink>,
         data_dir: PathBuf,
         logs: mpsc::UnboundedSender<Vec<osmo_store::LogLine>>,
     ) -> anyhow::Result<Manager> {
         let schedulers = config
             .pools
             .iter()
-            .map(|(name, pool)| (name.clone(), Scheduler::new(cpu_capacity(pool))))
+            .map(|(name, pool)| {
+                // Slurm does its own placement: its pools admit every group at
+                // once (a job pending in Slurm's queue is still SCHEDULING).
+                let capacity = match pool.backend {
+                    BackendKind::Slurm => pool.cpu_capacity.unwrap_or(1e12),
+                    BackendKind::Local => cpu_capacity(pool),
+                };
+                (name.clone(), Scheduler::new(capacity))
+            })
             .collect();
         let mut manager = Manager {
             store,
             config: config.clone(),
             link,
+            slurm,
             launches: LaunchBuilder::new(data_dir, config),
             active: HashMap::new(),
             schedulers,
@@ -386,7 +400,7 @@ impl Manager {
                 }
                 Command::Release { attempts } => {
                     for attempt in attempts {
-                        self.link.send(ToAgent::Release {
+                        self.link_of(&pool).send(ToAgent::Release {
                             key: key(id, attempt),
                         });
                     }
@@ -397,7 +411,7 @@ impl Manager {
                         .get_mut(&pool)
                         .is_some_and(|s| s.dequeue(&(id.to_string(), attempt.task.group), attempt));
                     if !queued {
-                        self.link.send(ToAgent::Stop {
+                        self.link_of(&pool).send(ToAgent::Stop {
                             key: key(id, attempt),
                         });
                     }
@@ -428,11 +442,17 @@ impl Manager {
 
     /// Hands admitted launches to the agent (only while one is connected).
     fn dispatch(&mut self) {
-        if !self.link.connected() {
-            return;
-        }
+        let ready: Vec<String> = self
+            .schedulers
+            .keys()
+            .filter(|pool| self.link_of(pool).connected())
+            .cloned()
+            .collect();
         let mut admitted: Vec<(String, GroupRef, AttemptId)> = Vec::new();
         for (pool, s) in self.schedulers.iter_mut() {
+            if !ready.contains(pool) {
+                continue;
+            }
             admitted.extend(s.admit().into_iter().map(|(g, a)| (pool.clone(), g, a)));
         }
         for (pool, (workflow_id, _), attempt) in admitted {
@@ -446,8 +466,9 @@ impl Manager {
                 .build(&active.doc.engine, &pool_config, attempt_key.clone())
             {
                 Ok(launch) => {
+                    let sent = self.link_of(&pool).send(ToAgent::Launch(Box::new(launch)));
                     self.launched.insert(attempt_key.clone(), pool);
-                    if !self.link.send(ToAgent::Launch(Box::new(launch))) {
+                    if !sent {
                         tracing::warn!(
                             "the agent went away before {} launched",
                             attempt_key.file_stem()
@@ -471,6 +492,42 @@ impl Manager {
         }
     }
 
+    /// The link that runs `pool`'s attempts.
+    fn link_of(&self, pool: &str) -> &dyn BackendLink {
+        match self.slurm.get(pool) {
+            Some(link) => link,
+            None => &self.link,
+        }
+    }
+
+    /// The link that runs (or ran) this attempt.
+    fn link_for(&self, key: &AttemptKey) -> &dyn BackendLink {
+        match self
+            .launched
+            .get(key)
+            .or_else(|| self.active.get(&key.workflow_id).map(|a| &a.pool))
+        {
+            Some(pool) => self.link_of(pool),
+            None => &self.link,
+        }
+    }
+
+    /// Sends to a backend as a whole (every Slurm pool shares one driver).
+    fn send_to_backend(&self, backend: BackendKind, msg: ToAgent) -> bool {
+        match backend {
+            BackendKind::Local => self.link.send(msg),
+            BackendKind::Slurm => self.slurm.values().next().is_some_and(|l| l.send(msg)),
+        }
+    }
+
+    fn backend_of(&self, pool: &str) -> BackendKind {
+        if self.slurm.contains_key(pool) {
+            BackendKind::Slurm
+        } else {
+            BackendKind::Local
+        }
+    }
+
     /// Queues an exit the server itself decided, handled like an agent's.
     fn link_exit_later(&self, key: AttemptKey, codes: Vec<ReportedCode>) -> bool {
         self.link.loopback(LinkEvent::Message {
@@ -481,6 +538,17 @@ impl Manager {
 
     async fn handle_link(&mut self, event: LinkEvent) {
         match event {
+            LinkEvent::Ready { backend, attempts } => {
+                tracing::info!(
+                    "the {backend:?} backend is ready with {} attempt(s)",
+                    attempts.len()
+                );
+                self.reconcile(backend, attempts).await;
+                for link in self.slurm.values() {
+                    link.set_ready();
+                }
+                self.dispatch();
+            }
             LinkEvent::Disconnected { conn } => {
                 tracing::warn!("node agent connection {conn} closed; waiting for it to dial back")
             }
@@ -502,10 +570,10 @@ impl Manager {
                 let _ = self.logs.send(rows);
             }
             LinkEvent::Message {
-                msg: FromAgent::Phase { key, phase },
+                msg: FromAgent::Phase { key, phase, node },
                 ..
             } => {
-                self.advance(&key, phase).await;
+                self.advance(&key, phase, node).await;
             }
             LinkEvent::Message {
                 msg: FromAgent::Exited { key, codes },
@@ -521,7 +589,7 @@ impl Manager {
                     )
                     .await;
                 if committed {
-                    self.link.send(ToAgent::Ack { key: key.clone() });
+                    self.link_for(&key).send(ToAgent::Ack { key: key.clone() });
                 }
                 if let Some(pool) = self.launched.remove(&key)
                     && let Some(s) = self.schedulers.get_mut(&pool)
@@ -544,9 +612,10 @@ impl Manager {
                     attempts.len()
                 );
                 self.node = node;
-                self.reconcile(attempts).await;
+                let attempts = attempts.into_iter().map(|(k, p)| (k, Some(p))).collect();
+                self.reconcile(BackendKind::Local, attempts).await;
                 // Only now may launches go: before, an attempt launched on this
-                // connection could be judged lost by the Hello already on its way.
+                // connection could be judged lost by the Hello that was already on its way.
                 self.link.set_ready(conn);
                 self.dispatch();
             }
@@ -554,7 +623,7 @@ impl Manager {
     }
 
     /// Feeds the engine every phase between what it knows and what the agent reports.
-    async fn advance(&mut self, key: &AttemptKey, phase: Phase) {
+    async fn advance(&mut self, key: &AttemptKey, phase: Phase, node: Option<String>) {
         let Some(active) = self.active.get_mut(&key.workflow_id) else {
             return;
         };
@@ -572,7 +641,7 @@ impl Manager {
             let event = match step {
                 Phase::Initializing => Event::Initializing {
                     attempt,
-                    node: Some(self.node.clone()),
+                    node: Some(node.clone().unwrap_or_else(|| self.node.clone())),
                 },
                 Phase::SetupDone => Event::SetupDone { attempt },
                 Phase::Running => Event::Running { attempt },
@@ -583,26 +652,26 @@ impl Manager {
 
     /// After a (re)connection: adopt what the agent runs, re-queue what never
     /// reached it, and fail with 3001 what it lost.
-    async fn reconcile(&mut self, running: Vec<(AttemptKey, Phase)>) {
-        let running: HashMap<AttemptKey, Phase> = running.into_iter().collect();
+    /// Only the pools of `backend` are reconciled; `None`: queued in the backend.
+    async fn reconcile(&mut self, backend: BackendKind, running: Vec<(AttemptKey, Option<Phase>)>) {
+        let running: HashMap<AttemptKey, Option<Phase>> = running.into_iter().collect();
         for (key, phase) in &running {
             // An attempt the server no longer expects (its workflow finished, or
             // it is not the task's current unfinished attempt) must not linger.
             let expected = self.active.get(&key.workflow_id).filter(|active| {
                 let engine = &active.doc.engine;
+                let groups = &engine.workflow().groups;
                 let task = key.attempt.task;
-                let exists = engine
-                    .workflow()
-                    .groups
+                groups
                     .get(task.group as usize)
-                    .is_some_and(|g| (task.task as usize) < g.tasks.len());
-                exists && {
-                    let current = engine.current(task);
-                    current.retry_id == key.attempt.retry_id && !current.status.is_finished()
-                }
+                    .is_some_and(|g| (task.task as usize) < g.tasks.len())
+                    && {
+                        let current = engine.current(task);
+                        current.retry_id == key.attempt.retry_id && !current.status.is_finished()
+                    }
             });
             let Some(active) = expected else {
-                self.link.send(ToAgent::Stop { key: key.clone() });
+                self.send_to_backend(backend, ToAgent::Stop { key: key.clone() });
                 continue;
             };
             if !self.launched.contains_key(key) {
@@ -617,14 +686,38 @@ impl Manager {
                 self.launched.insert(key.clone(), pool);
             }
             let released = active.doc.released.contains(&key.attempt);
-            self.advance(key, *phase).await;
-            if *phase == Phase::SetupDone && released {
-                self.link.send(ToAgent::Release { key: key.clone() });
+            let Some(phase) = *phase else {
+                // Queued in the backend (Slurm) since before a restart: give
+                // the job its launch again, for when it starts.
+                let pool_config = self
+                    .config
+                    .pools
+                    .get(&active.pool)
+                    .cloned()
+                    .unwrap_or_default();
+                match self
+                    .launches
+                    .build(&active.doc.engine, &pool_config, key.clone())
+                {
+                    Ok(launch) => {
+                        self.link_for(key).send(ToAgent::Launch(Box::new(launch)));
+                    }
+                    Err(e) => tracing::error!("cannot prepare {} again: {e:#}", key.file_stem()),
+                }
+                continue;
+            };
+            self.advance(key, phase, None).await;
+            if phase == Phase::SetupDone && released {
+                self.link_for(key)
+                    .send(ToAgent::Release { key: key.clone() });
             }
         }
         let mut lost = Vec::new();
         let mut requeue = Vec::new();
         for (id, active) in &self.active {
+            if self.backend_of(&active.pool) != backend {
+                continue;
+            }
             let engine = &active.doc.engine;
             for (g, group) in engine.workflow().groups.iter().enumerate() {
                 for t in 0..group.tasks.len() {

@@ -3,11 +3,13 @@
 
 mod agent_link;
 mod api;
+mod backend;
 mod docs;
 mod launch;
 mod manager;
 mod persisted;
 mod scheduler;
+pub mod slurm;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -101,15 +103,27 @@ pub async fn start(opts: ServerOptions) -> anyhow::Result<RunningServer> {
         .await
         .context("cannot open the store")?;
 
+    // Bound first: the Slurm backend tells its jobs where the server is.
+    let listener = tokio::net::TcpListener::bind(opts.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", opts.listen))?;
+    let local_addr = listener.local_addr()?;
+
     let (link_tx, link_rx) = mpsc::unbounded_channel();
     let socket = agent_link::socket_path(&data_dir);
-    let link = agent_link::listen(&socket, link_tx)?;
+    let link = agent_link::listen(&socket, link_tx.clone())?;
+    let slurm = slurm::start(&config, &data_dir, &exec_url(local_addr), link_tx)?;
+    let (slurm_links, slurm_router) = match slurm {
+        Some(s) => (s.links, Some(s.router)),
+        None => (Default::default(), None),
+    };
     let (logs_tx, logs_rx) = mpsc::unbounded_channel();
     tokio::spawn(write_logs(store.clone(), logs_rx));
     let manager = manager::Manager::new(
         store.clone(),
         config.clone(),
         link.clone(),
+        slurm_links,
         data_dir.clone(),
         logs_tx,
     )
@@ -118,15 +132,15 @@ pub async fn start(opts: ServerOptions) -> anyhow::Result<RunningServer> {
     tokio::spawn(manager.run(requests_rx, link_rx));
     agent_link::ensure_agent(&socket, &data_dir.join("agent"))?;
 
-    let listener = tokio::net::TcpListener::bind(opts.listen)
-        .await
-        .with_context(|| format!("cannot listen on {}", opts.listen))?;
-    let url = format!("http://{}", listener.local_addr()?);
-    let app = api::router(api::AppState {
+    let url = format!("http://{local_addr}");
+    let mut app = api::router(api::AppState {
         store,
         requests: requests_tx,
         config,
     });
+    if let Some(exec) = slurm_router {
+        app = app.merge(exec);
+    }
     let (stop, stopped) = oneshot::channel::<()>();
     let http = tokio::spawn(async move {
         axum::serve(listener, app)
@@ -141,6 +155,21 @@ pub async fn start(opts: ServerOptions) -> anyhow::Result<RunningServer> {
         http,
         link,
     })
+}
+
+/// Where `osmo exec` in a backend's job reaches this server: `OSMO_EXEC_URL`,
+/// else the listening address (this host's name when it listens on all addresses).
+fn exec_url(addr: SocketAddr) -> String {
+    if let Ok(url) = std::env::var("OSMO_EXEC_URL")
+        && !url.is_empty()
+    {
+        return url;
+    }
+    if addr.ip().is_unspecified() {
+        format!("http://{}:{}", crate::agent::hostname(), addr.port())
+    } else {
+        format!("http://{addr}")
+    }
 }
 
 /// Appends log lines in batches, so a chatty task costs one transaction per batch.

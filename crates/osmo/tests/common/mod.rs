@@ -53,6 +53,8 @@ impl Server {
             child: None,
             client: reqwest::blocking::Client::builder()
                 .timeout(Duration::from_secs(10))
+                // A fresh connection per request: no race with a server closing an idle one.
+                .pool_max_idle_per_host(0)
                 .build()
                 .unwrap(),
         };

@@ -1,0 +1,300 @@
+//! The Docker runtime (`runtime: docker`) against a real daemon: image pull
+//! failure, the memory kill, the daemon stopped mid-run, and nothing left
+//! behind after cancel and timeout; and a daemon that cannot be reached.
+//!
+//! They need a daemon: run them under `scripts/with-docker.sh`, which starts
+//! one, builds the test images, and says how to restart the daemon. Without
+//! `DOCKER_HOST` they pass with a loud "skipped" line (all but the unreachable
+//! daemon, which needs none). They run one at a time
+//! (one of them stops the daemon).
+
+mod common;
+
+use std::io::Write;
+use std::process::Command;
+use std::sync::{Mutex, MutexGuard};
+use std::time::Duration;
+
+use common::*;
+
+const DOCKER_POOL: &str = "pools:\n  default:\n    backend: local\n    runtime: docker\n";
+
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+/// The lock for a test, or None (and a loud line) when there is no daemon.
+fn docker_test(name: &str) -> Option<MutexGuard<'static, ()>> {
+    if std::env::var_os("DOCKER_HOST").is_none() {
+        // Straight to the descriptor: libtest does not capture it, so the skip is seen.
+        let _ = writeln!(
+            std::io::stderr(),
+            "{name}: skipped: no Docker daemon (run under scripts/with-docker.sh)"
+        );
+        return None;
+    }
+    Some(ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner()))
+}
+
+/// The containers osmo created that the daemon still has.
+fn osmo_containers() -> Vec<String> {
+    let out = Command::new("docker")
+        .args(["ps", "-aq", "--filter", "label=osmo.attempt"])
+        .output()
+        .expect("the docker CLI runs");
+    assert!(
+        out.status.success(),
+        "docker ps failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .map(String::from)
+        .collect()
+}
+
+fn assert_no_container_left() {
+    wait_for(
+        Duration::from_secs(10),
+        "osmo's containers to be removed",
+        || osmo_containers().is_empty().then_some(()),
+    );
+}
+
+#[test]
+fn an_image_that_cannot_be_pulled_fails_with_image_pull() {
+    let Some(_lock) = docker_test("an_image_that_cannot_be_pulled_fails_with_image_pull") else {
+        return;
+    };
+    let server = Server::start(DOCKER_POOL);
+    // A registry on a closed local port: the pull fails at once, without DNS or network.
+    let id = server.submit(
+        "workflow:\n  name: nopull\n  tasks:\n  - {name: t, image: '127.0.0.1:9/osmo/missing:1', command: [sh, -c, 'exit 0']}\n",
+    );
+    let doc = server.wait_finished(&id, Duration::from_secs(60));
+    let t = task(&doc, "t", 0);
+    assert_eq!(t["status"], "FAILED_IMAGE_PULL", "{doc:#}");
+    let code = t["exit_code"].as_u64().unwrap();
+    assert!(code == 301 || code == 302, "{doc:#}");
+    let detail = t["exit_codes"][0]["detail"].as_str().unwrap_or_default();
+    assert!(detail.contains("127.0.0.1:9/osmo/missing:1"), "{doc:#}");
+    assert_no_container_left();
+}
+
+#[test]
+fn a_container_over_its_memory_is_evicted_with_3004() {
+    let Some(_lock) = docker_test("a_container_over_its_memory_is_evicted_with_3004") else {
+        return;
+    };
+    let server = Server::start(DOCKER_POOL);
+    let id = server.submit(
+        r#"
+workflow:
+  name: hungry
+  resources:
+    default: {cpu: 1, memory: 32Mi}
+  tasks:
+  - name: eater
+    image: ubuntu
+    command: [bash, -c, 'x=$(head -c 300000000 /dev/zero | tr "\0" a); echo "$x" | wc -c']
+"#,
+    );
+    let doc = server.wait_finished(&id, Duration::from_secs(60));
+    let eater = task(&doc, "eater", 0);
+    assert_eq!(eater["status"], "FAILED_EVICTED", "{doc:#}");
+    assert_eq!(eater["exit_code"], 3004, "{doc:#}");
+    assert_eq!(doc["status"], "FAILED_EVICTED");
+    assert_no_container_left();
+}
+
+#[test]
+fn the_command_is_not_pid_1_and_sees_its_environment_and_files() {
+    let Some(_lock) = docker_test("the_command_is_not_pid_1_and_sees_its_environment_and_files")
+    else {
+        return;
+    };
+    let server = Server::start(DOCKER_POOL);
+    let id = server.submit(
+        r#"
+workflow:
+  name: inside
+  tasks:
+  - name: t
+    image: busybox
+    environment: {GREETING: hello}
+    command: [sh, /opt/check.sh, '$(GREETING)', '$$(GREETING)']
+    files:
+    - path: /opt/check.sh
+      contents: |
+        set -e
+        test "$1" = hello
+        test "$2" = '$(GREETING)'
+        test "$OSMO_TASK_NAME" = t
+        test "$OSMO_RETRY_ID" = 0
+        test "$$" != 1
+        test "$(pwd)" = /
+        echo ok > {{output}}/ok
+        echo to-stderr >&2
+        printf no-newline
+        kill -9 $$
+"#,
+    );
+    let doc = server.wait_finished(&id, Duration::from_secs(60));
+    let t = task(&doc, "t", 0);
+    assert_eq!(
+        t["exit_code"], 137,
+        "kill -9 $$ ends the command with 137: {doc:#}"
+    );
+    let ok = server
+        .data_dir()
+        .join("runs")
+        .join(&id)
+        .join("t")
+        .join("0")
+        .join("output")
+        .join("ok");
+    assert!(ok.exists(), "the checks passed: {doc:#}");
+    let (status, logs) = server.get(&format!("/api/workflow/{id}/logs?task_name=t"));
+    assert_eq!(status, 200, "{logs}");
+    assert!(logs.contains("to-stderr"), "stderr is relayed: {logs}");
+    assert!(
+        logs.contains("no-newline"),
+        "the last partial line is relayed: {logs}"
+    );
+    assert_no_container_left();
+}
+
+#[test]
+fn cancel_and_timeout_leave_no_container() {
+    let Some(_lock) = docker_test("cancel_and_timeout_leave_no_container") else {
+        return;
+    };
+    let server = Server::start(DOCKER_POOL);
+    let id = server.submit(
+        "workflow:\n  name: stopme\n  tasks:\n  - {name: t, image: ubuntu, command: [sh, -c, 'sleep 600']}\n",
+    );
+    let slow = server.submit(
+        "workflow:\n  name: slow\n  timeout: {exec_timeout: 2s}\n  tasks:\n  - {name: t, image: ubuntu, command: [sh, -c, 'sleep 600']}\n",
+    );
+    wait_for(Duration::from_secs(30), "the task to run", || {
+        (task(&server.workflow(&id), "t", 0)["status"] == "RUNNING").then_some(())
+    });
+    assert!(
+        !osmo_containers().is_empty(),
+        "the task runs in a container"
+    );
+    let (status, body) = server.post(&format!("/api/workflow/{id}/cancel"), "");
+    assert_eq!(status, 200, "{body}");
+    let doc = server.wait_finished(&id, Duration::from_secs(20));
+    assert_eq!(doc["status"], "FAILED_CANCELED");
+    let doc = server.wait_finished(&slow, Duration::from_secs(30));
+    assert_eq!(doc["status"], "FAILED_EXEC_TIMEOUT", "{doc:#}");
+    assert_no_container_left();
+}
+
+/// Kills the daemon (as a crash would) and returns the command that starts it again.
+fn kill_daemon() -> String {
+    let pidfile = std::env::var("OSMO_TEST_DOCKERD_PIDFILE")
+        .expect("OSMO_TEST_DOCKERD_PIDFILE is set by scripts/with-docker.sh");
+    let start = std::env::var("OSMO_TEST_DOCKERD_START")
+        .expect("OSMO_TEST_DOCKERD_START is set by scripts/with-docker.sh");
+    let pid: i32 = std::fs::read_to_string(&pidfile)
+        .expect("dockerd's pid file")
+        .trim()
+        .parse()
+        .unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    wait_for(Duration::from_secs(10), "dockerd to die", || {
+        (!alive(pid)).then_some(())
+    });
+    start
+}
+
+fn start_daemon(start: &str) {
+    let status = Command::new("bash").args(["-c", start]).status().unwrap();
+    assert!(status.success(), "dockerd restarts");
+}
+
+#[test]
+fn a_daemon_lost_mid_run_is_a_backend_error_and_reschedule_recovers() {
+    let Some(_lock) =
+        docker_test("a_daemon_lost_mid_run_is_a_backend_error_and_reschedule_recovers")
+    else {
+        return;
+    };
+    let server = Server::start(DOCKER_POOL);
+    let plain = server.submit(
+        "workflow:\n  name: lost\n  tasks:\n  - {name: t, image: ubuntu, command: [sh, -c, 'sleep 600']}\n",
+    );
+    let retried = server.submit(
+        r#"
+workflow:
+  name: recovers
+  tasks:
+  - name: t
+    image: ubuntu
+    command: [sh, -c, 'if [ "$OSMO_RETRY_ID" = 0 ]; then sleep 600; fi; echo done']
+    exitActions: {RESCHEDULE: "3001"}
+"#,
+    );
+    for id in [&plain, &retried] {
+        wait_for(Duration::from_secs(30), "the tasks to run", || {
+            (task(&server.workflow(id), "t", 0)["status"] == "RUNNING").then_some(())
+        });
+    }
+    let start = kill_daemon();
+    let doc = server.wait_finished(&plain, Duration::from_secs(30));
+    let t = task(&doc, "t", 0);
+    assert_eq!(t["status"], "FAILED_BACKEND_ERROR", "{doc:#}");
+    assert_eq!(t["exit_code"], 3001, "{doc:#}");
+    wait_for(Duration::from_secs(30), "retry 0 to be rescheduled", || {
+        (task(&server.workflow(&retried), "t", 0)["status"] == "RESCHEDULED").then_some(())
+    });
+    // Retry 1 waits for the daemon (up to 10 s) rather than failing at once.
+    std::thread::sleep(Duration::from_millis(500));
+    start_daemon(&start);
+    let doc = server.wait_finished(&retried, Duration::from_secs(60));
+    assert_eq!(doc["status"], "COMPLETED", "{doc:#}\n{}", server.log());
+    assert_eq!(task(&doc, "t", 0)["exit_code"], 3001, "{doc:#}");
+    assert_eq!(task(&doc, "t", 1)["status"], "COMPLETED", "{doc:#}");
+    // The containers the lost daemon kept are removed once it is back.
+    assert_no_container_left();
+}
+
+#[test]
+fn an_unreachable_daemon_is_a_backend_error() {
+    // Needs no daemon: DOCKER_HOST points at a socket nobody serves.
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("pools.yaml");
+    std::fs::write(&config, DOCKER_POOL).unwrap();
+    let spec = dir.path().join("wf.yaml");
+    std::fs::write(
+        &spec,
+        "workflow:\n  name: nodaemon\n  tasks:\n  - {name: t, image: ubuntu, command: [sh, -c, 'exit 0']}\n",
+    )
+    .unwrap();
+    let out = Command::new(OSMO)
+        .args(["workflow", "run", "--config"])
+        .arg(&config)
+        .arg(&spec)
+        .env(
+            "DOCKER_HOST",
+            format!("unix://{}/nobody.sock", dir.path().display()),
+        )
+        .env("OSMO_DOCKER_CONNECT_GRACE", "1")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success(), "{text}");
+    assert!(
+        text.contains("FAILED_BACKEND_ERROR") && text.contains("3001"),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains("waited 1s"),
+        "the agent waited for the daemon: {text}"
+    );
+}

@@ -1,0 +1,41 @@
+//! `volumeMounts` end to end: refused unless the pool allows the host path,
+//! and mounted read-write at the task's path when it does.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+
+#[test]
+fn an_allowed_volume_mount_is_mounted_and_others_are_refused() {
+    let shared = tempfile::tempdir().unwrap();
+    std::fs::write(shared.path().join("in.txt"), "7\n").unwrap();
+    let config = format!(
+        "pools:\n  default:\n    backend: local\n    allowed_mounts: [{}]\n",
+        shared.path().display()
+    );
+    let server = Server::start(&config);
+    let spec = format!(
+        "workflow:\n  name: mounted\n  tasks:\n  - name: t\n    image: ubuntu\n    command: [sh, -c, 'test \"$(cat /data/in.txt)\" = 7 && echo ok > /data/out.txt']\n    volumeMounts: ['{}:/data']\n",
+        shared.path().display()
+    );
+    let id = server.submit(&spec);
+    let doc = server.wait_finished(&id, Duration::from_secs(30));
+    assert_eq!(doc["status"], "COMPLETED", "{doc:#}");
+    assert_eq!(
+        std::fs::read_to_string(shared.path().join("out.txt")).unwrap(),
+        "ok\n"
+    );
+
+    let denied = "workflow:\n  name: denied\n  tasks:\n  - {name: t, image: ubuntu, command: [\"true\"], volumeMounts: ['/etc:/host-etc']}\n";
+    let (status, body) = server.post(
+        "/api/pool/default/workflow",
+        serde_json::json!({"file": denied}).to_string(),
+    );
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body.contains("volume mount `/etc:/host-etc` of task `t` is not allowed"),
+        "{body}"
+    );
+}

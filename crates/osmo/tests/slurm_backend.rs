@@ -1,0 +1,253 @@
+//! The Slurm backend against a real cluster: run under `scripts/with-slurm.sh`
+//! (it sets SLURM_CONF); without one every test here says it was skipped.
+
+mod common;
+
+use std::process::Command;
+use std::time::Duration;
+
+use common::{Server, task, wait_for};
+
+fn slurm_pool() -> &'static str {
+    "pools:\n  default:\n    backend: slurm\n    max_retry_per_task: 2\n"
+}
+
+/// False (after a loud note) when no Slurm cluster is configured.
+fn have_slurm(test: &str) -> bool {
+    if std::env::var_os("SLURM_CONF").is_none() {
+        eprintln!("{test}: skipped: no Slurm cluster (run under scripts/with-slurm.sh)");
+        return false;
+    }
+    true
+}
+
+fn run(program: &str, args: &[&str]) -> String {
+    let out = Command::new(program)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {program}: {e}"));
+    assert!(
+        out.status.success(),
+        "{program} {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Slurm job ids (and states) of the workflow's jobs that Slurm still lists as live.
+fn live_jobs(workflow: &str) -> Vec<(String, String)> {
+    run("squeue", &["-h", "--me", "-o", "%i|%T|%j"])
+        .lines()
+        .filter_map(|l| {
+            let mut parts = l.trim().splitn(3, '|');
+            let (id, state, name) = (parts.next()?, parts.next()?, parts.next()?);
+            name.starts_with(&format!("osmo.{workflow}."))
+                .then(|| (id.to_string(), state.to_string()))
+        })
+        .collect()
+}
+
+fn wait_running(server: &Server, id: &str, name: &str) {
+    wait_for(Duration::from_secs(60), &format!("{name} to run"), || {
+        let doc = server.workflow(id);
+        let t = task(&doc, name, 0);
+        (t["status"] == "RUNNING").then_some(())
+    });
+}
+
+fn running_job(workflow: &str) -> String {
+    wait_for(
+        Duration::from_secs(10),
+        "the Slurm job to show RUNNING",
+        || {
+            live_jobs(workflow)
+                .into_iter()
+                .find(|(_, state)| state == "RUNNING")
+                .map(|(id, _)| id)
+        },
+    )
+}
+
+const SLEEPS_ON_FIRST_ATTEMPT: &str = r#"
+    command: [sh, -c, 'if [ "$OSMO_RETRY_ID" = 0 ]; then sleep 120; fi; echo second attempt']"#;
+
+#[test]
+fn a_requeued_job_is_preempted_and_rescheduled_by_exit_actions() {
+    if !have_slurm("a_requeued_job_is_preempted_and_rescheduled_by_exit_actions") {
+        return;
+    }
+    let server = Server::start(slurm_pool());
+    let spec = format!(
+        "workflow:\n  name: slurm-requeue\n  tasks:\n  - name: t\n    image: ubuntu{SLEEPS_ON_FIRST_ATTEMPT}\n    exitActions: {{RESCHEDULE: \"3006\"}}\n"
+    );
+    let id = server.submit(&spec);
+    wait_running(&server, &id, "t");
+    let job = running_job(&id);
+    run("scontrol", &["requeue", &job]);
+
+    let doc = server.wait_finished(&id, Duration::from_secs(60));
+    assert_eq!(doc["status"], "COMPLETED", "{doc:#}\n{}", server.log());
+    let first = task(&doc, "t", 0);
+    assert_eq!(first["status"], "RESCHEDULED", "{doc:#}");
+    assert_eq!(first["exit_code"], 3006, "{doc:#}");
+    assert_eq!(task(&doc, "t", 1)["status"], "COMPLETED", "{doc:#}");
+    // The requeued job was cancelled (the engine's new attempt is a new job), and nothing lingers.
+    wait_for(
+        Duration::from_secs(15),
+        "no job of the workflow left in Slurm",
+        || live_jobs(&id).is_empty().then_some(()),
+    );
+}
+
+#[test]
+fn a_requeued_job_without_exit_actions_fails_preempted() {
+    if !have_slurm("a_requeued_job_without_exit_actions_fails_preempted") {
+        return;
+    }
+    let server = Server::start(slurm_pool());
+    let spec = format!(
+        "workflow:\n  name: slurm-preempt\n  tasks:\n  - name: t\n    image: ubuntu{SLEEPS_ON_FIRST_ATTEMPT}\n"
+    );
+    let id = server.submit(&spec);
+    wait_running(&server, &id, "t");
+    let job = running_job(&id);
+    run("scontrol", &["requeue", &job]);
+
+    let doc = server.wait_finished(&id, Duration::from_secs(60));
+    assert_eq!(doc["status"], "FAILED_PREEMPTED", "{doc:#}");
+    let t = task(&doc, "t", 0);
+    assert_eq!(t["status"], "FAILED_PREEMPTED", "{doc:#}");
+    assert_eq!(t["exit_code"], 3006, "{doc:#}");
+    wait_for(
+        Duration::from_secs(15),
+        "no job of the workflow left in Slurm",
+        || live_jobs(&id).is_empty().then_some(()),
+    );
+}
+
+#[test]
+fn cancel_scancels_the_running_jobs() {
+    if !have_slurm("cancel_scancels_the_running_jobs") {
+        return;
+    }
+    let server = Server::start(slurm_pool());
+    let spec = "workflow:\n  name: slurm-cancel\n  groups:\n  - name: g\n    tasks:\n    - {name: a, image: ubuntu, lead: true, command: [sleep, '300']}\n    - {name: b, image: ubuntu, command: [sleep, '300']}\n";
+    let id = server.submit(spec);
+    wait_running(&server, &id, "a");
+    wait_running(&server, &id, "b");
+    assert_eq!(live_jobs(&id).len(), 2, "one Slurm job per task");
+    let (status, body) = server.post(&format!("/api/workflow/{id}/cancel"), "{}");
+    assert_eq!(status, 200, "{body}");
+    let doc = server.wait_finished(&id, Duration::from_secs(30));
+    assert_eq!(doc["status"], "FAILED_CANCELED", "{doc:#}");
+    wait_for(
+        Duration::from_secs(15),
+        "scancel to clear the workflow's jobs",
+        || live_jobs(&id).is_empty().then_some(()),
+    );
+}
+
+#[test]
+fn a_job_that_never_starts_fails_with_queue_timeout() {
+    if !have_slurm("a_job_that_never_starts_fails_with_queue_timeout") {
+        return;
+    }
+    // Held jobs stay PENDING: the engine's queue clock runs out and scancels it.
+    let server = Server::start(
+        "pools:\n  default:\n    backend: slurm\n    options: {sbatch_args: [--hold]}\n",
+    );
+    let spec = "workflow:\n  name: slurm-queue\n  timeout: {queue_timeout: 3s}\n  tasks:\n  - {name: t, image: ubuntu, command: ['true']}\n";
+    let id = server.submit(spec);
+    let doc = server.wait_finished(&id, Duration::from_secs(30));
+    assert_eq!(doc["status"], "FAILED_QUEUE_TIMEOUT", "{doc:#}");
+    assert_eq!(
+        task(&doc, "t", 0)["status"],
+        "FAILED_QUEUE_TIMEOUT",
+        "{doc:#}"
+    );
+    wait_for(
+        Duration::from_secs(15),
+        "the held job to be cancelled",
+        || live_jobs(&id).is_empty().then_some(()),
+    );
+}
+
+#[test]
+fn a_task_over_its_memory_is_evicted() {
+    if !have_slurm("a_task_over_its_memory_is_evicted") {
+        return;
+    }
+    let server = Server::start(slurm_pool());
+    let spec = "workflow:\n  name: slurm-oom\n  resources: {default: {cpu: 1, memory: 64Mi}}\n  tasks:\n  - {name: t, image: ubuntu, command: [python3, -c, 'b = bytearray(400 << 20); print(len(b))']}\n";
+    let id = server.submit(spec);
+    let doc = server.wait_finished(&id, Duration::from_secs(60));
+    let t = task(&doc, "t", 0);
+    assert_eq!(t["exit_code"], 3004, "{doc:#}");
+    assert_eq!(doc["status"], "FAILED_EVICTED", "{doc:#}");
+}
+
+#[test]
+fn logs_come_back_from_the_job() {
+    if !have_slurm("logs_come_back_from_the_job") {
+        return;
+    }
+    let server = Server::start(slurm_pool());
+    let spec = "workflow:\n  name: slurm-logs\n  tasks:\n  - {name: t, image: ubuntu, command: [sh, -c, 'echo hello from slurm; echo oops >&2']}\n";
+    let id = server.submit(spec);
+    let doc = server.wait_finished(&id, Duration::from_secs(60));
+    assert_eq!(doc["status"], "COMPLETED", "{doc:#}");
+    let logs = wait_for(Duration::from_secs(10), "the logs", || {
+        let (status, body) = server.get(&format!("/api/workflow/{id}/logs"));
+        (status == 200 && body.contains("hello from slurm") && body.contains("oops"))
+            .then_some(body)
+    });
+    assert!(logs.contains("oops"), "{logs}");
+}
+
+#[test]
+fn a_server_restart_loses_no_running_slurm_job() {
+    if !have_slurm("a_server_restart_loses_no_running_slurm_job") {
+        return;
+    }
+    let mut server = Server::start(slurm_pool());
+    let spec = "workflow:\n  name: slurm-restart-running\n  tasks:\n  - {name: t, image: ubuntu, command: [sh, -c, 'sleep 4; exit 16'], exitActions: {COMPLETE: '16'}}\n";
+    let id = server.submit(spec);
+    wait_running(&server, &id, "t");
+    server.kill();
+    std::thread::sleep(Duration::from_millis(500));
+    server.spawn();
+    let doc = server.wait_finished(&id, Duration::from_secs(60));
+    assert_eq!(doc["status"], "COMPLETED", "{doc:#}\n{}", server.log());
+    let t = task(&doc, "t", 0);
+    assert_eq!(t["exit_code"], 16, "{doc:#}");
+    assert_eq!(
+        doc["groups"][0]["tasks"].as_array().unwrap().len(),
+        1,
+        "{doc:#}"
+    );
+}
+
+#[test]
+fn a_server_restart_adopts_a_queued_slurm_job() {
+    if !have_slurm("a_server_restart_adopts_a_queued_slurm_job") {
+        return;
+    }
+    let config = "pools:\n  default:\n    backend: slurm\n    options: {sbatch_args: [--hold]}\n";
+    let mut server = Server::start(config);
+    let spec = "workflow:\n  name: slurm-restart-queued\n  tasks:\n  - {name: t, image: ubuntu, command: [sh, -c, 'echo adopted']}\n";
+    let id = server.submit(spec);
+    let job = wait_for(Duration::from_secs(10), "the held job", || {
+        live_jobs(&id).into_iter().next().map(|(id, _)| id)
+    });
+    server.kill();
+    std::thread::sleep(Duration::from_millis(500));
+    server.spawn();
+    // Give the new server a moment to take the job over, then let Slurm start it.
+    std::thread::sleep(Duration::from_millis(500));
+    run("scontrol", &["release", &job]);
+    let doc = server.wait_finished(&id, Duration::from_secs(60));
+    assert_eq!(doc["status"], "COMPLETED", "{doc:#}\n{}", server.log());
+    wait_for(Duration::from_secs(15), "the job to leave Slurm", || {
+        live_jobs(&id).is_empty().then_some(())
+    });
+}
