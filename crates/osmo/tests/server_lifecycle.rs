@@ -107,3 +107,28 @@ fn cancel_stops_the_running_task() {
     let (status, _) = server.post(&format!("/api/workflow/{id}/cancel"), "");
     assert_eq!(status, 409, "a finished workflow cannot be canceled again");
 }
+
+#[test]
+fn the_scheduler_never_runs_more_than_the_pool_cpus() {
+    // One CPU: the two independent tasks (no cpu request, so one CPU each) must not overlap.
+    let server = Server::start("pools:\n  default:\n    backend: local\n    cpu_capacity: 1\n");
+    let id = server.submit(
+        r#"
+workflow:
+  name: one-at-a-time
+  tasks:
+  - {name: a, image: ubuntu, command: [sh, -c, 'cut -d" " -f1 /proc/uptime > {{output}}/start; sleep 0.3; cut -d" " -f1 /proc/uptime > {{output}}/end']}
+  - {name: b, image: ubuntu, command: [sh, -c, 'cut -d" " -f1 /proc/uptime > {{output}}/start; sleep 0.3; cut -d" " -f1 /proc/uptime > {{output}}/end']}
+  - name: check
+    image: ubuntu
+    inputs: [{task: a}, {task: b}]
+    command: [sh, -c, 'awk -v as="$(cat {{input:a}}/start)" -v ae="$(cat {{input:a}}/end)" -v bs="$(cat {{input:b}}/start)" -v be="$(cat {{input:b}}/end)" "BEGIN { exit !(ae <= bs || be <= as) }"']
+"#,
+    );
+    let doc = server.wait_finished(&id, Duration::from_secs(30));
+    assert_eq!(
+        task(&doc, "check", 0)["status"],
+        "COMPLETED",
+        "a and b overlapped: {doc:#}"
+    );
+}

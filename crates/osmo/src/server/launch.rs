@@ -25,12 +25,17 @@ impl LaunchBuilder {
         }
     }
 
-    /// The CPU a group holds while it runs: the sum over its tasks.
+    /// The CPU a group holds while it runs: the sum over its tasks, a task
+    /// that asks for no CPU counting as one (so an unsized workflow still
+    /// runs no more tasks at once than the pool has CPUs).
     pub fn footprint(&self, workflow: &Workflow, group: usize) -> f64 {
         workflow.groups[group]
             .tasks
             .iter()
-            .map(|t| workflow.resources.get(&t.resource).map_or(1.0, |r| r.cpu))
+            .map(|t| {
+                let asked = workflow.resources.get(&t.resource).map_or(0.0, |r| r.cpu);
+                if asked > 0.0 { asked } else { 1.0 }
+            })
             .sum()
     }
 
