@@ -144,11 +144,7 @@ impl ExecSupervisor {
 
 impl Supervisor for ExecSupervisor {
     fn log(&self, stream: osmo_runtime::Stream, line: &str) {
-        let stream = match stream {
-            osmo_runtime::Stream::Stdout => Stream::Stdout,
-            osmo_runtime::Stream::Stderr => Stream::Stderr,
-            osmo_runtime::Stream::Osmo => Stream::Osmo,
-        };
+        let stream = Stream::from(stream);
         self.logs.lines.lock().unwrap().push(LogLine {
             key: self.key.clone(),
             task: self.task.clone(),

@@ -81,6 +81,16 @@ pub enum Stream {
     Osmo,
 }
 
+impl From<osmo_runtime::Stream> for Stream {
+    fn from(stream: osmo_runtime::Stream) -> Stream {
+        match stream {
+            osmo_runtime::Stream::Stdout => Stream::Stdout,
+            osmo_runtime::Stream::Stderr => Stream::Stderr,
+            osmo_runtime::Stream::Osmo => Stream::Osmo,
+        }
+    }
+}
+
 impl Stream {
     pub fn as_str(self) -> &'static str {
         match self {

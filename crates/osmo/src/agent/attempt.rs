@@ -72,11 +72,7 @@ struct AttemptSupervisor {
 
 impl Supervisor for AttemptSupervisor {
     fn log(&self, stream: osmo_runtime::Stream, line: &str) {
-        let stream = match stream {
-            osmo_runtime::Stream::Stdout => Stream::Stdout,
-            osmo_runtime::Stream::Stderr => Stream::Stderr,
-            osmo_runtime::Stream::Osmo => Stream::Osmo,
-        };
+        let stream = Stream::from(stream);
         self.shared.send(FromAgent::Logs {
             lines: vec![LogLine {
                 key: self.key.clone(),

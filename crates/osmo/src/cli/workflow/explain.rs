@@ -46,14 +46,7 @@ pub struct ExplainArgs {
 pub fn run(args: ExplainArgs) -> anyhow::Result<Outcome> {
     let file = read_spec(&args.file)?;
     let pool = args.pool.load()?;
-    let workflow = match crate::render_guard::load(
-        &file.source,
-        &file.display,
-        &args.values.values(),
-        pool.as_ref().map(|(_, p)| p),
-    )
-    .map(|(workflow, _)| workflow)
-    {
+    let workflow = match file.load(&args.values.values(), pool.as_ref().map(|(_, p)| p)) {
         Ok(w) => w,
         Err(diagnostics) => {
             report_diagnostics(&diagnostics, args.format.json())?;

@@ -186,6 +186,18 @@ pub struct SpecFile {
     pub base_name: String,
 }
 
+impl SpecFile {
+    /// Renders (in the resource-limited child) and validates the file, as the
+    /// server would, against `pool` when one is given.
+    pub fn load(
+        &self,
+        values: &osmo_spec::Values,
+        pool: Option<&PoolConfig>,
+    ) -> Result<osmo_spec::Workflow, osmo_spec::Diagnostics> {
+        crate::render_guard::load(&self.source, &self.display, values, pool).map(|(w, _)| w)
+    }
+}
+
 /// Reads a workflow file, refusing one over the spec's size limit before
 /// reading it, and inlines the files its tasks name by `localpath`.
 pub fn read_spec(path: &Path) -> anyhow::Result<SpecFile> {

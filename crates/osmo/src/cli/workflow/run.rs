@@ -81,14 +81,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<Outcome> {
             args.pool
         ),
     };
-    let workflow = match crate::render_guard::load(
-        &file.source,
-        &file.display,
-        &args.values.values(),
-        Some(&pool),
-    )
-    .map(|(workflow, _)| workflow)
-    {
+    let workflow = match file.load(&args.values.values(), Some(&pool)) {
         Ok(w) => w,
         Err(diagnostics) => {
             report_diagnostics(&diagnostics, args.format.json())?;

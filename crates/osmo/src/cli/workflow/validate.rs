@@ -33,13 +33,7 @@ pub struct ValidateArgs {
 pub fn run(args: ValidateArgs) -> anyhow::Result<Outcome> {
     let file = read_spec(&args.file)?;
     let pool = args.pool.load()?;
-    let loaded = crate::render_guard::load(
-        &file.source,
-        &file.display,
-        &args.values.values(),
-        pool.as_ref().map(|(_, p)| p),
-    )
-    .map(|(workflow, _)| workflow);
+    let loaded = file.load(&args.values.values(), pool.as_ref().map(|(_, p)| p));
     match loaded {
         Ok(workflow) => {
             if args.format.json() {
