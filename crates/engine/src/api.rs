@@ -94,8 +94,15 @@ pub enum Event {
     },
     /// Set-up finished; the attempt waits at the group barrier for [`Command::Release`].
     SetupDone { attempt: AttemptId },
-    /// The user command started.
+    /// The user command started (again, after a restart in place: a new run).
     Running { attempt: AttemptId },
+    /// A run of the command was stopped for a [`Command::Restart`]; the
+    /// attempt goes on, waiting at the barrier for its next run. `codes` are
+    /// what the stopped run ended with (recorded in its run, never decisive).
+    RunStopped {
+        attempt: AttemptId,
+        codes: Vec<ReportedCode>,
+    },
     /// The attempt ended, with every code it produced (may be several; the highest wins).
     /// An attempt that never reported codes but whose backend lost it reports 3001 (source service).
     Exited {
@@ -120,6 +127,11 @@ pub enum Command {
     Release { attempts: Vec<AttemptId> },
     /// Stop this attempt; its record is already final, so whatever it reports later is ignored.
     Stop { attempt: AttemptId, reason: String },
+    /// Restart this attempt in place (SEMANTICS §4): stop its command if it
+    /// runs (SIGTERM, then SIGKILL after the grace), keep its sandbox, and wait
+    /// at the barrier for the next [`Command::Release`]; then run the command
+    /// again. Answered by [`Event::RunStopped`] when a run was stopped.
+    Restart { attempt: AttemptId, reason: String },
     /// Send `Event::TimedOut { group, kind }` at `at` (unless the workflow is finished).
     SetTimer {
         group: u32,
@@ -163,6 +175,19 @@ pub enum AttemptCause {
     GroupRestart,
 }
 
+/// One run of an attempt's command. An attempt restarted in place runs its
+/// command more than once; only the last run's exit decides the attempt.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunRecord {
+    pub start_time: Millis,
+    pub end_time: Option<Millis>,
+    /// The run's own exit code (the user command's, 0–255), when known.
+    pub exit_code: Option<u32>,
+    /// Why the run was stopped, e.g. `restarted: lead TASK rescheduled`;
+    /// None for a run that ended by itself (or with the attempt).
+    pub stopped_because: Option<String>,
+}
+
 /// One attempt's record. Once `status` is final nothing in it changes.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Attempt {
@@ -183,6 +208,9 @@ pub struct Attempt {
     pub initializing_time: Option<Millis>,
     pub start_time: Option<Millis>,
     pub end_time: Option<Millis>,
+    /// Every run of the command in this attempt, oldest first.
+    #[serde(default)]
+    pub runs: Vec<RunRecord>,
 }
 
 /// What a decision on an exit code was, for `osmo workflow explain` and for records.

@@ -202,8 +202,10 @@ pub(crate) fn decide_with(
                 " but retry limit {} reached; {status}",
                 rules.max_retry_per_task
             )
-        } else {
+        } else if status != TaskStatus::Completed {
             write!(message, "; {status}")
+        } else {
+            Ok(())
         };
     }
     Decision {
@@ -289,10 +291,7 @@ mod tests {
         assert_eq!(d.rule.origin, RuleOrigin::Task);
         assert_eq!(d.rule.action, Some(Action::Complete));
         assert_eq!(d.rule.range.as_deref(), Some("16"));
-        assert_eq!(
-            d.message,
-            "exit code 16 matched COMPLETE 16 (task); COMPLETED"
-        );
+        assert_eq!(d.message, "exit code 16 matched COMPLETE 16 (task)");
     }
 
     #[test]
@@ -365,10 +364,7 @@ mod tests {
             (d.status, d.rule.origin),
             (TaskStatus::Completed, RuleOrigin::Pool)
         );
-        assert_eq!(
-            d.message,
-            "exit code 7 matched COMPLETE 7 (pool); COMPLETED"
-        );
+        assert_eq!(d.message, "exit code 7 matched COMPLETE 7 (pool)");
         // The task's own rule wins over the pool's.
         let d = decide(7, &actions(&[(Action::Fail, "7")]), &rules, 0, 0);
         assert_eq!(

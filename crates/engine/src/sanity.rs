@@ -164,13 +164,9 @@ impl WorkflowState {
                             a.action
                         );
                     }
-                    if a.status == TaskStatus::Completed
-                        && a.failure_message.is_some()
-                        && a.exit_code.is_some()
-                    {
-                        fail!(
-                            "task {tname}: attempt {i} COMPLETED on its own code with a failure message"
-                        );
+                    // SEMANTICS §3: an attempt decided by its own exit keeps its message.
+                    if a.rule.is_some() && a.failure_message.is_none() {
+                        fail!("task {tname}: attempt {i} was decided but has no message");
                     }
                     let by_own_action =
                         a.status == TaskStatus::Rescheduled && a.action == Some(Action::Reschedule);
@@ -209,13 +205,22 @@ impl WorkflowState {
                 match task.barrier {
                     _ if cs.is_finished() => {}
                     Barrier::Setup => {}
-                    Barrier::Waiting if matches!(cs, TaskStatus::Initializing) => {}
+                    // RUNNING and waiting: restarted in place, its next run not started.
+                    Barrier::Waiting
+                        if matches!(cs, TaskStatus::Initializing | TaskStatus::Running) => {}
                     Barrier::Released
                         if matches!(cs, TaskStatus::Initializing | TaskStatus::Running) => {}
                     b => fail!("task {tname}: {cs} with barrier state {b:?}"),
                 }
-                if cs == TaskStatus::Running && task.barrier != Barrier::Released {
-                    fail!("task {tname}: RUNNING but not past the barrier");
+                let run_open = current.runs.last().is_some_and(|r| r.end_time.is_none());
+                if cs == TaskStatus::Running && current.runs.is_empty() {
+                    fail!("task {tname}: RUNNING but no run of its command recorded");
+                }
+                if cs == TaskStatus::Running && task.barrier != Barrier::Released && run_open {
+                    fail!("task {tname}: a run of its command is open but not past the barrier");
+                }
+                if task.restarting.is_some() && run_open {
+                    fail!("task {tname}: restarting but a run is open");
                 }
                 if status == TaskStatus::Waiting
                     && (task.attempts.len() != 1 || cs != TaskStatus::Waiting)
@@ -411,7 +416,7 @@ mod tests {
         assert!(
             broken(&env, |s| s.groups[0].tasks[1].attempts[0].status =
                 TaskStatus::Running)
-            .contains("barrier")
+            .contains("no run")
         );
         assert!(
             broken(&env, |s| s.groups[0].tasks[1].attempts[0].status =

@@ -12,8 +12,8 @@ use osmo_spec::model::Workflow;
 use serde::{Deserialize, Serialize};
 
 use crate::api::{
-    Action, Attempt, AttemptCause, AttemptId, Command, Event, Millis, ReportedCode, TaskKey,
-    TaskStatus, TimeoutKind, WorkflowStatus,
+    Action, Attempt, AttemptCause, AttemptId, CodeSource, Command, Event, Millis, ReportedCode,
+    RunRecord, TaskKey, TaskStatus, TimeoutKind, WorkflowStatus,
 };
 use crate::decide::{Rules, decide_with, resolve_code};
 
@@ -37,6 +37,10 @@ pub(crate) struct TaskState {
     pub(crate) own_reschedules: u32,
     /// Barrier state of the current (last) attempt.
     pub(crate) barrier: Barrier,
+    /// A [`Command::Restart`] of the current attempt is on its way, with its
+    /// reason: the backend has not yet said the run stopped (or started again).
+    #[serde(default)]
+    pub(crate) restarting: Option<String>,
 }
 
 /// What one task contributes to its group's counters.
@@ -166,6 +170,7 @@ pub(crate) fn new_attempt(
         initializing_time: None,
         start_time: None,
         end_time: None,
+        runs: Vec::new(),
     }
 }
 
@@ -218,6 +223,7 @@ impl WorkflowState {
                         )],
                         own_reschedules: 0,
                         barrier: Barrier::Setup,
+                        restarting: None,
                     })
                     .collect(),
                 remaining_upstream: group.upstream.len() as u32,
@@ -276,6 +282,7 @@ impl WorkflowState {
             }
             Event::SetupDone { attempt } => self.on_setup_done(*attempt, now, out),
             Event::Running { attempt } => self.on_running(*attempt, now, out),
+            Event::RunStopped { attempt, codes } => self.on_run_stopped(*attempt, codes),
             Event::Exited { attempt, codes } => self.on_exited(*attempt, codes, now, out),
             Event::TimedOut { group, kind } => self.on_timed_out(*group as usize, *kind, now, out),
             Event::Cancel { by, reason } => self.on_cancel(by, reason.as_deref(), now, out),
@@ -447,30 +454,51 @@ impl WorkflowState {
     fn on_running(&mut self, id: AttemptId, now: Millis, out: &mut Vec<Command>) {
         let Some((g, t)) = self.live(id) else { return };
         let group = &mut self.groups[g];
-        if group.tasks[t].current().status == TaskStatus::Running {
+        // A run is open until it ends or is stopped for a restart: a second
+        // `Running` for it is a repeat; one after a restart is the next run.
+        let open = group.tasks[t]
+            .current()
+            .runs
+            .last()
+            .is_some_and(|run| run.end_time.is_none());
+        if open {
             return;
         }
         // Running without (or before) a release: the attempt is past the barrier anyway.
         group.update(t, |task| {
             let attempt = task.current_mut();
-            attempt.status = TaskStatus::Running;
-            attempt.start_time = Some(now);
-            task.barrier = Barrier::Released;
-        });
-        if !group.exec_armed {
-            group.exec_armed = true;
-            if let Some(exec) = self.workflow.timeout.exec {
-                let at = now.saturating_add(millis(exec));
-                group.exec_deadline = Some(at);
-                out.push(Command::SetTimer {
-                    group: g as u32,
-                    kind: TimeoutKind::Exec,
-                    at,
-                });
+            if attempt.status != TaskStatus::Running {
+                attempt.status = TaskStatus::Running;
+                attempt.start_time = Some(now);
             }
-        }
-        self.enter_running(g, now);
+            attempt.runs.push(RunRecord {
+                start_time: now,
+                end_time: None,
+                exit_code: None,
+                stopped_because: None,
+            });
+            task.barrier = Barrier::Released;
+            task.restarting = None;
+        });
+        let armed = self.enter_running(g, now);
+        self.announce_exec(g, armed, out);
         self.maybe_release(g, out);
+    }
+
+    /// The backend stopped a run for a restart in place: record its code.
+    fn on_run_stopped(&mut self, id: AttemptId, codes: &[ReportedCode]) {
+        let Some((g, t)) = self.live(id) else { return };
+        let task = &mut self.groups[g].tasks[t];
+        if task.restarting.take().is_none() {
+            return;
+        }
+        let code = user_code(codes);
+        if let Some(run) = task.current_mut().runs.last_mut()
+            && run.stopped_because.is_some()
+            && run.exit_code.is_none()
+        {
+            run.exit_code = code;
+        }
     }
 
     fn on_exited(
@@ -484,13 +512,16 @@ impl WorkflowState {
         let spec = &self.workflow.groups[g];
         let exit_code = resolve_code(codes).unwrap_or(well_known::UNKNOWN);
         let task_state = &self.groups[g].tasks[t];
+        if let Some(reason) = task_state.restarting.clone() {
+            return self.on_exited_while_restarting(g, t, codes, exit_code, &reason, now, out);
+        }
         let decision = decide_with(
             exit_code,
             &spec.tasks[t].exit_actions,
             &self.rules,
             task_state.own_reschedules,
             task_state.current().retry_id,
-            false,
+            true,
         );
         let status = decision.status;
         let applied: Option<Action> = if decision.retry_limit_reached {
@@ -498,9 +529,11 @@ impl WorkflowState {
         } else {
             decision.rule.action
         };
-        let message = (status != TaskStatus::Completed).then_some(decision.message);
+        // SEMANTICS §3: every attempt keeps its message, a COMPLETED one too.
+        let message = Some(decision.message);
         self.groups[g].update(t, |task| {
             let attempt = task.current_mut();
+            close_run(attempt, codes, now);
             attempt.status = status;
             attempt.codes = codes.to_vec();
             attempt.exit_code = Some(exit_code);
@@ -509,7 +542,7 @@ impl WorkflowState {
             attempt.failure_message = message;
             attempt.end_time = Some(now);
         });
-        self.enter_running(g, now);
+        let armed = self.enter_running(g, now);
 
         // What the group does about it (SEMANTICS §4).
         let spec = &self.workflow.groups[g];
@@ -531,7 +564,8 @@ impl WorkflowState {
                     self.restart_task(g, u, &reason, now, out);
                 }
             }
-            self.arm_queue(g, now, out);
+            // The queue clock is not re-armed (SEMANTICS §5): it covered the
+            // group's first wait for resources only.
         } else if n > 1 && (is_lead || (status.is_failed() && !spec.ignore_nonlead_status)) {
             let (sibling_status, reason) = if is_lead {
                 let sibling = if status == TaskStatus::Completed {
@@ -549,6 +583,7 @@ impl WorkflowState {
         }
         self.maybe_release(g, out);
         self.refresh_group(g, now, out);
+        self.announce_exec(g, armed, out);
     }
 
     fn on_timed_out(&mut self, g: usize, kind: TimeoutKind, now: Millis, out: &mut Vec<Command>) {
@@ -674,6 +709,7 @@ impl WorkflowState {
                 Some(now),
             ));
             task.barrier = Barrier::Setup;
+            task.restarting = None;
             retry_id
         });
         out.push(Command::Launch {
@@ -687,8 +723,12 @@ impl WorkflowState {
         });
     }
 
-    /// Group restart of one task: an unfinished attempt ends RESCHEDULED and
-    /// is stopped, a finished one keeps its status; either way a new attempt.
+    /// Group restart of one task (SEMANTICS §4), by where it stands:
+    /// finished → a new attempt (its sandbox is gone; the finished one keeps
+    /// its status); in set-up, or not placed yet → it goes on; waiting at the
+    /// barrier → it keeps waiting, now for the new attempt that caused this;
+    /// past the barrier (its command runs, or is about to) → restarted in
+    /// place: the same attempt, its run closed, back at the barrier.
     fn restart_task(
         &mut self,
         g: usize,
@@ -697,8 +737,83 @@ impl WorkflowState {
         now: Millis,
         out: &mut Vec<Command>,
     ) {
-        self.stop_attempt(g, t, TaskStatus::Rescheduled, reason, now, out);
+        let task = &self.groups[g].tasks[t];
+        let current = task.current();
+        if current.status.is_finished() {
+            self.push_attempt(g, t, AttemptCause::GroupRestart, now, out);
+            return;
+        }
+        let launched = current.status.progress() >= TaskStatus::Scheduling.progress();
+        if !launched || task.barrier != Barrier::Released {
+            return;
+        }
+        let retry_id = current.retry_id;
+        self.groups[g].update(t, |task| {
+            task.barrier = Barrier::Waiting;
+            task.restarting = Some(reason.to_string());
+            if let Some(run) = task.current_mut().runs.last_mut()
+                && run.end_time.is_none()
+            {
+                run.end_time = Some(now);
+                run.stopped_because = Some(reason.to_string());
+            }
+        });
+        out.push(Command::Restart {
+            attempt: AttemptId {
+                task: TaskKey {
+                    group: g as u32,
+                    task: t as u32,
+                },
+                retry_id,
+            },
+            reason: reason.to_string(),
+        });
+    }
+
+    /// The attempt exited on its own before the restart asked of it reached
+    /// its backend: its sandbox is gone, so it ends RESCHEDULED (its codes
+    /// kept) and the task gets a new attempt, as a finished sibling would.
+    #[allow(clippy::too_many_arguments)]
+    fn on_exited_while_restarting(
+        &mut self,
+        g: usize,
+        t: usize,
+        codes: &[ReportedCode],
+        exit_code: u32,
+        reason: &str,
+        now: Millis,
+        out: &mut Vec<Command>,
+    ) {
+        let message = format!(
+            "{reason}; its command had already ended (exit code {exit_code}), so it runs again as a new attempt"
+        );
+        // The rule its code matches is kept for the record; no action is applied.
+        let task_state = &self.groups[g].tasks[t];
+        let rule = decide_with(
+            exit_code,
+            &self.workflow.groups[g].tasks[t].exit_actions,
+            &self.rules,
+            task_state.own_reschedules,
+            task_state.current().retry_id,
+            false,
+        )
+        .rule;
+        self.groups[g].update(t, |task| {
+            task.restarting = None;
+            let attempt = task.current_mut();
+            close_run(attempt, codes, now);
+            attempt.status = TaskStatus::Rescheduled;
+            attempt.codes = codes.to_vec();
+            attempt.exit_code = Some(exit_code);
+            attempt.rule = Some(rule);
+            attempt.failure_message = Some(message);
+            attempt.end_time = Some(now);
+        });
+        let armed = self.enter_running(g, now);
         self.push_attempt(g, t, AttemptCause::GroupRestart, now, out);
+        self.maybe_release(g, out);
+        self.refresh_group(g, now, out);
+        self.announce_exec(g, armed, out);
     }
 
     /// Ends the task's current attempt with `status` unless it is finished;
@@ -721,9 +836,16 @@ impl WorkflowState {
         let retry_id = current.retry_id;
         group.update(t, |task| {
             let attempt = task.current_mut();
+            if let Some(run) = attempt.runs.last_mut()
+                && run.end_time.is_none()
+            {
+                run.end_time = Some(now);
+                run.stopped_because = Some(reason.to_string());
+            }
             attempt.status = status;
             attempt.failure_message = Some(reason.to_string());
             attempt.end_time = Some(now);
+            task.restarting = None;
         });
         if launched {
             out.push(Command::Stop {
@@ -770,9 +892,23 @@ impl WorkflowState {
         out.push(Command::Release { attempts });
     }
 
-    /// The group (and so the workflow) runs: an attempt of it ran or finished.
-    fn enter_running(&mut self, g: usize, now: Millis) {
+    /// The group (and so the workflow) runs: an attempt of it ran or
+    /// finished. The exec clock starts here, once (SEMANTICS §5).
+    /// Returns the exec deadline when it was just set: the caller announces it
+    /// ([`Self::announce_exec`]) once the event is handled, unless the group
+    /// finished meanwhile.
+    #[must_use]
+    fn enter_running(&mut self, g: usize, now: Millis) -> Option<Millis> {
         let group = &mut self.groups[g];
+        let mut armed = None;
+        if !group.exec_armed && !group.status.is_finished() {
+            group.exec_armed = true;
+            if let Some(exec) = self.workflow.timeout.exec {
+                let at = now.saturating_add(millis(exec));
+                group.exec_deadline = Some(at);
+                armed = Some(at);
+            }
+        }
         if group.status.progress() < TaskStatus::Running.progress() {
             group.status = TaskStatus::Running;
             group.start_time = Some(now);
@@ -780,6 +916,20 @@ impl WorkflowState {
                 self.status = WorkflowStatus::Running;
                 self.start_time = Some(now);
             }
+        }
+        armed
+    }
+
+    /// Sets the timer of an exec clock [`Self::enter_running`] started, if it is still in force.
+    fn announce_exec(&self, g: usize, armed: Option<Millis>, out: &mut Vec<Command>) {
+        if let Some(at) = armed
+            && self.groups[g].exec_deadline == Some(at)
+        {
+            out.push(Command::SetTimer {
+                group: g as u32,
+                kind: TimeoutKind::Exec,
+                at,
+            });
         }
     }
 
@@ -961,5 +1111,24 @@ impl WorkflowState {
                 status: self.status,
             });
         }
+    }
+}
+
+/// The user command's own code among an attempt's codes.
+fn user_code(codes: &[ReportedCode]) -> Option<u32> {
+    codes
+        .iter()
+        .filter(|c| c.source == CodeSource::User)
+        .map(|c| c.code)
+        .max()
+}
+
+/// Ends the attempt's open run, if any, with the command's own code.
+fn close_run(attempt: &mut Attempt, codes: &[ReportedCode], now: Millis) {
+    if let Some(run) = attempt.runs.last_mut()
+        && run.end_time.is_none()
+    {
+        run.end_time = Some(now);
+        run.exit_code = user_code(codes);
     }
 }

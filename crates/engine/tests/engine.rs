@@ -117,9 +117,12 @@ fn seed_01_complete_on_16() {
     );
     assert_eq!(a.action, Some(Complete));
     assert_eq!(
-        a.failure_message, None,
-        "COMPLETED carries no failure message"
+        a.failure_message.as_deref(),
+        Some("exit code 16 matched COMPLETE 16 (task)"),
+        "a COMPLETED attempt keeps its message (SEMANTICS §3)"
     );
+    assert_eq!(a.runs.len(), 1);
+    assert_eq!(a.runs[0].exit_code, Some(16));
     assert_eq!(finished(&out), Some(WorkflowStatus::Completed));
     assert_eq!(env.attempts("example").len(), 1);
     assert!(env.state.end_time().is_some() && env.state.start_time().is_some());
@@ -216,33 +219,32 @@ fn seed_03_preflight_failure_of_the_lead_restarts_the_group() {
         t1.failure_message.as_deref(),
         Some("exit code 1001 matched RESCHEDULE 1001 (task); attempt 2 of 4 scheduled")
     );
-    let t2 = &env.attempts("task2")[0];
-    assert_eq!(t2.status, S::Rescheduled);
-    assert_eq!(
-        t2.failure_message.as_deref(),
-        Some("restarted: lead task1 rescheduled")
+    // task2 waits at the barrier: it keeps waiting, the same attempt, for task1's new one.
+    assert_eq!(statuses(&env, "task2"), [S::Initializing]);
+    assert!(stops(&out).is_empty(), "nothing of task2's is stopped");
+    assert_eq!(launches(&out), vec![env.id("task1", 1)]);
+    assert!(
+        releases(&out).is_empty(),
+        "task1's new attempt is not set up yet"
     );
-    assert_eq!(stops(&out), vec![env.id("task2", 0)]);
-    assert_eq!(launches(&out), vec![env.id("task1", 1), env.id("task2", 1)]);
-    assert_eq!(env.current("task2").cause, AttemptCause::GroupRestart);
     assert_eq!(
         env.state.own_reschedules(env.key("task2")),
         0,
         "a group restart spends no budget"
     );
-    // Second attempts pass the barrier again, then complete.
-    assert!(releases(&env.start("task1")).is_empty());
-    let out = env.start("task2");
+    // task1's second attempt passes the barrier with task2's first, then both complete.
+    let out = env.start("task1");
     assert_eq!(
         releases(&out),
-        vec![vec![env.id("task1", 1), env.id("task2", 1)]]
+        vec![vec![env.id("task1", 1), env.id("task2", 0)]]
     );
     env.running("task1");
     env.running("task2");
     env.exit("task2", 0);
     let out = env.exit("task1", 0);
     assert_eq!(statuses(&env, "task1"), [S::Rescheduled, S::Completed]);
-    assert_eq!(statuses(&env, "task2"), [S::Rescheduled, S::Completed]);
+    assert_eq!(statuses(&env, "task2"), [S::Completed]);
+    assert_eq!(env.current("task2").runs.len(), 1);
     assert_eq!(env.group_status("my_group"), S::Completed);
     assert_eq!(finished(&out), Some(WorkflowStatus::Completed));
 }
@@ -513,25 +515,79 @@ fn a_failed_lead_fails_its_siblings_plainly() {
 fn lead_rescheduled_restarts_everyone_whatever_ignore_nonlead_says() {
     for ignore in [true, false] {
         let mut env = gang(ignore);
-        env.exit("sidecar", 0); // finished: keeps COMPLETED, still restarted
+        env.exit("sidecar", 0); // finished: keeps COMPLETED, gets a new attempt
         let out = env.exit("leader", 12);
         assert_eq!(statuses(&env, "leader"), [S::Rescheduled, S::Scheduling]);
-        assert_eq!(statuses(&env, "worker"), [S::Rescheduled, S::Scheduling]);
+        // The running worker is restarted in place: the same attempt.
+        assert_eq!(statuses(&env, "worker"), [S::Running]);
         assert_eq!(statuses(&env, "sidecar"), [S::Completed, S::Scheduling]);
+        let reason = "restarted: lead leader rescheduled";
         assert_eq!(
-            env.attempts("worker")[0].failure_message.as_deref(),
-            Some("restarted: lead leader rescheduled")
+            out.iter()
+                .filter_map(|c| match c {
+                    Command::Restart { attempt, reason } => Some((*attempt, reason.as_str())),
+                    _ => None,
+                })
+                .collect::<Vec<_>>(),
+            vec![(env.id("worker", 0), reason)]
         );
+        let run = &env.current("worker").runs[0];
+        assert_eq!(run.stopped_because.as_deref(), Some(reason));
+        assert!(run.end_time.is_some());
+        assert!(stops(&out).is_empty(), "nothing is stopped for good");
         assert_eq!(
-            stops(&out),
-            vec![env.id("worker", 0)],
-            "only the unfinished one is stopped"
+            launches(&out),
+            vec![env.id("leader", 1), env.id("sidecar", 1)]
         );
-        assert_eq!(launches(&out).len(), 3);
         assert_eq!(env.current("sidecar").cause, AttemptCause::GroupRestart);
         assert_eq!(env.current("leader").cause, AttemptCause::Rescheduled);
         assert_eq!(env.group_status("gang"), S::Running);
+        // The stopped run's code is recorded; the next run waits at the barrier.
+        let worker = env.id("worker", 0);
+        env.apply(Event::RunStopped {
+            attempt: worker,
+            codes: vec![code(143)],
+        });
+        assert_eq!(env.current("worker").runs[0].exit_code, Some(143));
+        env.start("leader");
+        let out = env.start("sidecar");
+        assert_eq!(
+            releases(&out),
+            vec![vec![env.id("leader", 1), worker, env.id("sidecar", 1)]]
+        );
+        env.running("worker");
+        assert_eq!(env.current("worker").runs.len(), 2, "a second run");
+        env.running("leader");
+        env.running("sidecar");
+        env.exit("worker", 0);
+        let w = env.current("worker");
+        assert_eq!(
+            (w.status, w.retry_id, w.exit_code),
+            (S::Completed, 0, Some(0))
+        );
+        assert_eq!(w.runs[1].exit_code, Some(0));
+        env.exit("sidecar", 0);
+        let out = env.exit("leader", 0);
+        assert_eq!(finished(&out), Some(WorkflowStatus::Completed));
     }
+}
+
+#[test]
+fn a_restarted_attempt_that_exited_first_gets_a_new_attempt() {
+    let mut env = gang(true);
+    env.exit("leader", 12);
+    // The worker's exit crossed the restart on its way: its sandbox is gone.
+    env.exit("worker", 0);
+    assert_eq!(statuses(&env, "worker"), [S::Rescheduled, S::Scheduling]);
+    let old = &env.attempts("worker")[0];
+    assert_eq!(old.exit_code, Some(0));
+    assert!(
+        old.failure_message
+            .as_deref()
+            .unwrap()
+            .contains("already ended")
+    );
+    assert_eq!(env.current("worker").cause, AttemptCause::GroupRestart);
 }
 
 #[test]
@@ -550,17 +606,23 @@ fn nonlead_rescheduled_restarts_only_itself_when_ignored() {
 fn nonlead_rescheduled_restarts_everyone_when_not_ignored() {
     let mut env = gang(false);
     let out = env.exit("worker", 15);
-    assert_eq!(statuses(&env, "leader"), [S::Rescheduled, S::Scheduling]);
+    assert_eq!(statuses(&env, "leader"), [S::Running]);
     assert_eq!(
-        env.attempts("leader")[0].failure_message.as_deref(),
+        env.current("leader").runs[0].stopped_because.as_deref(),
         Some("restarted: non-lead worker rescheduled")
     );
-    assert_eq!(stops(&out), vec![env.id("leader", 0), env.id("sidecar", 0)]);
-    assert_eq!(launches(&out).len(), 3);
-    // Everyone passes the barrier again.
-    env.start("leader");
-    env.start("worker");
-    assert_eq!(releases(&env.start("sidecar")).concat().len(), 3);
+    let restarted: Vec<AttemptId> = out
+        .iter()
+        .filter_map(|c| match c {
+            Command::Restart { attempt, .. } => Some(*attempt),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(restarted, vec![env.id("leader", 0), env.id("sidecar", 0)]);
+    assert!(stops(&out).is_empty());
+    assert_eq!(launches(&out), vec![env.id("worker", 1)]);
+    // Everyone passes the barrier again, with the worker's new attempt.
+    assert_eq!(releases(&env.start("worker")).concat().len(), 3);
 }
 
 #[test]
@@ -574,13 +636,13 @@ fn group_restarts_do_not_spend_the_budget() {
         )
         .build();
     let mut env = TestEnv::new(wf, budget(1));
-    env.exit("lead", 1); // restarts other
-    assert_eq!(env.attempts("other").len(), 2);
+    env.run("other");
+    env.exit("lead", 1); // restarts other in place
+    assert_eq!(env.attempts("other").len(), 1);
+    env.running("other");
+    assert_eq!(env.current("other").runs.len(), 2);
     env.exit("other", 1); // its own budget is untouched: granted
-    assert_eq!(
-        statuses(&env, "other"),
-        [S::Rescheduled, S::Rescheduled, S::Scheduling]
-    );
+    assert_eq!(statuses(&env, "other"), [S::Rescheduled, S::Scheduling]);
     env.exit("other", 1); // now spent
     assert_eq!(env.status("other"), S::Failed);
     assert!(
@@ -877,25 +939,45 @@ fn queue_timeout_only_while_something_waits_for_resources() {
 }
 
 #[test]
-fn a_reschedule_restarts_the_queue_clock_and_the_old_timer_is_stale() {
+fn the_queue_clock_covers_the_first_wait_only() {
     let wf = WorkflowBuilder::new("requeue")
         .task("t", &[(Reschedule, "3006")])
         .queue_timeout(Duration::from_secs(10))
         .build();
     let mut env = TestEnv::new(wf, Rules::default());
     env.advance(5_000);
-    let out = env.exit("t", 3006);
-    let at = env.now + 10_000;
-    assert_eq!(timers(&out), vec![(0, TimeoutKind::Queue, at)]);
-    env.advance(5_000); // the first timer's due time
-    assert!(env.timeout("t-group", TimeoutKind::Queue).is_empty());
-    assert_eq!(
-        env.state.pending_timers(),
-        vec![(0, TimeoutKind::Queue, at)]
+    env.init("t");
+    assert!(
+        env.state.pending_timers().is_empty(),
+        "it has its resources"
     );
-    env.advance(5_000);
-    env.timeout("t-group", TimeoutKind::Queue);
-    assert_eq!(statuses(&env, "t"), [S::Rescheduled, S::FailedQueueTimeout]);
+    let out = env.exit("t", 3006);
+    assert!(timers(&out).is_empty(), "a reschedule does not re-arm it");
+    env.advance(20_000);
+    assert!(env.timeout("t-group", TimeoutKind::Queue).is_empty());
+    assert_eq!(statuses(&env, "t"), [S::Rescheduled, S::Scheduling]);
+    env.run("t");
+    let out = env.exit("t", 0);
+    assert_eq!(finished(&out), Some(WorkflowStatus::Completed));
+}
+
+#[test]
+fn the_exec_clock_starts_when_a_task_finishes_before_any_runs() {
+    let wf = WorkflowBuilder::new("clock")
+        .task("t", &[(Reschedule, "1001")])
+        .exec_timeout(Duration::from_secs(10))
+        .build();
+    let mut env = TestEnv::new(wf, Rules::default());
+    env.init("t");
+    let out = env.exit_codes("t", preflight_failure());
+    let at = env.now + 10_000;
+    assert_eq!(timers(&out), vec![(0, TimeoutKind::Exec, at)]);
+    env.run("t");
+    assert!(
+        env.state
+            .pending_timers()
+            .contains(&(0, TimeoutKind::Exec, at))
+    );
 }
 
 // ----- §5: cancel and workflow status ---------------------------------------

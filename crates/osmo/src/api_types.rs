@@ -63,6 +63,21 @@ pub struct TaskDoc {
     pub scheduling_time: Option<String>,
     pub start_time: Option<String>,
     pub end_time: Option<String>,
+    /// Every run of the command in this attempt, oldest first: more than one
+    /// when it was restarted in place (SEMANTICS §4).
+    #[serde(default)]
+    pub runs: Vec<RunDoc>,
+}
+
+/// One run of an attempt's command.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct RunDoc {
+    pub start_time: Option<String>,
+    pub end_time: Option<String>,
+    /// The command's own exit code, when known.
+    pub exit_code: Option<u32>,
+    /// Why it was stopped (`restarted: lead TASK rescheduled`); null when it ended by itself.
+    pub stopped_because: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]

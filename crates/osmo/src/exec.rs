@@ -17,7 +17,9 @@ use reqwest::StatusCode;
 use reqwest::blocking::Client;
 
 use crate::proto::{AttemptKey, Launch, LogLine, Phase, Stream};
-use crate::server::slurm::{ExitedBody, PhaseBody, ReleaseReply, TOKEN_ENV, TOKEN_HEADER};
+use crate::server::slurm::{
+    ControlReply, ExitedBody, PhaseBody, ReleaseReply, TOKEN_ENV, TOKEN_HEADER,
+};
 
 /// `osmo exec` arguments (the Slurm backend writes them; not for users).
 #[derive(Debug, Clone, clap::Args)]
@@ -192,6 +194,44 @@ impl Supervisor for ExecSupervisor {
     fn started(&self) {
         self.phase(Phase::Running);
     }
+
+    fn run_stopped(&self, codes: &[osmo_spec::codes::ReportedCode]) {
+        let body = serde_json::to_vec(&ExitedBody {
+            codes: codes.to_vec(),
+        })
+        .expect("codes serialize");
+        self.api.send_until(SERVER_PATIENCE, || {
+            self.api
+                .post("/run-stopped")
+                .header("content-type", "application/json")
+                .body(body.clone())
+        });
+    }
+}
+
+/// Long-polls the server for restarts in place of this attempt's command
+/// and hands them to the runtime, until the attempt is over.
+fn watch_restarts(api: &Api, stop: &StopHandle, done: &AtomicBool) {
+    let mut seen = 0;
+    while !done.load(Ordering::SeqCst) && !terminated() {
+        let reply = api
+            .get(&format!("/control?seen={seen}&wait_ms=20000"))
+            .send()
+            .and_then(|r| r.error_for_status())
+            .and_then(|r| r.json::<ControlReply>());
+        match reply {
+            Ok(reply) => {
+                if reply.restarts > seen {
+                    seen = reply.restarts;
+                    stop.restart(&reply.reason);
+                }
+                if reply.over {
+                    return;
+                }
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(500)),
+        }
+    }
 }
 
 /// Runs `osmo exec`; returns once the attempt's result is with the server.
@@ -241,6 +281,12 @@ pub fn run(args: ExecArgs) -> anyhow::Result<()> {
                 std::thread::sleep(LOG_EVERY);
             }
         }
+    });
+
+    // Not joined: it may sit in a long poll when the attempt ends.
+    std::thread::spawn({
+        let (stop, done, api) = (stop.clone(), done.clone(), api.clone());
+        move || watch_restarts(&api, &stop, &done)
     });
 
     let scratch = std::env::temp_dir().join(format!(

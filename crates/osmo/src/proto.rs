@@ -120,6 +120,9 @@ pub enum ToAgent {
     Release { key: AttemptKey },
     /// Kill the attempt's sandbox.
     Stop { key: AttemptKey },
+    /// Restart the attempt in place: stop its command, keep its sandbox,
+    /// wait at the barrier for the next `Release`, run the command again.
+    Restart { key: AttemptKey, reason: String },
     /// The server has the result; the agent may forget it.
     Ack { key: AttemptKey },
     /// The server is stopping: exit as soon as no attempt runs.
@@ -147,6 +150,12 @@ pub enum FromAgent {
     },
     Logs {
         lines: Vec<LogLine>,
+    },
+    /// A run of the attempt's command was stopped for a `Restart`; the
+    /// attempt waits at the barrier for its next run.
+    RunStopped {
+        key: AttemptKey,
+        codes: Vec<ReportedCode>,
     },
     /// The attempt ended; kept on disk by the agent until `Ack`.
     Exited {

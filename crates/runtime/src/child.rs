@@ -45,6 +45,19 @@ pub(crate) mod msg {
     pub const STEP_SKIPPED: u32 = 11;
 }
 
+/// Bytes on the go socket, controller → init. EOF means: end the sandbox.
+pub(crate) mod go {
+    /// Run the command (the barrier is passed).
+    pub const RUN: u8 = 1;
+    /// Stop the running command (SIGTERM to every process of the sandbox,
+    /// SIGKILL after [`super::RESTART_GRACE_MS`]) and report its `EXITED`;
+    /// the sandbox stays, waiting for the next [`RUN`] (a restart in place).
+    pub const STOP_RUN: u8 = 2;
+}
+
+/// How long a command stopped for a restart has between SIGTERM and SIGKILL.
+pub(crate) const RESTART_GRACE_MS: i64 = 5_000;
+
 /// Built-in set-up steps (plan steps are numbered from 0).
 pub(crate) mod step {
     pub const FDS: u32 = 0x1000_0000;
@@ -371,6 +384,10 @@ unsafe fn spawn(
         }
         if pid == 0 {
             libc::close(fds[0]);
+            // The init blocks SIGCHLD (it reads it from a signalfd); the task must not inherit that.
+            let mut none: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut none);
+            libc::sigprocmask(libc::SIG_SETMASK, &none, ptr::null_mut());
             if new_session {
                 libc::setsid();
             }
@@ -695,35 +712,164 @@ pub(crate) unsafe fn sandbox_init(p: &ChildPlan) -> ! {
         }
 
         send(p.status, msg::READY, 0, 0);
-        let mut byte = 0u8;
+        run_command(p)
+    }
+}
+
+/// Reads one byte of the go socket; None at EOF or on an error.
+unsafe fn read_go(fd: c_int) -> Option<u8> {
+    let mut byte = 0u8;
+    loop {
+        // SAFETY: read one byte into a local.
+        let n = unsafe { libc::read(fd, &mut byte as *mut u8 as *mut c_void, 1) };
+        if n == 1 {
+            return Some(byte);
+        }
+        if n < 0 && errno() == libc::EINTR {
+            continue;
+        }
+        return None;
+    }
+}
+
+fn monotonic_ms() -> i64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime into a local (async-signal-safe).
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec * 1000 + ts.tv_nsec / 1_000_000
+}
+
+/// Kills every process of the namespace but the init, and reaps them all.
+unsafe fn kill_all_and_reap() {
+    unsafe {
+        libc::kill(-1, libc::SIGKILL);
         loop {
-            let n = libc::read(p.go, &mut byte as *mut u8 as *mut c_void, 1);
-            if n == 1 {
+            let mut status: c_int = 0;
+            let r = libc::waitpid(-1, &mut status, 0);
+            if r < 0 && errno() != libc::EINTR {
                 break;
             }
-            if n < 0 && errno() == libc::EINTR {
-                continue;
-            }
-            // The controller said no (or is gone): the command never starts.
-            libc::_exit(0);
         }
-        libc::close(p.go);
+    }
+}
 
-        let (pid, exec_err) = match spawn(p, &p.command, p.stdout, p.stderr, true) {
-            Ok(r) => r,
-            Err((s, e)) => fail(p, s, e),
-        };
-        libc::close(p.stdout);
-        libc::close(p.stderr);
-        if exec_err != 0 {
-            wait_for(pid);
-            send(p.status, msg::EXEC_FAILED, 0, exec_err);
-            libc::_exit(0);
+/// The init after set-up: waits for [`go::RUN`], runs the command, reaps
+/// every process and reports the command's wait status; a [`go::STOP_RUN`]
+/// stops it early. After each `EXITED` it waits for the next byte: another
+/// run in the same sandbox (a restart in place), or EOF to end. Never returns.
+unsafe fn run_command(p: &ChildPlan) -> ! {
+    unsafe {
+        // SIGCHLD through a descriptor, so one poll waits for the command and the controller.
+        let mut chld: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut chld);
+        libc::sigaddset(&mut chld, libc::SIGCHLD);
+        libc::sigprocmask(libc::SIG_BLOCK, &chld, ptr::null_mut());
+        let sfd = libc::signalfd(-1, &chld, libc::SFD_CLOEXEC | libc::SFD_NONBLOCK);
+        if sfd < 0 {
+            fail(p, step::PIPE, errno());
         }
-        send(p.status, msg::STARTED, 0, 0);
-        let status = wait_for(pid);
-        send(p.status, msg::EXITED, 0, status);
-        // Leaving kills every other process of the namespace.
-        libc::_exit(0)
+        let mut runs = 0u32;
+        loop {
+            match read_go(p.go) {
+                Some(go::RUN) => {}
+                // A stop with nothing running: nothing to do.
+                Some(_) => continue,
+                // The controller said no (or is gone): leaving kills whatever is left.
+                None => libc::_exit(0),
+            }
+            if runs > 0 {
+                // What the last run left behind goes before the next starts.
+                kill_all_and_reap();
+            }
+            runs += 1;
+            let (pid, exec_err) = match spawn(p, &p.command, p.stdout, p.stderr, true) {
+                Ok(r) => r,
+                Err((s, e)) => fail(p, s, e),
+            };
+            if exec_err != 0 {
+                wait_for(pid);
+                send(p.status, msg::EXEC_FAILED, 0, exec_err);
+                libc::_exit(0);
+            }
+            send(p.status, msg::STARTED, 0, 0);
+            let status = wait_or_stop(p, sfd, pid);
+            send(p.status, msg::EXITED, 0, status);
+        }
+    }
+}
+
+/// Waits for `pid` (reaping every other process that ends meanwhile) while
+/// watching the go socket: a [`go::STOP_RUN`] sends SIGTERM to every process
+/// of the namespace and SIGKILL after the grace; EOF ends the sandbox.
+/// Returns the command's wait status.
+unsafe fn wait_or_stop(p: &ChildPlan, sfd: c_int, pid: pid_t) -> c_int {
+    unsafe {
+        let mut kill_at: Option<i64> = None;
+        loop {
+            let mut fds = [
+                libc::pollfd {
+                    fd: sfd,
+                    events: libc::POLLIN,
+                    revents: 0,
+                },
+                libc::pollfd {
+                    fd: p.go,
+                    events: libc::POLLIN,
+                    revents: 0,
+                },
+            ];
+            let timeout = match kill_at {
+                Some(at) => (at - monotonic_ms()).clamp(0, i64::from(c_int::MAX)) as c_int,
+                None => -1,
+            };
+            let n = libc::poll(fds.as_mut_ptr(), 2, timeout);
+            if n < 0 && errno() != libc::EINTR {
+                // Cannot wait for both: wait for the command alone.
+                return wait_for(pid);
+            }
+            if fds[0].revents != 0 {
+                let mut info: libc::signalfd_siginfo = std::mem::zeroed();
+                while libc::read(
+                    sfd,
+                    &mut info as *mut libc::signalfd_siginfo as *mut c_void,
+                    std::mem::size_of::<libc::signalfd_siginfo>(),
+                ) > 0
+                {}
+                loop {
+                    let mut status: c_int = 0;
+                    let r = libc::waitpid(-1, &mut status, libc::WNOHANG);
+                    if r == pid {
+                        if kill_at.is_some() {
+                            // Stopped for a restart: nothing of this run may linger.
+                            kill_all_and_reap();
+                        }
+                        return status;
+                    }
+                    if r <= 0 {
+                        break;
+                    }
+                }
+            }
+            if fds[1].revents != 0 {
+                match read_go(p.go) {
+                    Some(go::STOP_RUN) if kill_at.is_none() => {
+                        libc::kill(-1, libc::SIGTERM);
+                        kill_at = Some(monotonic_ms() + RESTART_GRACE_MS);
+                    }
+                    Some(_) => {}
+                    // EOF: the controller ends the attempt. Leaving kills everything.
+                    None => libc::_exit(0),
+                }
+            }
+            if let Some(at) = kill_at
+                && monotonic_ms() >= at
+            {
+                libc::kill(-1, libc::SIGKILL);
+                kill_at = Some(i64::MAX / 2);
+            }
+        }
     }
 }

@@ -7,7 +7,7 @@ use libc::c_int;
 use osmo_spec::codes::{CodeSource, ReportedCode, well_known};
 
 use crate::cgroup::MemoryCgroup;
-use crate::child::{self, msg, step};
+use crate::child::{self, go as go_byte, msg, step};
 use crate::env::{expand_env_refs, task_environment};
 use crate::error::{PrepareError, errno_text};
 use crate::plan::{self, Layout, PlanFds, Prepared};
@@ -24,6 +24,8 @@ pub fn run_attempt(spec: &AttemptSpec, sup: &dyn Supervisor, stop: &StopHandle) 
     let mut run = Run {
         sup,
         codes: Vec::new(),
+        running: false,
+        stopping: None,
     };
     let env = task_environment(spec);
     let argv: Vec<String> = spec
@@ -108,6 +110,63 @@ pub fn run_attempt(spec: &AttemptSpec, sup: &dyn Supervisor, stop: &StopHandle) 
 struct Run<'a> {
     sup: &'a dyn Supervisor,
     codes: Vec<ReportedCode>,
+    /// The command runs (STARTED seen, EXITED not yet).
+    running: bool,
+    /// The running command is being stopped for a restart in place, for this reason.
+    stopping: Option<String>,
+}
+
+/// Sends one byte to the init; false when it is gone.
+fn send_go(go: &Option<OwnedFd>, byte: u8) -> bool {
+    go.as_ref().is_some_and(|fd| {
+        // SAFETY: send one byte on our socket; no SIGPIPE if the peer is gone.
+        unsafe {
+            libc::send(
+                fd.as_raw_fd(),
+                [byte].as_ptr() as *const libc::c_void,
+                1,
+                libc::MSG_NOSIGNAL,
+            ) == 1
+        }
+    })
+}
+
+/// The eventfd a [`StopHandle::restart`] pokes, registered while it lives.
+struct Wake<'a> {
+    fd: OwnedFd,
+    stop: &'a StopHandle,
+}
+
+impl<'a> Wake<'a> {
+    fn new(stop: &'a StopHandle) -> Result<Wake<'a>, PrepareError> {
+        // SAFETY: eventfd(2); the descriptor is ours.
+        let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
+        if fd < 0 {
+            return Err(last_error("create an eventfd"));
+        }
+        let fd = high(fd)?;
+        stop.set_wake(Some(fd.as_raw_fd()));
+        Ok(Wake { fd, stop })
+    }
+
+    fn drain(&self) {
+        let mut value: u64 = 0;
+        // SAFETY: read(2) of 8 bytes into a local from our non-blocking eventfd.
+        unsafe {
+            libc::read(
+                self.fd.as_raw_fd(),
+                &mut value as *mut u64 as *mut libc::c_void,
+                8,
+            )
+        };
+    }
+}
+
+impl Drop for Wake<'_> {
+    fn drop(&mut self) {
+        // Unregistered before the descriptor closes, so no poke hits a reused number.
+        self.stop.set_wake(None);
+    }
 }
 
 /// The controller's ends and the child's ends of every channel.
@@ -327,6 +386,10 @@ impl Run<'_> {
             Ok(c) => c,
             Err(e) => return self.codes.push(e.into_code_logged(self)),
         };
+        let wake = match Wake::new(stop) {
+            Ok(w) => w,
+            Err(e) => return self.codes.push(e.into_code_logged(self)),
+        };
         let fds = PlanFds {
             devnull: ch.devnull.as_raw_fd(),
             status: ch.status_w.as_raw_fd(),
@@ -401,7 +464,11 @@ impl Run<'_> {
         let mut finished = false;
 
         while status.open || readers.iter().any(|r| r.open) {
-            let mut pfds: Vec<libc::pollfd> = Vec::new();
+            let mut pfds: Vec<libc::pollfd> = vec![libc::pollfd {
+                fd: wake.fd.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            }];
             if status.open {
                 pfds.push(libc::pollfd {
                     fd: status.fd.as_raw_fd(),
@@ -427,6 +494,10 @@ impl Run<'_> {
                 break;
             }
             let ready = |fd: RawFd| pfds.iter().any(|p| p.fd == fd && p.revents != 0);
+            if ready(wake.fd.as_raw_fd()) {
+                wake.drain();
+                self.stop_for_restart(&go, stop);
+            }
             // Output first, so lines written before a message are logged before it.
             for r in readers.iter_mut().filter(|r| r.open) {
                 if ready(r.fd.as_raw_fd()) {
@@ -600,32 +671,12 @@ impl Run<'_> {
                 );
                 true
             }
-            msg::READY => {
-                let go_on = !stop.is_stopped() && self.sup.setup_done() && !stop.is_stopped();
-                let sent = go_on
-                    && go.as_ref().is_some_and(|fd| {
-                        // SAFETY: send one byte on our socket; no SIGPIPE if the peer is gone.
-                        unsafe {
-                            libc::send(
-                                fd.as_raw_fd(),
-                                [1u8].as_ptr() as *const libc::c_void,
-                                1,
-                                libc::MSG_NOSIGNAL,
-                            ) == 1
-                        }
-                    });
-                if !sent {
-                    // The init reads EOF and ends without running the command.
-                    *go = None;
-                    if !stop.is_stopped() && go_on {
-                        self.osmo("could not release the sandbox's init");
-                    }
-                    return true;
-                }
-                false
-            }
+            msg::READY => self.pass_barrier(go, stop),
             msg::STARTED => {
+                self.running = true;
                 self.sup.started();
+                // A restart asked for while the command was starting.
+                self.stop_for_restart(go, stop);
                 false
             }
             msg::EXEC_FAILED => {
@@ -643,6 +694,24 @@ impl Run<'_> {
             }
             msg::EXITED => {
                 let (code, how) = decode_status(value);
+                self.running = false;
+                let restart = self.stopping.take().or_else(|| stop.take_restart());
+                if let Some(reason) = restart
+                    && !stop.is_stopped()
+                {
+                    self.osmo(&format!(
+                        "command stopped for a restart in place ({reason}): {how}; \
+                         it runs again in this sandbox after the barrier"
+                    ));
+                    self.sup.run_stopped(&[ReportedCode {
+                        code,
+                        source: CodeSource::User,
+                        detail: Some(how),
+                    }]);
+                    return self.pass_barrier(go, stop);
+                }
+                // The init waits for a next run: closing the socket ends it.
+                *go = None;
                 let detail = if libc::WIFSIGNALED(value) {
                     format!("command {how} (exit code {code})")
                 } else {
@@ -671,6 +740,53 @@ fn prepared_command(p: &Prepared) -> String {
         .first()
         .map(|c| c.to_string_lossy().into_owned())
         .unwrap_or_default()
+}
+
+impl Run<'_> {
+    /// Waits at the barrier ([`Supervisor::setup_done`]), again while a
+    /// restart in place comes in meanwhile, then lets the init run the
+    /// command. Returns true when the attempt ends here (aborted).
+    fn pass_barrier(&mut self, go: &mut Option<OwnedFd>, stop: &StopHandle) -> bool {
+        loop {
+            let go_on = !stop.is_stopped() && self.sup.setup_done() && !stop.is_stopped();
+            if !go_on {
+                // The init reads EOF and ends without running the command.
+                *go = None;
+                return true;
+            }
+            match stop.take_restart() {
+                Some(reason) => self.osmo(&format!(
+                    "restart in place ({reason}) before the command started: \
+                     waiting at the barrier again"
+                )),
+                None => break,
+            }
+        }
+        if !send_go(go, go_byte::RUN) {
+            *go = None;
+            if !stop.is_stopped() {
+                self.osmo("could not release the sandbox's init");
+            }
+            return true;
+        }
+        false
+    }
+
+    /// Asks the init to stop the running command when a restart in place is pending.
+    fn stop_for_restart(&mut self, go: &Option<OwnedFd>, stop: &StopHandle) {
+        if !self.running || self.stopping.is_some() {
+            return;
+        }
+        if let Some(reason) = stop.take_restart() {
+            self.osmo(&format!(
+                "restarting in place ({reason}): stopping the command (SIGTERM, SIGKILL after {} s)",
+                child::RESTART_GRACE_MS / 1000
+            ));
+            if send_go(go, go_byte::STOP_RUN) {
+                self.stopping = Some(reason);
+            }
+        }
+    }
 }
 
 impl PrepareError {

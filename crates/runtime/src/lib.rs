@@ -122,8 +122,14 @@ pub trait Supervisor: Send + Sync {
     /// Set-up (files, preflight tests) finished; block until the group
     /// barrier is passed. Return false to abort: the command never starts.
     fn setup_done(&self) -> bool;
-    /// The user command was executed.
+    /// The user command was executed (again, after a restart in place).
     fn started(&self);
+    /// A run of the command was stopped for a restart in place
+    /// ([`StopHandle::restart`]) and ended with `codes`; the attempt goes on:
+    /// [`Supervisor::setup_done`] is called again before the next run.
+    fn run_stopped(&self, codes: &[ReportedCode]) {
+        let _ = codes;
+    }
 }
 
 /// Every code the attempt produced, with its source.
@@ -143,6 +149,11 @@ impl Outcome {
 /// with it every process of the sandbox; [`run_attempt`] then returns (its
 /// codes are meaningless and may be empty). Stopping before the attempt
 /// starts makes it return at once. One handle per attempt.
+///
+/// It also asks for a restart in place ([`StopHandle::restart`], SEMANTICS
+/// §4): the running command is stopped (SIGTERM, SIGKILL after a grace), the
+/// sandbox and its files stay, and the command runs again once
+/// [`Supervisor::setup_done`] lets it through the barrier again.
 #[derive(Debug, Clone, Default)]
 pub struct StopHandle {
     inner: Arc<Mutex<StopState>>,
@@ -153,6 +164,10 @@ struct StopState {
     stopped: bool,
     /// The sandbox's init while it runs and is not yet reaped.
     pid: Option<libc::pid_t>,
+    /// A restart in place asked for and not yet taken, with its reason.
+    restart: Option<String>,
+    /// An eventfd the runner polls, poked by [`StopHandle::restart`].
+    wake: Option<libc::c_int>,
 }
 
 impl StopHandle {
@@ -173,6 +188,31 @@ impl StopHandle {
 
     pub fn is_stopped(&self) -> bool {
         self.lock().stopped
+    }
+
+    /// Asks for a restart in place of the attempt's command, for `reason`.
+    /// A later request before the runner took it replaces it.
+    pub fn restart(&self, reason: &str) {
+        let mut state = self.lock();
+        if state.stopped {
+            return;
+        }
+        state.restart = Some(reason.to_string());
+        if let Some(fd) = state.wake {
+            let one: u64 = 1;
+            // SAFETY: write(2) of 8 bytes to our eventfd; it stays open while registered.
+            unsafe { libc::write(fd, &one as *const u64 as *const libc::c_void, 8) };
+        }
+    }
+
+    /// Takes the pending restart request, if any (for runtimes).
+    pub fn take_restart(&self) -> Option<String> {
+        self.lock().restart.take()
+    }
+
+    /// Registers the descriptor [`StopHandle::restart`] pokes; None unregisters it.
+    fn set_wake(&self, fd: Option<libc::c_int>) {
+        self.lock().wake = fd;
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, StopState> {

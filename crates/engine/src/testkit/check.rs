@@ -33,6 +33,8 @@ pub struct Checker {
     launched: HashSet<AttemptId>,
     released: HashSet<AttemptId>,
     stopped: HashSet<AttemptId>,
+    /// Attempts restarted in place (they may be released again).
+    restarted: HashSet<AttemptId>,
     finished_sent: u32,
 }
 
@@ -63,6 +65,7 @@ impl Checker {
             launched: HashSet::new(),
             released: HashSet::new(),
             stopped: HashSet::new(),
+            restarted: HashSet::new(),
             finished_sent: 0,
         };
         checker.check(state, None, commands, now)?;
@@ -114,7 +117,9 @@ impl Checker {
                     }
                     for id in attempts {
                         let a = find(*id)?;
-                        if !self.launched.contains(id) || a.status != TaskStatus::Initializing {
+                        let waits = a.status == TaskStatus::Initializing
+                            || (a.status == TaskStatus::Running && self.restarted.contains(id));
+                        if !self.launched.contains(id) || !waits {
                             return Err(format!(
                                 "Release {id:?} which is {} (launched: {})",
                                 a.status,
@@ -151,6 +156,22 @@ impl Checker {
                         return Err(format!("Stop {attempt:?} twice"));
                     }
                     stops.insert(*attempt);
+                }
+                Command::Restart { attempt, reason } => {
+                    let a = find(*attempt)?;
+                    if !self.launched.contains(attempt)
+                        || a.status.is_finished()
+                        || state.current(attempt.task).retry_id != attempt.retry_id
+                    {
+                        return Err(format!(
+                            "Restart {attempt:?} ({reason}) which is {}, released: {}",
+                            a.status,
+                            self.released.contains(attempt)
+                        ));
+                    }
+                    // Back at the barrier: it is released again later.
+                    self.released.remove(attempt);
+                    self.restarted.insert(*attempt);
                 }
                 Command::SetTimer { group, kind, at } => {
                     if *at < now || !state.pending_timers().contains(&(*group, *kind, *at)) {

@@ -180,6 +180,10 @@ enum Phase {
     SetupDone,
     Released,
     Running,
+    /// Asked to restart in place: its run is being stopped.
+    Restarting,
+    /// Asked to restart, and released again before the run stopped.
+    RestartingReleased,
 }
 
 struct Live {
@@ -219,6 +223,16 @@ fn track(live: &mut Vec<Live>, event: &Event) {
         Event::Initializing { attempt, .. } => (attempt, Phase::Initializing),
         Event::SetupDone { attempt } => (attempt, Phase::SetupDone),
         Event::Running { attempt } => (attempt, Phase::Running),
+        Event::RunStopped { attempt, .. } => {
+            if let Some(l) = live.iter_mut().find(|l| l.id == *attempt) {
+                l.phase = match l.phase {
+                    Phase::Restarting => Phase::SetupDone,
+                    Phase::RestartingReleased => Phase::Released,
+                    other => other,
+                };
+            }
+            return;
+        }
         Event::Exited { attempt, .. } => {
             live.retain(|l| l.id != *attempt);
             return;
@@ -281,11 +295,27 @@ pub fn simulate(
                                 .iter_mut()
                                 .find(|l| l.id == id)
                                 .ok_or(format!("Release {id:?} not live"))?;
-                            if l.phase != Phase::SetupDone {
-                                return Err(format!("Release {id:?} in phase {:?}", l.phase));
-                            }
-                            l.phase = Phase::Released;
+                            l.phase = match l.phase {
+                                Phase::SetupDone => Phase::Released,
+                                Phase::Restarting => Phase::RestartingReleased,
+                                other => {
+                                    return Err(format!("Release {id:?} in phase {other:?}"));
+                                }
+                            };
                         }
+                    }
+                    Command::Restart { attempt, .. } => {
+                        let l = live
+                            .iter_mut()
+                            .find(|l| l.id == attempt)
+                            .ok_or(format!("Restart {attempt:?} not live"))?;
+                        if !matches!(
+                            l.phase,
+                            Phase::Released | Phase::Running | Phase::RestartingReleased
+                        ) {
+                            return Err(format!("Restart {attempt:?} in phase {:?}", l.phase));
+                        }
+                        l.phase = Phase::Restarting;
                     }
                     Command::SetTimer { group, kind, at } => timers.push((group, kind, at)),
                     Command::Finished { .. } => finished = true,
@@ -384,6 +414,21 @@ pub fn simulate(
                 Phase::Running | Phase::SetupDone => Event::Exited {
                     attempt: id,
                     codes: random_codes(ch),
+                },
+                // The run is stopped (SIGTERM: 143), or it had ended by itself first.
+                Phase::Restarting | Phase::RestartingReleased => match r {
+                    0..=16 => Event::RunStopped {
+                        attempt: id,
+                        codes: vec![ReportedCode {
+                            code: 143,
+                            source: CodeSource::User,
+                            detail: None,
+                        }],
+                    },
+                    _ => Event::Exited {
+                        attempt: id,
+                        codes: random_codes(ch),
+                    },
                 },
             }
         } else if roll < 1000 - time - cancel {

@@ -31,12 +31,7 @@ struct GateState {
 
 impl AttemptHandle {
     pub fn phase(&self) -> Phase {
-        self.gate
-            .state
-            .lock()
-            .unwrap()
-            .phase
-            .unwrap_or(Phase::Initializing)
+        self.gate.lock().phase.unwrap_or(Phase::Initializing)
     }
 
     pub fn release(&self) {
@@ -47,19 +42,39 @@ impl AttemptHandle {
         self.gate.open(false);
         self.stop.stop();
     }
+
+    /// Restart in place: back to the barrier (a later `release` opens it
+    /// again), and the runtime stops the running command.
+    pub fn restart(&self, reason: &str) {
+        self.gate.close_again();
+        self.stop.restart(reason);
+    }
 }
 
 impl Gate {
     fn open(&self, go: bool) {
-        let mut state = self.state.lock().unwrap();
+        let mut state = self.lock();
         if state.open.is_none() || !go {
             state.open = Some(go);
         }
         self.changed.notify_all();
     }
 
+    /// Closes an opened gate again (a restart in place); an abort stays.
+    fn close_again(&self) {
+        let mut state = self.lock();
+        if state.open == Some(true) {
+            state.open = None;
+        }
+    }
+
     fn set_phase(&self, phase: Phase) {
-        self.state.lock().unwrap().phase = Some(phase);
+        self.lock().phase = Some(phase);
+    }
+
+    /// The state, also after a panic elsewhere: one attempt's thread must not poison the agent.
+    fn lock(&self) -> std::sync::MutexGuard<'_, GateState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
@@ -87,9 +102,13 @@ impl Supervisor for AttemptSupervisor {
     fn setup_done(&self) -> bool {
         self.gate.set_phase(Phase::SetupDone);
         self.shared.set_phase(&self.key, Phase::SetupDone);
-        let mut state = self.gate.state.lock().unwrap();
+        let mut state = self.gate.lock();
         while state.open.is_none() {
-            state = self.gate.changed.wait(state).unwrap();
+            state = self
+                .gate
+                .changed
+                .wait(state)
+                .unwrap_or_else(|e| e.into_inner());
         }
         state.open == Some(true)
     }
@@ -98,6 +117,13 @@ impl Supervisor for AttemptSupervisor {
         self.gate.set_phase(Phase::Running);
         self.shared.set_phase(&self.key, Phase::Running);
     }
+
+    fn run_stopped(&self, codes: &[ReportedCode]) {
+        self.shared.send(FromAgent::RunStopped {
+            key: self.key.clone(),
+            codes: codes.to_vec(),
+        });
+    }
 }
 
 /// Starts the attempt on a thread of its own.
@@ -105,7 +131,7 @@ pub(crate) fn spawn(shared: Arc<Shared>, launch: Launch) {
     let gate = Arc::new(Gate::default());
     gate.set_phase(Phase::Initializing);
     let stop = StopHandle::new();
-    shared.attempts.lock().unwrap().insert(
+    shared.lock_attempts().insert(
         launch.key.clone(),
         AttemptHandle {
             gate: gate.clone(),
@@ -176,6 +202,6 @@ fn finish(shared: &Shared, key: &AttemptKey, codes: Vec<ReportedCode>) {
             key.file_stem()
         );
     }
-    shared.attempts.lock().unwrap().remove(key);
+    shared.lock_attempts().remove(key);
     shared.send(msg);
 }

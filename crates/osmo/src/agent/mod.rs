@@ -82,7 +82,7 @@ async fn serve(args: AgentArgs) -> anyhow::Result<()> {
             // Messages that pile up while disconnected: phases are re-sent in Hello,
             // results live on disk; only logs would be lost, and they are best effort.
             while rx.try_recv().is_ok() {}
-            let idle = shared.attempts.lock().unwrap().is_empty();
+            let idle = shared.lock_attempts().is_empty();
             if idle && (shutting_down || gone_since.elapsed() >= IDLE_EXIT) {
                 return Ok(());
             }
@@ -142,20 +142,26 @@ async fn send_all(write: &mut tokio::net::unix::OwnedWriteHalf, msgs: &[FromAgen
 fn handle(shared: &Arc<Shared>, msg: ToAgent) {
     match msg {
         ToAgent::Launch(launch) => {
-            let known = shared.attempts.lock().unwrap().contains_key(&launch.key)
-                || shared.results.has(&launch.key);
+            let known =
+                shared.lock_attempts().contains_key(&launch.key) || shared.results.has(&launch.key);
             if !known {
                 attempt::spawn(shared.clone(), *launch);
             }
         }
         ToAgent::Release { key } => {
-            if let Some(h) = shared.attempts.lock().unwrap().get(&key) {
+            if let Some(h) = shared.lock_attempts().get(&key) {
                 h.release();
             }
         }
         ToAgent::Stop { key } => {
-            if let Some(h) = shared.attempts.lock().unwrap().get(&key) {
+            if let Some(h) = shared.lock_attempts().get(&key) {
                 h.stop();
+            }
+        }
+        ToAgent::Restart { key, reason } => {
+            // An attempt that already ended sent its result: the server sorts that out.
+            if let Some(h) = shared.lock_attempts().get(&key) {
+                h.restart(&reason);
             }
         }
         ToAgent::Ack { key } => shared.results.forget(&key),
@@ -164,6 +170,12 @@ fn handle(shared: &Arc<Shared>, msg: ToAgent) {
 }
 
 impl Shared {
+    /// The attempts, also after a panic on an attempt's thread (a poisoned
+    /// lock must not take every other attempt down with it).
+    fn lock_attempts(&self) -> std::sync::MutexGuard<'_, HashMap<AttemptKey, AttemptHandle>> {
+        self.attempts.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     fn send(&self, msg: FromAgent) {
         // The receiver lives as long as the agent; a send can only fail at exit.
         let _ = self.outbox.send(msg);

@@ -59,6 +59,7 @@ pub fn router(state: AppState) -> Router {
         WorkflowDoc,
         GroupDoc,
         TaskDoc,
+        RunDoc,
         WorkflowListDoc,
         WorkflowSummaryDoc,
         CancelResponse

@@ -3,7 +3,7 @@
 use osmo_engine::{Attempt, TaskKey, TaskStatus};
 
 use super::persisted::Persisted;
-use crate::api_types::{GroupDoc, TaskDoc, WorkflowDoc, WorkflowSummaryDoc};
+use crate::api_types::{GroupDoc, RunDoc, TaskDoc, WorkflowDoc, WorkflowSummaryDoc};
 
 pub fn rfc3339(ms: Option<u64>) -> Option<String> {
     let ms = ms?;
@@ -99,6 +99,16 @@ fn task_doc(name: &str, lead: bool, a: &Attempt) -> TaskDoc {
         scheduling_time: rfc3339(a.scheduling_time),
         start_time: rfc3339(a.start_time),
         end_time: rfc3339(a.end_time),
+        runs: a
+            .runs
+            .iter()
+            .map(|r| RunDoc {
+                start_time: rfc3339(Some(r.start_time)),
+                end_time: rfc3339(r.end_time),
+                exit_code: r.exit_code,
+                stopped_because: r.stopped_because.clone(),
+            })
+            .collect(),
     }
 }
 

@@ -416,6 +416,12 @@ impl Manager {
                         });
                     }
                 }
+                Command::Restart { attempt, reason } => {
+                    self.link_of(&pool).send(ToAgent::Restart {
+                        key: key(id, attempt),
+                        reason,
+                    });
+                }
                 Command::SetTimer { group, kind, at } => self.timers.push(Reverse(Timer {
                     at,
                     workflow: id.to_string(),
@@ -574,6 +580,23 @@ impl Manager {
                 ..
             } => {
                 self.advance(&key, phase, node).await;
+            }
+            LinkEvent::Message {
+                msg: FromAgent::RunStopped { key, codes },
+                ..
+            } => {
+                // The next run's start is news again.
+                if let Some(active) = self.active.get_mut(&key.workflow_id) {
+                    active.phases.insert(key.attempt, Phase::SetupDone);
+                }
+                self.apply(
+                    &key.workflow_id,
+                    Event::RunStopped {
+                        attempt: key.attempt,
+                        codes,
+                    },
+                )
+                .await;
             }
             LinkEvent::Message {
                 msg: FromAgent::Exited { key, codes },

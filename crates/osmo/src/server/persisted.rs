@@ -40,6 +40,10 @@ impl Persisted {
         for command in commands {
             match command {
                 osmo_engine::Command::Release { attempts } => self.released.extend(attempts),
+                // Back at the barrier: released again later.
+                osmo_engine::Command::Restart { attempt, .. } => {
+                    self.released.remove(attempt);
+                }
                 osmo_engine::Command::SetTimer { group, kind, at } => {
                     self.timers.push((*group, *kind, *at))
                 }

@@ -146,6 +146,10 @@ struct Job {
     node: Option<String>,
     released: bool,
     stopped: bool,
+    /// Restarts in place asked for so far, and the latest one's reason
+    /// (`osmo exec` long-polls `/control` for them).
+    restarts: u32,
+    restart_reason: String,
     /// An `Exited` went to the manager (from exec, or Slurm's verdict).
     reported: bool,
     /// The report came from exec (re-sent when exec retries).
@@ -164,6 +168,8 @@ impl Job {
             node: None,
             released: false,
             stopped: false,
+            restarts: 0,
+            restart_reason: String::new(),
             reported: false,
             codes: None,
             missing: 0,
@@ -582,6 +588,22 @@ impl Driver {
                 drop(inner);
                 self.shared.changed.notify_waiters();
             }
+            ToAgent::Restart { key, reason } => {
+                if let Some(job) = self
+                    .shared
+                    .inner
+                    .lock()
+                    .unwrap()
+                    .jobs
+                    .get_mut(&key.file_stem())
+                {
+                    // Back at the barrier until the engine releases it again.
+                    job.released = false;
+                    job.restarts += 1;
+                    job.restart_reason = reason;
+                }
+                self.shared.changed.notify_waiters();
+            }
             ToAgent::Ack { key } => {
                 self.shared
                     .inner
@@ -783,6 +805,8 @@ fn router(shared: Arc<Shared>) -> Router {
         .route("/api/exec/{stem}/phase", post(phase))
         .route("/api/exec/{stem}/logs", post(logs))
         .route("/api/exec/{stem}/release", get(release))
+        .route("/api/exec/{stem}/control", get(control))
+        .route("/api/exec/{stem}/run-stopped", post(run_stopped))
         .route("/api/exec/{stem}/exited", post(exited))
         .with_state(shared)
 }
@@ -811,6 +835,24 @@ pub struct ReleaseQuery {
 #[derive(Debug, Serialize, Deserialize)]
 pub struct ReleaseReply {
     pub go: Option<bool>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ControlQuery {
+    /// The restarts `osmo exec` has already acted on.
+    #[serde(default)]
+    pub seen: u32,
+    #[serde(default)]
+    pub wait_ms: Option<u64>,
+}
+
+/// What `osmo exec` must do besides running: restart in place when
+/// `restarts` went above what it has seen; stop asking once `over`.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ControlReply {
+    pub restarts: u32,
+    pub reason: String,
+    pub over: bool,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -942,6 +984,70 @@ async fn release(
         if tokio::time::timeout_at(deadline, changed).await.is_err() {
             return Json(ReleaseReply { go: None }).into_response();
         }
+    }
+}
+
+/// Long-polls for a restart in place of the job's command (or its end).
+async fn control(
+    State(shared): State<Arc<Shared>>,
+    UrlPath(stem): UrlPath<String>,
+    Query(query): Query<ControlQuery>,
+    headers: HeaderMap,
+) -> Response {
+    if !authorized(&shared, &headers) {
+        return unauthorized();
+    }
+    let wait = Duration::from_millis(query.wait_ms.unwrap_or(20_000).min(30_000));
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        let changed = shared.changed.notified();
+        tokio::pin!(changed);
+        changed.as_mut().enable();
+        let reply = {
+            let inner = shared.inner.lock().unwrap();
+            match inner.jobs.get(&stem) {
+                None => ControlReply {
+                    restarts: query.seen,
+                    reason: String::new(),
+                    over: true,
+                },
+                Some(job) => ControlReply {
+                    restarts: job.restarts,
+                    reason: job.restart_reason.clone(),
+                    over: job.stopped || job.reported,
+                },
+            }
+        };
+        if reply.over || reply.restarts > query.seen {
+            return Json(reply).into_response();
+        }
+        if tokio::time::timeout_at(deadline, changed).await.is_err() {
+            return Json(reply).into_response();
+        }
+    }
+}
+
+/// `osmo exec` stopped a run of the command for a restart in place.
+async fn run_stopped(
+    State(shared): State<Arc<Shared>>,
+    UrlPath(stem): UrlPath<String>,
+    headers: HeaderMap,
+    Json(body): Json<ExitedBody>,
+) -> Response {
+    if !authorized(&shared, &headers) {
+        return unauthorized();
+    }
+    let inner = shared.inner.lock().unwrap();
+    match inner.jobs.get(&stem) {
+        Some(job) if !job.reported => {
+            shared.emit(FromAgent::RunStopped {
+                key: job.key.clone(),
+                codes: body.codes,
+            });
+            StatusCode::OK.into_response()
+        }
+        Some(_) => StatusCode::OK.into_response(),
+        None => (StatusCode::NOT_FOUND, "no such attempt").into_response(),
     }
 }
 
