@@ -36,7 +36,7 @@ use bollard::errors::Error as DockerError;
 use bollard::models::{ContainerCreateBody, HostConfig};
 use bollard::query_parameters::{
     AttachContainerOptions, CreateContainerOptions, CreateImageOptions, KillContainerOptions,
-    RemoveContainerOptions, UploadToContainerOptions, WaitContainerOptions,
+    RemoveContainerOptions, StopContainerOptions, UploadToContainerOptions, WaitContainerOptions,
 };
 use futures_util::StreamExt;
 use osmo_runtime::env::task_environment;
@@ -51,6 +51,8 @@ pub const CONNECT_GRACE_ENV: &str = "OSMO_DOCKER_CONNECT_GRACE";
 const PING_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often a running attempt looks at its stop handle.
 const STOP_POLL: Duration = Duration::from_millis(100);
+/// How long a command stopped for a restart in place has between SIGTERM and SIGKILL.
+const RESTART_GRACE: Duration = Duration::from_secs(5);
 /// Label on every container the runtime creates (value: the attempt).
 pub const LABEL: &str = "osmo.attempt";
 
@@ -249,13 +251,26 @@ impl Run<'_> {
                 .await?;
         }
 
-        let go = !self.stop.is_stopped() && self.sup.setup_done() && !self.stop.is_stopped();
-        if !go {
-            return Err(End::Stopped);
-        }
-        let code = self
-            .start_and_wait(docker, &main, Stream::Stdout, "")
-            .await?;
+        // Each pass is one run of the command; a restart in place stops the
+        // container and starts the same one again (its file system kept).
+        let code = loop {
+            if !self.pass_barrier() {
+                return Err(End::Stopped);
+            }
+            let (code, restart) = self
+                .start_and_wait(docker, &main, Stream::Stdout, "")
+                .await?;
+            let Some(reason) = restart else { break code };
+            self.osmo(&format!(
+                "command stopped for a restart in place ({reason}): exit code {code}; \
+                 it runs again in this container after the barrier"
+            ));
+            self.sup.run_stopped(&[ReportedCode {
+                code,
+                source: CodeSource::User,
+                detail: None,
+            }]);
+        };
         let detail = if code > 128 && code < 160 {
             format!("command killed by signal {} (exit code {code})", code - 128)
         } else {
@@ -283,6 +298,24 @@ impl Run<'_> {
             self.push(well_known::EVICTED, CodeSource::Service, detail);
         }
         Ok(())
+    }
+
+    /// Waits at the barrier, again while a restart in place comes in
+    /// meanwhile. False: aborted, the command must not start.
+    fn pass_barrier(&self) -> bool {
+        loop {
+            let go = !self.stop.is_stopped() && self.sup.setup_done() && !self.stop.is_stopped();
+            if !go {
+                return false;
+            }
+            match self.stop.take_restart() {
+                Some(reason) => self.osmo(&format!(
+                    "restart in place ({reason}) before the command started: \
+                     waiting at the barrier again"
+                )),
+                None => return true,
+            }
+        }
     }
 
     /// The image is there, or is pulled; otherwise 302.
@@ -470,7 +503,7 @@ impl Run<'_> {
             .await?;
         self.osmo(&format!("preflight {}: running", test.name));
         let prefix = format!("[preflight {}] ", test.name);
-        let code = self
+        let (code, _) = self
             .start_and_wait(docker, &id, Stream::Osmo, &prefix)
             .await?;
         remove(docker, &id).await;
@@ -498,7 +531,7 @@ impl Run<'_> {
         id: &str,
         stream: Stream,
         prefix: &str,
-    ) -> Result<u32, End> {
+    ) -> Result<(u32, Option<String>), End> {
         // Attached before the start, so no output is missed, the last partial line included.
         let attach = AttachContainerOptions {
             stream: true,
@@ -556,14 +589,35 @@ impl Run<'_> {
             };
             docker.wait_container(id, Some(options)).next().await
         };
-        let (waited, ()) = tokio::select! {
-            both = async { tokio::join!(wait, logs) } => both,
-            () = stopped(self.stop) => return Err(End::Stopped),
+        let both = async { tokio::join!(wait, logs) };
+        tokio::pin!(both);
+        // Only the task's own container restarts in place, not a preflight test's.
+        let mut restart: Option<String> = None;
+        let restartable = stream == Stream::Stdout;
+        let (waited, ()) = loop {
+            tokio::select! {
+                both = &mut both => break both,
+                () = stopped(self.stop) => return Err(End::Stopped),
+                reason = restart_requested(self.stop), if restartable && restart.is_none() => {
+                    self.osmo(&format!(
+                        "restarting in place ({reason}): stopping the container \
+                         (SIGTERM, SIGKILL after {} s)",
+                        RESTART_GRACE.as_secs()
+                    ));
+                    let options = StopContainerOptions {
+                        t: Some(RESTART_GRACE.as_secs() as i32),
+                        ..Default::default()
+                    };
+                    // The wait above then sees it exit; an error means it is already down.
+                    let _ = docker.stop_container(id, Some(options)).await;
+                    restart = Some(reason);
+                }
+            }
         };
         match waited {
-            Some(Ok(r)) => Ok(r.status_code.clamp(0, i64::from(u32::MAX)) as u32),
+            Some(Ok(r)) => Ok((r.status_code.clamp(0, i64::from(u32::MAX)) as u32, restart)),
             Some(Err(DockerError::DockerContainerWaitError { code, .. })) => {
-                Ok(code.clamp(0, i64::from(u32::MAX)) as u32)
+                Ok((code.clamp(0, i64::from(u32::MAX)) as u32, restart))
             }
             Some(Err(e)) => Err(End::from_docker(
                 e,
@@ -593,6 +647,16 @@ impl Run<'_> {
                 LEFTOVERS.lock().unwrap().push(id);
             }
         }
+    }
+}
+
+/// Resolves with the reason of a restart in place once one is asked for.
+async fn restart_requested(stop: &StopHandle) -> String {
+    loop {
+        if let Some(reason) = stop.take_restart() {
+            return reason;
+        }
+        tokio::time::sleep(STOP_POLL).await;
     }
 }
 
