@@ -25,17 +25,26 @@
 //!   (an attempt RUNNING or finished) stays RUNNING until it finishes, and the
 //!   workflow stays RUNNING from its first running group to its final status
 //!   (it does not fall back to PENDING while a later group queues).
-//! - **Timers.** The queue clock starts when attempts of a group are launched:
-//!   at the group's start and again at each reschedule or restart in it (the
-//!   latest deadline is the one in force). It stops once no current attempt of
-//!   the group is SCHEDULING. The exec clock starts at the group's first
-//!   RUNNING attempt, once; restarts do not reset it. A `TimedOut` acts only
-//!   when `now` has reached the deadline in force ([`WorkflowState::pending_timers`]).
-//! - **Messages.** An attempt COMPLETED by its own exit has no failure
-//!   message (its rule is recorded). Attempts stopped because their lead finished
-//!   get `lead task X finished STATUS`, even when they take COMPLETED; restarted
-//!   ones get `restarted: lead X rescheduled` or `restarted: non-lead X
-//!   rescheduled`; a strict group's siblings get `task X failed`. A group's failure
+//! - **Timers** (SEMANTICS §5, as OSMO). The queue clock starts when a
+//!   group starts and stops once no current attempt of it is SCHEDULING; it
+//!   is never re-armed (a rescheduled attempt waiting for a node is bounded by
+//!   the exec clock only). The exec clock starts once, when the group runs
+//!   (a task ran or finished); restarts do not reset it. A `TimedOut` acts
+//!   only when `now` has reached the deadline in force
+//!   ([`WorkflowState::pending_timers`]).
+//! - **Restarts in place** (SEMANTICS §4). A sibling past the barrier is sent
+//!   [`Command::Restart`]: the same attempt, its open run closed with the
+//!   reason, back at the barrier; the backend answers [`Event::RunStopped`]
+//!   with the stopped run's code, and a later `Running` opens the next run. An
+//!   `Exited` that crosses a restart (the run had ended by itself) ends the
+//!   attempt RESCHEDULED and the task gets a new attempt, as a finished
+//!   sibling does.
+//! - **Messages.** Every attempt decided by its own exit keeps the message of
+//!   its decision, a COMPLETED one too (`exit code 16 matched COMPLETE 16
+//!   (task)`). Attempts stopped because their lead finished
+//!   get `lead task X finished STATUS`, even when they take COMPLETED; runs
+//!   stopped for a restart get `restarted: lead X rescheduled` or `restarted:
+//!   non-lead X rescheduled`; a strict group's siblings get `task X failed`. A group's failure
 //!   message is `task X STATUS: <its message>` for the task that decided it.
 //!   Downstream groups name the group whose failure started the cascade. In
 //!   `attempt N of M scheduled`, M counts the attempts the task's remaining own

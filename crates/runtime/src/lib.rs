@@ -25,9 +25,15 @@
 //! 3. It reports "ready"; the controller calls [`Supervisor::setup_done`]
 //!    (the group barrier) and sends a go byte; the reaper forks and execs the
 //!    user command (never PID 1, so `kill -9 $$` gives 137), reaps every
-//!    process, and reports the command's wait status. When it exits, the
-//!    kernel kills whatever is left in the namespace, and the mounts vanish
-//!    with it.
+//!    process, and reports the command's wait status. Then it waits for the
+//!    controller's next byte: EOF ends it (the kernel kills whatever is left
+//!    in the namespace, and the mounts vanish with it).
+//! 4. A restart in place ([`StopHandle::restart`], SEMANTICS §4): the
+//!    controller sends a stop byte; the reaper sends SIGTERM to every process
+//!    of the namespace, SIGKILL after 5 s, reaps them and reports the stopped
+//!    run's status. The controller reports [`Supervisor::run_stopped`], passes
+//!    the barrier again and sends another go byte: the command runs again in
+//!    the same sandbox (files, `/tmp`, output as the stopped run left them).
 //!
 //! Meanwhile the controller relays stdout, stderr and the preflight output
 //! line by line to [`Supervisor::log`]; [`StopHandle::stop`] kills the

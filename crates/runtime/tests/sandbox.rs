@@ -20,9 +20,11 @@ enum Event {
     Log(Stream, String),
     SetupDone,
     Started,
+    RunStopped(Vec<u32>),
 }
 
 type Gate = Box<dyn Fn() -> bool + Send + Sync>;
+type OnLine = Box<dyn Fn(&str) + Send + Sync>;
 
 /// Records every callback; `setup_done` runs `gate` (default: go).
 #[derive(Default)]
@@ -30,6 +32,7 @@ struct Recorder {
     events: Mutex<Vec<Event>>,
     gate: Option<Gate>,
     on_started: Option<Box<dyn Fn() + Send + Sync>>,
+    on_line: Option<OnLine>,
 }
 
 impl Recorder {
@@ -65,6 +68,9 @@ impl Supervisor for Recorder {
             .lock()
             .unwrap()
             .push(Event::Log(stream, line.to_string()));
+        if let Some(f) = &self.on_line {
+            f(line);
+        }
     }
 
     fn setup_done(&self) -> bool {
@@ -77,6 +83,11 @@ impl Supervisor for Recorder {
         if let Some(f) = &self.on_started {
             f();
         }
+    }
+
+    fn run_stopped(&self, codes: &[ReportedCode]) {
+        let codes = codes.iter().map(|c| c.code).collect();
+        self.events.lock().unwrap().push(Event::RunStopped(codes));
     }
 }
 
@@ -768,4 +779,85 @@ fn detail_of_codes_is_kept() {
             detail: None
         }]
     );
+}
+
+#[test]
+fn restart_in_place_keeps_the_sandbox_and_runs_the_command_again() {
+    // The first run leaves a mark in /tmp and in the output, then blocks; a
+    // restart stops it (SIGTERM: 143), and the second run finds both marks.
+    let mut f = Fixture::new(
+        "restarted",
+        &[
+            "sh",
+            "-c",
+            "echo x >> /tmp/runs; echo x >> \"$OUT/runs\"; n=$(grep -c x /tmp/runs); \
+             echo \"run $n\"; if [ \"$n\" -ge 2 ]; then exit 0; fi; exec sleep 5",
+        ],
+    );
+    f.spec
+        .environment
+        .insert("OUT".into(), f.out().display().to_string());
+    let stop = StopHandle::new();
+    let rec = Recorder {
+        on_line: Some(Box::new({
+            let stop = stop.clone();
+            move |line| {
+                if line == "run 1" {
+                    stop.restart("restarted: lead leader rescheduled");
+                }
+            }
+        })),
+        ..Recorder::default()
+    };
+    let o = run_attempt(&f.spec, &rec, &stop);
+    assert_eq!(codes(&o), user(0), "{:?}", rec.events());
+    assert_eq!(
+        rec.lines(Stream::Stdout),
+        ["run 1", "run 2"],
+        "{:?}",
+        rec.events()
+    );
+    assert_eq!(rec.count(&Event::Started), 2);
+    assert_eq!(
+        rec.count(&Event::SetupDone),
+        2,
+        "the barrier again before the second run"
+    );
+    assert_eq!(
+        rec.count(&Event::RunStopped(vec![143])),
+        1,
+        "{:?}",
+        rec.events()
+    );
+    let output_runs = std::fs::read_to_string(f.out().join("runs")).unwrap();
+    assert_eq!(output_runs.lines().count(), 2);
+    assert!(
+        rec.lines(Stream::Osmo)
+            .iter()
+            .any(|l| l.contains("restarted: lead leader rescheduled")),
+        "{:?}",
+        rec.lines(Stream::Osmo)
+    );
+}
+
+#[test]
+fn a_restart_before_the_command_started_waits_at_the_barrier_again() {
+    let f = Fixture::new("waiting", &["sh", "-c", "echo once"]);
+    let stop = StopHandle::new();
+    let passes = Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let rec = Recorder::with_gate({
+        let (stop, passes) = (stop.clone(), passes.clone());
+        move || {
+            // Released, then restarted before the go reached the sandbox.
+            if passes.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 0 {
+                stop.restart("restarted: lead leader rescheduled");
+            }
+            true
+        }
+    });
+    let o = run_attempt(&f.spec, &rec, &stop);
+    assert_eq!(codes(&o), user(0), "{:?}", rec.events());
+    assert_eq!(rec.count(&Event::SetupDone), 2);
+    assert_eq!(rec.count(&Event::Started), 1);
+    assert_eq!(rec.lines(Stream::Stdout), ["once"]);
 }

@@ -99,18 +99,43 @@ pub fn tasks_table(doc: &WorkflowDoc, clock: &Clock) -> Table {
     t
 }
 
-/// The attempt's message; for one that succeeded, the exit-action rule that
-/// decided it (the API keeps `failure_message` empty on success, as OSMO does).
+/// The attempt's message: its restarts in place, if any, then why it ended
+/// (for a success, the exit-action rule that decided it; "-" for a plain
+/// zero exit that no rule listed).
 pub fn message(task: &crate::api_types::TaskDoc) -> String {
-    if let Some(m) = &task.failure_message {
-        return m.clone();
+    let reason = ended_because(task);
+    let restarts: Vec<&str> = task
+        .runs
+        .iter()
+        .filter_map(|r| r.stopped_because.as_deref())
+        .collect();
+    if task.runs.len() < 2 || restarts.is_empty() {
+        return reason;
     }
-    let rule = task.exit_rule.as_ref();
+    let last = restarts.last().copied().unwrap_or_default();
+    let ran = format!("{} runs ({last})", task.runs.len());
+    if reason == "-" {
+        ran
+    } else {
+        format!("{ran}; {reason}")
+    }
+}
+
+fn ended_because(task: &crate::api_types::TaskDoc) -> String {
     let field = |k: &str| {
-        rule.and_then(|r| r.get(k))
+        task.exit_rule
+            .as_ref()
+            .and_then(|r| r.get(k))
             .and_then(|v| v.as_str())
             .map(str::to_string)
     };
+    let plain_success = task.status == "COMPLETED" && field("origin").as_deref() == Some("default");
+    if plain_success {
+        return "-".to_string();
+    }
+    if let Some(m) = &task.failure_message {
+        return m.clone();
+    }
     match (
         task.exit_code,
         field("action"),
@@ -183,6 +208,7 @@ mod tests {
             scheduling_time: Some(format!("2026-03-01T10:00:0{retry_id}.000Z")),
             start_time: Some(format!("2026-03-01T10:00:0{retry_id}.500Z")),
             end_time: exit_code.map(|_| format!("2026-03-01T10:01:1{retry_id}.000Z")),
+            runs: Vec::new(),
         }
     }
 
