@@ -384,6 +384,23 @@ impl WorkflowState {
         timers
     }
 
+    /// Whether the engine let this attempt through its barrier (released it,
+    /// or saw it run) and has not sent it back since: what a restarted server
+    /// must tell a backend whose attempt still waits at the barrier.
+    pub fn is_released(&self, attempt: AttemptId) -> bool {
+        let Some(task) = self
+            .groups
+            .get(attempt.task.group as usize)
+            .and_then(|g| g.tasks.get(attempt.task.task as usize))
+        else {
+            return false;
+        };
+        let current = task.current();
+        current.retry_id == attempt.retry_id
+            && !current.status.is_finished()
+            && task.barrier == Barrier::Released
+    }
+
     fn task(&self, task: TaskKey) -> &TaskState {
         &self.groups[task.group as usize].tasks[task.task as usize]
     }

@@ -1,9 +1,9 @@
 //! Commits per second on the embedded SQLite store (WAL, `synchronous=FULL`, a file in a temp
-//! dir): one event, a small state document and one command per commit, the server's hot path.
-//! Also a batch of log lines, for scale.
+//! dir): the server's hot path, one event per commit, and a group commit of 50 events (an agent
+//! reporting 50 exits at once). Also a batch of log lines, for scale.
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use osmo_store::{EventCommit, Initial, LogLine, NewWorkflow, Store};
+use osmo_store::{Commit, Initial, LogLine, NewEvent, NewWorkflow, Store};
 use serde_json::json;
 
 fn commit_event(c: &mut Criterion) {
@@ -30,41 +30,53 @@ fn commit_event(c: &mut Criterion) {
                 submitted_at: 0,
             },
             |_| Initial {
-                state: json!({}),
+                state: "{}".into(),
                 state_version: 1,
                 status: "PENDING".into(),
-                commands: vec![],
             },
         ))
         .unwrap();
 
-    let event = json!({ "kind": "attempt_exited", "task": "train", "retry_id": 0, "code": 0 });
-    let state = json!({
-        "status": "RUNNING",
-        "groups": { "g": { "status": "RUNNING", "tasks": {
-            "train": { "status": "COMPLETED", "retry_id": 0, "exit_code": 0 },
-            "eval": { "status": "WAITING", "retry_id": 0 }
-        } } }
-    });
-    let commands = [json!({ "launch": { "task": "eval", "retry_id": 0 } })];
+    let event = json!({ "type": "exited", "attempt": { "task": { "group": 0, "task": 1 },
+        "retry_id": 0 }, "codes": [{ "code": 0, "source": "user" }] })
+    .to_string();
+    let mut seq = 0u64;
+    let mut batch = |n: usize, at: i64| {
+        let first_seq = seq + 1;
+        seq += n as u64;
+        Commit {
+            workflow_id: id.clone(),
+            first_seq,
+            events: (0..n)
+                .map(|_| NewEvent {
+                    at,
+                    schema_version: 1,
+                    body: event.clone(),
+                })
+                .collect(),
+            status: "RUNNING".into(),
+            updated_at: at,
+            finished_at: None,
+            snapshot: None,
+        }
+    };
     let mut at = 0;
 
     let mut group = c.benchmark_group("sqlite");
     group.throughput(Throughput::Elements(1));
-    group.bench_function("commit_event", |b| {
+    group.bench_function("commit_1_event", |b| {
         b.iter(|| {
             at += 1;
-            let commit = EventCommit {
-                event: &event,
-                event_version: 1,
-                at,
-                state: &state,
-                state_version: 1,
-                status: "RUNNING",
-                finished_at: None,
-                commands: &commands,
-            };
-            rt.block_on(store.commit_event(&id, &commit)).unwrap()
+            let commit = batch(1, at);
+            rt.block_on(store.commit(&[commit])).unwrap()
+        })
+    });
+    group.throughput(Throughput::Elements(50));
+    group.bench_function("commit_50_events_at_once", |b| {
+        b.iter(|| {
+            at += 1;
+            let commit = batch(50, at);
+            rt.block_on(store.commit(&[commit])).unwrap()
         })
     });
 

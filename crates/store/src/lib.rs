@@ -1,12 +1,17 @@
 //! osmo-store: the durable state of the workflow service.
 //!
 //! The server keeps one writer per workflow and works event-sourced: every decision of the engine
-//! is an event, and [`Store::commit_event`] writes the event, the new engine state, the status and
-//! the commands the engine asked for **in one transaction**, before anyone acts on them or
-//! acknowledges them. Commands stay in an outbox ([`Store::pending_commands`]) until the server
-//! acknowledges them as carried out ([`Store::ack_commands`]), so a restart re-drives whatever was
-//! decided but not yet done; [`Store::load_unfinished`] gives back every workflow to rebuild the
-//! in-memory state from.
+//! follows an event, and [`Store::commit`] writes the events **before anyone acts on them or
+//! acknowledges them**. Events that arrive together (an agent reporting 50 exits, across any
+//! number of workflows) are committed together, in one transaction and one fsync.
+//!
+//! The cost of a commit does not depend on the workflow's size: a commit appends its events and
+//! updates one small row per workflow (status, times, the latest event's number). The engine's
+//! state is rewritten only now and then, as a snapshot taken with a commit (the caller decides
+//! when: say every time as many events as the workflow has tasks have gone by, so the cost is
+//! constant per event on average, and at the end). [`Store::load_unfinished`] gives back every
+//! unfinished workflow's latest snapshot, and [`Store::events_after`] the bounded tail of events
+//! to replay on top of it.
 //!
 //! The store knows nothing of what states mean: engine state, events and commands are opaque JSON
 //! documents, statuses opaque text. A workflow counts as finished once a commit gave it a
@@ -30,11 +35,12 @@
 //!
 //! # Replay and torn records
 //!
-//! Each event is one database transaction, so the log can't end in a torn (half-written) record:
+//! Each commit is one database transaction, so the log can't end in a torn (half-written) record:
 //! after a crash, SQLite's WAL and PostgreSQL's recovery roll an unfinished transaction back as a
-//! whole. Replay therefore reads either all of an event, its state and its commands, or none of
-//! them. Every event row carries the `schema_version` of its body and every state document its
-//! `state_version`, for the engine to read old documents.
+//! whole. Replay therefore reads either all of a commit's events and snapshot, or none of them.
+//! The caller numbers events itself, so a commit retried after an ambiguous failure (it did land,
+//! but the answer was lost) writes nothing twice. Every event row carries the `schema_version` of
+//! its body and every snapshot its `state_version`, for the engine to read old documents.
 //!
 //! # Ids
 //!
@@ -99,50 +105,63 @@ pub struct NewWorkflow {
 /// The first state of a workflow, made by the caller once its id is known.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Initial {
-    /// The engine's state document.
-    pub state: Value,
+    /// The engine's state document, as JSON text: the first snapshot (event 0).
+    pub state: String,
     /// The schema version of `state`.
     pub state_version: u32,
     /// The status to show.
     pub status: String,
-    /// Commands to carry out; they get outbox sequence numbers `1..=commands.len()`.
-    pub commands: Vec<Value>,
 }
 
-/// One event and everything it decided, for [`Store::commit_event`].
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct EventCommit<'a> {
-    /// The event.
-    pub event: &'a Value,
-    /// The schema version of `event`.
-    pub event_version: u32,
-    /// When it happened, milliseconds since the Unix epoch; becomes `updated_at`.
+/// One event to append.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewEvent {
+    /// When it happened, milliseconds since the Unix epoch.
     pub at: i64,
-    /// The engine's state after the event; replaces the stored one.
-    pub state: &'a Value,
+    /// The schema version of `body`.
+    pub schema_version: u32,
+    /// The event, as JSON text.
+    pub body: String,
+}
+
+/// The engine's state as of a commit's last event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Snapshot {
+    /// The state document, as JSON text.
+    pub state: String,
     /// The schema version of `state`.
     pub state_version: u32,
-    /// The status after the event.
-    pub status: &'a str,
-    /// When the workflow finished, if this event finished it. Once set it is kept: a later
+}
+
+/// One workflow's share of a [`Store::commit`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Commit {
+    /// The workflow.
+    pub workflow_id: String,
+    /// The sequence number of the first of `events` (the workflow's events count from 1, with no
+    /// gaps); the caller keeps count.
+    pub first_seq: u64,
+    /// The events, in order.
+    pub events: Vec<NewEvent>,
+    /// The status after them.
+    pub status: String,
+    /// Time of the last of them; becomes `updated_at`.
+    pub updated_at: i64,
+    /// When the workflow finished, if these events finished it. Once set it is kept: a later
     /// commit neither clears nor moves it.
     pub finished_at: Option<i64>,
-    /// Commands the engine asked for; they enter the outbox.
-    pub commands: &'a [Value],
+    /// The state after the last of `events`, when the caller takes a snapshot now.
+    pub snapshot: Option<Snapshot>,
 }
 
-/// What [`Store::commit_event`] assigned.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Committed {
-    /// The event's sequence number in its workflow, from 1.
-    pub event_seq: u64,
-    /// The outbox sequence number of the event's last command. The event's `n` commands got
-    /// `last_command_seq - n + 1 ..= last_command_seq`; with no commands this is the workflow's
-    /// latest number so far. Acknowledge with [`Store::ack_commands`] once they are carried out.
-    pub last_command_seq: u64,
+impl Commit {
+    /// The sequence number of the last event (or `first_seq - 1` with none).
+    pub fn last_seq(&self) -> u64 {
+        (self.first_seq + self.events.len() as u64).saturating_sub(1)
+    }
 }
 
-/// A workflow as stored, with its state document.
+/// A workflow as stored, with its latest snapshot.
 #[derive(Debug, Clone, PartialEq)]
 pub struct WorkflowRow {
     /// `<name>-<seq>`.
@@ -169,14 +188,15 @@ pub struct WorkflowRow {
     pub spec_source: String,
     /// The file after rendering.
     pub spec_rendered: String,
-    /// The engine's state document.
+    /// The engine's state document as of event `snapshot_seq`.
     pub state: Value,
     /// The schema version of `state`.
     pub state_version: u32,
-    /// Sequence number of the latest event; 0 before the first.
+    /// The last event the snapshot includes; 0 for the first state.
+    pub snapshot_seq: u64,
+    /// Sequence number of the latest event; 0 before the first. Events after `snapshot_seq`
+    /// ([`Store::events_after`]) are to be replayed on top of `state`.
     pub last_event_seq: u64,
-    /// Outbox sequence number of the latest command; 0 before the first.
-    pub last_command_seq: u64,
 }
 
 /// A workflow in a listing: no spec, no state.
@@ -233,17 +253,6 @@ pub struct EventRecord {
     pub body: Value,
 }
 
-/// A command decided but not yet acknowledged as carried out.
-#[derive(Debug, Clone, PartialEq)]
-pub struct PendingCommand {
-    /// The workflow that decided it.
-    pub workflow_id: String,
-    /// Its outbox sequence number in that workflow, from 1.
-    pub seq: u64,
-    /// The command.
-    pub body: Value,
-}
-
 /// One line a task wrote.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LogLine {
@@ -284,9 +293,13 @@ macro_rules! with_pool {
     };
 }
 
-const WORKFLOW_COLUMNS: &str = "id, name, seq, pool, priority, status, submitted_by, \
-     submitted_at, updated_at, finished_at, spec_source, spec_rendered, state, state_version, \
-     last_event_seq, last_command_seq";
+/// A workflow with its spec and latest snapshot (`w`, `p` and `s` as in [`WORKFLOW_FROM`]).
+const WORKFLOW_COLUMNS: &str = "w.id, w.name, w.seq, w.pool, w.priority, w.status, \
+     w.submitted_by, w.submitted_at, w.updated_at, w.finished_at, p.source AS spec_source, \
+     p.rendered AS spec_rendered, s.state, s.state_version, s.event_seq AS snapshot_seq, \
+     w.last_event_seq";
+const WORKFLOW_FROM: &str = "workflows w JOIN specs p ON p.workflow_id = w.id \
+     JOIN snapshots s ON s.workflow_id = w.id";
 
 const SUMMARY_COLUMNS: &str =
     "id, name, pool, priority, status, submitted_by, submitted_at, updated_at, finished_at";
@@ -307,8 +320,8 @@ struct WorkflowRaw {
     spec_rendered: String,
     state: String,
     state_version: i64,
+    snapshot_seq: i64,
     last_event_seq: i64,
-    last_command_seq: i64,
 }
 
 impl WorkflowRaw {
@@ -329,8 +342,8 @@ impl WorkflowRaw {
             spec_source: self.spec_source,
             spec_rendered: self.spec_rendered,
             state_version: to_u32(self.state_version),
+            snapshot_seq: to_u64(self.snapshot_seq),
             last_event_seq: to_u64(self.last_event_seq),
-            last_command_seq: to_u64(self.last_command_seq),
         })
     }
 }
@@ -407,9 +420,9 @@ impl Store {
 
     /// Stores a new workflow and returns its id `<name>-<N>`.
     ///
-    /// In one transaction: allocates the id, calls `make_state(id)` for the first state, status
-    /// and commands, and writes the row and the commands (outbox numbers `1..=n`). Nothing is
-    /// stored if any step fails.
+    /// In one transaction: allocates the id, calls `make_state(id)` for the first state and
+    /// status, and writes the row, the spec and the first snapshot. Nothing is stored if any
+    /// step fails.
     pub async fn insert_workflow<F>(&self, new: NewWorkflow, make_state: F) -> Result<String>
     where
         F: FnOnce(&str) -> Initial,
@@ -428,12 +441,10 @@ impl Store {
             .await?;
             let id = format!("{}-{n}", new.name);
             let initial = make_state(&id);
-            let state = to_text(&initial.state);
             sqlx::query(
                 "INSERT INTO workflows (id, name, seq, pool, priority, status, submitted_by, \
-                 submitted_at, updated_at, finished_at, spec_source, spec_rendered, state, \
-                 state_version, last_event_seq, last_command_seq) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8, NULL, $9, $10, $11, $12, 0, $13)",
+                 submitted_at, updated_at, finished_at, last_event_seq) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8, NULL, 0)",
             )
             .bind(&id)
             .bind(&new.name)
@@ -443,117 +454,113 @@ impl Store {
             .bind(&initial.status)
             .bind(&new.submitted_by)
             .bind(new.submitted_at)
-            .bind(&new.spec_source)
-            .bind(&new.spec_rendered)
-            .bind(state)
-            .bind(i64::from(initial.state_version))
-            .bind(to_i64(initial.commands.len() as u64))
             .execute(&mut *tx)
             .await?;
-            let mut next: i64 = 1;
-            for chunk in initial.commands.chunks(ROWS_PER_INSERT) {
-                let mut q = sqlx::QueryBuilder::new(
-                    "INSERT INTO pending_commands (workflow_id, seq, body) ",
-                );
-                q.push_values(chunk, |mut b, command| {
-                    b.push_bind(&id).push_bind(next).push_bind(to_text(command));
-                    next += 1;
-                });
-                q.build().execute(&mut *tx).await?;
-            }
+            sqlx::query("INSERT INTO specs (workflow_id, source, rendered) VALUES ($1, $2, $3)")
+                .bind(&id)
+                .bind(&new.spec_source)
+                .bind(&new.spec_rendered)
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query(
+                "INSERT INTO snapshots (workflow_id, event_seq, state_version, state) \
+                 VALUES ($1, 0, $2, $3)",
+            )
+            .bind(&id)
+            .bind(i64::from(initial.state_version))
+            .bind(&initial.state)
+            .execute(&mut *tx)
+            .await?;
             tx.commit().await?;
             Ok(id)
         })
     }
 
-    /// Commits one event of workflow `id` with everything it decided, in one transaction:
-    /// appends the event, replaces the state, sets the status (and `finished_at`, once), and puts
-    /// the commands in the outbox. Call it before acting on the event or acknowledging it.
-    pub async fn commit_event(&self, id: &str, commit: &EventCommit<'_>) -> Result<Committed> {
-        let event = to_text(commit.event);
-        let state = to_text(commit.state);
-        let n_commands = to_i64(commit.commands.len() as u64);
+    /// Commits the events of any number of workflows in one transaction (one fsync): for each,
+    /// appends its events, sets its status, `updated_at` and (once) `finished_at`, and replaces
+    /// its snapshot when it brings one. Call it before acting on the events or acknowledging
+    /// them. Committing the same events again (a retry after an answer was lost) changes nothing.
+    /// A workflow the store does not know fails the whole batch with
+    /// [`Error::UnknownWorkflow`], and nothing of it is stored.
+    pub async fn commit(&self, batch: &[Commit]) -> Result<()> {
+        if batch.is_empty() {
+            return Ok(());
+        }
         with_pool!(self, pool => {
             let mut tx = pool.begin().await?;
-            // The write comes first, as in `insert_workflow`.
-            let row: Option<(i64, i64)> = sqlx::query_as(
-                "UPDATE workflows SET state = $2, state_version = $3, status = $4, \
-                 updated_at = $5, finished_at = COALESCE(finished_at, $6), \
-                 last_event_seq = last_event_seq + 1, \
-                 last_command_seq = last_command_seq + $7 \
-                 WHERE id = $1 RETURNING last_event_seq, last_command_seq",
-            )
-            .bind(id)
-            .bind(&state)
-            .bind(i64::from(commit.state_version))
-            .bind(commit.status)
-            .bind(commit.at)
-            .bind(commit.finished_at)
-            .bind(n_commands)
-            .fetch_optional(&mut *tx)
-            .await?;
-            let Some((event_seq, last_command_seq)) = row else {
-                return Err(Error::UnknownWorkflow(id.to_owned()));
-            };
-            sqlx::query(
-                "INSERT INTO events (workflow_id, seq, at, schema_version, body) \
-                 VALUES ($1, $2, $3, $4, $5)",
-            )
-            .bind(id)
-            .bind(event_seq)
-            .bind(commit.at)
-            .bind(i64::from(commit.event_version))
-            .bind(&event)
-            .execute(&mut *tx)
-            .await?;
-            let mut next = last_command_seq - n_commands + 1;
-            for chunk in commit.commands.chunks(ROWS_PER_INSERT) {
-                let mut q = sqlx::QueryBuilder::new(
-                    "INSERT INTO pending_commands (workflow_id, seq, body) ",
-                );
-                q.push_values(chunk, |mut b, command| {
-                    b.push_bind(id).push_bind(next).push_bind(to_text(command));
-                    next += 1;
-                });
-                q.build().execute(&mut *tx).await?;
+            for c in batch {
+                // The write comes first, as in `insert_workflow`.
+                let last = to_i64(c.last_seq());
+                let done = sqlx::query(
+                    "UPDATE workflows SET status = $2, updated_at = $3, \
+                     finished_at = COALESCE(finished_at, $4), \
+                     last_event_seq = CASE WHEN last_event_seq < $5 THEN $5 \
+                     ELSE last_event_seq END WHERE id = $1",
+                )
+                .bind(&c.workflow_id)
+                .bind(&c.status)
+                .bind(c.updated_at)
+                .bind(c.finished_at)
+                .bind(last)
+                .execute(&mut *tx)
+                .await?;
+                if done.rows_affected() == 0 {
+                    return Err(Error::UnknownWorkflow(c.workflow_id.clone()));
+                }
+                let mut seq = to_i64(c.first_seq);
+                for chunk in c.events.chunks(ROWS_PER_INSERT) {
+                    let mut q = sqlx::QueryBuilder::new(
+                        "INSERT INTO events (workflow_id, seq, at, schema_version, body) ",
+                    );
+                    q.push_values(chunk, |mut b, e| {
+                        b.push_bind(&c.workflow_id)
+                            .push_bind(seq)
+                            .push_bind(e.at)
+                            .push_bind(i64::from(e.schema_version))
+                            .push_bind(&e.body);
+                        seq += 1;
+                    });
+                    q.push(" ON CONFLICT (workflow_id, seq) DO NOTHING");
+                    q.build().execute(&mut *tx).await?;
+                }
+                if let Some(snap) = &c.snapshot {
+                    sqlx::query(
+                        "UPDATE snapshots SET event_seq = $2, state_version = $3, state = $4 \
+                         WHERE workflow_id = $1 AND event_seq <= $2",
+                    )
+                    .bind(&c.workflow_id)
+                    .bind(last)
+                    .bind(i64::from(snap.state_version))
+                    .bind(&snap.state)
+                    .execute(&mut *tx)
+                    .await?;
+                }
             }
             tx.commit().await?;
-            Ok(Committed {
-                event_seq: to_u64(event_seq),
-                last_command_seq: to_u64(last_command_seq),
-            })
+            Ok(())
         })
     }
 
-    /// Acknowledges every command of workflow `id` up to and including outbox number `up_to_seq`
-    /// as carried out; returns how many were still pending.
-    pub async fn ack_commands(&self, id: &str, up_to_seq: u64) -> Result<u64> {
-        with_pool!(self, pool => {
-            let done = sqlx::query("DELETE FROM pending_commands WHERE workflow_id = $1 AND seq <= $2")
-                .bind(id)
-                .bind(to_i64(up_to_seq))
-                .execute(pool)
-                .await?;
-            Ok(done.rows_affected())
-        })
-    }
-
-    /// Every command decided but not yet acknowledged, by workflow and then in order: what a
-    /// restarted server carries out again.
-    pub async fn pending_commands(&self) -> Result<Vec<PendingCommand>> {
-        let rows: Vec<(String, i64, String)> = with_pool!(self, pool => {
+    /// The events of workflow `id` after number `after_seq`, oldest first: what to replay on top
+    /// of a snapshot taken at `after_seq`.
+    pub async fn events_after(&self, id: &str, after_seq: u64) -> Result<Vec<EventRecord>> {
+        let rows: Vec<(i64, i64, i64, String)> = with_pool!(self, pool => {
             sqlx::query_as(
-                "SELECT workflow_id, seq, body FROM pending_commands ORDER BY workflow_id, seq",
+                "SELECT seq, at, schema_version, body FROM events \
+                 WHERE workflow_id = $1 AND seq > $2 ORDER BY seq",
             )
+            .bind(id)
+            .bind(to_i64(after_seq))
             .fetch_all(pool)
             .await?
         });
         rows.into_iter()
-            .map(|(workflow_id, seq, body)| {
-                Ok(PendingCommand {
-                    body: parse(&workflow_id, "command", &body)?,
-                    workflow_id,
+            .map(|(seq, at, schema_version, body)| {
+                Ok(EventRecord {
                     seq: to_u64(seq),
+                    at,
+                    schema_version: to_u32(schema_version),
+                    body: parse(id, "event", &body)?,
                 })
             })
             .collect()
@@ -562,8 +569,8 @@ impl Store {
     /// Every workflow without a `finished_at`, oldest first: the state to rebuild at start-up.
     pub async fn load_unfinished(&self) -> Result<Vec<WorkflowRow>> {
         let sql = format!(
-            "SELECT {WORKFLOW_COLUMNS} FROM workflows WHERE finished_at IS NULL \
-             ORDER BY submitted_at, seq, id"
+            "SELECT {WORKFLOW_COLUMNS} FROM {WORKFLOW_FROM} WHERE w.finished_at IS NULL \
+             ORDER BY w.submitted_at, w.seq, w.id"
         );
         let rows: Vec<WorkflowRaw> = with_pool!(self, pool => {
             sqlx::query_as(&sql).fetch_all(pool).await?
@@ -573,7 +580,7 @@ impl Store {
 
     /// The workflow with this id, if there is one.
     pub async fn get_workflow(&self, id: &str) -> Result<Option<WorkflowRow>> {
-        let sql = format!("SELECT {WORKFLOW_COLUMNS} FROM workflows WHERE id = $1");
+        let sql = format!("SELECT {WORKFLOW_COLUMNS} FROM {WORKFLOW_FROM} WHERE w.id = $1");
         let row: Option<WorkflowRaw> = with_pool!(self, pool => {
             sqlx::query_as(&sql).bind(id).fetch_optional(pool).await?
         });
@@ -757,11 +764,6 @@ fn redact(url: &str) -> String {
     )
 }
 
-fn to_text(value: &Value) -> String {
-    // Serializing a `Value` can't fail: its map keys are strings.
-    value.to_string()
-}
-
 fn parse(id: &str, what: &'static str, text: &str) -> Result<Value> {
     serde_json::from_str(text).map_err(|cause| Error::Corrupt {
         id: id.to_owned(),
@@ -802,18 +804,8 @@ mod tests {
 
     /// The server spawns store calls on tokio's threads: every future must be `Send`.
     #[allow(dead_code, clippy::let_underscore_future)]
-    fn futures_are_send(store: &Store, v: &Value, lines: &[LogLine], filter: &ListFilter) {
+    fn futures_are_send(store: &Store, batch: &[Commit], lines: &[LogLine], filter: &ListFilter) {
         fn send<T: Send>(_: T) {}
-        let commit = EventCommit {
-            event: v,
-            event_version: 1,
-            at: 0,
-            state: v,
-            state_version: 1,
-            status: "",
-            finished_at: None,
-            commands: &[],
-        };
         send(Store::open(""));
         send(store.close());
         send(store.insert_workflow(
@@ -827,15 +819,13 @@ mod tests {
                 submitted_at: 0,
             },
             |_| Initial {
-                state: Value::Null,
+                state: String::new(),
                 state_version: 1,
                 status: String::new(),
-                commands: Vec::new(),
             },
         ));
-        send(store.commit_event("", &commit));
-        send(store.ack_commands("", 0));
-        send(store.pending_commands());
+        send(store.commit(batch));
+        send(store.events_after("", 0));
         send(store.load_unfinished());
         send(store.get_workflow(""));
         send(store.list_workflows(filter));

@@ -10,8 +10,8 @@ use std::io::Write;
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use osmo_store::{
-    Backend, DEFAULT_LIST_LIMIT, Error, EventCommit, Initial, ListFilter, LogLine, NewWorkflow,
-    Store,
+    Backend, Commit, DEFAULT_LIST_LIMIT, Error, Initial, ListFilter, LogLine, NewEvent,
+    NewWorkflow, Snapshot, Store,
 };
 use serde_json::{Value, json};
 use sqlx::Connection;
@@ -103,13 +103,13 @@ macro_rules! on_both {
 on_both!(
     ids_count_up_per_name,
     concurrent_inserts_get_distinct_ids,
-    commit_event_writes_state_status_event_and_commands_together,
+    commit_appends_events_and_snapshots_now_and_then,
+    one_commit_serves_many_workflows_and_a_retry_writes_nothing_twice,
     failed_commit_changes_nothing,
     commit_to_unknown_workflow_fails,
     finished_at_is_kept_and_load_unfinished_skips_finished,
     list_filters_and_pages_newest_first,
     list_default_limit_and_cap,
-    pending_commands_and_ack,
     logs_filters_and_last_n,
     logs_for_unknown_workflow_fail_whole_batch,
     reopen_keeps_data_and_migrations_run_once,
@@ -136,38 +136,48 @@ fn new_wf(name: &str, at: i64) -> NewWorkflow {
     }
 }
 
-fn initial(id: &str, commands: usize) -> Initial {
+fn initial(id: &str) -> Initial {
     Initial {
-        state: json!({ "id": id, "tasks": {} }),
+        state: json!({ "id": id, "tasks": {} }).to_string(),
         state_version: 1,
         status: "PENDING".into(),
-        commands: (1..=commands).map(|i| json!({ "init": i })).collect(),
     }
 }
 
 async fn insert(store: &Store, name: &str, at: i64) -> String {
     store
-        .insert_workflow(new_wf(name, at), |id| initial(id, 0))
+        .insert_workflow(new_wf(name, at), initial)
         .await
         .expect("insert")
 }
 
-fn commit<'a>(
-    event: &'a Value,
-    state: &'a Value,
-    status: &'a str,
+/// A commit of `events` (numbered from `first_seq`) with a snapshot `state` if given.
+fn commit(
+    id: &str,
+    first_seq: u64,
+    events: &[Value],
+    state: Option<&Value>,
+    status: &str,
     at: i64,
-    commands: &'a [Value],
-) -> EventCommit<'a> {
-    EventCommit {
-        event,
-        event_version: 3,
-        at,
-        state,
-        state_version: 2,
-        status,
+) -> Commit {
+    Commit {
+        workflow_id: id.to_string(),
+        first_seq,
+        events: events
+            .iter()
+            .map(|e| NewEvent {
+                at,
+                schema_version: 3,
+                body: e.to_string(),
+            })
+            .collect(),
+        status: status.to_string(),
+        updated_at: at,
         finished_at: None,
-        commands,
+        snapshot: state.map(|s| Snapshot {
+            state: s.to_string(),
+            state_version: 2,
+        }),
     }
 }
 
@@ -227,7 +237,7 @@ async fn ids_count_up_per_name(url: String) {
         let id = store
             .insert_workflow(new_wf(name, 100), |id| {
                 seen_by_make_state.push(id.to_owned());
-                initial(id, 2)
+                initial(id)
             })
             .await
             .unwrap();
@@ -256,24 +266,10 @@ async fn ids_count_up_per_name(url: String) {
     assert_eq!(row.spec_rendered, "workflow:\n  name: wf\n  # rendered\n");
     assert_eq!(row.state, json!({ "id": "wf-2", "tasks": {} }));
     assert_eq!(row.state_version, 1);
+    assert_eq!(row.snapshot_seq, 0);
     assert_eq!(row.last_event_seq, 0);
-    assert_eq!(row.last_command_seq, 2);
     assert!(store.events("wf-2").await.unwrap().is_empty());
     assert_eq!(store.get_workflow("wf-9").await.unwrap(), None);
-
-    // The initial commands wait in the outbox as 1..=n.
-    let pending: Vec<_> = store
-        .pending_commands()
-        .await
-        .unwrap()
-        .into_iter()
-        .filter(|c| c.workflow_id == "wf-2")
-        .map(|c| (c.seq, c.body))
-        .collect();
-    assert_eq!(
-        pending,
-        [(1, json!({ "init": 1 })), (2, json!({ "init": 2 }))]
-    );
     store.close().await;
 }
 
@@ -285,7 +281,7 @@ async fn concurrent_inserts_get_distinct_ids(url: String) {
         let name = if i % 3 == 0 { "other" } else { "same" };
         tasks.push(tokio::spawn(async move {
             store
-                .insert_workflow(new_wf(name, i), |id| initial(id, 1))
+                .insert_workflow(new_wf(name, i), initial)
                 .await
                 .expect("concurrent insert")
         }));
@@ -299,114 +295,172 @@ async fn concurrent_inserts_get_distinct_ids(url: String) {
         .chain((1..=8).map(|n| format!("other-{n}")))
         .collect();
     assert_eq!(ids, expected);
-    assert_eq!(store.pending_commands().await.unwrap().len(), 24);
+    assert_eq!(store.load_unfinished().await.unwrap().len(), 24);
     store.close().await;
 }
 
-async fn commit_event_writes_state_status_event_and_commands_together(url: String) {
+async fn commit_appends_events_and_snapshots_now_and_then(url: String) {
     let store = open(&url).await;
     let id = insert(&store, "wf", 100).await;
 
     let e1 = json!({ "kind": "started", "task": "a" });
-    let s1 = json!({ "tasks": { "a": "RUNNING" } });
-    let c1 = [json!({ "launch": "a" }), json!({ "launch": "b" })];
-    let done = store
-        .commit_event(&id, &commit(&e1, &s1, "RUNNING", 200, &c1))
+    let e2 = json!({ "kind": "setup", "task": "a" });
+    store
+        .commit(&[commit(
+            &id,
+            1,
+            &[e1.clone(), e2.clone()],
+            None,
+            "RUNNING",
+            200,
+        )])
         .await
         .unwrap();
-    assert_eq!(done.event_seq, 1);
-    assert_eq!(done.last_command_seq, 2);
-
-    let e2 = json!({ "kind": "exited", "task": "a", "code": 0 });
-    let s2 = json!({ "tasks": { "a": "COMPLETED" } });
-    let done = store
-        .commit_event(&id, &commit(&e2, &s2, "RUNNING", 300, &[]))
-        .await
-        .unwrap();
-    assert_eq!(done.event_seq, 2);
-    assert_eq!(done.last_command_seq, 2);
-
     let row = store.get_workflow(&id).await.unwrap().unwrap();
-    assert_eq!(row.state, s2);
-    assert_eq!(row.state_version, 2);
     assert_eq!(row.status, "RUNNING");
-    assert_eq!(row.updated_at, 300);
-    assert_eq!(row.submitted_at, 100);
-    assert_eq!(row.last_event_seq, 2);
-    assert_eq!(row.last_command_seq, 2);
-
-    let events = store.events(&id).await.unwrap();
-    let summary: Vec<_> = events
-        .iter()
-        .map(|e| (e.seq, e.at, e.schema_version, e.body.clone()))
-        .collect();
-    assert_eq!(summary, [(1, 200, 3, e1), (2, 300, 3, e2)]);
-
-    let pending: Vec<_> = store
-        .pending_commands()
+    assert_eq!(row.updated_at, 200);
+    assert_eq!((row.snapshot_seq, row.last_event_seq), (0, 2));
+    assert_eq!(
+        row.state,
+        json!({ "id": id, "tasks": {} }),
+        "no snapshot yet"
+    );
+    let tail: Vec<_> = store
+        .events_after(&id, row.snapshot_seq)
         .await
         .unwrap()
         .into_iter()
-        .map(|c| (c.workflow_id, c.seq, c.body))
+        .map(|e| (e.seq, e.at, e.schema_version, e.body))
         .collect();
+    assert_eq!(tail, [(1, 200, 3, e1.clone()), (2, 200, 3, e2.clone())]);
+
+    let e3 = json!({ "kind": "exited", "task": "a", "code": 0 });
+    let s3 = json!({ "tasks": { "a": "COMPLETED" } });
+    store
+        .commit(&[commit(
+            &id,
+            3,
+            std::slice::from_ref(&e3),
+            Some(&s3),
+            "RUNNING",
+            300,
+        )])
+        .await
+        .unwrap();
+    let row = store.get_workflow(&id).await.unwrap().unwrap();
+    assert_eq!(row.state, s3);
+    assert_eq!(row.state_version, 2);
+    assert_eq!((row.snapshot_seq, row.last_event_seq), (3, 3));
+    assert_eq!(row.submitted_at, 100);
+    assert!(store.events_after(&id, 3).await.unwrap().is_empty());
     assert_eq!(
-        pending,
-        [
-            (id.clone(), 1, c1[0].clone()),
-            (id.clone(), 2, c1[1].clone())
-        ]
+        store.events(&id).await.unwrap().len(),
+        3,
+        "the log keeps every event"
     );
+    store.close().await;
+}
+
+async fn one_commit_serves_many_workflows_and_a_retry_writes_nothing_twice(url: String) {
+    let store = open(&url).await;
+    let a = insert(&store, "a", 1).await;
+    let b = insert(&store, "b", 1).await;
+    let batch = [
+        commit(&a, 1, &[json!(1), json!(2)], None, "RUNNING", 10),
+        commit(
+            &b,
+            1,
+            &[json!(3)],
+            Some(&json!({ "b": 1 })),
+            "COMPLETED",
+            11,
+        ),
+    ];
+    store.commit(&batch).await.unwrap();
+    // The same batch again, as after an answer lost on its way back.
+    store.commit(&batch).await.unwrap();
+    assert_eq!(store.events(&a).await.unwrap().len(), 2);
+    assert_eq!(store.events(&b).await.unwrap().len(), 1);
+    let row = store.get_workflow(&b).await.unwrap().unwrap();
+    assert_eq!((row.snapshot_seq, row.last_event_seq), (1, 1));
+    assert_eq!(row.state, json!({ "b": 1 }));
+    // An older snapshot never replaces a newer one.
+    store
+        .commit(&[commit(
+            &b,
+            1,
+            &[json!(3)],
+            Some(&json!({ "old": 0 })),
+            "COMPLETED",
+            11,
+        )])
+        .await
+        .unwrap();
+    store
+        .commit(&[commit(
+            &b,
+            2,
+            &[json!(4)],
+            Some(&json!({ "b": 2 })),
+            "COMPLETED",
+            12,
+        )])
+        .await
+        .unwrap();
+    let row = store.get_workflow(&b).await.unwrap().unwrap();
+    assert_eq!(row.state, json!({ "b": 2 }));
+    store.commit(&[]).await.unwrap();
     store.close().await;
 }
 
 async fn failed_commit_changes_nothing(url: String) {
     let store = open(&url).await;
-    let id = insert(&store, "wf", 100).await;
-    let e1 = json!({ "n": 1 });
-    let s1 = json!({ "after": 1 });
+    let a = insert(&store, "a", 100).await;
+    let b = insert(&store, "b", 100).await;
     store
-        .commit_event(&id, &commit(&e1, &s1, "RUNNING", 200, &[json!({ "c": 1 })]))
+        .commit(&[commit(
+            &a,
+            1,
+            &[json!({ "n": 1 })],
+            Some(&json!({ "after": 1 })),
+            "RUNNING",
+            200,
+        )])
         .await
         .unwrap();
-    // Plant a row where the next event must go: the commit's UPDATE succeeds, then its event
-    // INSERT fails, and the whole transaction must roll back.
-    raw(
-        &url,
-        &format!(
-            "INSERT INTO events (workflow_id, seq, at, schema_version, body) \
-             VALUES ('{id}', 2, 0, 1, '{{}}')"
-        ),
-    )
-    .await;
-    let e2 = json!({ "n": 2 });
-    let s2 = json!({ "after": 2 });
+    // The second workflow of the batch is unknown: the whole batch must roll back, the first
+    // workflow's share included.
     let err = store
-        .commit_event(&id, &commit(&e2, &s2, "FAILED", 300, &[json!({ "c": 2 })]))
+        .commit(&[
+            commit(
+                &a,
+                2,
+                &[json!({ "n": 2 })],
+                Some(&json!({ "after": 2 })),
+                "FAILED",
+                300,
+            ),
+            commit(&b, 1, &[json!({ "n": 1 })], None, "RUNNING", 300),
+            commit("nope-1", 1, &[json!({})], None, "RUNNING", 300),
+        ])
         .await
-        .expect_err("the planted event row must make the commit fail");
-    assert!(matches!(err, Error::Database(_)), "{err}");
+        .expect_err("an unknown workflow fails the batch");
+    assert!(matches!(err, Error::UnknownWorkflow(_)), "{err}");
 
-    let row = store.get_workflow(&id).await.unwrap().unwrap();
-    assert_eq!(row.state, s1, "state rolled back");
+    let row = store.get_workflow(&a).await.unwrap().unwrap();
+    assert_eq!(row.state, json!({ "after": 1 }), "snapshot rolled back");
     assert_eq!(row.status, "RUNNING", "status rolled back");
     assert_eq!(row.updated_at, 200);
     assert_eq!(row.last_event_seq, 1);
-    assert_eq!(row.last_command_seq, 1);
-    let pending = store.pending_commands().await.unwrap();
-    assert_eq!(
-        pending.len(),
-        1,
-        "no command of the failed commit in the outbox"
-    );
-    assert_eq!(pending[0].body, json!({ "c": 1 }));
+    assert_eq!(store.events(&a).await.unwrap().len(), 1);
+    assert!(store.events(&b).await.unwrap().is_empty());
     store.close().await;
 }
 
 async fn commit_to_unknown_workflow_fails(url: String) {
     let store = open(&url).await;
-    let e = json!({});
     let err = store
-        .commit_event("nope-1", &commit(&e, &e, "RUNNING", 1, &[json!(1)]))
+        .commit(&[commit("nope-1", 1, &[json!(1)], None, "RUNNING", 1)])
         .await
         .unwrap_err();
     assert!(
@@ -418,7 +472,6 @@ async fn commit_to_unknown_workflow_fails(url: String) {
             .starts_with("no workflow `nope-1` in the store")
     );
     assert!(store.events("nope-1").await.unwrap().is_empty());
-    assert!(store.pending_commands().await.unwrap().is_empty());
     store.close().await;
 }
 
@@ -429,16 +482,17 @@ async fn finished_at_is_kept_and_load_unfinished_skips_finished(url: String) {
     let c = insert(&store, "c", 75).await;
     let e = json!({ "done": true });
     let s = json!({ "final": true });
-    let mut fin = commit(&e, &s, "COMPLETED", 400, &[]);
+    let mut fin = commit(&b, 1, std::slice::from_ref(&e), Some(&s), "COMPLETED", 400);
     fin.finished_at = Some(400);
-    store.commit_event(&b, &fin).await.unwrap();
+    store.commit(&[fin]).await.unwrap();
 
     // A later commit neither clears nor moves finished_at.
-    let mut late = commit(&e, &s, "COMPLETED", 500, &[]);
+    let mut late = commit(&b, 2, std::slice::from_ref(&e), None, "COMPLETED", 500);
     late.finished_at = None;
-    store.commit_event(&b, &late).await.unwrap();
+    store.commit(&[late.clone()]).await.unwrap();
+    late.first_seq = 3;
     late.finished_at = Some(600);
-    store.commit_event(&b, &late).await.unwrap();
+    store.commit(&[late]).await.unwrap();
     let row = store.get_workflow(&b).await.unwrap().unwrap();
     assert_eq!(row.finished_at, Some(400));
     assert_eq!(row.updated_at, 500);
@@ -477,7 +531,7 @@ async fn list_filters_and_pages_newest_first(url: String) {
         store
             .insert_workflow(new, |id| Initial {
                 status: status.into(),
-                ..initial(id, 0)
+                ..initial(id)
             })
             .await
             .unwrap();
@@ -608,79 +662,6 @@ async fn list_default_limit_and_cap(url: String) {
     store.close().await;
 }
 
-async fn pending_commands_and_ack(url: String) {
-    let store = open(&url).await;
-    let a = store
-        .insert_workflow(new_wf("a", 1), |id| initial(id, 2))
-        .await
-        .unwrap();
-    let b = store
-        .insert_workflow(new_wf("b", 2), |id| initial(id, 1))
-        .await
-        .unwrap();
-    let e = json!({});
-    let cmds = [json!("x"), json!("y"), json!("z")];
-    let done = store
-        .commit_event(&a, &commit(&e, &e, "RUNNING", 3, &cmds))
-        .await
-        .unwrap();
-    assert_eq!(done.last_command_seq, 5);
-
-    let pending = |store: Store| async move {
-        store
-            .pending_commands()
-            .await
-            .unwrap()
-            .into_iter()
-            .map(|c| (c.workflow_id, c.seq, c.body))
-            .collect::<Vec<_>>()
-    };
-    let all = pending(store.clone()).await;
-    assert_eq!(
-        all,
-        [
-            (a.clone(), 1, json!({ "init": 1 })),
-            (a.clone(), 2, json!({ "init": 2 })),
-            (a.clone(), 3, json!("x")),
-            (a.clone(), 4, json!("y")),
-            (a.clone(), 5, json!("z")),
-            (b.clone(), 1, json!({ "init": 1 })),
-        ]
-    );
-    assert_eq!(store.ack_commands(&a, 3).await.unwrap(), 3);
-    assert_eq!(
-        store.ack_commands(&a, 3).await.unwrap(),
-        0,
-        "acking again is harmless"
-    );
-    assert_eq!(
-        pending(store.clone()).await,
-        [
-            (a.clone(), 4, json!("y")),
-            (a.clone(), 5, json!("z")),
-            (b.clone(), 1, json!({ "init": 1 })),
-        ]
-    );
-    // A commit without commands keeps the numbering; later ones continue it.
-    let done = store
-        .commit_event(&a, &commit(&e, &e, "RUNNING", 4, &[]))
-        .await
-        .unwrap();
-    assert_eq!((done.event_seq, done.last_command_seq), (2, 5));
-    let done = store
-        .commit_event(&a, &commit(&e, &e, "RUNNING", 5, &[json!("w")]))
-        .await
-        .unwrap();
-    assert_eq!(done.last_command_seq, 6);
-    assert_eq!(
-        store.ack_commands(&a, done.last_command_seq).await.unwrap(),
-        3
-    );
-    assert_eq!(store.ack_commands("nope-1", 100).await.unwrap(), 0);
-    assert_eq!(pending(store.clone()).await, [(b, 1, json!({ "init": 1 }))]);
-    store.close().await;
-}
-
 async fn logs_filters_and_last_n(url: String) {
     let store = open(&url).await;
     let wf = insert(&store, "wf", 1).await;
@@ -806,13 +787,13 @@ async fn logs_for_unknown_workflow_fail_whole_batch(url: String) {
 async fn reopen_keeps_data_and_migrations_run_once(url: String) {
     let store = open(&url).await;
     let id = store
-        .insert_workflow(new_wf("wf", 1), |id| initial(id, 1))
+        .insert_workflow(new_wf("wf", 1), initial)
         .await
         .unwrap();
     let e = json!({ "n": 1 });
     let s = json!({ "state": "after" });
     store
-        .commit_event(&id, &commit(&e, &s, "RUNNING", 2, &[json!("go")]))
+        .commit(&[commit(&id, 1, &[e], Some(&s), "RUNNING", 2)])
         .await
         .unwrap();
     store
@@ -829,7 +810,6 @@ async fn reopen_keeps_data_and_migrations_run_once(url: String) {
             Some(&before)
         );
         assert_eq!(store.events(&id).await.unwrap().len(), 1);
-        assert_eq!(store.pending_commands().await.unwrap().len(), 2);
         assert_eq!(store.logs(&id, None, None, None).await.unwrap().len(), 1);
         // The counter survives too.
         assert_eq!(insert(&store, "wf", 3).await, format!("wf-{}", round + 2));
@@ -851,7 +831,7 @@ async fn corrupt_state_is_reported(url: String) {
     let id = insert(&store, "wf", 1).await;
     raw(
         &url,
-        &format!("UPDATE workflows SET state = 'not json' WHERE id = '{id}'"),
+        &format!("UPDATE snapshots SET state = 'not json' WHERE workflow_id = '{id}'"),
     )
     .await;
     let err = store.get_workflow(&id).await.unwrap_err();
@@ -896,7 +876,6 @@ async fn crash_after_commit_keeps_it(url: String) {
     assert_eq!(row.status, "RUNNING");
     assert_eq!(row.state, json!({ "crashed": "after commit" }));
     assert_eq!(store.events("crash-1").await.unwrap().len(), 1);
-    assert_eq!(store.pending_commands().await.unwrap().len(), 1);
     store.close().await;
 }
 
@@ -912,7 +891,7 @@ async fn crash_helper() {
     let e = json!({ "n": 1 });
     let s = json!({ "crashed": "after commit" });
     store
-        .commit_event(&id, &commit(&e, &s, "RUNNING", 2, &[json!("launch")]))
+        .commit(&[commit(&id, 1, &[e], Some(&s), "RUNNING", 2)])
         .await
         .unwrap();
     std::process::abort();

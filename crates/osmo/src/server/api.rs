@@ -18,6 +18,7 @@ use tokio::sync::{mpsc, oneshot};
 use utoipa::OpenApi;
 
 use super::docs;
+use super::docs::DocMeta;
 use super::manager::{CancelError, Priority, Request};
 use super::persisted::Persisted;
 use crate::api_types::*;
@@ -334,8 +335,24 @@ async fn query(
     RawQuery(raw): RawQuery,
 ) -> ApiResult<Json<WorkflowDoc>> {
     let verbose = flag(&params(&raw)?, "verbose")?;
+    // A running workflow's live state is the manager's; a finished one's final state is stored.
+    let (reply, answer) = oneshot::channel();
+    let asked = Request::Query {
+        id: id.clone(),
+        verbose,
+        reply,
+    };
+    if app.requests.send(asked).await.is_ok()
+        && let Ok(Some(doc)) = answer.await
+    {
+        return Ok(Json(doc));
+    }
     let (row, doc) = load(&app, &id).await?;
-    Ok(Json(docs::workflow_doc(&row, &doc, verbose)))
+    Ok(Json(docs::workflow_doc(
+        &DocMeta::of(&row),
+        &doc.engine,
+        verbose,
+    )))
 }
 
 /// Cancel a workflow: every unfinished group ends FAILED_CANCELED.

@@ -1,8 +1,7 @@
-//! Builds the API's workflow document from a stored row and its engine state.
+//! Builds the API's workflow document from a workflow's engine state.
 
-use osmo_engine::{Attempt, TaskKey, TaskStatus};
+use osmo_engine::{Attempt, TaskKey, TaskStatus, WorkflowState};
 
-use super::persisted::Persisted;
 use crate::api_types::{GroupDoc, RunDoc, TaskDoc, WorkflowDoc, WorkflowSummaryDoc};
 
 pub fn rfc3339(ms: Option<u64>) -> Option<String> {
@@ -11,9 +10,34 @@ pub fn rfc3339(ms: Option<u64>) -> Option<String> {
     Some(humantime::format_rfc3339_millis(t).to_string())
 }
 
-pub fn workflow_doc(row: &osmo_store::WorkflowRow, doc: &Persisted, verbose: bool) -> WorkflowDoc {
-    let engine = &doc.engine;
+/// What the document shows besides the engine's state.
+pub struct DocMeta {
+    pub id: String,
+    pub pool: String,
+    pub priority: String,
+    pub submitted_by: String,
+}
+
+impl DocMeta {
+    pub fn of(row: &osmo_store::WorkflowRow) -> DocMeta {
+        DocMeta {
+            id: row.id.clone(),
+            pool: row.pool.clone(),
+            priority: row.priority.clone(),
+            submitted_by: row.submitted_by.clone(),
+        }
+    }
+}
+
+/// O(workflow): one pass over its groups and attempts.
+pub fn workflow_doc(row: &DocMeta, engine: &WorkflowState, verbose: bool) -> WorkflowDoc {
     let workflow = engine.workflow();
+    let mut downstream: Vec<Vec<String>> = vec![Vec::new(); workflow.groups.len()];
+    for group in &workflow.groups {
+        for &u in &group.upstream {
+            downstream[u].push(group.name.clone());
+        }
+    }
     let groups = workflow
         .groups
         .iter()
@@ -38,12 +62,7 @@ pub fn workflow_doc(row: &osmo_store::WorkflowRow, doc: &Persisted, verbose: boo
                 .filter(|u| engine.group_status(**u as u32) != TaskStatus::Completed)
                 .map(|u| workflow.groups[*u].name.clone())
                 .collect();
-            let downstream_groups = workflow
-                .groups
-                .iter()
-                .filter(|d| d.upstream.contains(&g))
-                .map(|d| d.name.clone())
-                .collect();
+            let downstream_groups = std::mem::take(&mut downstream[g]);
             GroupDoc {
                 name: group.name.clone(),
                 status: engine.group_status(g as u32).as_str().to_string(),

@@ -1,10 +1,19 @@
 //! The one task that owns every unfinished workflow's engine state.
 //!
-//! It `select!`s over API requests, agent messages and timers. For each event
-//! it applies the engine, commits event + new state + commands to the store in
-//! one transaction, and only then carries the commands out (launch through the
-//! scheduler, release, stop, timers). After a restart it rebuilds its state
-//! from the store and reconciles with the agent's report of what still runs.
+//! It `select!`s over API requests, agent messages and timers. Each event is
+//! applied to the engine at once and queued; the events that arrived together
+//! (an agent reporting 50 exits) are then committed to the store in one
+//! transaction, and only then are their commands carried out (launch through
+//! the scheduler, release, restart, stop, timers) and their results
+//! acknowledged. A commit that fails is retried until it lands: nothing is
+//! acted on before it is durable, nothing decided is lost or applied twice.
+//!
+//! The cost of an event does not depend on the workflow's size: the store
+//! appends the event, and the engine state is written as a snapshot only once
+//! as many events as the workflow has tasks (at least [`SNAPSHOT_MIN`]) went
+//! by, and when it finishes. After a restart the manager loads each unfinished
+//! workflow's snapshot, replays the events after it, and reconciles with the
+//! backends' report of what still runs.
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
@@ -18,15 +27,17 @@ use osmo_engine::{
 use osmo_spec::codes::{CodeSource, ReportedCode, well_known};
 use osmo_spec::config::{BackendKind, PoolConfig, ServiceConfig};
 use osmo_spec::model::Workflow;
-use osmo_store::Store;
+use osmo_store::{Commit, NewEvent, Snapshot, Store};
 use tokio::sync::{mpsc, oneshot};
 
 use super::agent_link::{AgentLink, LinkEvent};
 use super::backend::BackendLink;
+use super::docs::{self, DocMeta};
 use super::launch::LaunchBuilder;
 use super::persisted::{EVENT_VERSION, Persisted, STATE_VERSION};
 use super::scheduler::{GroupRef, Scheduler};
 use super::slurm::SlurmLink;
+use crate::api_types::WorkflowDoc;
 use crate::now_ms;
 use crate::proto::{AttemptKey, FromAgent, Phase, ToAgent};
 
@@ -47,7 +58,22 @@ pub enum Request {
         message: Option<String>,
         reply: oneshot::Sender<Result<String, CancelError>>,
     },
+    /// The live document of an unfinished workflow; None when it is not
+    /// running here (finished: the store has its final state).
+    Query {
+        id: String,
+        verbose: bool,
+        reply: oneshot::Sender<Option<WorkflowDoc>>,
+    },
 }
+
+/// Events between snapshots, at least: a snapshot costs O(workflow), so one
+/// every `max(SNAPSHOT_MIN, tasks)` events keeps the cost per event constant
+/// on average and bounds what a restart replays.
+pub const SNAPSHOT_MIN: u64 = 256;
+
+/// The most events one commit takes from the backends' queue.
+const MAX_BATCH: usize = 4096;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CancelError {
@@ -87,11 +113,45 @@ impl Priority {
 }
 
 struct Active {
-    doc: Persisted,
+    engine: WorkflowState,
     pool: String,
     priority: Priority,
+    submitted_by: String,
     /// The furthest phase the agent reported per attempt (events only move forward).
     phases: HashMap<AttemptId, Phase>,
+    /// The number of the latest event applied (committed, or in the batch being built).
+    last_seq: u64,
+    /// The number of the latest event the stored snapshot includes.
+    snapshot_seq: u64,
+    /// Events between snapshots: `max(SNAPSHOT_MIN, tasks)`.
+    snapshot_every: u64,
+}
+
+impl Active {
+    fn meta(&self, id: &str) -> DocMeta {
+        DocMeta {
+            id: id.to_string(),
+            pool: self.pool.clone(),
+            priority: self.priority.as_str().to_string(),
+            submitted_by: self.submitted_by.clone(),
+        }
+    }
+}
+
+fn snapshot_every(engine: &WorkflowState) -> u64 {
+    let tasks: usize = engine.workflow().groups.iter().map(|g| g.tasks.len()).sum();
+    SNAPSHOT_MIN.max(tasks as u64)
+}
+
+/// What waits for the batch being built to be committed.
+#[derive(Default)]
+struct Batch {
+    /// Events by workflow, in order.
+    events: Vec<(String, NewEvent)>,
+    /// Commands by workflow, in the order they were decided.
+    commands: Vec<(String, Vec<Command>)>,
+    /// Results to acknowledge once committed.
+    acks: Vec<AttemptKey>,
 }
 
 #[derive(Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -116,6 +176,7 @@ pub struct Manager {
     timers: BinaryHeap<Reverse<Timer>>,
     logs: mpsc::UnboundedSender<Vec<osmo_store::LogLine>>,
     node: String,
+    batch: Batch,
 }
 
 impl Manager {
@@ -152,37 +213,58 @@ impl Manager {
             timers: BinaryHeap::new(),
             logs,
             node: crate::agent::hostname(),
+            batch: Batch::default(),
         };
         manager.recover().await?;
         Ok(manager)
     }
 
-    /// Rebuilds every unfinished workflow from the store. Launches are
+    /// Rebuilds every unfinished workflow from the store: its snapshot, then
+    /// the events after it replayed (their commands were carried out before,
+    /// or are re-driven by reconciling with the backends). Launches are
     /// re-driven once the agent says what it still runs (`Hello`).
     async fn recover(&mut self) -> anyhow::Result<()> {
+        let mut replayed = 0;
         for row in self.store.load_unfinished().await? {
-            let doc = Persisted::from_json(row.state)?;
-            for (group, kind, at) in &doc.timers {
+            let mut engine = Persisted::from_json(row.state)?.engine;
+            let tail = self.store.events_after(&row.id, row.snapshot_seq).await?;
+            let mut scratch = Vec::new();
+            for record in &tail {
+                let event: Event = serde_json::from_value(record.body.clone())
+                    .map_err(|e| anyhow::anyhow!("event {} of {}: {e}", record.seq, row.id))?;
+                engine.apply(&event, record.at as u64, &mut scratch);
+                scratch.clear();
+            }
+            replayed += tail.len();
+            for (group, kind, at) in engine.pending_timers() {
                 self.timers.push(Reverse(Timer {
-                    at: *at,
+                    at,
                     workflow: row.id.clone(),
-                    group: *group,
-                    kind: *kind,
+                    group,
+                    kind,
                 }));
             }
             let priority = Priority::parse(&row.priority).unwrap_or(Priority::Normal);
+            let every = snapshot_every(&engine);
             self.active.insert(
                 row.id.clone(),
                 Active {
-                    doc,
+                    engine,
                     pool: row.pool,
                     priority,
+                    submitted_by: row.submitted_by,
                     phases: HashMap::new(),
+                    last_seq: row.last_event_seq.max(row.snapshot_seq + tail.len() as u64),
+                    snapshot_seq: row.snapshot_seq,
+                    snapshot_every: every,
                 },
             );
         }
         if !self.active.is_empty() {
-            tracing::info!("resuming {} unfinished workflow(s)", self.active.len());
+            tracing::info!(
+                "resuming {} unfinished workflow(s), {replayed} event(s) replayed",
+                self.active.len()
+            );
         }
         Ok(())
     }
@@ -207,7 +289,17 @@ impl Manager {
                     Some(request) => self.handle_request(request).await,
                     None => return,
                 },
-                Some(event) = link_events.recv() => self.handle_link(event).await,
+                Some(event) = link_events.recv() => {
+                    // Group commit: whatever else arrived meanwhile joins this batch.
+                    self.handle_link(event);
+                    while self.batch.events.len() < MAX_BATCH {
+                        match link_events.try_recv() {
+                            Ok(more) => self.handle_link(more),
+                            Err(_) => break,
+                        }
+                    }
+                    self.flush().await;
+                }
                 _ = sleep => self.fire_timers().await,
             }
         }
@@ -237,6 +329,13 @@ impl Manager {
             } => {
                 let _ = reply.send(self.cancel(id, by, message).await);
             }
+            Request::Query { id, verbose, reply } => {
+                let doc = self
+                    .active
+                    .get(&id)
+                    .map(|a| docs::workflow_doc(&a.meta(&id), &a.engine, verbose));
+                let _ = reply.send(doc);
+            }
         }
     }
 
@@ -261,7 +360,8 @@ impl Manager {
             default_exit_actions: pool_config.default_exit_actions.clone(),
         };
         let now = now_ms();
-        let mut made: Option<(Persisted, Vec<Command>)> = None;
+        let mut made: Option<(WorkflowState, Vec<Command>)> = None;
+        let submitter = submitted_by.clone();
         let new = osmo_store::NewWorkflow {
             name: workflow.name.clone(),
             pool: pool.clone(),
@@ -275,27 +375,28 @@ impl Manager {
             .store
             .insert_workflow(new, |id| {
                 let (engine, commands) = WorkflowState::new(id.to_string(), workflow, rules, now);
-                let mut doc = Persisted::new(engine);
-                doc.remember(&commands);
                 let initial = osmo_store::Initial {
-                    state: serde_json::to_value(&doc).expect("state serializes"),
+                    state: Persisted::to_text(&engine),
                     state_version: STATE_VERSION,
-                    status: doc.engine.status().as_str().to_string(),
-                    // Recovery derives what to redo from the state document itself.
-                    commands: Vec::new(),
+                    status: engine.status().as_str().to_string(),
                 };
-                made = Some((doc, commands));
+                made = Some((engine, commands));
                 initial
             })
             .await?;
-        let (doc, commands) = made.expect("the store calls make_state once");
+        let (engine, commands) = made.expect("the store calls make_state once");
+        let every = snapshot_every(&engine);
         self.active.insert(
             id.clone(),
             Active {
-                doc,
+                engine,
                 pool,
                 priority,
+                submitted_by: submitter,
                 phases: HashMap::new(),
+                last_seq: 0,
+                snapshot_seq: 0,
+                snapshot_every: every,
             },
         );
         self.carry_out(&id, commands);
@@ -316,70 +417,118 @@ impl Manager {
                 Err(e) => Err(CancelError::Store(e.to_string())),
             };
         }
-        self.apply(
+        let status = self.apply(
             &id,
             Event::Cancel {
                 by,
                 reason: message,
             },
-        )
-        .await;
-        self.dispatch();
-        Ok(self.status_of(&id).await)
+        );
+        self.flush().await;
+        Ok(status.unwrap_or_else(|| "UNKNOWN".to_string()))
     }
 
-    async fn status_of(&self, id: &str) -> String {
-        match self.active.get(id) {
-            Some(a) => a.doc.engine.status().as_str().to_string(),
-            None => match self.store.get_workflow(id).await {
-                Ok(Some(row)) => row.status,
-                _ => "UNKNOWN".to_string(),
-            },
+    /// Applies one event to its workflow's engine and adds it to the batch;
+    /// its commands wait for [`Manager::flush`]. Returns the workflow's
+    /// status after it (None: not a workflow running here).
+    fn apply(&mut self, id: &str, event: Event) -> Option<String> {
+        let active = self.active.get_mut(id)?;
+        if active.engine.is_finished() {
+            // Nothing can change it any more; nothing to record.
+            return Some(active.engine.status().as_str().to_string());
         }
-    }
-
-    /// Applies one event, commits, then carries out the commands. Returns
-    /// false when the commit failed (nothing was acted on).
-    async fn apply(&mut self, id: &str, event: Event) -> bool {
-        let Some(active) = self.active.get_mut(id) else {
-            return true;
-        };
         let now = now_ms();
         let mut commands = Vec::new();
-        active.doc.engine.apply(&event, now, &mut commands);
-        active.doc.remember(&commands);
-        let engine = &active.doc.engine;
-        let status = engine.status().as_str().to_string();
-        let finished_at = engine
-            .is_finished()
-            .then(|| engine.end_time().unwrap_or(now) as i64);
-        let state = serde_json::to_value(&active.doc).expect("state serializes");
-        let event_json = serde_json::to_value(&event).expect("events serialize");
-        let commit = osmo_store::EventCommit {
-            event: &event_json,
-            event_version: EVENT_VERSION,
-            at: now as i64,
-            state: &state,
-            state_version: STATE_VERSION,
-            status: &status,
-            finished_at,
-            // The state document records what a restart must redo (releases,
-            // timers); launches and stops are derived from attempt statuses.
-            commands: &[],
-        };
-        if let Err(e) = self.store.commit_event(id, &commit).await {
-            // Not committed means not decided: reload the last committed state.
-            tracing::error!("cannot commit an event of {id}: {e}; reloading its state");
-            if let Ok(Some(row)) = self.store.get_workflow(id).await
-                && let Ok(doc) = Persisted::from_json(row.state)
-                && let Some(active) = self.active.get_mut(id)
-            {
-                active.doc = doc;
-            }
-            return false;
+        active.engine.apply(&event, now, &mut commands);
+        active.last_seq += 1;
+        let body = serde_json::to_string(&event).expect("events serialize");
+        self.batch.events.push((
+            id.to_string(),
+            NewEvent {
+                at: now as i64,
+                schema_version: EVENT_VERSION,
+                body,
+            },
+        ));
+        if !commands.is_empty() {
+            self.batch.commands.push((id.to_string(), commands));
         }
-        self.carry_out(id, commands);
-        true
+        Some(active.engine.status().as_str().to_string())
+    }
+
+    /// Commits the batch (retrying until it lands), then carries out its
+    /// commands, acknowledges its results and dispatches launches.
+    async fn flush(&mut self) {
+        let batch = std::mem::take(&mut self.batch);
+        let commits = self.commits(&batch);
+        let mut pause = Duration::from_millis(50);
+        while let Err(e) = self.store.commit(&commits).await {
+            // Not committed means not decided yet: nothing was acted on, so
+            // the same commit is simply tried again (it is idempotent).
+            tracing::error!(
+                "cannot commit {} event(s): {e}; retrying in {pause:?}",
+                batch.events.len()
+            );
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_secs(5));
+        }
+        for (id, snapshot_seq) in commits
+            .iter()
+            .filter(|c| c.snapshot.is_some())
+            .map(|c| (&c.workflow_id, c.last_seq()))
+        {
+            if let Some(active) = self.active.get_mut(id) {
+                active.snapshot_seq = snapshot_seq;
+            }
+        }
+        for (id, commands) in batch.commands {
+            self.carry_out(&id, commands);
+        }
+        for key in batch.acks {
+            self.link_for(&key).send(ToAgent::Ack { key });
+        }
+        self.dispatch();
+    }
+
+    /// One commit per workflow of the batch, with a snapshot where one is due.
+    fn commits(&self, batch: &Batch) -> Vec<Commit> {
+        let mut commits: Vec<Commit> = Vec::new();
+        let mut index: HashMap<&str, usize> = HashMap::new();
+        for (id, event) in &batch.events {
+            let i = *index.entry(id.as_str()).or_insert_with(|| {
+                commits.push(Commit {
+                    workflow_id: id.clone(),
+                    first_seq: 0,
+                    events: Vec::new(),
+                    status: String::new(),
+                    updated_at: 0,
+                    finished_at: None,
+                    snapshot: None,
+                });
+                commits.len() - 1
+            });
+            commits[i].events.push(event.clone());
+        }
+        for commit in &mut commits {
+            let Some(active) = self.active.get(&commit.workflow_id) else {
+                continue;
+            };
+            let engine = &active.engine;
+            commit.first_seq = active.last_seq + 1 - commit.events.len() as u64;
+            commit.status = engine.status().as_str().to_string();
+            commit.updated_at = commit.events.last().map_or(0, |e| e.at);
+            commit.finished_at = engine
+                .is_finished()
+                .then(|| engine.end_time().unwrap_or(commit.updated_at as u64) as i64);
+            let due = active.last_seq - active.snapshot_seq >= active.snapshot_every;
+            if due || engine.is_finished() {
+                commit.snapshot = Some(Snapshot {
+                    state: Persisted::to_text(engine),
+                    state_version: STATE_VERSION,
+                });
+            }
+        }
+        commits
     }
 
     fn carry_out(&mut self, id: &str, commands: Vec<Command>) {
@@ -431,7 +580,7 @@ impl Manager {
                 Command::Finished { .. } => finished = true,
             }
         }
-        let workflow = active.doc.engine.workflow();
+        let workflow = active.engine.workflow();
         for (group, attempts) in launches {
             let footprint = self.launches.footprint(workflow, group as usize);
             if let Some(s) = self.schedulers.get_mut(&pool) {
@@ -469,7 +618,7 @@ impl Manager {
             let attempt_key = key(&workflow_id, attempt);
             match self
                 .launches
-                .build(&active.doc.engine, &pool_config, attempt_key.clone())
+                .build(&active.engine, &pool_config, attempt_key.clone())
             {
                 Ok(launch) => {
                     let sent = self.link_of(&pool).send(ToAgent::Launch(Box::new(launch)));
@@ -542,18 +691,19 @@ impl Manager {
         })
     }
 
-    async fn handle_link(&mut self, event: LinkEvent) {
+    /// Applies what a backend reported; commands and acknowledgements wait
+    /// for the batch's commit ([`Manager::flush`]).
+    fn handle_link(&mut self, event: LinkEvent) {
         match event {
             LinkEvent::Ready { backend, attempts } => {
                 tracing::info!(
                     "the {backend:?} backend is ready with {} attempt(s)",
                     attempts.len()
                 );
-                self.reconcile(backend, attempts).await;
+                self.reconcile(backend, attempts);
                 for link in self.slurm.values() {
                     link.set_ready();
                 }
-                self.dispatch();
             }
             LinkEvent::Disconnected { conn } => {
                 tracing::warn!("node agent connection {conn} closed; waiting for it to dial back")
@@ -579,7 +729,7 @@ impl Manager {
                 msg: FromAgent::Phase { key, phase, node },
                 ..
             } => {
-                self.advance(&key, phase, node).await;
+                self.advance(&key, phase, node);
             }
             LinkEvent::Message {
                 msg: FromAgent::RunStopped { key, codes },
@@ -595,31 +745,26 @@ impl Manager {
                         attempt: key.attempt,
                         codes,
                     },
-                )
-                .await;
+                );
             }
             LinkEvent::Message {
                 msg: FromAgent::Exited { key, codes },
                 ..
             } => {
-                let committed = self
-                    .apply(
-                        &key.workflow_id,
-                        Event::Exited {
-                            attempt: key.attempt,
-                            codes,
-                        },
-                    )
-                    .await;
-                if committed {
-                    self.link_for(&key).send(ToAgent::Ack { key: key.clone() });
-                }
+                self.apply(
+                    &key.workflow_id,
+                    Event::Exited {
+                        attempt: key.attempt,
+                        codes,
+                    },
+                );
+                // Acknowledged once committed: the backend keeps it until then.
+                self.batch.acks.push(key.clone());
                 if let Some(pool) = self.launched.remove(&key)
                     && let Some(s) = self.schedulers.get_mut(&pool)
                 {
                     s.finished(&(key.workflow_id.clone(), key.attempt.task.group));
                 }
-                self.dispatch();
             }
             LinkEvent::Message {
                 conn,
@@ -636,17 +781,17 @@ impl Manager {
                 );
                 self.node = node;
                 let attempts = attempts.into_iter().map(|(k, p)| (k, Some(p))).collect();
-                self.reconcile(BackendKind::Local, attempts).await;
-                // Only now may launches go: before, an attempt launched on this
-                // connection could be judged lost by the Hello that was already on its way.
+                self.reconcile(BackendKind::Local, attempts);
+                // Only now may launches go (at the batch's flush): before, an attempt
+                // launched on this connection could be judged lost by the Hello that
+                // was already on its way.
                 self.link.set_ready(conn);
-                self.dispatch();
             }
         }
     }
 
     /// Feeds the engine every phase between what it knows and what the agent reports.
-    async fn advance(&mut self, key: &AttemptKey, phase: Phase, node: Option<String>) {
+    fn advance(&mut self, key: &AttemptKey, phase: Phase, node: Option<String>) {
         let Some(active) = self.active.get_mut(&key.workflow_id) else {
             return;
         };
@@ -669,20 +814,20 @@ impl Manager {
                 Phase::SetupDone => Event::SetupDone { attempt },
                 Phase::Running => Event::Running { attempt },
             };
-            self.apply(&key.workflow_id, event).await;
+            self.apply(&key.workflow_id, event);
         }
     }
 
     /// After a (re)connection: adopt what the agent runs, re-queue what never
     /// reached it, and fail with 3001 what it lost.
     /// Only the pools of `backend` are reconciled; `None`: queued in the backend.
-    async fn reconcile(&mut self, backend: BackendKind, running: Vec<(AttemptKey, Option<Phase>)>) {
+    fn reconcile(&mut self, backend: BackendKind, running: Vec<(AttemptKey, Option<Phase>)>) {
         let running: HashMap<AttemptKey, Option<Phase>> = running.into_iter().collect();
         for (key, phase) in &running {
             // An attempt the server no longer expects (its workflow finished, or
             // it is not the task's current unfinished attempt) must not linger.
             let expected = self.active.get(&key.workflow_id).filter(|active| {
-                let engine = &active.doc.engine;
+                let engine = &active.engine;
                 let groups = &engine.workflow().groups;
                 let task = key.attempt.task;
                 groups
@@ -699,16 +844,15 @@ impl Manager {
             };
             if !self.launched.contains_key(key) {
                 let pool = active.pool.clone();
-                let footprint = self.launches.footprint(
-                    active.doc.engine.workflow(),
-                    key.attempt.task.group as usize,
-                );
+                let footprint = self
+                    .launches
+                    .footprint(active.engine.workflow(), key.attempt.task.group as usize);
                 if let Some(s) = self.schedulers.get_mut(&pool) {
                     s.adopt((key.workflow_id.clone(), key.attempt.task.group), footprint);
                 }
                 self.launched.insert(key.clone(), pool);
             }
-            let released = active.doc.released.contains(&key.attempt);
+            let released = active.engine.is_released(key.attempt);
             let Some(phase) = *phase else {
                 // Queued in the backend (Slurm) since before a restart: give
                 // the job its launch again, for when it starts.
@@ -720,7 +864,7 @@ impl Manager {
                     .unwrap_or_default();
                 match self
                     .launches
-                    .build(&active.doc.engine, &pool_config, key.clone())
+                    .build(&active.engine, &pool_config, key.clone())
                 {
                     Ok(launch) => {
                         self.link_for(key).send(ToAgent::Launch(Box::new(launch)));
@@ -729,7 +873,7 @@ impl Manager {
                 }
                 continue;
             };
-            self.advance(key, phase, None).await;
+            self.advance(key, phase, None);
             if phase == Phase::SetupDone && released {
                 self.link_for(key)
                     .send(ToAgent::Release { key: key.clone() });
@@ -741,7 +885,7 @@ impl Manager {
             if self.backend_of(&active.pool) != backend {
                 continue;
             }
-            let engine = &active.doc.engine;
+            let engine = &active.engine;
             for (g, group) in engine.workflow().groups.iter().enumerate() {
                 for t in 0..group.tasks.len() {
                     let task = TaskKey {
@@ -780,7 +924,7 @@ impl Manager {
             };
             let footprint = self
                 .launches
-                .footprint(active.doc.engine.workflow(), k.attempt.task.group as usize);
+                .footprint(active.engine.workflow(), k.attempt.task.group as usize);
             if let Some(s) = self.schedulers.get_mut(&pool) {
                 s.enqueue(
                     (k.workflow_id.clone(), k.attempt.task.group),
@@ -807,8 +951,7 @@ impl Manager {
                     attempt: k.attempt,
                     codes,
                 },
-            )
-            .await;
+            );
         }
     }
 
@@ -822,10 +965,9 @@ impl Manager {
                     group: timer.group,
                     kind: timer.kind,
                 },
-            )
-            .await;
+            );
         }
-        self.dispatch();
+        self.flush().await;
     }
 }
 

@@ -1,62 +1,47 @@
-//! The state document stored with each workflow: the engine's state plus what
-//! the server must know to resume after a restart (barrier releases already
-//! sent, timers already set). Written in the same transaction as the event.
+//! The engine state as stored in a workflow's snapshot. Between snapshots
+//! the store keeps the events; a restarted server replays them on top of the
+//! latest snapshot. What a restart must redo (releases, timers) it derives
+//! from the engine state itself ([`WorkflowState::is_released`],
+//! [`WorkflowState::pending_timers`]).
 
-use std::collections::BTreeSet;
-
-use osmo_engine::{AttemptId, Millis, TimeoutKind, WorkflowState};
+use osmo_engine::WorkflowState;
 use serde::{Deserialize, Serialize};
 
-/// Bump when the document's shape changes.
-pub const STATE_VERSION: u32 = 1;
+/// Bump when the document's shape changes. Version 1 documents (which also
+/// listed releases and timers) read as version 2: those lists are ignored.
+pub const STATE_VERSION: u32 = 2;
 
 /// Schema version of the engine events stored in the event log.
 pub const EVENT_VERSION: u32 = 1;
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 pub struct Persisted {
     pub version: u32,
     pub engine: WorkflowState,
-    /// Attempts the engine released through their barrier.
-    #[serde(default)]
-    pub released: BTreeSet<AttemptId>,
-    /// Timers the engine asked for: (group, kind, due).
-    #[serde(default)]
-    pub timers: Vec<(u32, TimeoutKind, Millis)>,
+}
+
+/// The document to write, borrowing the live state (no copy of it).
+#[derive(Serialize)]
+struct PersistedRef<'a> {
+    version: u32,
+    engine: &'a WorkflowState,
 }
 
 impl Persisted {
-    pub fn new(engine: WorkflowState) -> Persisted {
-        Persisted {
+    /// The JSON text of a snapshot of `engine`.
+    pub fn to_text(engine: &WorkflowState) -> String {
+        serde_json::to_string(&PersistedRef {
             version: STATE_VERSION,
             engine,
-            released: BTreeSet::new(),
-            timers: Vec::new(),
-        }
-    }
-
-    /// Notes what the commands ask for that a restarted server must redo.
-    pub fn remember(&mut self, commands: &[osmo_engine::Command]) {
-        for command in commands {
-            match command {
-                osmo_engine::Command::Release { attempts } => self.released.extend(attempts),
-                // Back at the barrier: released again later.
-                osmo_engine::Command::Restart { attempt, .. } => {
-                    self.released.remove(attempt);
-                }
-                osmo_engine::Command::SetTimer { group, kind, at } => {
-                    self.timers.push((*group, *kind, *at))
-                }
-                _ => {}
-            }
-        }
+        })
+        .expect("the engine state serializes")
     }
 
     pub fn from_json(value: serde_json::Value) -> anyhow::Result<Persisted> {
         let doc: Persisted = serde_json::from_value(value)?;
         anyhow::ensure!(
-            doc.version == STATE_VERSION,
-            "stored state has version {}, this server reads version {STATE_VERSION}",
+            doc.version == 1 || doc.version == STATE_VERSION,
+            "stored state has version {}, this server reads versions 1 and {STATE_VERSION}",
             doc.version
         );
         Ok(doc)

@@ -6,20 +6,26 @@
 //! through, so a restart never waits behind other work or deadlocks its own
 //! barrier. Admission is first come, first served within a priority; a group
 //! larger than the whole pool runs alone rather than never.
+//!
+//! Every operation costs O(log n) in the groups waiting (a workflow of
+//! 10,000 single-task groups queues 10,000 of them), never a scan of the queue.
 
-use std::collections::{HashMap, VecDeque};
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, HashMap};
 
 use osmo_engine::AttemptId;
 
 /// A group of one workflow.
 pub type GroupRef = (String, u32);
 
+/// Queue order: higher priority first, then first come.
+type Place = (Reverse<u8>, u64);
+
 #[derive(Debug)]
 struct Waiting {
     group: GroupRef,
     /// CPU the whole group holds once admitted.
     footprint: f64,
-    priority: u8,
     attempts: Vec<AttemptId>,
 }
 
@@ -34,7 +40,13 @@ pub struct Scheduler {
     capacity: f64,
     used: f64,
     held: HashMap<GroupRef, Held>,
-    queue: VecDeque<Waiting>,
+    /// Groups waiting for their CPU, in admission order.
+    queue: BTreeMap<Place, Waiting>,
+    /// Where each waiting group stands in `queue`.
+    places: HashMap<GroupRef, Place>,
+    /// Launches of held groups: they go at the next `admit`.
+    ready: Vec<(GroupRef, AttemptId)>,
+    next: u64,
 }
 
 impl Scheduler {
@@ -43,7 +55,10 @@ impl Scheduler {
             capacity,
             used: 0.0,
             held: HashMap::new(),
-            queue: VecDeque::new(),
+            queue: BTreeMap::new(),
+            places: HashMap::new(),
+            ready: Vec::new(),
+            next: 0,
         }
     }
 
@@ -55,22 +70,29 @@ impl Scheduler {
         priority: u8,
         attempts: Vec<AttemptId>,
     ) {
-        if let Some(w) = self.queue.iter_mut().find(|w| w.group == group) {
+        if self.held.get(&group).is_some_and(|h| h.active > 0) {
+            // Its CPU is held: a retry or a restart goes through at once.
+            if let Some(held) = self.held.get_mut(&group) {
+                held.active += attempts.len();
+            }
+            self.ready
+                .extend(attempts.into_iter().map(|a| (group.clone(), a)));
+            return;
+        }
+        if let Some(place) = self.places.get(&group)
+            && let Some(w) = self.queue.get_mut(place)
+        {
             w.attempts.extend(attempts);
             return;
         }
-        // Higher priority first; FIFO within a priority.
-        let at = self
-            .queue
-            .iter()
-            .position(|w| w.priority < priority)
-            .unwrap_or(self.queue.len());
+        let place = (Reverse(priority), self.next);
+        self.next += 1;
+        self.places.insert(group.clone(), place);
         self.queue.insert(
-            at,
+            place,
             Waiting {
                 group,
                 footprint,
-                priority,
                 attempts,
             },
         );
@@ -78,55 +100,87 @@ impl Scheduler {
 
     /// Drops a queued attempt (it was stopped before it got resources).
     pub fn dequeue(&mut self, group: &GroupRef, attempt: AttemptId) -> bool {
-        let Some(i) = self.queue.iter().position(|w| &w.group == group) else {
+        if let Some(i) = self
+            .ready
+            .iter()
+            .position(|(g, a)| g == group && *a == attempt)
+        {
+            self.ready.swap_remove(i);
+            self.finished(group);
+            return true;
+        }
+        let Some(place) = self.places.get(group).copied() else {
             return false;
         };
-        let before = self.queue[i].attempts.len();
-        self.queue[i].attempts.retain(|a| *a != attempt);
-        let removed = self.queue[i].attempts.len() != before;
-        if self.queue[i].attempts.is_empty() {
-            self.queue.remove(i);
+        let Some(w) = self.queue.get_mut(&place) else {
+            return false;
+        };
+        let before = w.attempts.len();
+        w.attempts.retain(|a| *a != attempt);
+        let removed = w.attempts.len() != before;
+        if w.attempts.is_empty() {
+            self.queue.remove(&place);
+            self.places.remove(group);
         }
         removed
     }
 
     pub fn is_queued(&self, group: &GroupRef, attempt: AttemptId) -> bool {
-        self.queue
-            .iter()
-            .any(|w| &w.group == group && w.attempts.contains(&attempt))
+        self.ready.iter().any(|(g, a)| g == group && *a == attempt)
+            || self
+                .places
+                .get(group)
+                .and_then(|p| self.queue.get(p))
+                .is_some_and(|w| w.attempts.contains(&attempt))
     }
 
     /// Drops everything queued for a workflow.
     pub fn forget_workflow(&mut self, workflow: &str) {
-        self.queue.retain(|w| w.group.0 != workflow);
+        let gone: Vec<GroupRef> = self
+            .places
+            .keys()
+            .filter(|g| g.0 == workflow)
+            .cloned()
+            .collect();
+        for group in gone {
+            if let Some(place) = self.places.remove(&group) {
+                self.queue.remove(&place);
+            }
+        }
     }
 
     /// Records an attempt already running (found again after a server restart).
     pub fn adopt(&mut self, group: GroupRef, footprint: f64) {
-        let held = self.held.entry(group).or_default();
+        let held = self.held.entry(group.clone()).or_default();
         if held.active == 0 {
             held.cpu = footprint;
             self.used += footprint;
         }
         held.active += 1;
+        // Launches of it that were queued go with it now.
+        if let Some(place) = self.places.remove(&group)
+            && let Some(w) = self.queue.remove(&place)
+        {
+            if let Some(held) = self.held.get_mut(&group) {
+                held.active += w.attempts.len();
+            }
+            self.ready
+                .extend(w.attempts.into_iter().map(|a| (group.clone(), a)));
+        }
     }
 
-    /// Launches that may start now, in order. Launches of held groups always
-    /// go; new groups go in queue order until the first one that does not fit.
+    /// Launches that may start now, in order: those of held groups, then new
+    /// groups in queue order until the first one that does not fit.
     pub fn admit(&mut self) -> Vec<(GroupRef, AttemptId)> {
-        let mut out = Vec::new();
-        let mut blocked = false;
-        let mut i = 0;
-        while i < self.queue.len() {
-            let next = &self.queue[i];
-            let already_held = self.held.get(&next.group).is_some_and(|h| h.active > 0);
+        let mut out = std::mem::take(&mut self.ready);
+        while let Some(entry) = self.queue.first_entry() {
+            let next = entry.get();
             let fits = self.used + next.footprint <= self.capacity + 1e-9 || self.used <= 1e-9;
-            if !already_held && (blocked || !fits) {
-                blocked = true;
-                i += 1;
-                continue;
+            if !fits {
+                break;
             }
-            let w = self.queue.remove(i).expect("index in range");
+            let w = entry.remove();
+            self.places.remove(&w.group);
             let held = self.held.entry(w.group.clone()).or_default();
             if held.active == 0 {
                 held.cpu = w.footprint;
