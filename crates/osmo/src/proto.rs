@@ -125,6 +125,8 @@ pub enum ToAgent {
     Restart { key: AttemptKey, reason: String },
     /// The server has the result; the agent may forget it.
     Ack { key: AttemptKey },
+    /// The server stored every log batch up to and including `seq`.
+    LogsAck { seq: u64 },
     /// The server is stopping: exit as soon as no attempt runs.
     Shutdown,
 }
@@ -150,6 +152,11 @@ pub enum FromAgent {
     },
     Logs {
         lines: Vec<LogLine>,
+        /// The agent instance and its batch number: the agent keeps the batch
+        /// until `LogsAck` and sends it again after a reconnection (the server
+        /// stores each batch once). None: best effort.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        batch: Option<(String, u64)>,
     },
     /// A run of the attempt's command was stopped for a `Restart`; the
     /// attempt waits at the barrier for its next run.

@@ -30,6 +30,9 @@ pub enum RuntimeKind {
     Docker,
 }
 
+/// A pool's `max_tasks_per_workflow` unless it says otherwise.
+pub const DEFAULT_MAX_TASKS_PER_WORKFLOW: u32 = 10_000;
+
 /// One pool. Defaults are those of SEMANTICS §7 and the conformance README.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PoolConfig {
@@ -37,6 +40,9 @@ pub struct PoolConfig {
     pub runtime: RuntimeKind,
     /// Default 3.
     pub max_retry_per_task: u32,
+    /// The most tasks one workflow may have (default [`DEFAULT_MAX_TASKS_PER_WORKFLOW`]);
+    /// a larger one is refused at submit.
+    pub max_tasks_per_workflow: u32,
     pub default_exit_actions: ExitActions,
     pub preflight: Vec<PreflightTest>,
     /// What one node of the pool has; tasks asking more are refused at submit.
@@ -77,6 +83,7 @@ impl Default for PoolConfig {
             backend: BackendKind::Local,
             runtime: RuntimeKind::Sandbox,
             max_retry_per_task: 3,
+            max_tasks_per_workflow: DEFAULT_MAX_TASKS_PER_WORKFLOW,
             default_exit_actions: ExitActions::default(),
             preflight: Vec::new(),
             node: NodeCapacity::default(),

@@ -80,6 +80,20 @@ pub fn load_rendered(
         .and_then(|raw| validate::file(raw, root, &mut report));
     let workflow = draft.and_then(|draft| resolve::workflow(draft, pool, &mut report));
     report.finish()?;
+    if let (Some(pool), Some(workflow)) = (pool, &workflow) {
+        let tasks: usize = workflow.groups.iter().map(|g| g.tasks.len()).sum();
+        if tasks > pool.max_tasks_per_workflow as usize {
+            return Err(Diagnostics::single(Diagnostic::whole_file(
+                file,
+                format!(
+                    "workflow `{}` has {tasks} tasks; the pool allows at most {} in one workflow \
+                     (its `max_tasks_per_workflow`): split the work into several workflows, or \
+                     raise the limit in the pool's configuration",
+                    workflow.name, pool.max_tasks_per_workflow
+                ),
+            )));
+        }
+    }
     // Without errors, resolution always yields the workflow.
     workflow.ok_or_else(|| {
         Diagnostics::single(Diagnostic::whole_file(

@@ -85,6 +85,19 @@ fn pool(raw: &RawPool, name: &str, report: &mut Report) -> PoolConfig {
     {
         pool.max_retry_per_task = n;
     }
+    if let Some(s) = &raw.max_tasks_per_workflow
+        && let Some(n) = check::count(s, &what("max_tasks_per_workflow"), report)
+    {
+        if n == 0 {
+            report.error(
+                s.mark,
+                format!("{} must be at least 1", what("max_tasks_per_workflow")),
+                Some(s.text.clone()),
+            );
+        } else {
+            pool.max_tasks_per_workflow = n;
+        }
+    }
     if let Some(actions) = &raw.default_exit_actions {
         pool.default_exit_actions = check::exit_actions(actions, report);
     }

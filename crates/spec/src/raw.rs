@@ -147,6 +147,7 @@ pub(crate) struct RawPool {
     pub backend: Option<Scalar>,
     pub runtime: Option<Scalar>,
     pub max_retry_per_task: Option<Scalar>,
+    pub max_tasks_per_workflow: Option<Scalar>,
     pub default_exit_actions: Option<Checked<Entries<Scalar>>>,
     pub preflight: Option<List<RawPreflight>>,
     pub node: Option<Checked<RawNode>>,

@@ -513,3 +513,29 @@ fn a_dataset_input_gets_one_clear_refusal() {
         "{got:?}"
     );
 }
+
+#[test]
+fn a_workflow_larger_than_the_pool_allows_is_refused_with_the_limit() {
+    let yaml = "workflow:\n  name: wide\n  tasks:\n  - {name: a, image: i, command: [\"true\"]}\n  - {name: b, image: i, command: [\"true\"]}\n  - {name: c, image: i, command: [\"true\"]}\n";
+    let small = PoolConfig {
+        max_tasks_per_workflow: 2,
+        ..PoolConfig::default()
+    };
+    let got = errors_with(yaml, Some(&small));
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert!(
+        got[0].contains("has 3 tasks; the pool allows at most 2")
+            && got[0].contains("max_tasks_per_workflow"),
+        "{got:?}"
+    );
+    let enough = PoolConfig {
+        max_tasks_per_workflow: 3,
+        ..PoolConfig::default()
+    };
+    assert!(load(yaml, "wf.yaml", &Values::default(), Some(&enough)).is_ok());
+    assert_eq!(
+        PoolConfig::default().max_tasks_per_workflow,
+        10_000,
+        "at least 10,000 by default"
+    );
+}

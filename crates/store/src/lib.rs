@@ -270,6 +270,17 @@ pub struct LogLine {
     pub line: String,
 }
 
+/// Log lines committed with [`Store::commit`]. A batch with a `source` and `seq` is stored at
+/// most once: the store remembers the highest `seq` it stored per source and skips any batch at
+/// or below it (a source numbers its batches upwards, from 1).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct LogBatch {
+    /// Who sent it (say a node agent instance), with its batch number.
+    pub source: Option<(String, u64)>,
+    /// The lines, in order.
+    pub lines: Vec<LogLine>,
+}
+
 /// The durable state of the workflow service; cheap to clone (the pool is shared).
 #[derive(Debug, Clone)]
 pub struct Store {
@@ -483,9 +494,28 @@ impl Store {
     /// A workflow the store does not know fails the whole batch with
     /// [`Error::UnknownWorkflow`], and nothing of it is stored.
     pub async fn commit(&self, batch: &[Commit]) -> Result<()> {
-        if batch.is_empty() {
+        self.commit_with_logs(batch, &[]).await
+    }
+
+    /// [`Store::commit`], with log lines in the same transaction. A log line of a workflow the
+    /// store does not know fails the whole commit ([`Error::LogsForUnknownWorkflow`]).
+    pub async fn commit_with_logs(&self, batch: &[Commit], logs: &[LogBatch]) -> Result<()> {
+        if batch.is_empty() && logs.iter().all(|l| l.lines.is_empty()) {
             return Ok(());
         }
+        let result = self.commit_tx(batch, logs).await;
+        result.map_err(|e| match e {
+            Error::Database(e)
+                if e.as_database_error().map(|d| d.kind())
+                    == Some(sqlx::error::ErrorKind::ForeignKeyViolation) =>
+            {
+                Error::LogsForUnknownWorkflow(e)
+            }
+            other => other,
+        })
+    }
+
+    async fn commit_tx(&self, batch: &[Commit], logs: &[LogBatch]) -> Result<()> {
         with_pool!(self, pool => {
             let mut tx = pool.begin().await?;
             for c in batch {
@@ -534,6 +564,40 @@ impl Store {
                     .bind(&snap.state)
                     .execute(&mut *tx)
                     .await?;
+                }
+            }
+            for log in logs {
+                if let Some((source, seq)) = &log.source {
+                    let stored: Option<(i64,)> =
+                        sqlx::query_as("SELECT seq FROM log_cursors WHERE source = $1")
+                            .bind(source)
+                            .fetch_optional(&mut *tx)
+                            .await?;
+                    if stored.is_some_and(|(done,)| done >= to_i64(*seq)) {
+                        continue;
+                    }
+                    sqlx::query(
+                        "INSERT INTO log_cursors (source, seq) VALUES ($1, $2) \
+                         ON CONFLICT (source) DO UPDATE SET seq = $2",
+                    )
+                    .bind(source)
+                    .bind(to_i64(*seq))
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                for chunk in log.lines.chunks(ROWS_PER_INSERT) {
+                    let mut q = sqlx::QueryBuilder::new(
+                        "INSERT INTO logs (workflow_id, task, retry_id, at_ms, stream, line) ",
+                    );
+                    q.push_values(chunk, |mut b, l| {
+                        b.push_bind(&l.workflow_id)
+                            .push_bind(&l.task)
+                            .push_bind(i64::from(l.retry_id))
+                            .push_bind(l.at_ms)
+                            .push_bind(&l.stream)
+                            .push_bind(&l.line);
+                    });
+                    q.build().execute(&mut *tx).await?;
                 }
             }
             tx.commit().await?;

@@ -10,7 +10,7 @@ use std::io::Write;
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use osmo_store::{
-    Backend, Commit, DEFAULT_LIST_LIMIT, Error, Initial, ListFilter, LogLine, NewEvent,
+    Backend, Commit, DEFAULT_LIST_LIMIT, Error, Initial, ListFilter, LogBatch, LogLine, NewEvent,
     NewWorkflow, Snapshot, Store,
 };
 use serde_json::{Value, json};
@@ -105,6 +105,7 @@ on_both!(
     concurrent_inserts_get_distinct_ids,
     commit_appends_events_and_snapshots_now_and_then,
     one_commit_serves_many_workflows_and_a_retry_writes_nothing_twice,
+    log_batches_commit_with_events_and_are_stored_once_per_source,
     failed_commit_changes_nothing,
     commit_to_unknown_workflow_fails,
     finished_at_is_kept_and_load_unfinished_skips_finished,
@@ -950,4 +951,47 @@ async fn in_memory_sqlite_works_for_tests() {
             .len(),
         2
     );
+}
+
+async fn log_batches_commit_with_events_and_are_stored_once_per_source(url: String) {
+    let store = open(&url).await;
+    let wf = insert(&store, "wf", 1).await;
+    let batch = |seq: u64, n: i64| LogBatch {
+        source: Some(("agent-1".to_string(), seq)),
+        lines: vec![log(&wf, "a", 0, n, "stdout")],
+    };
+    let events = [commit(&wf, 1, &[json!(1)], None, "RUNNING", 5)];
+    store
+        .commit_with_logs(&events, &[batch(1, 0), batch(2, 1)])
+        .await
+        .unwrap();
+    // Sent again after a lost acknowledgement: stored once; a newer batch goes in.
+    store
+        .commit_with_logs(&[], &[batch(2, 1), batch(3, 2)])
+        .await
+        .unwrap();
+    // Another source numbers its own batches.
+    let other = LogBatch {
+        source: Some(("agent-2".to_string(), 1)),
+        lines: vec![log(&wf, "b", 0, 3, "stdout")],
+    };
+    store.commit_with_logs(&[], &[other]).await.unwrap();
+    let lines = store.logs(&wf, None, None, None).await.unwrap();
+    assert_eq!(
+        texts(&lines),
+        ["a/0 line 0", "a/0 line 1", "a/0 line 2", "b/0 line 3"]
+    );
+    assert_eq!(store.events(&wf).await.unwrap().len(), 1);
+    // A line of an unknown workflow fails the commit whole, events included.
+    let bad = LogBatch {
+        source: None,
+        lines: vec![log("nope-1", "a", 0, 9, "stdout")],
+    };
+    let err = store
+        .commit_with_logs(&[commit(&wf, 2, &[json!(2)], None, "RUNNING", 6)], &[bad])
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::LogsForUnknownWorkflow(_)), "{err}");
+    assert_eq!(store.events(&wf).await.unwrap().len(), 1);
+    store.close().await;
 }

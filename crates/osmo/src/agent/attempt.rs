@@ -89,6 +89,7 @@ impl Supervisor for AttemptSupervisor {
     fn log(&self, stream: osmo_runtime::Stream, line: &str) {
         let stream = Stream::from(stream);
         self.shared.send(FromAgent::Logs {
+            batch: None,
             lines: vec![LogLine {
                 key: self.key.clone(),
                 task: self.task.clone(),

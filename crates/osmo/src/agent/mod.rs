@@ -11,6 +11,7 @@
 
 mod attempt;
 pub mod docker;
+mod log_outbox;
 mod results;
 
 use std::collections::HashMap;
@@ -25,6 +26,7 @@ use tokio::sync::mpsc;
 
 use crate::proto::{AttemptKey, FromAgent, Phase, ToAgent};
 use attempt::AttemptHandle;
+use log_outbox::LogOutbox;
 use results::ResultStore;
 
 /// How long an idle agent waits for its server to come back.
@@ -76,12 +78,22 @@ async fn serve(args: AgentArgs) -> anyhow::Result<()> {
     });
     let mut shutting_down = false;
     let mut gone_since = Instant::now();
+    let started = crate::now_ms();
+    let mut outbox = LogOutbox::new(format!(
+        "agent:{}:{}:{started}",
+        shared.node,
+        std::process::id()
+    ));
     loop {
         // Dial until connected, the server said goodbye and we are idle, or it stayed away too long.
         let stream = loop {
             // Messages that pile up while disconnected: phases are re-sent in Hello,
-            // results live on disk; only logs would be lost, and they are best effort.
-            while rx.try_recv().is_ok() {}
+            // results live on disk, and log lines wait in the outbox.
+            let mut waiting = Vec::new();
+            while let Ok(msg) = rx.try_recv() {
+                waiting.push(msg);
+            }
+            log_outbox::gather(&mut outbox, waiting);
             let idle = shared.lock_attempts().is_empty();
             if idle && (shutting_down || gone_since.elapsed() >= IDLE_EXIT) {
                 return Ok(());
@@ -108,12 +120,15 @@ async fn serve(args: AgentArgs) -> anyhow::Result<()> {
                 .map(|(k, h)| (k.clone(), h.phase()))
                 .collect(),
         });
+        // Log batches the server may not have stored yet go again.
+        hello.extend(outbox.resend());
         let mut connected = send_all(&mut write, &hello).await;
         while connected {
             tokio::select! {
                 line = lines.next_line() => match line {
                     Ok(Some(line)) => match serde_json::from_str::<ToAgent>(&line) {
                         Ok(ToAgent::Shutdown) => shutting_down = true,
+                        Ok(ToAgent::LogsAck { seq }) => outbox.ack(seq),
                         Ok(msg) => handle(&shared, msg),
                         Err(e) => eprintln!("osmo agent: ignoring a message it cannot read: {e}"),
                     },
@@ -122,6 +137,7 @@ async fn serve(args: AgentArgs) -> anyhow::Result<()> {
                 Some(msg) = rx.recv() => {
                     let mut batch = vec![msg];
                     while let Ok(more) = rx.try_recv() { batch.push(more); }
+                    let batch = log_outbox::gather(&mut outbox, batch);
                     connected = send_all(&mut write, &batch).await;
                 }
             }
@@ -165,7 +181,7 @@ fn handle(shared: &Arc<Shared>, msg: ToAgent) {
             }
         }
         ToAgent::Ack { key } => shared.results.forget(&key),
-        ToAgent::Shutdown => {}
+        ToAgent::LogsAck { .. } | ToAgent::Shutdown => {}
     }
 }
 

@@ -27,7 +27,7 @@ use osmo_engine::{
 use osmo_spec::codes::{CodeSource, ReportedCode, well_known};
 use osmo_spec::config::{BackendKind, PoolConfig, ServiceConfig};
 use osmo_spec::model::Workflow;
-use osmo_store::{Commit, NewEvent, Snapshot, Store};
+use osmo_store::{Commit, LogBatch, NewEvent, Snapshot, Store};
 use tokio::sync::{mpsc, oneshot};
 
 use super::agent_link::{AgentLink, LinkEvent};
@@ -152,6 +152,10 @@ struct Batch {
     commands: Vec<(String, Vec<Command>)>,
     /// Results to acknowledge once committed.
     acks: Vec<AttemptKey>,
+    /// Log lines, committed with the events.
+    logs: Vec<LogBatch>,
+    /// The node agent's log batch to acknowledge once committed.
+    logs_ack: Option<u64>,
 }
 
 #[derive(Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -174,7 +178,6 @@ pub struct Manager {
     /// Attempts handed to the agent and not yet exited, with their pool.
     launched: HashMap<AttemptKey, String>,
     timers: BinaryHeap<Reverse<Timer>>,
-    logs: mpsc::UnboundedSender<Vec<osmo_store::LogLine>>,
     node: String,
     batch: Batch,
 }
@@ -186,7 +189,6 @@ impl Manager {
         link: AgentLink,
         slurm: HashMap<String, SlurmLink>,
         data_dir: PathBuf,
-        logs: mpsc::UnboundedSender<Vec<osmo_store::LogLine>>,
     ) -> anyhow::Result<Manager> {
         let schedulers = config
             .pools
@@ -211,7 +213,6 @@ impl Manager {
             schedulers,
             launched: HashMap::new(),
             timers: BinaryHeap::new(),
-            logs,
             node: crate::agent::hostname(),
             batch: Batch::default(),
         };
@@ -292,7 +293,7 @@ impl Manager {
                 Some(event) = link_events.recv() => {
                     // Group commit: whatever else arrived meanwhile joins this batch.
                     self.handle_link(event);
-                    while self.batch.events.len() < MAX_BATCH {
+                    while self.batch.events.len() + self.batch.logs.len() < MAX_BATCH {
                         match link_events.try_recv() {
                             Ok(more) => self.handle_link(more),
                             Err(_) => break,
@@ -462,7 +463,7 @@ impl Manager {
         let batch = std::mem::take(&mut self.batch);
         let commits = self.commits(&batch);
         let mut pause = Duration::from_millis(50);
-        while let Err(e) = self.store.commit(&commits).await {
+        while let Err(e) = self.store.commit_with_logs(&commits, &batch.logs).await {
             // Not committed means not decided yet: nothing was acted on, so
             // the same commit is simply tried again (it is idempotent).
             tracing::error!(
@@ -486,6 +487,9 @@ impl Manager {
         }
         for key in batch.acks {
             self.link_for(&key).send(ToAgent::Ack { key });
+        }
+        if let Some(seq) = batch.logs_ack {
+            self.link.send(ToAgent::LogsAck { seq });
         }
         self.dispatch();
     }
@@ -709,11 +713,13 @@ impl Manager {
                 tracing::warn!("node agent connection {conn} closed; waiting for it to dial back")
             }
             LinkEvent::Message {
-                msg: FromAgent::Logs { lines },
+                msg: FromAgent::Logs { lines, batch },
                 ..
             } => {
+                // Lines of workflows not running here (never known, or gone) have no row to go to.
                 let rows = lines
                     .into_iter()
+                    .filter(|l| self.active.contains_key(&l.key.workflow_id))
                     .map(|l| osmo_store::LogLine {
                         workflow_id: l.key.workflow_id,
                         task: l.task,
@@ -723,7 +729,13 @@ impl Manager {
                         line: l.line,
                     })
                     .collect();
-                let _ = self.logs.send(rows);
+                if let Some((_, seq)) = &batch {
+                    self.batch.logs_ack = Some(self.batch.logs_ack.unwrap_or(0).max(*seq));
+                }
+                self.batch.logs.push(LogBatch {
+                    source: batch,
+                    lines: rows,
+                });
             }
             LinkEvent::Message {
                 msg: FromAgent::Phase { key, phase, node },
@@ -751,6 +763,11 @@ impl Manager {
                 msg: FromAgent::Exited { key, codes },
                 ..
             } => {
+                // The command ran, but its phases were lost (a server restart
+                // between them): record its run before its end.
+                if codes.iter().any(|c| c.source == CodeSource::User) {
+                    self.advance(&key, Phase::Running, None);
+                }
                 self.apply(
                     &key.workflow_id,
                     Event::Exited {

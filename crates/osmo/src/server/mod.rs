@@ -117,15 +117,12 @@ pub async fn start(opts: ServerOptions) -> anyhow::Result<RunningServer> {
         Some(s) => (s.links, Some(s.router)),
         None => (Default::default(), None),
     };
-    let (logs_tx, logs_rx) = mpsc::unbounded_channel();
-    tokio::spawn(write_logs(store.clone(), logs_rx));
     let manager = manager::Manager::new(
         store.clone(),
         config.clone(),
         link.clone(),
         slurm_links,
         data_dir.clone(),
-        logs_tx,
     )
     .await?;
     let (requests_tx, requests_rx) = mpsc::channel(256);
@@ -169,23 +166,5 @@ fn exec_url(addr: SocketAddr) -> String {
         format!("http://{}:{}", crate::agent::hostname(), addr.port())
     } else {
         format!("http://{addr}")
-    }
-}
-
-/// Appends log lines in batches, so a chatty task costs one transaction per batch.
-async fn write_logs(
-    store: osmo_store::Store,
-    mut rx: mpsc::UnboundedReceiver<Vec<osmo_store::LogLine>>,
-) {
-    while let Some(mut batch) = rx.recv().await {
-        while batch.len() < 10_000 {
-            match rx.try_recv() {
-                Ok(more) => batch.extend(more),
-                Err(_) => break,
-            }
-        }
-        if let Err(e) = store.append_logs(&batch).await {
-            tracing::error!("cannot store {} log line(s): {e}", batch.len());
-        }
     }
 }

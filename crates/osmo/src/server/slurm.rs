@@ -613,7 +613,7 @@ impl Driver {
                     .remove(&key.file_stem());
                 self.shared.changed.notify_waiters();
             }
-            ToAgent::Shutdown => {}
+            ToAgent::LogsAck { .. } | ToAgent::Shutdown => {}
         }
     }
 
@@ -949,7 +949,7 @@ async fn logs(
         return unauthorized();
     }
     if !lines.is_empty() {
-        shared.emit(FromAgent::Logs { lines });
+        shared.emit(FromAgent::Logs { lines, batch: None });
     }
     StatusCode::OK.into_response()
 }

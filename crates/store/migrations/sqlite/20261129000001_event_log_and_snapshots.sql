@@ -28,3 +28,10 @@ ALTER TABLE workflows DROP COLUMN spec_source;
 ALTER TABLE workflows DROP COLUMN spec_rendered;
 ALTER TABLE workflows DROP COLUMN last_command_seq;
 DROP TABLE pending_commands;
+
+-- The last log batch stored per source (a node agent instance): a batch sent again after a
+-- crash lost its acknowledgement is recognised and not stored twice.
+CREATE TABLE log_cursors (
+    source TEXT PRIMARY KEY NOT NULL,
+    seq    BIGINT NOT NULL
+);
