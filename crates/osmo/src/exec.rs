@@ -106,6 +106,8 @@ struct ExecSupervisor {
     key: AttemptKey,
     task: String,
     logs: Arc<LogBuffer>,
+    /// False: no barrier to wait for (see `Launch::barrier`).
+    barrier: bool,
 }
 
 #[derive(Default)]
@@ -158,6 +160,9 @@ impl Supervisor for ExecSupervisor {
 
     fn setup_done(&self) -> bool {
         self.phase(Phase::SetupDone);
+        if !self.barrier {
+            return !terminated();
+        }
         let start = Instant::now();
         loop {
             if terminated() {
@@ -315,6 +320,7 @@ pub fn run(args: ExecArgs) -> anyhow::Result<()> {
         key: launch.key.clone(),
         task: launch.task.clone(),
         logs: logs.clone(),
+        barrier: launch.barrier,
     };
     let outcome = match launch.runtime {
         RuntimeKind::Sandbox => osmo_runtime::run_attempt(&spec, &supervisor, &stop),

@@ -57,6 +57,15 @@ pub struct Launch {
     /// How the agent runs the attempt: its sandbox, or a container of `image`.
     #[serde(default = "sandbox_runtime")]
     pub runtime: RuntimeKind,
+    /// Wait at the barrier for a `Release` after set-up. False when the task's
+    /// group has no barrier to wait for (one task, or `barrier: false`): the
+    /// command starts as soon as it is set up, saving a round trip.
+    #[serde(default = "yes")]
+    pub barrier: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 fn sandbox_runtime() -> RuntimeKind {

@@ -83,6 +83,9 @@ struct AttemptSupervisor {
     key: AttemptKey,
     task: String,
     gate: Arc<Gate>,
+    /// False: no barrier to wait for; the gate is only closed by a stop or
+    /// a restart in place.
+    barrier: bool,
 }
 
 impl Supervisor for AttemptSupervisor {
@@ -103,6 +106,10 @@ impl Supervisor for AttemptSupervisor {
     fn setup_done(&self) -> bool {
         self.gate.set_phase(Phase::SetupDone);
         self.shared.set_phase(&self.key, Phase::SetupDone);
+        if !self.barrier {
+            // Nothing to wait for; only a stop (open: false) keeps the command from starting.
+            return self.gate.lock().open != Some(false);
+        }
         let mut state = self.gate.lock();
         while state.open.is_none() {
             state = self
@@ -181,6 +188,7 @@ fn run(shared: Arc<Shared>, launch: Launch, gate: Arc<Gate>, stop: StopHandle) {
         key: launch.key.clone(),
         task: launch.task.clone(),
         gate,
+        barrier: launch.barrier,
     };
     let outcome = match launch.runtime {
         RuntimeKind::Sandbox => osmo_runtime::run_attempt(&spec, &supervisor, &stop),
@@ -188,8 +196,9 @@ fn run(shared: Arc<Shared>, launch: Launch, gate: Arc<Gate>, stop: StopHandle) {
             super::docker::run_attempt(&spec, &launch.image, launch.cpu, &supervisor, &stop)
         }
     };
-    let _ = std::fs::remove_dir_all(&scratch);
+    // Reported first: the scratch space's removal is off the attempt's critical path.
     finish(&shared, &launch.key, outcome.codes);
+    let _ = std::fs::remove_dir_all(&scratch);
 }
 
 fn finish(shared: &Shared, key: &AttemptKey, codes: Vec<ReportedCode>) {

@@ -131,6 +131,7 @@ impl LaunchBuilder {
             cpu,
             image: task.image,
             runtime: pool.runtime,
+            barrier: group.barrier && group.tasks.len() > 1,
         })
     }
 }

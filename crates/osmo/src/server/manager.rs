@@ -299,6 +299,12 @@ impl Manager {
                             Err(_) => break,
                         }
                     }
+                    // CPUs freed by exits go to launches decided (and committed)
+                    // before, while this batch commits: a launch acts on no
+                    // decision of this batch. Were the server to die before the
+                    // commit, the exits would be reported again and the new
+                    // attempts found running.
+                    self.dispatch();
                     self.flush().await;
                 }
                 _ = sleep => self.fire_timers().await,
