@@ -62,35 +62,10 @@ pub fn status_for_code(exit_code: u32) -> TaskStatus {
     }
 }
 
-/// What a code means, in a few words (the seed's exit-code tables).
+/// What a code means, in the seed's words (its exit-code tables, kept once
+/// in [`osmo_spec::codes::meaning`] for the engine and the CLI alike).
 pub fn describe_code(exit_code: u32) -> &'static str {
-    match exit_code {
-        0 => "zero exit",
-        code::IMAGE_PULL_BACKOFF | code::ERR_IMAGE_PULL => "image pull failed",
-        1..=255 => "non-zero exit",
-        code::INIT_FAILURE | code::INIT_FILES => "task initialization failed",
-        code::PREFLIGHT => "preflight test failed",
-        code::RUNTIME_UNKNOWN => "unknown runtime error",
-        code::DOWNLOAD => "download failed",
-        code::MOUNT => "mount failed",
-        code::UPLOAD => "upload failed",
-        2020 => "invalid service token",
-        2021 => "service connection timed out",
-        2022 => "service messaging failed",
-        2023 => "user task messaging failed",
-        code::BARRIER => "barrier synchronization failed",
-        2025 => "metrics failed",
-        2030..=2040 => "miscellaneous runtime failure",
-        code::UPSTREAM => "upstream failed",
-        code::BACKEND_ERROR => "backend error",
-        code::SERVER_ERROR => "server error",
-        code::START_ERROR => "start error",
-        code::EVICTED => "evicted",
-        code::START_TIMEOUT => "start timeout",
-        code::PREEMPTED => "preempted",
-        code::UNKNOWN => "unknown error",
-        _ => "non-zero exit",
-    }
+    osmo_spec::codes::meaning(exit_code)
 }
 
 /// Decides what an exit code does to an attempt (SEMANTICS §3).
@@ -355,7 +330,8 @@ mod tests {
         assert_eq!(d.rule.origin, RuleOrigin::Default);
         assert_eq!(
             d.message,
-            "exit code 3 is not listed in exitActions; non-zero exit → FAILED (default)"
+            "exit code 3 is not listed in exitActions; user failure: the task's command \
+             exited with this code → FAILED (default)"
         );
         let d = decide(0, &ExitActions::default(), &rules, 0, 0);
         assert_eq!(d.status, TaskStatus::Completed);
@@ -375,7 +351,8 @@ mod tests {
         assert_eq!(d.status, TaskStatus::FailedPreempted);
         assert_eq!(
             d.message,
-            "exit code 3006 is not listed in exitActions; preempted → FAILED_PREEMPTED (default)"
+            "exit code 3006 is not listed in exitActions; preempted: the task was preempted to \
+             make space for a higher priority task → FAILED_PREEMPTED (default)"
         );
     }
 

@@ -301,7 +301,10 @@ fn default_01_nonzero_fails() {
     );
     assert_eq!(
         env.current("bad").failure_message.as_deref(),
-        Some("exit code 3 is not listed in exitActions; non-zero exit → FAILED (default)")
+        Some(
+            "exit code 3 is not listed in exitActions; user failure: the task's command exited \
+             with this code → FAILED (default)"
+        )
     );
     assert_eq!(finished(&out), Some(WorkflowStatus::Failed));
 }

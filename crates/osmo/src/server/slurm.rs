@@ -1213,6 +1213,7 @@ mod tests {
             volume_mounts: vec![],
             image: "ubuntu".into(),
             runtime: osmo_spec::config::RuntimeKind::Sandbox,
+            barrier: false,
         };
         let options = SlurmOptions {
             partition: Some("gpu".into()),
