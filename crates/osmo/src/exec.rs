@@ -11,15 +11,14 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use osmo_runtime::{AttemptSpec, StopHandle, Supervisor};
-use osmo_spec::config::RuntimeKind;
+use osmo_runtime::{StopHandle, Supervisor};
 use reqwest::StatusCode;
 use reqwest::blocking::Client;
 
-use crate::proto::{AttemptKey, Launch, LogLine, Phase, Stream};
-use crate::server::slurm::{
+use crate::proto::exec::{
     ControlReply, ExitedBody, PhaseBody, ReleaseReply, TOKEN_ENV, TOKEN_HEADER,
 };
+use crate::proto::{AttemptKey, Launch, LogLine, Phase, Stream};
 
 /// `osmo exec` arguments (the Slurm backend writes them; not for users).
 #[derive(Debug, Clone, clap::Args)]
@@ -262,7 +261,7 @@ pub fn run(args: ExecArgs) -> anyhow::Result<()> {
         ),
         token,
     });
-    let node = std::env::var("SLURMD_NODENAME").unwrap_or_else(|_| crate::agent::hostname());
+    let node = std::env::var("SLURMD_NODENAME").unwrap_or_else(|_| crate::proto::hostname());
     let restart: u32 = std::env::var("SLURM_RESTART_COUNT")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -299,22 +298,7 @@ pub fn run(args: ExecArgs) -> anyhow::Result<()> {
         launch.key.file_stem(),
         std::process::id()
     ));
-    let spec = AttemptSpec {
-        workflow_id: launch.key.workflow_id.clone(),
-        group: launch.group.clone(),
-        task: launch.task.clone(),
-        retry_id: launch.key.attempt.retry_id,
-        command: launch.command.clone(),
-        args: launch.args.clone(),
-        environment: launch.environment.clone(),
-        files: launch.files.clone(),
-        output_dir: launch.output_dir.clone(),
-        input_dirs: launch.input_dirs.clone(),
-        volume_mounts: launch.volume_mounts.clone(),
-        preflight: launch.preflight.clone(),
-        memory_limit_bytes: launch.memory_limit_bytes,
-        scratch_dir: scratch.clone(),
-    };
+    let spec = launch.attempt_spec(scratch.clone());
     let supervisor = ExecSupervisor {
         api: api.clone(),
         key: launch.key.clone(),
@@ -322,12 +306,7 @@ pub fn run(args: ExecArgs) -> anyhow::Result<()> {
         logs: logs.clone(),
         barrier: launch.barrier,
     };
-    let outcome = match launch.runtime {
-        RuntimeKind::Sandbox => osmo_runtime::run_attempt(&spec, &supervisor, &stop),
-        RuntimeKind::Docker => {
-            crate::agent::docker::run_attempt(&spec, &launch.image, launch.cpu, &supervisor, &stop)
-        }
-    };
+    let outcome = osmo_runtime::for_kind(launch.runtime).run_attempt(&spec, &supervisor, &stop);
     let _ = std::fs::remove_dir_all(&scratch);
     done.store(true, Ordering::SeqCst);
     let _ = helper.join();

@@ -7,7 +7,7 @@ pub mod api_types;
 pub mod cli;
 pub mod exec;
 pub mod machine;
-pub mod proto;
+pub use osmo_proto as proto;
 pub mod render_guard;
 pub mod server;
 

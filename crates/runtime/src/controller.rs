@@ -35,17 +35,7 @@ pub fn run_attempt(spec: &AttemptSpec, sup: &dyn Supervisor, stop: &StopHandle) 
         .map(|a| expand_env_refs(a, &env))
         .collect();
 
-    let mut tests = Vec::new();
-    for t in &spec.preflight {
-        if t.first_attempt_only && spec.retry_id > 0 {
-            run.osmo(&format!(
-                "preflight {} skipped: it runs on the first attempt only (this is retry {})",
-                t.name, spec.retry_id
-            ));
-        } else {
-            tests.push(t);
-        }
-    }
+    let tests = crate::policy::preflight_tests(spec, |m| run.osmo(m));
     let test_argv: Vec<Vec<String>> = tests
         .iter()
         .map(|t| t.command.iter().map(|a| expand_env_refs(a, &env)).collect())
@@ -89,16 +79,10 @@ pub fn run_attempt(spec: &AttemptSpec, sup: &dyn Supervisor, stop: &StopHandle) 
             .iter()
             .any(|c| c.source == CodeSource::User && c.code == 137);
         if !stop.is_stopped() && cg.oom_killed(killed_by_sigkill) {
-            let detail = format!(
-                "memory limit of {} bytes exceeded: killed by the kernel's OOM killer",
-                spec.memory_limit_bytes.unwrap_or_default()
-            );
-            run.osmo(&detail);
-            run.codes.push(ReportedCode {
-                code: well_known::EVICTED,
-                source: CodeSource::Service,
-                detail: Some(detail),
-            });
+            let code =
+                crate::policy::evicted_for_memory(spec.memory_limit_bytes, "the command was");
+            run.osmo(code.detail.as_deref().unwrap_or_default());
+            run.codes.push(code);
         }
         if let Err(e) = cg.remove() {
             run.osmo(&e);
@@ -664,11 +648,9 @@ impl Run<'_> {
                     }
                     how
                 };
-                self.push(
-                    well_known::PREFLIGHT,
-                    CodeSource::Preflight,
-                    format!("preflight {name} failed: {how}"),
-                );
+                let code = crate::policy::preflight_failed(&name, &how);
+                self.osmo(code.detail.as_deref().unwrap_or_default());
+                self.codes.push(code);
                 true
             }
             msg::READY => self.pass_barrier(go, stop),

@@ -64,10 +64,13 @@
 mod cgroup;
 mod child;
 mod controller;
+#[cfg(feature = "docker")]
+pub mod docker;
 pub mod env;
 mod error;
 mod mountinfo;
 mod plan;
+pub mod policy;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -83,7 +86,7 @@ pub use plan::ROOT_ENV as SANDBOX_ROOT_ENV;
 pub use plan::decode_file as file_contents;
 
 /// One attempt of one task, with tokens (`{{output}}`, ...) already replaced.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct AttemptSpec {
     pub workflow_id: String,
     pub group: String,
@@ -109,6 +112,70 @@ pub struct AttemptSpec {
     /// A per-attempt host directory the runtime may fill (overlay layers,
     /// the private `/tmp`); the caller removes it afterwards.
     pub scratch_dir: PathBuf,
+    /// The task's image (the Docker runtime runs it; the host sandbox runs
+    /// the host's own programs).
+    pub image: String,
+    /// CPUs the task asked for (the Docker runtime limits the container to them).
+    pub cpu: Option<f64>,
+}
+
+/// Runs attempts: the host sandbox ([`HostSandbox`]) and, with the `docker`
+/// feature, containers ([`DockerRuntime`]). A new runtime implements this
+/// and is named in [`for_kind`].
+pub trait Runtime: Send + Sync {
+    /// Runs one attempt (blocking) and returns every code it saw, each with
+    /// its source. `stop` ends it early or restarts its command in place.
+    fn run_attempt(&self, spec: &AttemptSpec, sup: &dyn Supervisor, stop: &StopHandle) -> Outcome;
+}
+
+/// The command over the host's own programs, in Linux namespaces.
+pub struct HostSandbox;
+
+impl Runtime for HostSandbox {
+    fn run_attempt(&self, spec: &AttemptSpec, sup: &dyn Supervisor, stop: &StopHandle) -> Outcome {
+        controller::run_attempt(spec, sup, stop)
+    }
+}
+
+/// A container of the task's image, through the Docker Engine API.
+#[cfg(feature = "docker")]
+pub struct DockerRuntime;
+
+#[cfg(feature = "docker")]
+impl Runtime for DockerRuntime {
+    fn run_attempt(&self, spec: &AttemptSpec, sup: &dyn Supervisor, stop: &StopHandle) -> Outcome {
+        docker::run_attempt(spec, sup, stop)
+    }
+}
+
+/// The runtime a pool's `runtime:` names.
+pub fn for_kind(kind: osmo_spec::config::RuntimeKind) -> &'static dyn Runtime {
+    match kind {
+        osmo_spec::config::RuntimeKind::Sandbox => &HostSandbox,
+        #[cfg(feature = "docker")]
+        osmo_spec::config::RuntimeKind::Docker => &DockerRuntime,
+        #[cfg(not(feature = "docker"))]
+        osmo_spec::config::RuntimeKind::Docker => &NoDocker,
+    }
+}
+
+/// Stands in for Docker in a build without the `docker` feature.
+#[cfg(not(feature = "docker"))]
+struct NoDocker;
+
+#[cfg(not(feature = "docker"))]
+impl Runtime for NoDocker {
+    fn run_attempt(&self, _: &AttemptSpec, sup: &dyn Supervisor, _: &StopHandle) -> Outcome {
+        let detail = "this osmo was built without the docker runtime (cargo feature `docker`)";
+        sup.log(Stream::Osmo, detail);
+        Outcome {
+            codes: vec![ReportedCode {
+                code: osmo_spec::codes::well_known::BACKEND_ERROR,
+                source: osmo_spec::codes::CodeSource::Service,
+                detail: Some(detail.to_string()),
+            }],
+        }
+    }
 }
 
 /// Where a log line came from.

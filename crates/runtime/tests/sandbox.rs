@@ -126,6 +126,7 @@ impl Fixture {
             preflight: vec![],
             memory_limit_bytes: None,
             scratch_dir: dir.path().join("scratch"),
+            ..AttemptSpec::default()
         };
         Fixture { spec, _dir: dir }
     }

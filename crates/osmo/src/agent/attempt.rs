@@ -3,9 +3,8 @@
 
 use std::sync::{Arc, Condvar, Mutex};
 
-use osmo_runtime::{AttemptSpec, StopHandle, Supervisor};
+use osmo_runtime::{StopHandle, Supervisor};
 use osmo_spec::codes::{CodeSource, ReportedCode, well_known};
-use osmo_spec::config::RuntimeKind;
 
 use super::Shared;
 use crate::proto::{AttemptKey, FromAgent, Launch, LogLine, Phase, Stream};
@@ -167,22 +166,7 @@ pub(crate) fn spawn(shared: Arc<Shared>, launch: Launch) {
 
 fn run(shared: Arc<Shared>, launch: Launch, gate: Arc<Gate>, stop: StopHandle) {
     let scratch = shared.scratch.join(launch.key.file_stem());
-    let spec = AttemptSpec {
-        workflow_id: launch.key.workflow_id.clone(),
-        group: launch.group.clone(),
-        task: launch.task.clone(),
-        retry_id: launch.key.attempt.retry_id,
-        command: launch.command,
-        args: launch.args,
-        environment: launch.environment,
-        files: launch.files,
-        output_dir: launch.output_dir,
-        input_dirs: launch.input_dirs,
-        volume_mounts: launch.volume_mounts,
-        preflight: launch.preflight,
-        memory_limit_bytes: launch.memory_limit_bytes,
-        scratch_dir: scratch.clone(),
-    };
+    let spec = launch.attempt_spec(scratch.clone());
     let supervisor = AttemptSupervisor {
         shared: shared.clone(),
         key: launch.key.clone(),
@@ -190,12 +174,7 @@ fn run(shared: Arc<Shared>, launch: Launch, gate: Arc<Gate>, stop: StopHandle) {
         gate,
         barrier: launch.barrier,
     };
-    let outcome = match launch.runtime {
-        RuntimeKind::Sandbox => osmo_runtime::run_attempt(&spec, &supervisor, &stop),
-        RuntimeKind::Docker => {
-            super::docker::run_attempt(&spec, &launch.image, launch.cpu, &supervisor, &stop)
-        }
-    };
+    let outcome = osmo_runtime::for_kind(launch.runtime).run_attempt(&spec, &supervisor, &stop);
     // Reported first: the scratch space's removal is off the attempt's critical path.
     finish(&shared, &launch.key, outcome.codes);
     let _ = std::fs::remove_dir_all(&scratch);

@@ -10,7 +10,6 @@
 //! nothing lingers.
 
 mod attempt;
-pub mod docker;
 mod log_outbox;
 mod results;
 
@@ -74,7 +73,7 @@ async fn serve(args: AgentArgs) -> anyhow::Result<()> {
         outbox: tx,
         results: ResultStore::open(args.state_dir.join("results"))?,
         scratch: args.state_dir.join("scratch"),
-        node: hostname(),
+        node: crate::proto::hostname(),
     });
     let mut shutting_down = false;
     let mut gone_since = Instant::now();
@@ -204,11 +203,4 @@ impl Shared {
             node: None,
         });
     }
-}
-
-pub(crate) fn hostname() -> String {
-    nix::unistd::gethostname()
-        .ok()
-        .and_then(|h| h.into_string().ok())
-        .unwrap_or_else(|| "localhost".to_string())
 }

@@ -213,7 +213,7 @@ impl Manager {
             schedulers,
             launched: HashMap::new(),
             timers: BinaryHeap::new(),
-            node: crate::agent::hostname(),
+            node: crate::proto::hostname(),
             batch: Batch::default(),
         };
         manager.recover().await?;

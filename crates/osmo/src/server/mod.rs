@@ -163,7 +163,7 @@ fn exec_url(addr: SocketAddr) -> String {
         return url;
     }
     if addr.ip().is_unspecified() {
-        format!("http://{}:{}", crate::agent::hostname(), addr.port())
+        format!("http://{}:{}", crate::proto::hostname(), addr.port())
     } else {
         format!("http://{addr}")
     }

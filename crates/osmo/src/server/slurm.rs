@@ -33,17 +33,16 @@ use axum::routing::{get, post};
 use osmo_engine::{AttemptId, TaskKey};
 use osmo_spec::codes::{CodeSource, ReportedCode, well_known};
 use osmo_spec::config::{BackendKind, PoolConfig, ServiceConfig};
-use serde::{Deserialize, Serialize};
 use tokio::sync::{Notify, Semaphore, mpsc};
 
 use super::agent_link::LinkEvent;
 use super::backend::BackendLink;
+use crate::proto::exec::{
+    ControlQuery, ControlReply, ExitedBody, FetchQuery, PhaseBody, ReleaseQuery, ReleaseReply,
+    TOKEN_ENV, TOKEN_HEADER,
+};
 use crate::proto::{AttemptKey, FromAgent, Launch, LogLine, Phase, ToAgent};
 
-/// The header `osmo exec` proves itself with (the value is in its environment).
-pub const TOKEN_HEADER: &str = "x-osmo-exec-token";
-/// The environment variable that carries the token into the job.
-pub const TOKEN_ENV: &str = "OSMO_EXEC_TOKEN";
 /// Every job osmo submits is named `osmo.<workflow>.<group>.<task>.<retry>`.
 const JOB_PREFIX: &str = "osmo.";
 const POLL_EVERY: Duration = Duration::from_millis(250);
@@ -809,55 +808,6 @@ fn router(shared: Arc<Shared>) -> Router {
         .route("/api/exec/{stem}/run-stopped", post(run_stopped))
         .route("/api/exec/{stem}/exited", post(exited))
         .with_state(shared)
-}
-
-#[derive(Debug, Serialize, Deserialize)]
-pub struct FetchQuery {
-    #[serde(default)]
-    pub node: Option<String>,
-    /// `SLURM_RESTART_COUNT`: above 0 the job was requeued.
-    #[serde(default)]
-    pub restart: u32,
-}
-
-#[derive(Debug, Serialize, Deserialize)]
-pub struct PhaseBody {
-    pub phase: Phase,
-}
-
-#[derive(Debug, Serialize, Deserialize)]
-pub struct ReleaseQuery {
-    #[serde(default)]
-    pub wait_ms: Option<u64>,
-}
-
-/// `go`: true to run the command, false to give up; null: ask again.
-#[derive(Debug, Serialize, Deserialize)]
-pub struct ReleaseReply {
-    pub go: Option<bool>,
-}
-
-#[derive(Debug, Serialize, Deserialize)]
-pub struct ControlQuery {
-    /// The restarts `osmo exec` has already acted on.
-    #[serde(default)]
-    pub seen: u32,
-    #[serde(default)]
-    pub wait_ms: Option<u64>,
-}
-
-/// What `osmo exec` must do besides running: restart in place when
-/// `restarts` went above what it has seen; stop asking once `over`.
-#[derive(Debug, Serialize, Deserialize)]
-pub struct ControlReply {
-    pub restarts: u32,
-    pub reason: String,
-    pub over: bool,
-}
-
-#[derive(Debug, Serialize, Deserialize)]
-pub struct ExitedBody {
-    pub codes: Vec<ReportedCode>,
 }
 
 fn authorized(shared: &Shared, headers: &HeaderMap) -> bool {

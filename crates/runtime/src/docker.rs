@@ -30,6 +30,8 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use crate::env::task_environment;
+use crate::{AttemptSpec, Outcome, StopHandle, Stream, Supervisor, expand_env_refs};
 use bollard::Docker;
 use bollard::container::LogOutput;
 use bollard::errors::Error as DockerError;
@@ -39,8 +41,6 @@ use bollard::query_parameters::{
     RemoveContainerOptions, StopContainerOptions, UploadToContainerOptions, WaitContainerOptions,
 };
 use futures_util::StreamExt;
-use osmo_runtime::env::task_environment;
-use osmo_runtime::{AttemptSpec, Outcome, StopHandle, Stream, Supervisor, expand_env_refs};
 use osmo_spec::codes::{CodeSource, ReportedCode, well_known};
 
 /// How long an attempt waits for an unreachable daemon before it reports 3001.
@@ -61,20 +61,14 @@ pub const LABEL: &str = "osmo.attempt";
 static LEFTOVERS: Mutex<Vec<String>> = Mutex::new(Vec::new());
 
 /// Runs one attempt in a container (blocking) and returns every code it saw.
-pub fn run_attempt(
-    spec: &AttemptSpec,
-    image: &str,
-    cpu: Option<f64>,
-    sup: &dyn Supervisor,
-    stop: &StopHandle,
-) -> Outcome {
+pub fn run_attempt(spec: &AttemptSpec, sup: &dyn Supervisor, stop: &StopHandle) -> Outcome {
     if stop.is_stopped() {
         return Outcome::default();
     }
     let mut run = Run {
         spec,
-        image,
-        cpu,
+        image: &spec.image,
+        cpu: spec.cpu,
         sup,
         stop,
         codes: Vec::new(),
@@ -239,14 +233,7 @@ impl Run<'_> {
             .create(docker, "main", &env, Some(command), Some(args), &files)
             .await?;
 
-        for test in &self.spec.preflight {
-            if test.first_attempt_only && self.spec.retry_id > 0 {
-                self.osmo(&format!(
-                    "preflight {} skipped: it runs on the first attempt only (this is retry {})",
-                    test.name, self.spec.retry_id
-                ));
-                continue;
-            }
+        for test in crate::policy::preflight_tests(self.spec, |m| self.osmo(m)) {
             self.preflight(docker, test, &env, &argv(&test.command), &files)
                 .await?;
         }
@@ -719,7 +706,7 @@ fn files_tar(spec: &AttemptSpec) -> Result<Option<Vec<u8>>, ReportedCode> {
     }
     let mut builder = tar::Builder::new(Vec::new());
     for f in &spec.files {
-        let data = osmo_runtime::file_contents(f)?;
+        let data = crate::file_contents(f)?;
         let path = f.path.trim_start_matches('/');
         let mut header = tar::Header::new_gnu();
         header.set_size(data.len() as u64);

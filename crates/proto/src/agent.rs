@@ -1,6 +1,7 @@
 //! The local backend's wire protocol between the server and its node agent:
 //! JSON lines over a Unix socket in the server's data directory. The agent
 //! dials the server (so it can outlive a server restart and reconnect).
+//! [`Launch`] also travels to `osmo exec` (see [`crate::exec`]).
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -70,6 +71,32 @@ fn yes() -> bool {
 
 fn sandbox_runtime() -> RuntimeKind {
     RuntimeKind::Sandbox
+}
+
+impl Launch {
+    /// What the runtime runs for this launch, with `scratch_dir` as the
+    /// attempt's scratch space: the one conversion the node agent and
+    /// `osmo exec` share.
+    pub fn attempt_spec(&self, scratch_dir: PathBuf) -> osmo_runtime::AttemptSpec {
+        osmo_runtime::AttemptSpec {
+            workflow_id: self.key.workflow_id.clone(),
+            group: self.group.clone(),
+            task: self.task.clone(),
+            retry_id: self.key.attempt.retry_id,
+            command: self.command.clone(),
+            args: self.args.clone(),
+            environment: self.environment.clone(),
+            files: self.files.clone(),
+            output_dir: self.output_dir.clone(),
+            input_dirs: self.input_dirs.clone(),
+            volume_mounts: self.volume_mounts.clone(),
+            preflight: self.preflight.clone(),
+            memory_limit_bytes: self.memory_limit_bytes,
+            scratch_dir,
+            image: self.image.clone(),
+            cpu: self.cpu,
+        }
+    }
 }
 
 /// How far an attempt got, as the agent last saw it.

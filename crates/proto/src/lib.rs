@@ -1,0 +1,17 @@
+//! `osmo-proto`: the wire types between the parts that run in different
+//! processes — the server, the local node agent (`agent`: JSON lines over a
+//! Unix socket) and `osmo exec` inside a backend's job (`exec`: HTTP). Types
+//! only, no behaviour: every side depends on this crate, none on another's.
+
+pub mod agent;
+pub mod exec;
+
+pub use agent::*;
+
+/// This machine's host name, as attempts report where they ran.
+pub fn hostname() -> String {
+    nix::unistd::gethostname()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+        .unwrap_or_else(|| "localhost".to_string())
+}
