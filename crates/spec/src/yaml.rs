@@ -106,7 +106,7 @@ pub(crate) const MAX_NODES: usize = 2_000_000;
 /// (duplicate keys) are collected next to the tree.
 pub(crate) fn parse(text: &str) -> Result<(Option<Node>, Vec<YamlProblem>), YamlProblem> {
     let mut builder = Builder {
-        anchors: Vec::new(),
+        anchors: std::collections::HashMap::new(),
         stack: Vec::new(),
         nodes: 0,
         problems: Vec::new(),
@@ -143,7 +143,10 @@ enum Open {
 }
 
 struct Builder {
-    anchors: Vec<(usize, Node)>,
+    /// By anchor id: the node and its size, so an alias costs O(1) to find
+    /// and to count (a document of 100k anchors and 600k aliases must not
+    /// cost a search per alias).
+    anchors: std::collections::HashMap<usize, (Node, usize)>,
     stack: Vec<Open>,
     nodes: usize,
     problems: Vec<YamlProblem>,
@@ -243,16 +246,16 @@ impl Builder {
                 }
             }
             Event::Alias(id) => {
-                let Some(index) = self.anchors.iter().rposition(|(a, _)| *a == id) else {
+                let Some(&(_, size)) = self.anchors.get(&id) else {
                     return Err(YamlProblem {
                         mark,
                         message: "alias to an unknown anchor".into(),
                         value: None,
                     });
                 };
-                let size = self.anchors[index].1.size();
+                // Counted before the copy: an over-large expansion is refused first.
                 self.count(size, mark)?;
-                let mut node = self.anchors[index].1.clone();
+                let mut node = self.anchors[&id].0.clone();
                 node.mark = mark;
                 self.finish(node, 0)?;
             }
@@ -289,7 +292,8 @@ impl Builder {
 
     fn finish(&mut self, node: Node, anchor: usize) -> Result<(), YamlProblem> {
         if anchor != 0 {
-            self.anchors.push((anchor, node.clone()));
+            let size = node.size();
+            self.anchors.insert(anchor, (node.clone(), size));
         }
         match self.stack.last_mut() {
             None => self.root = Some(node),
@@ -559,6 +563,35 @@ mod tests {
             problems
         );
         assert_eq!(problems[0].mark.line, 5);
+    }
+
+    #[test]
+    fn many_anchors_and_aliases_resolve_each_to_its_own_anchor() {
+        let mut doc = String::from("anchors:\n");
+        for i in 0..20_000 {
+            doc.push_str(&format!("- &a{i} {i}\n"));
+        }
+        doc.push_str("aliases:\n");
+        for i in 0..60_000 {
+            doc.push_str(&format!("- *a{}\n", i % 3));
+        }
+        let (root, problems) = parse(&doc).unwrap();
+        assert!(problems.is_empty());
+        let NodeKind::Map(entries) = root.unwrap().kind else {
+            panic!("a mapping")
+        };
+        let NodeKind::Seq(aliases) = &entries[1].1.kind else {
+            panic!("a list")
+        };
+        assert_eq!(aliases.len(), 60_000);
+        let texts: Vec<&str> = aliases[..4]
+            .iter()
+            .map(|n| match &n.kind {
+                NodeKind::Scalar { text, .. } => text.as_str(),
+                _ => "?",
+            })
+            .collect();
+        assert_eq!(texts, ["0", "1", "2", "0"]);
     }
 
     #[test]

@@ -26,6 +26,12 @@ use crate::api_types::*;
 /// Largest request body accepted (a spec is limited well below this).
 pub const MAX_BODY: usize = 8 * 1024 * 1024;
 
+/// Renders running at once, server-wide: one per CPU, at least two.
+static RENDERS: std::sync::LazyLock<tokio::sync::Semaphore> = std::sync::LazyLock::new(|| {
+    let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
+    tokio::sync::Semaphore::new(cpus.max(2))
+});
+
 #[derive(Clone)]
 pub struct AppState {
     pub store: Store,
@@ -228,8 +234,10 @@ async fn submit(
         .clone()
         .unwrap_or_else(|| "workflow.yaml".to_string());
     let source = request.file;
-    // Rendering and validation are CPU work with bounded fuel: keep them off the I/O threads.
-    // Rendering runs in a child process with memory and time limits: keep it off the I/O threads.
+    // Rendering runs in a child process with memory and time limits, off the I/O threads, and
+    // only so many at once: each may use up to its memory limit, so many concurrent submits of a
+    // template bomb must not add up to the machine's memory.
+    let _render_slot = RENDERS.acquire().await.map_err(ApiError::internal)?;
     let (workflow, rendered) = tokio::task::spawn_blocking(move || {
         let (workflow, rendered) =
             crate::render_guard::load(&source, &file_name, &values, Some(&pool_config))?;
