@@ -46,8 +46,6 @@ struct Current {
 #[derive(Clone)]
 pub struct AgentLink {
     current: std::sync::Arc<std::sync::Mutex<Current>>,
-    /// The manager's own inbox, for exits the server decides itself.
-    inbox: mpsc::UnboundedSender<LinkEvent>,
 }
 
 impl AgentLink {
@@ -67,11 +65,6 @@ impl AgentLink {
         }
     }
 
-    /// Queues an event for the manager as if the agent had sent it.
-    pub fn loopback(&self, event: LinkEvent) -> bool {
-        self.inbox.send(event).is_ok()
-    }
-
     /// An agent is connected and the manager knows what it runs.
     pub fn connected(&self) -> bool {
         let current = self.current.lock().unwrap();
@@ -79,13 +72,31 @@ impl AgentLink {
     }
 }
 
-impl super::backend::BackendLink for AgentLink {
+/// The local backend: the node agent on this machine.
+impl super::backend::Backend for AgentLink {
+    fn kind(&self) -> osmo_spec::config::BackendKind {
+        osmo_spec::config::BackendKind::Local
+    }
+
     fn send(&self, msg: ToAgent) -> bool {
         AgentLink::send(self, msg)
     }
 
     fn connected(&self) -> bool {
         AgentLink::connected(self)
+    }
+
+    fn set_ready(&self, conn: u64) {
+        AgentLink::set_ready(self, conn)
+    }
+
+    /// Its `cpu_capacity`, else one node's CPUs, else this machine's.
+    fn capacity(&self, pool: &osmo_spec::config::PoolConfig) -> f64 {
+        pool.cpu_capacity.or(pool.node.cpu).unwrap_or_else(|| {
+            std::thread::available_parallelism()
+                .map(|n| n.get() as f64)
+                .unwrap_or(1.0)
+        })
     }
 }
 
@@ -99,7 +110,6 @@ pub fn listen(
         .with_context(|| format!("cannot listen for the agent on {}", socket.display()))?;
     let link = AgentLink {
         current: Default::default(),
-        inbox: events.clone(),
     };
     let current = link.current.clone();
     tokio::spawn(async move {

@@ -1,14 +1,72 @@
-//! The seam between the manager and the backends that run attempts: each
-//! backend (the local node agent, Slurm) takes [`ToAgent`] messages and feeds
-//! [`FromAgent`] messages back into the manager's one inbox as
-//! [`LinkEvent`](super::agent_link::LinkEvent)s.
+//! The seam between the server's core and the backends that run attempts:
+//! each backend (the local node agent, Slurm; Kubernetes would be a third)
+//! takes [`ToAgent`] messages — launch, release, restart, stop, acknowledge —
+//! and feeds [`FromAgent`](crate::proto::FromAgent) messages back into the
+//! core's one inbox as [`LinkEvent`](super::agent_link::LinkEvent)s: ready
+//! with the attempts it holds, phases, exits with their codes, logs.
+//!
+//! A new backend implements [`Backend`] in a module of its own and is named
+//! for its pools where the server starts (`server::run`).
+
+use std::sync::Mutex;
+
+use osmo_spec::config::{BackendKind, PoolConfig};
 
 use crate::proto::ToAgent;
 
-/// One backend, as the manager sees it.
-pub trait BackendLink: Send + Sync {
+/// One backend, as the core sees it.
+pub trait Backend: Send + Sync {
+    /// Which backend this is (its pools' `backend:`).
+    fn kind(&self) -> BackendKind;
     /// True when the message was handed to the backend.
     fn send(&self, msg: ToAgent) -> bool;
     /// Whether launches can be handed over now.
     fn connected(&self) -> bool;
+    /// The core reconciled with what the backend reported it runs (for the
+    /// node agent: its `Hello` on connection `conn`): launches may go.
+    fn set_ready(&self, conn: u64);
+    /// The CPUs the core admits at once to `pool` (its capacity policy).
+    fn capacity(&self, pool: &PoolConfig) -> f64;
+}
+
+/// A backend for the core's unit tests: records what it is sent; the test
+/// scripts what comes back by feeding `LinkEvent`s to the core.
+#[derive(Default)]
+pub struct FakeBackend {
+    pub sent: Mutex<Vec<ToAgent>>,
+    pub ready: Mutex<bool>,
+    pub cpus: f64,
+}
+
+impl FakeBackend {
+    pub fn with_cpus(cpus: f64) -> FakeBackend {
+        FakeBackend {
+            cpus,
+            ..FakeBackend::default()
+        }
+    }
+
+    /// Everything sent so far, and forgets it.
+    pub fn take(&self) -> Vec<ToAgent> {
+        std::mem::take(&mut *self.sent.lock().unwrap())
+    }
+}
+
+impl Backend for FakeBackend {
+    fn kind(&self) -> BackendKind {
+        BackendKind::Local
+    }
+    fn send(&self, msg: ToAgent) -> bool {
+        self.sent.lock().unwrap().push(msg);
+        true
+    }
+    fn connected(&self) -> bool {
+        *self.ready.lock().unwrap()
+    }
+    fn set_ready(&self, _: u64) {
+        *self.ready.lock().unwrap() = true;
+    }
+    fn capacity(&self, _: &PoolConfig) -> f64 {
+        self.cpus
+    }
 }

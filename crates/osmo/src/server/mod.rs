@@ -3,7 +3,8 @@
 
 mod agent_link;
 mod api;
-mod backend;
+pub mod backend;
+mod core;
 mod docs;
 mod launch;
 mod manager;
@@ -11,6 +12,7 @@ mod persisted;
 mod scheduler;
 pub mod slurm;
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -18,8 +20,6 @@ use std::sync::Arc;
 use anyhow::Context;
 use osmo_spec::config::{PoolConfig, ServiceConfig};
 use tokio::sync::{mpsc, oneshot};
-
-pub use manager::cpu_capacity;
 
 /// How `osmo server` (and `osmo workflow run`'s embedded server) starts.
 #[derive(Debug, Clone)]
@@ -112,16 +112,25 @@ pub async fn start(opts: ServerOptions) -> anyhow::Result<RunningServer> {
     let (link_tx, link_rx) = mpsc::unbounded_channel();
     let socket = agent_link::socket_path(&data_dir);
     let link = agent_link::listen(&socket, link_tx.clone())?;
-    let slurm = slurm::start(&config, &data_dir, &exec_url(local_addr), link_tx)?;
+    let slurm = slurm::start(&config, &data_dir, &exec_url(local_addr), link_tx.clone())?;
     let (slurm_links, slurm_router) = match slurm {
         Some(s) => (s.links, Some(s.router)),
         None => (Default::default(), None),
     };
+    // Every pool's backend: its Slurm link, or the local node agent.
+    let mut backends: HashMap<String, Arc<dyn backend::Backend>> = HashMap::new();
+    for name in config.pools.keys() {
+        let backend: Arc<dyn backend::Backend> = match slurm_links.get(name) {
+            Some(link) => Arc::new(link.clone()),
+            None => Arc::new(link.clone()),
+        };
+        backends.insert(name.clone(), backend);
+    }
     let manager = manager::Manager::new(
         store.clone(),
         config.clone(),
-        link.clone(),
-        slurm_links,
+        backends,
+        link_tx,
         data_dir.clone(),
     )
     .await?;

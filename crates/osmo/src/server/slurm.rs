@@ -36,7 +36,7 @@ use osmo_spec::config::{BackendKind, PoolConfig, ServiceConfig};
 use tokio::sync::{Notify, Semaphore, mpsc};
 
 use super::agent_link::LinkEvent;
-use super::backend::BackendLink;
+use super::backend::Backend;
 use crate::proto::exec::{
     ControlQuery, ControlReply, ExitedBody, FetchQuery, PhaseBody, ReleaseQuery, ReleaseReply,
     TOKEN_ENV, TOKEN_HEADER,
@@ -63,7 +63,11 @@ pub struct SlurmLink {
     shared: Arc<Shared>,
 }
 
-impl BackendLink for SlurmLink {
+impl Backend for SlurmLink {
+    fn kind(&self) -> BackendKind {
+        BackendKind::Slurm
+    }
+
     fn send(&self, msg: ToAgent) -> bool {
         self.tx.send((self.pool.clone(), msg)).is_ok()
     }
@@ -71,12 +75,17 @@ impl BackendLink for SlurmLink {
     fn connected(&self) -> bool {
         self.shared.ready.load(Ordering::SeqCst)
     }
-}
 
-impl SlurmLink {
-    /// The manager reconciled with the backend's `Ready`: launches may go.
-    pub fn set_ready(&self) {
+    /// The core reconciled with the backend's `Ready`: launches may go.
+    fn set_ready(&self, _: u64) {
         self.shared.ready.store(true, Ordering::SeqCst);
+    }
+
+    /// Slurm places jobs itself: the pool's `cpu_capacity` is a quota when
+    /// set, else every group is handed to Slurm at once (a job pending in
+    /// Slurm's queue is still SCHEDULING).
+    fn capacity(&self, pool: &PoolConfig) -> f64 {
+        pool.cpu_capacity.unwrap_or(1e12)
     }
 }
 
