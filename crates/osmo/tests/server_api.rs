@@ -243,3 +243,28 @@ fn a_local_pool_refuses_what_this_machine_does_not_have() {
     assert!(body.contains("100000 CPUs"), "{body}");
     assert_eq!(server.workflow_count(), 0);
 }
+
+#[test]
+fn a_dry_run_renders_a_file_whose_localpath_files_the_client_inlines_later() {
+    let server = Server::start(local_pool());
+    let spec = "default-values: {n: 2}\nworkflow:\n  name: later\n  tasks:\n  - name: t\n    image: ubuntu\n    command: [sh, /tmp/run.sh, '{{ n }}']\n    files:\n    - {localpath: run.sh, path: /tmp/run.sh}\n";
+    let body = serde_json::json!({"file": spec}).to_string();
+    let (status, text) = server.post("/api/pool/default/workflow?dry_run=true", body.clone());
+    assert_eq!(status, 200, "{text}");
+    let reply: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert!(
+        reply["spec"]
+            .as_str()
+            .unwrap()
+            .contains("[sh, /tmp/run.sh, '2']"),
+        "{reply}"
+    );
+    assert!(
+        reply["warnings"][0].as_str().unwrap().contains("localpath"),
+        "{reply}"
+    );
+    // A real submit still refuses it: the client must inline the file first.
+    let (status, text) = server.post("/api/pool/default/workflow", body);
+    assert_eq!(status, 400, "{text}");
+    assert_eq!(server.workflow_count(), 0);
+}

@@ -132,3 +132,19 @@ workflow:
         "a and b overlapped: {doc:#}"
     );
 }
+
+#[test]
+fn a_task_can_run_the_osmo_cli_against_its_own_service() {
+    let server = Server::start(local_pool());
+    let id = server.submit(
+        "workflow:\n  name: selfie\n  tasks:\n  - {name: t, image: ubuntu, command: [sh, -c, 'osmo workflow query $OSMO_WORKFLOW_ID --format-type json']}\n",
+    );
+    let doc = server.wait_finished(&id, Duration::from_secs(30));
+    assert_eq!(task(&doc, "t", 0)["status"], "COMPLETED", "{doc:#}");
+    let (_, logs) = server.get(&format!("/api/workflow/{id}/logs"));
+    assert!(
+        logs.contains(&format!("\"name\": \"{id}\""))
+            || logs.contains(&format!("\"name\":\"{id}\"")),
+        "{logs}"
+    );
+}

@@ -26,6 +26,15 @@ use crate::api_types::*;
 /// Largest request body accepted (a spec is limited well below this).
 pub const MAX_BODY: usize = 8 * 1024 * 1024;
 
+/// Whether every problem is a `localpath` file still to be inlined by the client.
+fn only_localpath(diagnostics: &osmo_spec::Diagnostics) -> bool {
+    !diagnostics.0.is_empty()
+        && diagnostics
+            .0
+            .iter()
+            .all(|d| d.message.contains("`localpath` must be inlined"))
+}
+
 /// Renders running at once, server-wide: one per CPU, at least two.
 static RENDERS: std::sync::LazyLock<tokio::sync::Semaphore> = std::sync::LazyLock::new(|| {
     let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
@@ -238,21 +247,38 @@ async fn submit(
     // only so many at once: each may use up to its memory limit, so many concurrent submits of a
     // template bomb must not add up to the machine's memory.
     let _render_slot = RENDERS.acquire().await.map_err(ApiError::internal)?;
-    let (workflow, rendered) = tokio::task::spawn_blocking(move || {
-        let (workflow, rendered) =
-            crate::render_guard::load(&source, &file_name, &values, Some(&pool_config))?;
-        Ok::<_, osmo_spec::Diagnostics>((workflow, (source, rendered)))
+    let checked = tokio::task::spawn_blocking(move || {
+        let rendered =
+            crate::render_guard::render(&source, &file_name, &values).map_err(|d| (d, None))?;
+        match osmo_spec::load_rendered(&source, &rendered, &file_name, Some(&pool_config)) {
+            Ok(workflow) => Ok((workflow, source, rendered)),
+            Err(d) => Err((d, Some(rendered))),
+        }
     })
     .await
-    .map_err(ApiError::internal)?
-    .map_err(|diagnostics| ApiError {
-        status: StatusCode::BAD_REQUEST,
-        body: ErrorResponse {
-            error: format!("the workflow spec is not valid:\n{diagnostics}"),
-            diagnostics: diagnostics.0.iter().map(|d| d.to_string()).collect(),
-        },
-    })?;
-    let (source, rendered) = rendered;
+    .map_err(ApiError::internal)?;
+    let (workflow, source, rendered) = match checked {
+        Ok(ok) => ok,
+        // OSMO's CLI asks for a dry run to get the rendered file before it
+        // inlines `localpath` files: give it back, saying what is left to do.
+        Err((diagnostics, Some(rendered))) if dry_run && only_localpath(&diagnostics) => {
+            return Ok(Json(SubmitResponse {
+                name: String::new(),
+                overview: String::new(),
+                spec: Some(rendered),
+                warnings: diagnostics.0.iter().map(|d| d.to_string()).collect(),
+            }));
+        }
+        Err((diagnostics, _)) => {
+            return Err(ApiError {
+                status: StatusCode::BAD_REQUEST,
+                body: ErrorResponse {
+                    error: format!("the workflow spec is not valid:\n{diagnostics}"),
+                    diagnostics: diagnostics.0.iter().map(|d| d.to_string()).collect(),
+                },
+            });
+        }
+    };
     if dry_run || validation_only {
         return Ok(Json(SubmitResponse {
             name: workflow.name.clone(),

@@ -88,7 +88,8 @@ struct Batch {
     /// Commands by workflow, in the order they were decided.
     commands: Vec<(String, Vec<Command>)>,
     /// Results to acknowledge once committed.
-    acks: Vec<AttemptKey>,
+    /// With the pool whose backend sent it (the workflow may be gone by then).
+    acks: Vec<(AttemptKey, Option<String>)>,
     /// Log lines, committed with the events.
     logs: Vec<LogBatch>,
     /// The node agent's log batch to acknowledge once committed.
@@ -131,6 +132,7 @@ impl Core {
         backends: HashMap<String, Arc<dyn Backend>>,
         inbox: mpsc::UnboundedSender<LinkEvent>,
         data_dir: PathBuf,
+        task_url: Option<String>,
     ) -> Core {
         let schedulers = config
             .pools
@@ -151,7 +153,7 @@ impl Core {
             backends,
             by_kind,
             inbox,
-            launches: LaunchBuilder::new(data_dir, config),
+            launches: LaunchBuilder::new(data_dir, config, task_url),
             active: HashMap::new(),
             schedulers,
             launched: HashMap::new(),
@@ -282,8 +284,12 @@ impl Core {
         for (id, commands) in batch.commands {
             self.carry_out(&id, commands);
         }
-        for key in batch.acks {
-            self.link_for(&key).send(ToAgent::Ack { key });
+        for (key, pool) in batch.acks {
+            let backend = match &pool {
+                Some(pool) => self.link_of(pool),
+                None => self.link_for(&key),
+            };
+            backend.send(ToAgent::Ack { key });
         }
         if let Some(seq) = batch.logs_ack
             && let Some(local) = self.by_kind.get(&BackendKind::Local)
@@ -597,13 +603,17 @@ impl Core {
                         codes,
                     },
                 );
-                // Acknowledged once committed: the backend keeps it until then.
-                self.batch.acks.push(key.clone());
-                if let Some(pool) = self.launched.remove(&key)
-                    && let Some(s) = self.schedulers.get_mut(&pool)
+                // Acknowledged once committed, by the backend that ran it: it
+                // keeps the result until then.
+                let launched = self.launched.remove(&key);
+                if let Some(pool) = &launched
+                    && let Some(s) = self.schedulers.get_mut(pool)
                 {
                     s.finished(&(key.workflow_id.clone(), key.attempt.task.group));
                 }
+                let pool =
+                    launched.or_else(|| self.active.get(&key.workflow_id).map(|a| a.pool.clone()));
+                self.batch.acks.push((key, pool));
             }
             LinkEvent::Message {
                 conn,
@@ -865,7 +875,7 @@ mod tests {
         let backends: HashMap<String, Arc<dyn Backend>> =
             HashMap::from([("default".to_string(), backend.clone() as Arc<dyn Backend>)]);
         let (tx, inbox) = mpsc::unbounded_channel();
-        let core = Core::new(config, backends, tx, dir.path().to_path_buf());
+        let core = Core::new(config, backends, tx, dir.path().to_path_buf(), None);
         Setup {
             core,
             backend,

@@ -15,13 +15,27 @@ use crate::proto::{AttemptKey, Launch};
 pub struct LaunchBuilder {
     runs: PathBuf,
     _config: Arc<ServiceConfig>,
+    /// Where tasks reach this server (`OSMO_URL` in their environment), so
+    /// that the `osmo` CLI works inside them.
+    task_url: Option<String>,
+    /// The directory of this `osmo` binary, added to a task's default `PATH`.
+    osmo_dir: Option<String>,
 }
 
 impl LaunchBuilder {
-    pub fn new(data_dir: PathBuf, config: Arc<ServiceConfig>) -> LaunchBuilder {
+    pub fn new(
+        data_dir: PathBuf,
+        config: Arc<ServiceConfig>,
+        task_url: Option<String>,
+    ) -> LaunchBuilder {
+        let osmo_dir = std::env::current_exe()
+            .ok()
+            .and_then(|exe| exe.parent().map(|d| d.to_string_lossy().into_owned()));
         LaunchBuilder {
             runs: data_dir.join("runs"),
             _config: config,
+            task_url,
+            osmo_dir,
         }
     }
 
@@ -104,7 +118,21 @@ impl LaunchBuilder {
                 .collect(),
             uuid: format!("{}-{}-{}", engine.id(), spec.name, retry_id),
         };
-        let task = spec.substituted(&tokens);
+        let mut task = spec.substituted(&tokens);
+        // `osmo` inside the task talks to the service that launched it (as in OSMO).
+        if let Some(url) = &self.task_url {
+            task.environment
+                .entry("OSMO_URL".into())
+                .or_insert_with(|| url.clone());
+        }
+        if let Some(dir) = &self.osmo_dir
+            && !task.environment.contains_key("PATH")
+        {
+            task.environment.insert(
+                "PATH".into(),
+                format!("{}:{dir}", osmo_runtime::env::DEFAULT_PATH),
+            );
+        }
         let resource = workflow.resources.get(&task.resource);
         let memory_limit_bytes = resource.and_then(|r| r.memory_bytes);
         let cpu = resource.map(|r| r.cpu);

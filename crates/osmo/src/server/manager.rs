@@ -109,8 +109,9 @@ impl Manager {
         backends: HashMap<String, Arc<dyn Backend>>,
         inbox: mpsc::UnboundedSender<LinkEvent>,
         data_dir: PathBuf,
+        task_url: Option<String>,
     ) -> anyhow::Result<Manager> {
-        let core = Core::new(config.clone(), backends, inbox, data_dir);
+        let core = Core::new(config.clone(), backends, inbox, data_dir, task_url);
         let mut manager = Manager {
             store,
             config,

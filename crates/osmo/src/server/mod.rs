@@ -132,6 +132,7 @@ pub async fn start(opts: ServerOptions) -> anyhow::Result<RunningServer> {
         backends,
         link_tx,
         data_dir.clone(),
+        Some(exec_url(local_addr)),
     )
     .await?;
     let (requests_tx, requests_rx) = mpsc::channel(256);
