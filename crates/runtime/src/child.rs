@@ -122,8 +122,11 @@ pub(crate) struct RootPlan {
     pub newroot: CString,
     /// Mount data of the overlay with its upper and work directories on disk
     /// (in the scratch directory); `None` when the path cannot be written in
-    /// mount options.
+    /// mount options. With `volatile` (Linux 5.10+): the layer dies with the
+    /// attempt, so overlayfs need not sync the disk when it is unmounted.
     pub overlay_disk: Option<CString>,
+    /// The same without `volatile`, for kernels that refuse it.
+    pub overlay_disk_plain: Option<CString>,
     /// Where a tmpfs for the upper and work directories goes when the disk fails.
     pub tmpfs_dir: CString,
     pub tmpfs_upper: CString,
@@ -474,16 +477,21 @@ unsafe fn setup_root(p: &ChildPlan) -> bool {
         // Keep the new root out of recursive binds of the host mounts above it.
         let _ = unsafe { mount(None, target, None, libc::MS_UNBINDABLE, None) };
     };
-    let disk_err = match &r.overlay_disk {
-        Some(data) => match unsafe { mount(Some(c"osmo"), &r.newroot, overlay, 0, Some(data)) } {
-            Ok(()) => {
-                unbindable(&r.newroot);
-                unsafe { send(p.status, msg::ROOT_MODE, ROOT_OVERLAY_DISK, 0) };
-                return true;
-            }
-            Err(e) => e,
+    let on_disk = |data: &CStr| unsafe { mount(Some(c"osmo"), &r.newroot, overlay, 0, Some(data)) };
+    let disk = match (&r.overlay_disk, &r.overlay_disk_plain) {
+        (Some(volatile), Some(plain)) => match on_disk(volatile) {
+            Err(libc::EINVAL) => on_disk(plain),
+            other => other,
         },
-        None => libc::EINVAL,
+        _ => Err(libc::EINVAL),
+    };
+    let disk_err = match disk {
+        Ok(()) => {
+            unbindable(&r.newroot);
+            unsafe { send(p.status, msg::ROOT_MODE, ROOT_OVERLAY_DISK, 0) };
+            return true;
+        }
+        Err(e) => e,
     };
     let tmpfs_err =
         match unsafe { mkdirs(std::slice::from_ref(&r.tmpfs_dir), 0o700) }.and_then(|()| unsafe {

@@ -436,6 +436,9 @@ pub(crate) fn build(
     let root = RootPlan {
         newroot: cpath(&layout.root).map_err(init)?,
         overlay_disk: overlay_data(&layout.upper, &layout.work)
+            .and_then(|d| CString::new(format!("{},volatile", d.to_str().ok()?)).ok())
+            .filter(|_| layout.opaque_tmp && forced != "tmpfs" && forced != "readonly"),
+        overlay_disk_plain: overlay_data(&layout.upper, &layout.work)
             .filter(|_| layout.opaque_tmp && forced != "tmpfs" && forced != "readonly"),
         tmpfs_dir: cpath(&layout.ovl).map_err(init)?,
         tmpfs_upper: cpath(&tmpfs_upper).map_err(init)?,
