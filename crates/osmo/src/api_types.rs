@@ -18,6 +18,11 @@ pub struct SubmitRequest {
     /// File name used in error messages (default `workflow.yaml`).
     #[serde(default)]
     pub file_name: Option<String>,
+    /// OSMO's CLI sends the file as the user wrote it here when `file` is
+    /// its rendered form (with `localpath` files inlined); kept as the
+    /// workflow's source.
+    #[serde(default)]
+    pub uploaded_templated_spec: Option<String>,
 }
 
 /// Answer to a submit.

@@ -268,3 +268,44 @@ fn a_dry_run_renders_a_file_whose_localpath_files_the_client_inlines_later() {
     assert_eq!(status, 400, "{text}");
     assert_eq!(server.workflow_count(), 0);
 }
+
+#[test]
+fn osmos_cli_gets_its_profile_version_and_submits_with_its_templated_spec() {
+    let server = Server::start(local_pool());
+    let profile = server.get_json("/api/profile/settings");
+    assert_eq!(profile["profile"]["pool"], "default", "{profile}");
+    let version = server.get_json("/api/version");
+    assert!(
+        version["major"].is_string() && version["revision"].is_string(),
+        "{version}"
+    );
+    let (status, text) = server.post(
+        "/api/profile/settings",
+        serde_json::json!({"pool": "nope"}).to_string(),
+    );
+    assert_eq!(status, 400, "{text}");
+    let (status, text) = server.post(
+        "/api/profile/settings",
+        serde_json::json!({"pool": "default"}).to_string(),
+    );
+    assert_eq!(status, 200, "{text}");
+
+    let template = "default-values: {n: 1}\nworkflow:\n  name: templ\n  tasks:\n  - {name: t, image: ubuntu, command: [sh, -c, 'exit {{ n }}']}\n";
+    let rendered = "workflow:\n  name: templ\n  tasks:\n  - {name: t, image: ubuntu, command: [sh, -c, 'exit 0']}\n";
+    let body = serde_json::json!({
+        "file": rendered,
+        "set_variables": [],
+        "set_string_variables": [],
+        "uploaded_templated_spec": template,
+    });
+    let (status, text) = server.post("/api/pool/default/workflow", body.to_string());
+    assert_eq!(status, 200, "{text}");
+    let id = serde_json::from_str::<serde_json::Value>(&text).unwrap()["name"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let doc = server.wait_finished(&id, std::time::Duration::from_secs(30));
+    assert_eq!(doc["status"], "COMPLETED", "the rendered file ran: {doc}");
+    let (_, source) = server.get(&format!("/api/workflow/{id}/spec"));
+    assert_eq!(source, template, "the template is kept as the source");
+}

@@ -46,6 +46,7 @@ pub struct AppState {
     pub store: Store,
     pub requests: mpsc::Sender<Request>,
     pub config: Arc<ServiceConfig>,
+    pub profiles: super::profile::Profiles,
 }
 
 pub fn router(state: AppState) -> Router {
@@ -57,6 +58,11 @@ pub fn router(state: AppState) -> Router {
         .route("/api/workflow/{id}/logs", get(logs))
         .route("/api/workflow/{id}/spec", get(spec))
         .route("/api/health", get(health))
+        .route(
+            "/api/profile/settings",
+            get(super::profile::get_settings).post(super::profile::set_settings),
+        )
+        .route("/api/version", get(super::profile::version))
         .route("/api/openapi.json", get(openapi))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(MAX_BODY))
@@ -101,7 +107,7 @@ impl ApiError {
         }
     }
 
-    fn bad_request(error: impl Into<String>) -> ApiError {
+    pub(super) fn bad_request(error: impl Into<String>) -> ApiError {
         ApiError::new(StatusCode::BAD_REQUEST, error)
     }
 
@@ -126,7 +132,7 @@ impl IntoResponse for ApiError {
     }
 }
 
-type ApiResult<T> = Result<T, ApiError>;
+pub(super) type ApiResult<T> = Result<T, ApiError>;
 
 /// Query parameters as pairs; repeated keys (`statuses=A&statuses=B`) are kept.
 fn params(raw: &Option<String>) -> ApiResult<Vec<(String, String)>> {
@@ -173,7 +179,7 @@ fn number<T: std::str::FromStr>(params: &[(String, String)], key: &str) -> ApiRe
         .transpose()
 }
 
-fn user(headers: &HeaderMap) -> String {
+pub(super) fn user(headers: &HeaderMap) -> String {
     headers
         .get("x-osmo-user")
         .and_then(|v| v.to_str().ok())
@@ -242,6 +248,7 @@ async fn submit(
         .file_name
         .clone()
         .unwrap_or_else(|| "workflow.yaml".to_string());
+    let templated = request.uploaded_templated_spec.clone();
     let source = request.file;
     // Rendering runs in a child process with memory and time limits, off the I/O threads, and
     // only so many at once: each may use up to its memory limit, so many concurrent submits of a
@@ -293,7 +300,7 @@ async fn submit(
         priority,
         submitted_by: user(&headers),
         workflow: Box::new(workflow),
-        source,
+        source: templated.unwrap_or(source),
         rendered,
         reply,
     };

@@ -9,6 +9,7 @@ mod docs;
 mod launch;
 mod manager;
 mod persisted;
+mod profile;
 mod scheduler;
 pub mod slurm;
 
@@ -144,6 +145,7 @@ pub async fn start(opts: ServerOptions) -> anyhow::Result<RunningServer> {
         store,
         requests: requests_tx,
         config,
+        profiles: Default::default(),
     });
     if let Some(exec) = slurm_router {
         app = app.merge(exec);

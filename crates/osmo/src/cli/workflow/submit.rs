@@ -108,6 +108,7 @@ pub fn submit(
         set_variables: values.set_variables(),
         set_string_variables: values.set_string_variables(),
         file_name: Some(file.base_name.clone()),
+        uploaded_templated_spec: None,
     };
     client.submit(pool, &request, options)
 }
