@@ -75,7 +75,7 @@ pub async fn set_settings(
 ) -> ApiResult<Json<Value>> {
     if let Some(pool) = body.pool {
         if !app.config.pools.contains_key(&pool) {
-            return Err(ApiError::bad_request(&format!(
+            return Err(ApiError::bad_request(format!(
                 "there is no pool `{pool}`; the pools are: {}",
                 app.config
                     .pools
