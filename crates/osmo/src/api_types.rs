@@ -39,13 +39,20 @@ pub struct SubmitResponse {
     pub warnings: Vec<String>,
 }
 
-/// Every 4xx/5xx answer.
-#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+/// Every 4xx/5xx answer. `message` and `error_code` are OSMO's (its CLI
+/// shows `message`); `error` says the same, `diagnostics` lists spec problems.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ErrorResponse {
     pub error: String,
     /// For spec errors: one entry per problem, `file:line:column: message`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub diagnostics: Vec<String>,
+    /// OSMO's field: the same text as `error`.
+    #[serde(default)]
+    pub message: String,
+    /// OSMO's error kinds: `USER`, `SUBMISSION` (a spec refused), `NOTFOUND`, `SERVER`.
+    #[serde(default)]
+    pub error_code: String,
 }
 
 /// One attempt of a task in `GET /api/workflow/{id}`.
@@ -113,6 +120,9 @@ pub struct WorkflowDoc {
     pub queue_timeout: Option<f64>,
     pub canceled_by: Option<String>,
     pub cancel_message: Option<String>,
+    /// Where the workflow's document is (`/api/workflow/<id>`), as OSMO's `overview`.
+    #[serde(default)]
+    pub overview: String,
     pub groups: Vec<GroupDoc>,
 }
 
@@ -124,6 +134,12 @@ pub struct WorkflowSummaryDoc {
     pub pool: String,
     pub priority: String,
     pub submitted_by: String,
+    /// OSMO's name for `submitted_by`.
+    #[serde(default)]
+    pub user: String,
+    /// Where the workflow's document is (`/api/workflow/<id>`).
+    #[serde(default)]
+    pub overview: String,
     pub submit_time: Option<String>,
     pub end_time: Option<String>,
 }

@@ -309,3 +309,33 @@ fn osmos_cli_gets_its_profile_version_and_submits_with_its_templated_spec() {
     let (_, source) = server.get(&format!("/api/workflow/{id}/spec"));
     assert_eq!(source, template, "the template is kept as the source");
 }
+
+#[test]
+fn errors_and_times_are_in_osmos_shapes() {
+    let server = Server::start(local_pool());
+    let (status, text) = server.get("/api/workflow/nope-1");
+    assert_eq!(status, 404);
+    let body: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(body["error_code"], "NOTFOUND", "{body}");
+    assert_eq!(body["message"], body["error"], "{body}");
+    let (status, text) = server.post(
+        "/api/pool/default/workflow",
+        serde_json::json!({"file": "workflow: {name: x}\n"}).to_string(),
+    );
+    assert_eq!(status, 400);
+    let body: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(body["error_code"], "SUBMISSION", "{body}");
+
+    let id = server.submit(
+        "workflow:\n  name: t\n  tasks:\n  - {name: a, image: ubuntu, command: [\"true\"]}\n",
+    );
+    let doc = server.wait_finished(&id, std::time::Duration::from_secs(30));
+    let submit = doc["submit_time"].as_str().unwrap();
+    assert!(!submit.ends_with('Z') && submit.contains('T'), "{submit}");
+    assert_eq!(doc["overview"], format!("/api/workflow/{id}"));
+    let list = server.get_json("/api/workflow");
+    assert_eq!(
+        list["workflows"][0]["user"],
+        list["workflows"][0]["submitted_by"]
+    );
+}

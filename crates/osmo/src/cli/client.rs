@@ -241,7 +241,7 @@ impl Client {
                 url.path(),
                 shorten(text.trim(), 300)
             ),
-            diagnostics: Vec::new(),
+            ..ErrorResponse::default()
         });
         Err(ApiError {
             status: status.as_u16(),
@@ -364,6 +364,7 @@ mod tests {
             body: ErrorResponse {
                 error: "the workflow spec is not valid:\nwf.yaml:1:1: bad".into(),
                 diagnostics: vec!["wf.yaml:1:1: bad".into(), "wf.yaml:2:1: worse".into()],
+                ..ErrorResponse::default()
             },
         };
         assert_eq!(

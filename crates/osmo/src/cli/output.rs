@@ -103,24 +103,31 @@ impl Clock {
         let Some(text) = rfc3339 else {
             return "-".to_string();
         };
-        match text.parse::<jiff::Timestamp>() {
-            Ok(t) => t
+        match parse_utc(text) {
+            Some(t) => t
                 .to_zoned(self.tz.clone())
                 .strftime("%Y-%m-%d %H:%M:%S")
                 .to_string(),
-            Err(_) => text.to_string(),
+            None => text.to_string(),
         }
     }
 
     /// Seconds from `start` to `end`, or to now without `end`; None without a readable `start`.
     pub fn seconds(&self, start: Option<&str>, end: Option<&str>) -> Option<f64> {
-        let start = start?.parse::<jiff::Timestamp>().ok()?;
+        let start = parse_utc(start?)?;
         let end = match end {
-            Some(e) => e.parse::<jiff::Timestamp>().ok()?,
+            Some(e) => parse_utc(e)?,
             None => self.now,
         };
         Some(end.duration_since(start).as_secs_f64().max(0.0))
     }
+}
+
+/// A time from the API: RFC 3339, or UTC without a zone suffix as OSMO writes it.
+fn parse_utc(text: &str) -> Option<jiff::Timestamp> {
+    text.parse::<jiff::Timestamp>()
+        .ok()
+        .or_else(|| format!("{text}Z").parse::<jiff::Timestamp>().ok())
 }
 
 /// A duration for people: `0.4s`, `12s`, `1m 05s`, `2h 03m`, `3d 04h`.
@@ -150,6 +157,22 @@ pub fn or_dash<T: ToString>(value: Option<T>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reads_osmo_times_without_a_zone_as_utc() {
+        let clock = Clock::fixed_utc("2026-01-01T00:02:00Z");
+        assert_eq!(
+            clock.time(Some("2026-01-01T00:00:00.123")),
+            "2026-01-01 00:00:00"
+        );
+        assert_eq!(
+            clock.seconds(
+                Some("2026-01-01T00:00:00"),
+                Some("2026-01-01T00:00:30.000Z")
+            ),
+            Some(30.0)
+        );
+    }
 
     #[test]
     fn durations_read_well() {

@@ -102,7 +102,7 @@ impl ApiError {
             status,
             body: ErrorResponse {
                 error: error.into(),
-                diagnostics: Vec::new(),
+                ..ErrorResponse::default()
             },
         }
     }
@@ -128,7 +128,16 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (self.status, Json(self.body)).into_response()
+        let mut body = self.body;
+        body.message = body.error.clone();
+        body.error_code = match self.status {
+            StatusCode::NOT_FOUND => "NOTFOUND",
+            s if s.is_server_error() => "SERVER",
+            _ if !body.diagnostics.is_empty() => "SUBMISSION",
+            _ => "USER",
+        }
+        .to_string();
+        (self.status, Json(body)).into_response()
     }
 }
 
@@ -282,6 +291,7 @@ async fn submit(
                 body: ErrorResponse {
                     error: format!("the workflow spec is not valid:\n{diagnostics}"),
                     diagnostics: diagnostics.0.iter().map(|d| d.to_string()).collect(),
+                    ..ErrorResponse::default()
                 },
             });
         }

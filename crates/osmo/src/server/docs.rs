@@ -7,7 +7,9 @@ use crate::api_types::{GroupDoc, RunDoc, TaskDoc, WorkflowDoc, WorkflowSummaryDo
 pub fn rfc3339(ms: Option<u64>) -> Option<String> {
     let ms = ms?;
     let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms);
-    Some(humantime::format_rfc3339_millis(t).to_string())
+    // OSMO writes UTC without a zone suffix (`2026-11-25T11:20:02.123`); its CLI reads no other.
+    let text = humantime::format_rfc3339_millis(t).to_string();
+    Some(text.trim_end_matches('Z').to_string())
 }
 
 /// What the document shows besides the engine's state.
@@ -93,6 +95,7 @@ pub fn workflow_doc(row: &DocMeta, engine: &WorkflowState, verbose: bool) -> Wor
         queue_timeout: workflow.timeout.queue.map(|d| d.as_secs_f64()),
         canceled_by,
         cancel_message,
+        overview: format!("/api/workflow/{}", row.id),
         groups,
     }
 }
@@ -138,6 +141,8 @@ pub fn summary_doc(row: &osmo_store::WorkflowSummary) -> WorkflowSummaryDoc {
         pool: row.pool.clone(),
         priority: row.priority.clone(),
         submitted_by: row.submitted_by.clone(),
+        user: row.submitted_by.clone(),
+        overview: format!("/api/workflow/{}", row.id),
         submit_time: rfc3339(Some(row.submitted_at as u64)),
         end_time: rfc3339(row.finished_at.map(|t| t as u64)),
     }

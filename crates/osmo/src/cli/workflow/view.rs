@@ -249,6 +249,7 @@ mod tests {
             queue_timeout: None,
             canceled_by: None,
             cancel_message: None,
+            overview: String::new(),
             groups,
         }
     }
@@ -304,6 +305,8 @@ mod tests {
                     pool: "default".into(),
                     priority: "NORMAL".into(),
                     submitted_by: "alice".into(),
+                    user: "alice".into(),
+                    overview: String::new(),
                     submit_time: Some("2026-03-01T10:00:00Z".into()),
                     end_time: None,
                 },
@@ -313,6 +316,8 @@ mod tests {
                     pool: "default".into(),
                     priority: "LOW".into(),
                     submitted_by: "bob".into(),
+                    user: "bob".into(),
+                    overview: String::new(),
                     submit_time: Some("2026-03-01T09:00:00Z".into()),
                     end_time: Some("2026-03-01T09:00:05Z".into()),
                 },
