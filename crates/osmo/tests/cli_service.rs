@@ -271,3 +271,50 @@ fn run_fails_when_the_workflow_fails() {
     assert_eq!(out.code, 1, "{out:#?}");
     assert!(out.stderr.contains("typo.yaml:7:"), "{out:#?}");
 }
+
+#[test]
+fn events_tell_what_ran_and_what_each_exit_decided() {
+    let service = Service::start();
+    let retried = service.spec("retried.yaml", RETRIED);
+    let out = service.osmo(&["workflow", "submit", &retried, "--format-type", "json"]);
+    assert_eq!(out.code, 0, "{out:#?}\n{}", service.log());
+    let id = out.json()["name"].as_str().unwrap().to_string();
+    let doc = service.wait(&id);
+    assert_eq!(doc["status"], "COMPLETED", "{doc:#}");
+
+    let out = service.osmo(&["workflow", "events", &id]);
+    assert_eq!(out.code, 0, "{out:#?}");
+    let text = &out.stdout;
+    assert!(
+        text.starts_with(&format!("Workflow {id} has events:")),
+        "{text}"
+    );
+    assert!(text.contains("[workflow] submitted by"), "{text}");
+    assert!(text.contains("[flaky retry-0] command started"), "{text}");
+    assert!(
+        text.contains("[flaky retry-0] exited with 12 (user) → RESCHEDULED: exit code 12 matched RESCHEDULE 11-20 (task)"),
+        "{text}"
+    );
+    assert!(
+        text.contains("[flaky retry-1] exited with 0 (user) → COMPLETED"),
+        "{text}"
+    );
+    assert!(text.contains("[workflow] finished COMPLETED"), "{text}");
+
+    let out = service.osmo(&[
+        "workflow",
+        "events",
+        &id,
+        "--task",
+        "flaky",
+        "--retry-id",
+        "1",
+    ]);
+    assert_eq!(out.code, 0, "{out:#?}");
+    assert!(
+        !out.stdout.contains("retry-0") && out.stdout.contains("retry-1"),
+        "{out:#?}"
+    );
+    let out = service.osmo(&["workflow", "events", &id, "--task", "nope"]);
+    assert_ne!(out.code, 0, "{out:#?}");
+}

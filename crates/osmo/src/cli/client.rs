@@ -206,6 +206,25 @@ impl Client {
         self.text(self.http.get(url.clone()), &url)
     }
 
+    /// `GET /api/workflow/{id}/events`: the workflow's history, one line per event.
+    pub fn events(
+        &self,
+        id: &str,
+        task: Option<&str>,
+        retry_id: Option<u32>,
+    ) -> anyhow::Result<String> {
+        let mut url = self.endpoint(&["api", "workflow", id, "events"]);
+        let mut query: Vec<(&str, String)> = Vec::new();
+        if let Some(task) = task {
+            query.push(("task_name", task.to_string()));
+        }
+        if let Some(r) = retry_id {
+            query.push(("retry_id", r.to_string()));
+        }
+        set_query(&mut url, &query);
+        self.text(self.http.get(url.clone()), &url)
+    }
+
     /// `GET /api/health`: Ok once the service accepts work.
     pub fn health(&self) -> anyhow::Result<()> {
         let url = self.endpoint(&["api", "health"]);

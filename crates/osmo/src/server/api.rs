@@ -57,6 +57,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/workflow/{id}/cancel", post(cancel))
         .route("/api/workflow/{id}/logs", get(logs))
         .route("/api/workflow/{id}/spec", get(spec))
+        .route("/api/workflow/{id}/events", get(events))
         .route("/api/health", get(health))
         .route(
             "/api/profile/settings",
@@ -73,7 +74,7 @@ pub fn router(state: AppState) -> Router {
 #[derive(OpenApi)]
 #[openapi(
     info(title = "osmo", description = "OSMO workflow service"),
-    paths(submit, list, query, cancel, logs, spec, health),
+    paths(submit, list, query, cancel, logs, spec, events, health),
     components(schemas(
         SubmitRequest,
         SubmitResponse,
@@ -507,6 +508,43 @@ async fn spec(
     } else {
         row.spec_source
     };
+    Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], text).into_response())
+}
+
+/// The workflow's history, one line per event: what the backends reported
+/// and what the engine decided about each exit, and why.
+#[utoipa::path(get, path = "/api/workflow/{id}/events",
+    params(("id" = String, Path), ("task_name" = Option<String>, Query), ("retry_id" = Option<u32>, Query)),
+    responses((status = 200, body = String, content_type = "text/plain"), (status = 404, body = ErrorResponse)))]
+async fn events(
+    State(app): State<AppState>,
+    Path(id): Path<String>,
+    RawQuery(raw): RawQuery,
+) -> ApiResult<Response> {
+    let params = params(&raw)?;
+    let retry_id: Option<u32> = number(&params, "retry_id")?;
+    let task = param(&params, "task_name").map(str::to_string);
+    let (row, doc) = load(&app, &id).await?;
+    if let Some(task) = &task
+        && doc.engine.workflow().find_task(task).is_none()
+    {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("workflow {id} has no task `{task}`"),
+        ));
+    }
+    let records = app.store.events(&id).await.map_err(ApiError::internal)?;
+    // The decisions come from the latest state: the snapshot, with the events after it.
+    let mut engine = doc.engine;
+    let mut scratch = Vec::new();
+    for r in records.iter().filter(|r| r.seq > row.snapshot_seq) {
+        if let Ok(event) = serde_json::from_value(r.body.clone()) {
+            engine.apply(&event, r.at as u64, &mut scratch);
+            scratch.clear();
+        }
+    }
+    let submitted = format!("by {} to pool {}", row.submitted_by, row.pool);
+    let text = super::events::lines(&engine, &submitted, &records, task.as_deref(), retry_id);
     Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], text).into_response())
 }
 

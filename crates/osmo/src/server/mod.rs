@@ -6,6 +6,7 @@ mod api;
 pub mod backend;
 mod core;
 mod docs;
+mod events;
 mod launch;
 mod manager;
 mod persisted;

@@ -2,6 +2,7 @@
 //! arguments they share (template values, the pools file, the service URL).
 
 mod cancel;
+mod events;
 mod explain;
 mod list;
 mod logs;
@@ -40,6 +41,8 @@ pub enum WorkflowCommand {
     Logs(logs::LogsArgs),
     /// Print a workflow's file as submitted.
     Spec(spec::SpecArgs),
+    /// Print a workflow's history: placements, runs, exits and what each exit decided.
+    Events(events::EventsArgs),
 }
 
 impl WorkflowCommand {
@@ -60,6 +63,7 @@ pub fn run(command: WorkflowCommand) -> anyhow::Result<Outcome> {
         WorkflowCommand::Cancel(args) => cancel::run(args),
         WorkflowCommand::Logs(args) => logs::run(args),
         WorkflowCommand::Spec(args) => spec::run(args),
+        WorkflowCommand::Events(args) => events::run(args),
     }
 }
 
