@@ -41,6 +41,10 @@ pub(crate) struct TaskState {
     /// reason: the backend has not yet said the run stopped (or started again).
     #[serde(default)]
     pub(crate) restarting: Option<String>,
+    /// Completed in an earlier run of the workflow (`osmo workflow restart`):
+    /// that workflow's id and the attempt whose outputs this task has.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) inherited: Option<(String, u32)>,
 }
 
 /// What one task contributes to its group's counters.
@@ -200,6 +204,80 @@ impl WorkflowState {
         rules: Rules,
         now: Millis,
     ) -> (WorkflowState, Vec<Command>) {
+        let mut state = WorkflowState::new_waiting(id, workflow, rules, now);
+        let mut out = Vec::new();
+        state.start_ready_groups(now, &mut out);
+        state.maybe_finish(now, &mut out);
+        (state, out)
+    }
+
+    /// A restart of `previous` (a finished workflow of the same file) as a new
+    /// workflow, as OSMO's `workflow restart` does: every group that
+    /// COMPLETED in `previous` is COMPLETED here from the start, without
+    /// running again (its tasks keep their outputs there: [`Self::inherited`]);
+    /// the others start as in [`Self::new`]. Fails when `workflow` does not
+    /// have `previous`'s groups and tasks.
+    pub fn restart_of(
+        id: String,
+        workflow: Workflow,
+        rules: Rules,
+        now: Millis,
+        previous: &WorkflowState,
+    ) -> Result<(WorkflowState, Vec<Command>), String> {
+        let same = workflow.groups.len() == previous.workflow.groups.len()
+            && workflow
+                .groups
+                .iter()
+                .zip(&previous.workflow.groups)
+                .all(|(a, b)| {
+                    a.name == b.name
+                        && a.tasks.len() == b.tasks.len()
+                        && a.tasks.iter().zip(&b.tasks).all(|(x, y)| x.name == y.name)
+                });
+        if !same {
+            return Err(format!(
+                "the file of {} no longer has the same groups and tasks",
+                previous.id
+            ));
+        }
+        let mut state = WorkflowState::new_waiting(id, workflow, rules, now);
+        let mut out = Vec::new();
+        for g in 0..state.groups.len() {
+            if previous.groups[g].status != TaskStatus::Completed {
+                continue;
+            }
+            let message = format!("completed in {}; not run again", previous.id);
+            let group = &mut state.groups[g];
+            for t in 0..group.tasks.len() {
+                let retry_id = previous.groups[g].tasks[t].current().retry_id;
+                group.update(t, |task| {
+                    task.inherited = Some((previous.id.clone(), retry_id));
+                    let attempt = task.current_mut();
+                    attempt.status = TaskStatus::Completed;
+                    attempt.failure_message = Some(message.clone());
+                    attempt.end_time = Some(now);
+                });
+            }
+            group.status = TaskStatus::Completed;
+            group.start_time = Some(now);
+            group.end_time = Some(now);
+            // A finished group means the workflow runs (it never goes back to PENDING).
+            state.status = WorkflowStatus::Running;
+            state.start_time = Some(now);
+            state.finished_groups += 1;
+            state.tallies[TaskStatus::Completed as usize] += 1;
+            for i in 0..state.downstream[g].len() {
+                let d = state.downstream[g][i] as usize;
+                state.groups[d].remaining_upstream -= 1;
+            }
+        }
+        state.start_ready_groups(now, &mut out);
+        state.maybe_finish(now, &mut out);
+        Ok((state, out))
+    }
+
+    /// [`Self::new`] without starting any group.
+    fn new_waiting(id: String, workflow: Workflow, rules: Rules, now: Millis) -> WorkflowState {
         let mut downstream = vec![Vec::new(); workflow.groups.len()];
         for (g, group) in workflow.groups.iter().enumerate() {
             for &u in &group.upstream {
@@ -224,6 +302,7 @@ impl WorkflowState {
                         own_reschedules: 0,
                         barrier: Barrier::Setup,
                         restarting: None,
+                        inherited: None,
                     })
                     .collect(),
                 remaining_upstream: group.upstream.len() as u32,
@@ -239,7 +318,7 @@ impl WorkflowState {
                 end_time: None,
             })
             .collect();
-        let mut state = WorkflowState {
+        WorkflowState {
             id,
             workflow,
             rules,
@@ -252,15 +331,27 @@ impl WorkflowState {
             start_time: None,
             end_time: None,
             canceled_by: None,
-        };
-        let mut out = Vec::new();
-        for g in 0..state.groups.len() {
-            if state.groups[g].remaining_upstream == 0 {
-                state.start_group(g, now, &mut out);
+        }
+    }
+
+    /// Starts every WAITING group whose upstream groups all completed.
+    fn start_ready_groups(&mut self, now: Millis, out: &mut Vec<Command>) {
+        for g in 0..self.groups.len() {
+            if self.groups[g].remaining_upstream == 0
+                && self.groups[g].status == TaskStatus::Waiting
+            {
+                self.start_group(g, now, out);
             }
         }
-        state.maybe_finish(now, &mut out);
-        (state, out)
+    }
+
+    /// Where the task's outputs are when its group completed in an earlier
+    /// run (`workflow restart`): that workflow's id and attempt.
+    pub fn inherited(&self, task: TaskKey) -> Option<(&str, u32)> {
+        self.task(task)
+            .inherited
+            .as_ref()
+            .map(|(id, retry)| (id.as_str(), *retry))
     }
 
     /// Applies one event at time `now`, pushing the commands it calls for

@@ -7,7 +7,7 @@ use std::time::Duration;
 use osmo_engine::testkit::{GroupBuilder, TestEnv, WorkflowBuilder, actions, code};
 use osmo_engine::{
     Action, AttemptCause, AttemptId, CodeSource, Command, Event, ReportedCode, RuleOrigin, Rules,
-    TaskKey, TaskStatus, TimeoutKind, WorkflowStatus,
+    TaskKey, TaskStatus, TimeoutKind, WorkflowState, WorkflowStatus,
 };
 
 use Action::{Complete, Fail, Reschedule};
@@ -1141,4 +1141,73 @@ fn exits_skipping_phases_are_taken() {
     assert_eq!(env.current("b").node.as_deref(), Some("node-1"));
     assert!(env.current("a").start_time.is_none());
     assert_eq!(env.state.status(), WorkflowStatus::Failed);
+}
+
+// ----- workflow restart -------------------------------------------------------
+
+#[test]
+fn a_restart_reruns_only_the_groups_that_did_not_complete() {
+    let wf = WorkflowBuilder::new("pipe")
+        .task("prep", &[])
+        .task_after("train", &[], &["prep"])
+        .task_after("eval", &[], &["train"])
+        .build();
+    let mut env = TestEnv::new(wf.clone(), Rules::default());
+    env.run("prep");
+    env.exit("prep", 0);
+    env.run("train");
+    env.exit("train", 3);
+    assert_eq!(env.state.status(), WorkflowStatus::Failed);
+
+    let (mut again, out) =
+        WorkflowState::restart_of("pipe-2".into(), wf, Rules::default(), 5_000, &env.state)
+            .unwrap();
+    again.sanity_check().unwrap();
+    let prep = env.key("prep");
+    assert_eq!(again.current(prep).status, S::Completed, "not run again");
+    assert_eq!(again.inherited(prep), Some(("pipe-1", 0)));
+    assert_eq!(
+        again.current(prep).failure_message.as_deref(),
+        Some("completed in pipe-1; not run again")
+    );
+    assert_eq!(
+        launches(&out),
+        vec![env.id("train", 0)],
+        "only what failed starts"
+    );
+    assert_eq!(again.inherited(env.key("train")), None);
+    // It finishes like any workflow.
+    let mut cmds = Vec::new();
+    let train = env.id("train", 0);
+    again.apply(&Event::Running { attempt: train }, 5_001, &mut cmds);
+    again.apply(
+        &Event::Exited {
+            attempt: train,
+            codes: vec![code(0)],
+        },
+        5_002,
+        &mut cmds,
+    );
+    let eval = env.id("eval", 0);
+    assert_eq!(launches(&cmds), vec![eval]);
+    again.apply(&Event::Running { attempt: eval }, 5_003, &mut cmds);
+    again.apply(
+        &Event::Exited {
+            attempt: eval,
+            codes: vec![code(0)],
+        },
+        5_004,
+        &mut cmds,
+    );
+    again.sanity_check().unwrap();
+    assert_eq!(again.status(), WorkflowStatus::Completed);
+}
+
+#[test]
+fn a_restart_of_another_file_is_refused() {
+    let a = WorkflowBuilder::new("w").task("x", &[]).build();
+    let b = WorkflowBuilder::new("w").task("y", &[]).build();
+    let (first, _) = WorkflowState::new("w-1".into(), a, Rules::default(), 0);
+    let err = WorkflowState::restart_of("w-2".into(), b, Rules::default(), 1, &first).unwrap_err();
+    assert!(err.contains("same groups and tasks"), "{err}");
 }

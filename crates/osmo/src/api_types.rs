@@ -37,6 +37,9 @@ pub struct SubmitResponse {
     pub spec: Option<String>,
     #[serde(default)]
     pub warnings: Vec<String>,
+    /// For `validation_only`: `Workflow validation succeeded.`, as OSMO answers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub logs: Option<String>,
 }
 
 /// Every 4xx/5xx answer. `message` and `error_code` are OSMO's (its CLI

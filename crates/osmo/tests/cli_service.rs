@@ -318,3 +318,54 @@ fn events_tell_what_ran_and_what_each_exit_decided() {
     let out = service.osmo(&["workflow", "events", &id, "--task", "nope"]);
     assert_ne!(out.code, 0, "{out:#?}");
 }
+
+#[test]
+fn restart_runs_only_what_did_not_complete_and_reads_the_earlier_outputs() {
+    let service = Service::start();
+    // `prep` writes its output once; `train` fails in the first run only.
+    let spec = r#"workflow:
+  name: pipe
+  tasks:
+  - name: prep
+    image: ubuntu
+    command: [sh, -c, 'echo data > {{output}}/data; echo prep ran']
+  - name: train
+    image: ubuntu
+    inputs: [{task: prep}]
+    command: [sh, -c, 'cat {{input:prep}}/data; test "$OSMO_WORKFLOW_ID" != pipe-1']
+"#;
+    let path = service.spec("pipe.yaml", spec);
+    let out = service.osmo(&["workflow", "submit", &path, "--format-type", "json"]);
+    assert_eq!(out.code, 0, "{out:#?}");
+    let first = out.json()["name"].as_str().unwrap().to_string();
+    assert_eq!(service.wait(&first)["status"], "FAILED");
+
+    let out = service.osmo(&["workflow", "restart", &first, "--format-type", "json"]);
+    assert_eq!(out.code, 0, "{out:#?}\n{}", service.log());
+    let second = out.json()["name"].as_str().unwrap().to_string();
+    assert_eq!(second, "pipe-2");
+    let doc = service.wait(&second);
+    assert_eq!(doc["status"], "COMPLETED", "{doc:#}");
+    let prep = &doc["groups"][0]["tasks"][0];
+    assert_eq!(prep["status"], "COMPLETED");
+    assert_eq!(
+        prep["failure_message"],
+        format!("completed in {first}; not run again")
+    );
+    assert_eq!(
+        prep["runs"].as_array().unwrap().len(),
+        0,
+        "prep did not run again"
+    );
+    let out = service.osmo(&["workflow", "logs", &second]);
+    assert!(!out.stdout.contains("prep ran"), "{out:#?}");
+    assert!(
+        out.stdout.contains("data"),
+        "train read prep's earlier output: {out:#?}"
+    );
+
+    // A completed workflow has nothing to restart.
+    let out = service.osmo(&["workflow", "restart", &second]);
+    assert_ne!(out.code, 0, "{out:#?}");
+    assert!(out.all().contains("COMPLETED"), "{out:#?}");
+}

@@ -339,3 +339,27 @@ fn errors_and_times_are_in_osmos_shapes() {
         list["workflows"][0]["submitted_by"]
     );
 }
+
+#[test]
+fn osmos_list_priority_spec_template_and_validation_answers() {
+    let server = Server::start(local_pool());
+    let spec = "default-values: {code: 0}\nworkflow:\n  name: pri\n  tasks:\n  - {name: t, image: ubuntu, command: [sh, -c, 'exit {{ code }}']}\n";
+    let body = serde_json::json!({"file": spec}).to_string();
+    let (status, text) = server.post("/api/pool/default/workflow?priority=HIGH", body.clone());
+    assert_eq!(status, 200, "{text}");
+    let (status, text) = server.post("/api/pool/default/workflow?priority=LOW", body.clone());
+    assert_eq!(status, 200, "{text}");
+    let high = server.get_json("/api/workflow?priority=HIGH")["workflows"].clone();
+    assert_eq!(high.as_array().unwrap().len(), 1, "{high}");
+    assert_eq!(high[0]["priority"], "HIGH");
+
+    let (_, template) = server.get("/api/workflow/pri-1/spec?use_template=true");
+    assert_eq!(template, spec);
+    let (_, rendered) = server.get("/api/workflow/pri-1/spec?use_template=false");
+    assert!(rendered.contains("exit 0"), "{rendered}");
+
+    let (status, text) = server.post("/api/pool/default/workflow?validation_only=true", body);
+    assert_eq!(status, 200, "{text}");
+    let reply: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(reply["logs"], "Workflow validation succeeded.");
+}

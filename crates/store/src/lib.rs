@@ -233,6 +233,9 @@ pub struct ListFilter {
     pub pools: Vec<String>,
     /// Submitted by any of these users.
     pub submitted_by: Vec<String>,
+    /// Of any of these priorities (`HIGH`, `NORMAL`, `LOW`).
+    #[serde(default)]
+    pub priorities: Vec<String>,
     /// At most this many ([`DEFAULT_LIST_LIMIT`] when `None`, never more than
     /// [`MAX_LIST_LIMIT`]).
     pub limit: Option<u32>,
@@ -674,6 +677,7 @@ impl Store {
                 ("status", &filter.statuses),
                 ("pool", &filter.pools),
                 ("submitted_by", &filter.submitted_by),
+                ("priority", &filter.priorities),
             ] {
                 if values.is_empty() {
                     continue;

@@ -180,6 +180,15 @@ impl Client {
         self.json(self.http.post(url.clone()), &url)
     }
 
+    /// `POST /api/workflow/{id}/restart?pool=`: the new workflow's `{name, overview}`.
+    pub fn restart(&self, id: &str, pool: Option<&str>) -> anyhow::Result<Value> {
+        let mut url = self.endpoint(&["api", "workflow", id, "restart"]);
+        if let Some(pool) = pool {
+            set_query(&mut url, &[("pool", pool.to_string())]);
+        }
+        self.json(self.http.post(url.clone()), &url)
+    }
+
     /// `GET /api/workflow/{id}/logs`: plain text, one line per log line.
     pub fn logs(&self, id: &str, filter: &LogsFilter) -> anyhow::Result<String> {
         let mut url = self.endpoint(&["api", "workflow", id, "logs"]);

@@ -19,7 +19,7 @@ use utoipa::OpenApi;
 
 use super::docs;
 use super::docs::DocMeta;
-use super::manager::{CancelError, Priority, Request};
+use super::manager::{CancelError, Priority, Request, RestartError};
 use super::persisted::Persisted;
 use crate::api_types::*;
 
@@ -58,6 +58,11 @@ pub fn router(state: AppState) -> Router {
         .route("/api/workflow/{id}/logs", get(logs))
         .route("/api/workflow/{id}/spec", get(spec))
         .route("/api/workflow/{id}/events", get(events))
+        .route("/api/workflow/{id}/restart", post(restart))
+        .route(
+            "/api/pool/{pool}/workflow/{id}/restart",
+            post(restart_in_pool),
+        )
         .route("/api/health", get(health))
         .route(
             "/api/profile/settings",
@@ -74,7 +79,7 @@ pub fn router(state: AppState) -> Router {
 #[derive(OpenApi)]
 #[openapi(
     info(title = "osmo", description = "OSMO workflow service"),
-    paths(submit, list, query, cancel, logs, spec, events, health),
+    paths(submit, list, query, cancel, restart, logs, spec, events, health),
     components(schemas(
         SubmitRequest,
         SubmitResponse,
@@ -284,6 +289,7 @@ async fn submit(
                 overview: String::new(),
                 spec: Some(rendered),
                 warnings: diagnostics.0.iter().map(|d| d.to_string()).collect(),
+                logs: None,
             }));
         }
         Err((diagnostics, _)) => {
@@ -303,6 +309,7 @@ async fn submit(
             overview: String::new(),
             spec: dry_run.then_some(rendered),
             warnings: Vec::new(),
+            logs: validation_only.then(|| "Workflow validation succeeded.".to_string()),
         }));
     }
     let (reply, answer) = oneshot::channel();
@@ -328,6 +335,7 @@ async fn submit(
         name: id,
         spec: None,
         warnings: Vec::new(),
+        logs: None,
     }))
 }
 
@@ -353,6 +361,10 @@ async fn list(
             .collect(),
         pools: param_list(&params, "pools"),
         submitted_by: param_list(&params, "users"),
+        priorities: param_list(&params, "priority")
+            .into_iter()
+            .map(|s| s.to_ascii_uppercase())
+            .collect(),
         limit: Some(limit.unwrap_or(20)),
         offset: number::<u64>(&params, "offset")?.unwrap_or(0),
     };
@@ -442,6 +454,66 @@ async fn cancel(
     }
 }
 
+/// Run a finished workflow that did not complete again, as a new workflow:
+/// only its groups that did not complete run; the others keep their outputs.
+#[utoipa::path(post, path = "/api/workflow/{id}/restart",
+    params(("id" = String, Path), ("pool" = Option<String>, Query)),
+    responses((status = 200, body = SubmitResponse), (status = 404, body = ErrorResponse),
+              (status = 409, body = ErrorResponse), (status = 400, body = ErrorResponse)))]
+async fn restart(
+    State(app): State<AppState>,
+    Path(id): Path<String>,
+    RawQuery(raw): RawQuery,
+    headers: HeaderMap,
+) -> ApiResult<Json<SubmitResponse>> {
+    let pool = param(&params(&raw)?, "pool").map(str::to_string);
+    restart_as(&app, id, pool, user(&headers)).await
+}
+
+/// OSMO's path for a restart (`osmo workflow restart ID --pool P`).
+async fn restart_in_pool(
+    State(app): State<AppState>,
+    Path((pool, id)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> ApiResult<Json<SubmitResponse>> {
+    restart_as(&app, id, Some(pool), user(&headers)).await
+}
+
+async fn restart_as(
+    app: &AppState,
+    id: String,
+    pool: Option<String>,
+    by: String,
+) -> ApiResult<Json<SubmitResponse>> {
+    let (reply, answer) = oneshot::channel();
+    let request = Request::Restart {
+        id,
+        pool,
+        by,
+        reply,
+    };
+    app.requests
+        .send(request)
+        .await
+        .map_err(ApiError::internal)?;
+    match answer.await.map_err(ApiError::internal)? {
+        Ok(new_id) => Ok(Json(SubmitResponse {
+            overview: format!("/api/workflow/{new_id}"),
+            name: new_id,
+            spec: None,
+            warnings: Vec::new(),
+            logs: None,
+        })),
+        Err(e @ RestartError::Unknown(_)) => {
+            Err(ApiError::new(StatusCode::NOT_FOUND, e.to_string()))
+        }
+        Err(e @ RestartError::NotRestartable(..)) => {
+            Err(ApiError::new(StatusCode::CONFLICT, e.to_string()))
+        }
+        Err(e) => Err(ApiError::bad_request(e.to_string())),
+    }
+}
+
 /// Logs of a workflow's tasks: `YYYY/MM/DD HH:MM:SS [task retry-N][stream] line`.
 #[utoipa::path(get, path = "/api/workflow/{id}/logs",
     params(("id" = String, Path), ("task_name" = Option<String>, Query), ("retry_id" = Option<u32>, Query),
@@ -496,7 +568,12 @@ async fn spec(
     Path(id): Path<String>,
     RawQuery(raw): RawQuery,
 ) -> ApiResult<Response> {
-    let rendered = flag(&params(&raw)?, "rendered")?;
+    let params = params(&raw)?;
+    // OSMO's CLI asks `use_template=false` for the rendered file, `true` for the template.
+    let rendered = match param(&params, "use_template") {
+        Some(_) => !flag(&params, "use_template")?,
+        None => flag(&params, "rendered")?,
+    };
     let row = app
         .store
         .get_workflow(&id)

@@ -86,11 +86,17 @@ impl LaunchBuilder {
                     let (g, t) = workflow
                         .find_task(upstream)
                         .with_context(|| format!("input task {upstream} is not in the workflow"))?;
-                    let latest = engine.current(TaskKey {
+                    let key = TaskKey {
                         group: g as u32,
                         task: t as u32,
-                    });
-                    let dir = self.output_dir(engine.id(), upstream, latest.retry_id);
+                    };
+                    // Completed in the run this one restarts: its outputs are there.
+                    let dir = match engine.inherited(key) {
+                        Some((earlier, retry_id)) => self.output_dir(earlier, upstream, retry_id),
+                        None => {
+                            self.output_dir(engine.id(), upstream, engine.current(key).retry_id)
+                        }
+                    };
                     inputs.push((upstream.clone(), path_text(&dir)));
                     input_dirs.push(dir);
                 }

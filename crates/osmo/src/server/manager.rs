@@ -48,6 +48,14 @@ pub enum Request {
         message: Option<String>,
         reply: oneshot::Sender<Result<String, CancelError>>,
     },
+    /// Runs a finished workflow again as a new one: only its groups that did
+    /// not complete run (OSMO's `workflow restart`); `pool` moves it.
+    Restart {
+        id: String,
+        pool: Option<String>,
+        by: String,
+        reply: oneshot::Sender<Result<String, RestartError>>,
+    },
     /// The live document of an unfinished workflow; None when it is not
     /// running here (finished: the store has its final state).
     Query {
@@ -55,6 +63,18 @@ pub enum Request {
         verbose: bool,
         reply: oneshot::Sender<Option<WorkflowDoc>>,
     },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RestartError {
+    #[error("workflow {0} is not known; `osmo workflow list` shows the workflows")]
+    Unknown(String),
+    #[error("workflow {0} is {1}: only a finished workflow that did not complete can be restarted")]
+    NotRestartable(String, String),
+    #[error("there is no pool `{0}`")]
+    UnknownPool(String),
+    #[error("{0}")]
+    Other(String),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -225,6 +245,14 @@ impl Manager {
             } => {
                 let _ = reply.send(self.cancel(id, by, message).await);
             }
+            Request::Restart {
+                id,
+                pool,
+                by,
+                reply,
+            } => {
+                let _ = reply.send(self.restart(id, pool, by).await);
+            }
             Request::Query { id, verbose, reply } => {
                 let _ = reply.send(self.core.query(&id, verbose));
             }
@@ -297,6 +325,93 @@ impl Manager {
         };
         self.flush().await;
         Ok(status)
+    }
+
+    async fn restart(
+        &mut self,
+        id: String,
+        pool: Option<String>,
+        by: String,
+    ) -> Result<String, RestartError> {
+        let other = |e: &dyn std::fmt::Display| RestartError::Other(e.to_string());
+        let row = match self.store.get_workflow(&id).await {
+            Ok(Some(row)) => row,
+            Ok(None) => return Err(RestartError::Unknown(id)),
+            Err(e) => return Err(other(&e)),
+        };
+        if row.finished_at.is_none() || row.status == "COMPLETED" {
+            let status = if row.finished_at.is_none() {
+                "still running (cancel it first)".to_string()
+            } else {
+                row.status.clone()
+            };
+            return Err(RestartError::NotRestartable(id, status));
+        }
+        let previous = Persisted::from_json(row.state.clone())
+            .map_err(|e| other(&e))?
+            .engine;
+        let pool = pool.unwrap_or_else(|| row.pool.clone());
+        let Some(pool_config) = self.config.pools.get(&pool).cloned() else {
+            return Err(RestartError::UnknownPool(pool));
+        };
+        let mut workflow = osmo_spec::load_rendered(
+            &row.spec_rendered,
+            &row.spec_rendered,
+            "workflow.yaml",
+            Some(&pool_config),
+        )
+        .map_err(|d| {
+            other(&format!(
+                "the workflow file no longer loads in pool {pool}:\n{d}"
+            ))
+        })?;
+        if workflow.timeout.exec.is_none() {
+            workflow.timeout.exec = pool_config.default_exec_timeout;
+        }
+        if workflow.timeout.queue.is_none() {
+            workflow.timeout.queue = pool_config.default_queue_timeout;
+        }
+        let rules = Rules {
+            max_retry_per_task: pool_config.max_retry_per_task,
+            default_exit_actions: pool_config.default_exit_actions.clone(),
+        };
+        let now = now_ms();
+        // Checked before anything is stored.
+        WorkflowState::restart_of(id.clone(), workflow.clone(), rules.clone(), now, &previous)
+            .map_err(|e| other(&e))?;
+        let priority = Priority::parse(&row.priority).unwrap_or(Priority::Normal);
+        let new = osmo_store::NewWorkflow {
+            name: workflow.name.clone(),
+            pool: pool.clone(),
+            priority: priority.as_str().to_string(),
+            submitted_by: by.clone(),
+            spec_source: row.spec_source.clone(),
+            spec_rendered: row.spec_rendered.clone(),
+            submitted_at: now as i64,
+        };
+        let mut made: Option<(WorkflowState, Vec<Command>)> = None;
+        let new_id = self
+            .store
+            .insert_workflow(new, |new_id| {
+                let (engine, commands) =
+                    WorkflowState::restart_of(new_id.to_string(), workflow, rules, now, &previous)
+                        .expect("checked above");
+                let initial = osmo_store::Initial {
+                    state: Persisted::to_text(&engine),
+                    state_version: STATE_VERSION,
+                    status: engine.status().as_str().to_string(),
+                };
+                made = Some((engine, commands));
+                initial
+            })
+            .await
+            .map_err(|e| other(&e))?;
+        let (engine, commands) = made.expect("the store calls make_state once");
+        tracing::info!("{new_id} restarts {id}");
+        self.core
+            .add(new_id.clone(), engine, commands, pool, priority, by);
+        self.flush().await;
+        Ok(new_id)
     }
 
     /// Commits what the core prepared, retrying until it lands, then lets

@@ -7,6 +7,7 @@ mod explain;
 mod list;
 mod logs;
 mod query;
+mod restart;
 mod run;
 mod spec;
 mod submit;
@@ -43,6 +44,8 @@ pub enum WorkflowCommand {
     Spec(spec::SpecArgs),
     /// Print a workflow's history: placements, runs, exits and what each exit decided.
     Events(events::EventsArgs),
+    /// Run a failed or canceled workflow again: only its groups that did not complete.
+    Restart(restart::RestartArgs),
 }
 
 impl WorkflowCommand {
@@ -64,6 +67,7 @@ pub fn run(command: WorkflowCommand) -> anyhow::Result<Outcome> {
         WorkflowCommand::Logs(args) => logs::run(args),
         WorkflowCommand::Spec(args) => spec::run(args),
         WorkflowCommand::Events(args) => events::run(args),
+        WorkflowCommand::Restart(args) => restart::run(args),
     }
 }
 
