@@ -363,3 +363,31 @@ fn osmos_list_priority_spec_template_and_validation_answers() {
     let reply: serde_json::Value = serde_json::from_str(&text).unwrap();
     assert_eq!(reply["logs"], "Workflow validation succeeded.");
 }
+
+#[test]
+fn pool_list_shows_each_pool_with_its_cpus_in_use() {
+    let server = Server::start(
+        "pools:\n  default:\n    backend: local\n    cpu_capacity: 1\n    node: {gpu: 2}\n",
+    );
+    let id = server.submit(
+        "workflow:\n  name: busy\n  tasks:\n  - {name: t, image: ubuntu, command: [sh, -c, 'sleep 30']}\n  - {name: u, image: ubuntu, command: [\"true\"]}\n",
+    );
+    common::wait_for(std::time::Duration::from_secs(20), "a task to run", || {
+        let doc = server.workflow(&id);
+        doc["groups"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|g| g["tasks"][0]["status"] == "RUNNING")
+            .then_some(())
+    });
+    let pools = server.get_json("/api/pool_quota");
+    let pool = &pools["node_sets"][0]["pools"][0];
+    assert_eq!(pool["name"], "default", "{pools}");
+    assert_eq!(pool["resource_usage"]["quota_limit"], 2, "{pools}");
+    assert_eq!(pool["cpu"]["capacity"], 1.0, "{pools}");
+    assert_eq!(pool["cpu"]["used"], 1.0, "{pools}");
+    assert_eq!(pool["cpu"]["waiting_groups"], 1, "{pools}");
+    let (status, _) = server.post(&format!("/api/workflow/{id}/cancel"), "");
+    assert_eq!(status, 200);
+}

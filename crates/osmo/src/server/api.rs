@@ -69,6 +69,8 @@ pub fn router(state: AppState) -> Router {
             get(super::profile::get_settings).post(super::profile::set_settings),
         )
         .route("/api/version", get(super::profile::version))
+        .route("/api/pool", get(super::profile::pools))
+        .route("/api/pool_quota", get(super::profile::pools))
         .route("/api/openapi.json", get(openapi))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(MAX_BODY))

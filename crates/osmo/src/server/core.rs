@@ -38,6 +38,15 @@ use crate::proto::{AttemptKey, FromAgent, Phase, ToAgent};
 /// on average and bounds what a restart replays.
 pub const SNAPSHOT_MIN: u64 = 256;
 
+/// What a pool hands out now, for `pool list`.
+#[derive(Debug, Clone)]
+pub struct PoolUsage {
+    pub pool: String,
+    pub cpu_used: f64,
+    pub cpu_capacity: f64,
+    pub waiting_groups: usize,
+}
+
 /// A workflow as stored, for [`Core::restore`]: its state after replay.
 pub struct Restored {
     pub id: String,
@@ -236,6 +245,19 @@ impl Core {
         self.active
             .get(id)
             .map(|a| docs::workflow_doc(&a.meta(id), &a.engine, verbose))
+    }
+
+    /// Each pool's CPUs in use, its capacity, and the groups waiting for CPUs.
+    pub fn usage(&self) -> Vec<PoolUsage> {
+        self.schedulers
+            .iter()
+            .map(|(pool, s)| PoolUsage {
+                pool: pool.clone(),
+                cpu_used: s.used(),
+                cpu_capacity: s.capacity(),
+                waiting_groups: s.waiting(),
+            })
+            .collect()
     }
 
     /// When the next timer is due.

@@ -56,6 +56,10 @@ pub enum Request {
         by: String,
         reply: oneshot::Sender<Result<String, RestartError>>,
     },
+    /// Each pool's use now.
+    Usage {
+        reply: oneshot::Sender<Vec<super::core::PoolUsage>>,
+    },
     /// The live document of an unfinished workflow; None when it is not
     /// running here (finished: the store has its final state).
     Query {
@@ -252,6 +256,9 @@ impl Manager {
                 reply,
             } => {
                 let _ = reply.send(self.restart(id, pool, by).await);
+            }
+            Request::Usage { reply } => {
+                let _ = reply.send(self.core.usage());
             }
             Request::Query { id, verbose, reply } => {
                 let _ = reply.send(self.core.query(&id, verbose));

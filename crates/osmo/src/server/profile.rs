@@ -105,3 +105,66 @@ pub async fn version() -> Json<Value> {
         "hash": "",
     }))
 }
+
+/// OSMO's `GET /api/pool` and `/api/pool_quota` (`osmo pool list`): one node
+/// set per pool. OSMO counts GPUs; so do these fields, from the pool's
+/// `node.gpu` (GPU use is not tracked yet). The CPUs the scheduler hands out,
+/// and the groups waiting for them, are under `cpu`.
+pub async fn pools(
+    State(app): State<AppState>,
+    axum::extract::RawQuery(raw): axum::extract::RawQuery,
+) -> ApiResult<Json<Value>> {
+    let wanted: Vec<String> =
+        serde_urlencoded::from_str::<Vec<(String, String)>>(raw.as_deref().unwrap_or(""))
+            .map_err(|e| ApiError::bad_request(format!("cannot read the query string: {e}")))?
+            .into_iter()
+            .filter(|(k, _)| k == "pools")
+            .map(|(_, v)| v)
+            .collect();
+    let (reply, answer) = tokio::sync::oneshot::channel();
+    let usage = match app
+        .requests
+        .send(super::manager::Request::Usage { reply })
+        .await
+    {
+        Ok(()) => answer.await.unwrap_or_default(),
+        Err(_) => Vec::new(),
+    };
+    let mut node_sets = Vec::new();
+    let (mut limit_sum, mut cpu_used_sum, mut cpu_cap_sum) = (0u64, 0.0, 0.0);
+    for (name, pool) in &app.config.pools {
+        if !wanted.is_empty() && !wanted.contains(name) {
+            continue;
+        }
+        let gpus = u64::from(pool.node.gpu.unwrap_or(0));
+        limit_sum += gpus;
+        let u = usage.iter().find(|u| &u.pool == name);
+        let (cpu_used, cpu_cap, waiting) = u.map_or((0.0, 0.0, 0), |u| {
+            (u.cpu_used, u.cpu_capacity, u.waiting_groups)
+        });
+        cpu_used_sum += cpu_used;
+        cpu_cap_sum += cpu_cap;
+        let backend = serde_json::to_value(pool.backend).unwrap_or(Value::Null);
+        node_sets.push(json!({
+            "pools": [{
+                "name": name,
+                "description": format!("{} backend", backend.as_str().unwrap_or("?")),
+                "status": "ONLINE",
+                "backend": backend,
+                "resource_usage": {
+                    "quota_used": 0, "quota_limit": gpus, "quota_free": gpus,
+                    "total_usage": 0, "total_capacity": gpus, "total_free": gpus,
+                },
+                "cpu": {"used": cpu_used, "capacity": cpu_cap, "waiting_groups": waiting},
+            }]
+        }));
+    }
+    Ok(Json(json!({
+        "node_sets": node_sets,
+        "resource_sum": {
+            "quota_used": 0, "quota_limit": limit_sum, "quota_free": limit_sum,
+            "total_usage": 0, "total_capacity": limit_sum, "total_free": limit_sum,
+        },
+        "cpu_sum": {"used": cpu_used_sum, "capacity": cpu_cap_sum},
+    })))
+}

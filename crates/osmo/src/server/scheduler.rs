@@ -203,9 +203,19 @@ impl Scheduler {
         }
     }
 
-    #[cfg(test)]
+    /// CPUs held by admitted groups.
     pub fn used(&self) -> f64 {
         self.used
+    }
+
+    /// CPUs the pool hands out at once.
+    pub fn capacity(&self) -> f64 {
+        self.capacity
+    }
+
+    /// Groups waiting for their CPUs.
+    pub fn waiting(&self) -> usize {
+        self.queue.len()
     }
 }
 
