@@ -45,7 +45,7 @@ pub use error::{Diagnostic, Diagnostics};
 pub use load_config::load_config;
 pub use local_files::inline_local_files;
 pub use model::{Group, Task, Workflow};
-pub use render::{FUEL, MAX_INPUT_BYTES, MAX_OUTPUT_BYTES, Values, render};
+pub use render::{FUEL, MAX_INPUT_BYTES, MAX_OUTPUT_BYTES, Values, is_plain, render};
 pub use tokens::{Tokens, substitute_tokens};
 pub use units::{parse_cpu, parse_duration, parse_quantity};
 

@@ -44,6 +44,16 @@ pub fn render(source: &str, file: &str, values: &Values) -> Result<String, Diagn
     Ok(protected.restore(&rendered))
 }
 
+/// True when `source` has no Jinja in it besides the reserved tokens
+/// (`{{output}}`, `{{input:…}}`, …): rendering it changes nothing, so callers
+/// may skip the renderer (and its sandbox).
+pub fn is_plain(source: &str) -> bool {
+    let protected = Protected::new(source);
+    !["{{", "{%", "{#"]
+        .iter()
+        .any(|m| protected.text.contains(m))
+}
+
 /// Refuses a file over [`MAX_INPUT_BYTES`] before looking at it.
 pub(crate) fn check_size(source: &str, file: &str) -> Result<(), Diagnostics> {
     if source.len() > MAX_INPUT_BYTES {
@@ -351,6 +361,17 @@ fn jinja_error(err: &minijinja::Error, protected: &Protected<'_>, file: &str) ->
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn plain_files_are_those_with_no_jinja_but_reserved_tokens() {
+        assert!(is_plain("workflow:\n  name: a\n  tasks: []\n"));
+        assert!(is_plain(
+            "command: [sh, -c, 'echo > {{output}}/x; cat {{input:0}}/y']\n"
+        ));
+        assert!(!is_plain("name: {{ name }}\n"));
+        assert!(!is_plain("{% for i in range(3) %}x{% endfor %}"));
+        assert!(!is_plain("{# a comment #}"));
+    }
 
     #[test]
     fn finds_default_values_block() {
