@@ -369,3 +369,41 @@ fn restart_runs_only_what_did_not_complete_and_reads_the_earlier_outputs() {
     assert_ne!(out.code, 0, "{out:#?}");
     assert!(out.all().contains("COMPLETED"), "{out:#?}");
 }
+
+#[test]
+fn logs_error_shows_stderr_only_and_wrong_methods_get_json() {
+    let service = Service::start();
+    let spec = "workflow:\n  name: both\n  tasks:\n  - {name: t, image: ubuntu, command: [sh, -c, 'echo to-out; echo to-err >&2']}\n";
+    let path = service.spec("both.yaml", spec);
+    let out = service.osmo(&["workflow", "submit", &path, "--format-type", "json"]);
+    let id = out.json()["name"].as_str().unwrap().to_string();
+    service.wait(&id);
+    let out = service.osmo(&["workflow", "logs", &id, "--error"]);
+    assert_eq!(out.code, 0, "{out:#?}");
+    assert!(
+        out.stdout.contains("to-err") && !out.stdout.contains("to-out"),
+        "{out:#?}"
+    );
+    let all = service.osmo(&["workflow", "logs", &id]);
+    assert!(
+        all.stdout.contains("to-err") && all.stdout.contains("to-out"),
+        "{all:#?}"
+    );
+
+    // OSMO's CLI asks error_logs; a wrong method is a JSON error too.
+    let text = reqwest::blocking::get(format!("{}/api/workflow/{id}/error_logs", service.url))
+        .unwrap()
+        .text()
+        .unwrap();
+    assert!(
+        text.contains("to-err") && !text.contains("to-out"),
+        "{text}"
+    );
+    let r = reqwest::blocking::Client::new()
+        .delete(format!("{}/api/workflow/{id}/logs", service.url))
+        .send()
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 405);
+    let body: serde_json::Value = r.json().unwrap();
+    assert_eq!(body["error_code"], "USER", "{body}");
+}

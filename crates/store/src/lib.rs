@@ -759,6 +759,18 @@ impl Store {
         retry_id: Option<u32>,
         last_n: Option<usize>,
     ) -> Result<Vec<LogLine>> {
+        self.logs_of_stream(id, task, retry_id, None, last_n).await
+    }
+
+    /// [`Store::logs`], of one stream only when `stream` is given (`stderr`, say).
+    pub async fn logs_of_stream(
+        &self,
+        id: &str,
+        task: Option<&str>,
+        retry_id: Option<u32>,
+        stream: Option<&str>,
+        last_n: Option<usize>,
+    ) -> Result<Vec<LogLine>> {
         let rows: Vec<LogRaw> = with_pool!(self, pool => {
             let mut q = sqlx::QueryBuilder::new(
                 "SELECT seq, workflow_id, task, retry_id, at_ms, stream, line FROM logs \
@@ -770,6 +782,9 @@ impl Store {
             }
             if let Some(retry_id) = retry_id {
                 q.push(" AND retry_id = ").push_bind(i64::from(retry_id));
+            }
+            if let Some(stream) = stream {
+                q.push(" AND stream = ").push_bind(stream);
             }
             match last_n {
                 None => {

@@ -71,6 +71,8 @@ pub struct LogsFilter {
     pub task: Option<String>,
     pub retry_id: Option<u32>,
     pub last_n_lines: Option<u32>,
+    /// Only what the tasks wrote to stderr.
+    pub errors_only: bool,
 }
 
 /// A client for one service.
@@ -201,6 +203,9 @@ impl Client {
         }
         if let Some(n) = filter.last_n_lines {
             query.push(("last_n_lines", n.to_string()));
+        }
+        if filter.errors_only {
+            query.push(("stream", "stderr".to_string()));
         }
         set_query(&mut url, &query);
         self.text(self.http.get(url.clone()), &url)

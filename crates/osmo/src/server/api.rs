@@ -56,6 +56,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/workflow/{id}", get(query))
         .route("/api/workflow/{id}/cancel", post(cancel))
         .route("/api/workflow/{id}/logs", get(logs))
+        .route("/api/workflow/{id}/error_logs", get(error_logs))
         .route("/api/workflow/{id}/spec", get(spec))
         .route("/api/workflow/{id}/events", get(events))
         .route("/api/workflow/{id}/restart", post(restart))
@@ -73,6 +74,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/pool_quota", get(super::profile::pools))
         .route("/api/openapi.json", get(openapi))
         .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .layer(axum::middleware::from_fn(refuse_oversized))
         .with_state(state)
@@ -519,7 +521,7 @@ async fn restart_as(
 /// Logs of a workflow's tasks: `YYYY/MM/DD HH:MM:SS [task retry-N][stream] line`.
 #[utoipa::path(get, path = "/api/workflow/{id}/logs",
     params(("id" = String, Path), ("task_name" = Option<String>, Query), ("retry_id" = Option<u32>, Query),
-           ("last_n_lines" = Option<u32>, Query)),
+           ("last_n_lines" = Option<u32>, Query), ("stream" = Option<String>, Query)),
     responses((status = 200, body = String, content_type = "text/plain"), (status = 404, body = ErrorResponse)))]
 async fn logs(
     State(app): State<AppState>,
@@ -527,10 +529,30 @@ async fn logs(
     RawQuery(raw): RawQuery,
 ) -> ApiResult<Response> {
     let params = params(&raw)?;
-    let retry_id: Option<u32> = number(&params, "retry_id")?;
-    let last_n: Option<usize> = number(&params, "last_n_lines")?;
-    let (_, doc) = load(&app, &id).await?;
-    let task = param(&params, "task_name");
+    let stream = param(&params, "stream").map(str::to_string);
+    logs_of(&app, id, &params, stream.as_deref()).await
+}
+
+/// OSMO's `error_logs`: the stderr lines only (`osmo workflow logs --error`).
+async fn error_logs(
+    State(app): State<AppState>,
+    Path(id): Path<String>,
+    RawQuery(raw): RawQuery,
+) -> ApiResult<Response> {
+    let params = params(&raw)?;
+    logs_of(&app, id, &params, Some("stderr")).await
+}
+
+async fn logs_of(
+    app: &AppState,
+    id: String,
+    params: &[(String, String)],
+    stream: Option<&str>,
+) -> ApiResult<Response> {
+    let retry_id: Option<u32> = number(params, "retry_id")?;
+    let last_n: Option<usize> = number(params, "last_n_lines")?;
+    let (_, doc) = load(app, &id).await?;
+    let task = param(params, "task_name");
     if let Some(task) = task
         && doc.engine.workflow().find_task(task).is_none()
     {
@@ -541,7 +563,7 @@ async fn logs(
     }
     let lines = app
         .store
-        .logs(&id, task, retry_id, last_n)
+        .logs_of_stream(&id, task, retry_id, stream, last_n)
         .await
         .map_err(ApiError::internal)?;
     let mut text = String::new();
@@ -656,6 +678,13 @@ async fn refuse_oversized(
         .into_response(),
         _ => next.run(request).await,
     }
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "this path does not take that method; GET /api/openapi.json lists them",
+    )
 }
 
 async fn not_found() -> ApiError {

@@ -27,6 +27,9 @@ pub struct LogsArgs {
     /// Only the last N lines.
     #[arg(long, short = 'n', value_name = "N")]
     pub last_n_lines: Option<u32>,
+    /// Only what the tasks wrote to stderr.
+    #[arg(long)]
+    pub error: bool,
     #[command(flatten)]
     pub service: ServiceArgs,
     /// Output format: `text` (the lines as they are) or `json` (`{"name", "lines": [...]}`).
@@ -40,6 +43,7 @@ pub fn run(args: LogsArgs) -> anyhow::Result<Outcome> {
         task: args.task,
         retry_id: args.retry_id,
         last_n_lines: args.last_n_lines,
+        errors_only: args.error,
     };
     let text = client.logs(&args.id, &filter)?;
     match args.format_type {

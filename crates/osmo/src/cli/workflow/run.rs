@@ -220,6 +220,7 @@ fn print_logs(client: &Client, id: &str, workflow: &Workflow, lines: u32) {
             task: Some(task.name.clone()),
             retry_id: None,
             last_n_lines: Some(lines),
+            errors_only: false,
         };
         println!("── {} ──", task.name);
         match client.logs(id, &filter) {
