@@ -15,3 +15,12 @@ pub fn hostname() -> String {
         .and_then(|h| h.into_string().ok())
         .unwrap_or_else(|| "localhost".to_string())
 }
+
+/// Milliseconds since the Unix epoch: the one clock every process of osmo
+/// reads (times cross processes as these numbers).
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}

@@ -1,0 +1,56 @@
+//! `osmo server`: the workflow service, until SIGTERM or SIGINT.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::Context;
+
+use super::Outcome;
+use osmo_server::ServerOptions;
+
+/// Where `osmo server` listens unless `--listen` says otherwise (the CLI's default URL).
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8000";
+
+/// `osmo server` arguments.
+#[derive(Debug, Clone, clap::Args)]
+#[command(
+    long_about = "Run the workflow service: the REST API (OSMO's paths under /api), the scheduler, \
+        the embedded store and the local node agent. Runs until SIGTERM or SIGINT; running tasks \
+        survive a restart. Logs go to stderr (RUST_LOG=debug for more)."
+)]
+pub struct ServerArgs {
+    /// Pools configuration (YAML `pools: {NAME: {backend: local, ...}}`); default: one local pool `default`.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Directory for the store, logs and the agent's state (created if missing).
+    #[arg(long, value_name = "DIR", default_value = "./osmo-data")]
+    pub data_dir: PathBuf,
+    /// Address to serve the REST API on.
+    #[arg(long, value_name = "ADDR", default_value = DEFAULT_LISTEN)]
+    pub listen: SocketAddr,
+    /// Store in this PostgreSQL database (`postgres://...`) instead of SQLite in the data directory.
+    #[arg(
+        long,
+        value_name = "URL",
+        env = "OSMO_DATABASE_URL",
+        hide_env_values = true
+    )]
+    pub database_url: Option<String>,
+}
+
+pub fn run(args: ServerArgs) -> anyhow::Result<Outcome> {
+    super::init_tracing("info");
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("osmo-server")
+        .build()
+        .context("cannot start the async runtime")?;
+    let options = ServerOptions {
+        config: args.config,
+        data_dir: args.data_dir,
+        listen: args.listen,
+        database_url: args.database_url,
+    };
+    runtime.block_on(osmo_server::serve(options))?;
+    Ok(Outcome::Success)
+}

@@ -1,0 +1,59 @@
+//! `osmo workflow list`: `GET /api/workflow`.
+
+use super::view::list_text;
+use super::{ServiceArgs, WORKFLOW_STATUSES};
+use crate::Outcome;
+use crate::client::{ListFilter, typed};
+use crate::output::{Clock, FormatArgs, print_json};
+use osmo_server::api_types::WorkflowListDoc;
+
+/// `osmo workflow list` arguments.
+#[derive(Debug, Clone, clap::Args)]
+#[command(after_help = "Example:\n  osmo workflow list --status RUNNING --status PENDING -c 50")]
+pub struct ListArgs {
+    /// Only workflows whose name contains this.
+    #[arg(long, short = 'n', value_name = "NAME")]
+    pub name: Option<String>,
+    /// Only workflows in this status (repeatable).
+    #[arg(
+        long,
+        short = 's',
+        value_name = "STATUS",
+        ignore_case = true,
+        value_parser = clap::builder::PossibleValuesParser::new(WORKFLOW_STATUSES)
+    )]
+    pub status: Vec<String>,
+    /// Only workflows of this pool (repeatable).
+    #[arg(long, short = 'p', value_name = "POOL")]
+    pub pool: Vec<String>,
+    /// How many workflows to show (at most 1000).
+    #[arg(long, short = 'c', value_name = "N", default_value_t = 20,
+          value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub count: u32,
+    /// Skip this many of the newest workflows first.
+    #[arg(long, short = 'f', value_name = "N")]
+    pub offset: Option<u32>,
+    #[command(flatten)]
+    pub service: ServiceArgs,
+    #[command(flatten)]
+    pub format: FormatArgs,
+}
+
+pub fn run(args: ListArgs) -> anyhow::Result<Outcome> {
+    let client = args.service.client()?;
+    let filter = ListFilter {
+        name: args.name,
+        statuses: args.status.iter().map(|s| s.to_ascii_uppercase()).collect(),
+        pools: args.pool,
+        limit: Some(args.count),
+        offset: args.offset,
+    };
+    let answer = client.list(&filter)?;
+    if args.format.json() {
+        print_json(&answer)?;
+    } else {
+        let list: WorkflowListDoc = typed(&answer, "workflow list")?;
+        print!("{}", list_text(&list, &Clock::system()));
+    }
+    Ok(Outcome::Success)
+}

@@ -1,0 +1,221 @@
+//! The core's unit tests, with a FakeBackend: no processes, no store.
+use std::collections::BTreeMap;
+
+use osmo_engine::testkit::WorkflowBuilder;
+use osmo_engine::{Rules, TaskKey, TaskStatus};
+use osmo_spec::config::PoolConfig;
+
+use super::*;
+use crate::backend::FakeBackend;
+
+struct Setup {
+    core: Core,
+    backend: Arc<FakeBackend>,
+    inbox: mpsc::UnboundedReceiver<LinkEvent>,
+    _dir: tempfile::TempDir,
+}
+
+fn setup(cpus: f64) -> Setup {
+    let dir = tempfile::tempdir().unwrap();
+    let config = Arc::new(ServiceConfig {
+        pools: BTreeMap::from([("default".to_string(), PoolConfig::default())]),
+    });
+    let backend = Arc::new(FakeBackend::with_cpus(cpus));
+    let backends: HashMap<String, Arc<dyn Backend>> =
+        HashMap::from([("default".to_string(), backend.clone() as Arc<dyn Backend>)]);
+    let (tx, inbox) = mpsc::unbounded_channel();
+    let core = Core::new(config, backends, tx, dir.path().to_path_buf(), None);
+    Setup {
+        core,
+        backend,
+        inbox,
+        _dir: dir,
+    }
+}
+
+fn workflow(id: &str, tasks: &[&str]) -> (WorkflowState, Vec<Command>) {
+    let mut b = WorkflowBuilder::new("wf");
+    for t in tasks {
+        b = b.task(t, &[]);
+    }
+    WorkflowState::new(id.to_string(), b.build(), Rules::default(), now_ms())
+}
+
+fn attempt(task: u32) -> AttemptKey {
+    AttemptKey {
+        workflow_id: "wf-1".into(),
+        attempt: AttemptId {
+            task: TaskKey {
+                group: task,
+                task: 0,
+            },
+            retry_id: 0,
+        },
+    }
+}
+
+fn msg(msg: FromAgent) -> LinkEvent {
+    LinkEvent::Message { conn: 1, msg }
+}
+
+fn hello(attempts: Vec<(AttemptKey, Phase)>) -> LinkEvent {
+    msg(FromAgent::Hello {
+        node: "n".into(),
+        pid: 1,
+        attempts,
+    })
+}
+
+fn launched(sent: &[ToAgent]) -> Vec<AttemptKey> {
+    sent.iter()
+        .filter_map(|m| match m {
+            ToAgent::Launch(l) => Some(l.key.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+fn exited(key: AttemptKey, code: u32) -> LinkEvent {
+    msg(FromAgent::Exited {
+        key,
+        codes: vec![ReportedCode {
+            code,
+            source: CodeSource::User,
+            detail: None,
+        }],
+    })
+}
+
+/// Prepares and commits the batch, as the shell does once the store said yes.
+fn commit(core: &mut Core) -> Vec<Commit> {
+    let (commits, _) = core.prepare();
+    core.committed(&commits);
+    commits
+}
+
+#[test]
+fn a_launch_waits_for_the_backends_hello() {
+    let mut s = setup(4.0);
+    let (engine, commands) = workflow("wf-1", &["a", "b"]);
+    s.core.add(
+        "wf-1".into(),
+        engine,
+        commands,
+        "default".into(),
+        Priority::Normal,
+        "me".into(),
+    );
+    assert!(
+        launched(&s.backend.take()).is_empty(),
+        "no launch before the backend said what it runs"
+    );
+    s.core.handle_link(hello(vec![]));
+    // The launches were decided, and committed, with the workflow.
+    s.core.dispatch();
+    assert_eq!(launched(&s.backend.take()), [attempt(0), attempt(1)]);
+    commit(&mut s.core);
+    assert!(
+        launched(&s.backend.take()).is_empty(),
+        "each launch goes once"
+    );
+}
+
+#[test]
+fn a_failed_commit_acts_on_nothing_and_is_prepared_again_unchanged() {
+    let mut s = setup(1.0);
+    let (engine, commands) = workflow("wf-1", &["a", "b"]);
+    s.core.add(
+        "wf-1".into(),
+        engine,
+        commands,
+        "default".into(),
+        Priority::Normal,
+        "me".into(),
+    );
+    s.core.handle_link(hello(vec![]));
+    commit(&mut s.core);
+    assert_eq!(
+        launched(&s.backend.take()),
+        [attempt(0)],
+        "one CPU: one at a time"
+    );
+
+    s.core.handle_link(exited(attempt(0), 0));
+    let (first, _) = s.core.prepare();
+    // The store failed: nothing may be acknowledged or carried out yet.
+    assert!(s.backend.take().is_empty());
+    let (again, _) = s.core.prepare();
+    assert_eq!(again, first, "the retry commits exactly the same events");
+    // Its phases were never reported: they are recorded before its exit.
+    assert_eq!(first[0].events.len(), 4);
+    assert_eq!(first[0].first_seq, 1);
+    s.core.committed(&again);
+    let sent = s.backend.take();
+    let acks = sent
+        .iter()
+        .filter(|m| matches!(m, ToAgent::Ack { key } if *key == attempt(0)))
+        .count();
+    assert_eq!(acks, 1, "acknowledged once, after the commit: {sent:?}");
+    assert_eq!(launched(&sent), [attempt(1)], "the freed CPU goes to b");
+    // Nothing is applied twice: a later batch numbers its events on.
+    s.core.handle_link(exited(attempt(1), 0));
+    let (next, _) = s.core.prepare();
+    assert_eq!(next[0].first_seq, 5);
+    assert_eq!(next[0].status, "COMPLETED");
+    assert!(
+        next[0].snapshot.is_some(),
+        "a finished workflow is snapshotted"
+    );
+}
+
+#[test]
+fn reconcile_adopts_what_the_backend_holds_and_fails_what_it_lost() {
+    let mut s = setup(4.0);
+    let (mut engine, _) = workflow("wf-1", &["kept", "lost"]);
+    // Before the restart both ran.
+    let mut out = Vec::new();
+    for t in [0, 1] {
+        let a = attempt(t).attempt;
+        engine.apply(
+            &Event::Initializing {
+                attempt: a,
+                node: None,
+            },
+            1,
+            &mut out,
+        );
+        engine.apply(&Event::Running { attempt: a }, 2, &mut out);
+    }
+    s.core.restore(Restored {
+        id: "wf-1".into(),
+        engine,
+        pool: "default".into(),
+        priority: Priority::Normal,
+        submitted_by: "me".into(),
+        snapshot_seq: 4,
+        last_seq: 4,
+    });
+    s.core
+        .handle_link(hello(vec![(attempt(0), Phase::Running)]));
+    let commits = commit(&mut s.core);
+    assert!(
+        launched(&s.backend.take()).is_empty(),
+        "nothing is launched twice"
+    );
+    assert_eq!(commits[0].first_seq, 5);
+    let doc = s.core.query("wf-1", true).unwrap();
+    let status = |name: &str| {
+        doc.groups
+            .iter()
+            .flat_map(|g| &g.tasks)
+            .find(|t| t.name == name)
+            .map(|t| (t.status.clone(), t.exit_code))
+            .unwrap()
+    };
+    assert_eq!(status("kept"), (TaskStatus::Running.to_string(), None));
+    assert_eq!(
+        status("lost"),
+        (TaskStatus::FailedBackendError.to_string(), Some(3001))
+    );
+    assert!(s.inbox.try_recv().is_err());
+}

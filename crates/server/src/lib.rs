@@ -1,0 +1,193 @@
+//! `osmo-server`: the workflow service — the REST API (`api`), the async
+//! shell (`manager`) around the synchronous core (`core`) that owns every
+//! engine state, the gang scheduler, and the backends behind one trait
+//! (`backend`): the local node agent's link (`agent_link`) and Slurm
+//! (`slurm`). `docs/architecture.md` draws the arrows.
+
+mod agent_link;
+mod api;
+pub mod backend;
+mod core;
+mod docs;
+mod events;
+mod launch;
+mod manager;
+mod persisted;
+mod profile;
+mod scheduler;
+pub mod slurm;
+
+pub mod api_types;
+pub mod machine;
+pub mod render_guard;
+
+pub use osmo_proto as proto;
+pub use osmo_proto::now_ms;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context;
+use osmo_spec::config::{PoolConfig, ServiceConfig};
+use tokio::sync::{mpsc, oneshot};
+
+/// How `osmo server` (and `osmo workflow run`'s embedded server) starts.
+#[derive(Debug, Clone)]
+pub struct ServerOptions {
+    pub config: Option<PathBuf>,
+    pub data_dir: PathBuf,
+    pub listen: SocketAddr,
+    /// `postgres://…` selects PostgreSQL; None: the SQLite file in `data_dir`.
+    pub database_url: Option<String>,
+}
+
+/// A server started in this process (for `osmo workflow run`).
+pub struct RunningServer {
+    pub url: String,
+    stop: oneshot::Sender<()>,
+    http: tokio::task::JoinHandle<std::io::Result<()>>,
+    link: agent_link::AgentLink,
+}
+
+impl RunningServer {
+    /// Stops serving and tells the agent to exit once no task runs.
+    pub async fn shutdown(self) -> anyhow::Result<()> {
+        self.link.send(crate::proto::ToAgent::Shutdown);
+        let _ = self.stop.send(());
+        self.http.await??;
+        Ok(())
+    }
+}
+
+/// The configuration file, or one local pool named `default`. A local pool
+/// that does not say how big its node is gets this machine's CPUs and memory,
+/// so a task asking for more is refused at submit instead of waiting forever.
+pub fn load_config(path: Option<&std::path::Path>) -> anyhow::Result<ServiceConfig> {
+    let mut config = match path {
+        None => {
+            let pools = [("default".to_string(), PoolConfig::default())]
+                .into_iter()
+                .collect();
+            ServiceConfig { pools }
+        }
+        Some(path) => {
+            let text = std::fs::read_to_string(path).with_context(|| {
+                format!("cannot read the configuration file {}", path.display())
+            })?;
+            osmo_spec::load_config(&text, &path.display().to_string())
+                .map_err(|d| anyhow::anyhow!("{d}"))?
+        }
+    };
+    crate::machine::size_local_pools(&mut config);
+    Ok(config)
+}
+
+/// Runs the server until SIGTERM or SIGINT.
+pub async fn serve(opts: ServerOptions) -> anyhow::Result<()> {
+    let running = start(opts).await?;
+    tracing::info!("osmo server listening on {}", running.url);
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+    tracing::info!("stopping");
+    running.shutdown().await
+}
+
+/// Starts the server in this process and returns once it accepts work.
+pub async fn start(opts: ServerOptions) -> anyhow::Result<RunningServer> {
+    let config = Arc::new(load_config(opts.config.as_deref())?);
+    std::fs::create_dir_all(&opts.data_dir).with_context(|| {
+        format!(
+            "cannot create the data directory {}",
+            opts.data_dir.display()
+        )
+    })?;
+    let data_dir = std::fs::canonicalize(&opts.data_dir)?;
+    let url = match &opts.database_url {
+        Some(url) => url.clone(),
+        None => format!("sqlite://{}?mode=rwc", data_dir.join("osmo.db").display()),
+    };
+    let store = osmo_store::Store::open(&url)
+        .await
+        .context("cannot open the store")?;
+
+    // Bound first: the Slurm backend tells its jobs where the server is.
+    let listener = tokio::net::TcpListener::bind(opts.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", opts.listen))?;
+    let local_addr = listener.local_addr()?;
+
+    let (link_tx, link_rx) = mpsc::unbounded_channel();
+    let socket = agent_link::socket_path(&data_dir);
+    let link = agent_link::listen(&socket, link_tx.clone())?;
+    let slurm = slurm::start(&config, &data_dir, &exec_url(local_addr), link_tx.clone())?;
+    let (slurm_links, slurm_router) = match slurm {
+        Some(s) => (s.links, Some(s.router)),
+        None => (Default::default(), None),
+    };
+    // Every pool's backend: its Slurm link, or the local node agent.
+    let mut backends: HashMap<String, Arc<dyn backend::Backend>> = HashMap::new();
+    for name in config.pools.keys() {
+        let backend: Arc<dyn backend::Backend> = match slurm_links.get(name) {
+            Some(link) => Arc::new(link.clone()),
+            None => Arc::new(link.clone()),
+        };
+        backends.insert(name.clone(), backend);
+    }
+    let manager = manager::Manager::new(
+        store.clone(),
+        config.clone(),
+        backends,
+        link_tx,
+        data_dir.clone(),
+        Some(exec_url(local_addr)),
+    )
+    .await?;
+    let (requests_tx, requests_rx) = mpsc::channel(256);
+    tokio::spawn(manager.run(requests_rx, link_rx));
+    agent_link::ensure_agent(&socket, &data_dir.join("agent"))?;
+
+    let url = format!("http://{local_addr}");
+    let mut app = api::router(api::AppState {
+        store,
+        requests: requests_tx,
+        config,
+        profiles: Default::default(),
+    });
+    if let Some(exec) = slurm_router {
+        app = app.merge(exec);
+    }
+    let (stop, stopped) = oneshot::channel::<()>();
+    let http = tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async {
+                let _ = stopped.await;
+            })
+            .await
+    });
+    Ok(RunningServer {
+        url,
+        stop,
+        http,
+        link,
+    })
+}
+
+/// Where `osmo exec` in a backend's job reaches this server: `OSMO_EXEC_URL`,
+/// else the listening address (this host's name when it listens on all addresses).
+fn exec_url(addr: SocketAddr) -> String {
+    if let Ok(url) = std::env::var("OSMO_EXEC_URL")
+        && !url.is_empty()
+    {
+        return url;
+    }
+    if addr.ip().is_unspecified() {
+        format!("http://{}:{}", crate::proto::hostname(), addr.port())
+    } else {
+        format!("http://{addr}")
+    }
+}
