@@ -90,6 +90,12 @@ impl super::backend::Backend for AgentLink {
         AgentLink::set_ready(self, conn)
     }
 
+    /// Every task shares this machine's network: each listens on loopback.
+    /// (A network identity per task, SEMANTICS §6, is still to come.)
+    fn task_host(&self, _: &str, _: &str) -> String {
+        "127.0.0.1".to_string()
+    }
+
     /// Its `cpu_capacity`, else one node's CPUs, else this machine's.
     fn capacity(&self, pool: &osmo_spec::config::PoolConfig) -> f64 {
         pool.cpu_capacity.or(pool.node.cpu).unwrap_or_else(|| {

@@ -27,6 +27,9 @@ pub trait Backend: Send + Sync {
     fn set_ready(&self, conn: u64);
     /// The CPUs the core admits at once to `pool` (its capacity policy).
     fn capacity(&self, pool: &PoolConfig) -> f64;
+    /// What `{{host:TASK}}` becomes for `task` of `workflow_id` (SEMANTICS §6):
+    /// how this backend names where a task listens.
+    fn task_host(&self, workflow_id: &str, task: &str) -> String;
 }
 
 /// A backend for the core's unit tests: records what it is sent; the test
@@ -68,5 +71,8 @@ impl Backend for FakeBackend {
     }
     fn capacity(&self, _: &PoolConfig) -> f64 {
         self.cpus
+    }
+    fn task_host(&self, _: &str, task: &str) -> String {
+        format!("{task}.fake")
     }
 }

@@ -67,6 +67,7 @@ impl LaunchBuilder {
         engine: &WorkflowState,
         pool: &PoolConfig,
         key: AttemptKey,
+        host_of: &dyn Fn(&str) -> String,
     ) -> anyhow::Result<Launch> {
         let workflow = engine.workflow();
         let AttemptId {
@@ -120,7 +121,7 @@ impl LaunchBuilder {
             hosts: group
                 .tasks
                 .iter()
-                .map(|t| (t.name.clone(), "127.0.0.1".to_string()))
+                .map(|t| (t.name.clone(), host_of(&t.name)))
                 .collect(),
             uuid: format!("{}-{}-{}", engine.id(), spec.name, retry_id),
         };

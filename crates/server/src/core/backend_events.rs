@@ -204,10 +204,12 @@ impl Core {
                     .get(&active.pool)
                     .cloned()
                     .unwrap_or_default();
+                let backend = self.link_for(key);
                 match self
                     .launches
-                    .build(&active.engine, &pool_config, key.clone())
-                {
+                    .build(&active.engine, &pool_config, key.clone(), &|task| {
+                        backend.task_host(&key.workflow_id, task)
+                    }) {
                     Ok(launch) => {
                         self.link_for(key).send(ToAgent::Launch(Box::new(launch)));
                     }

@@ -475,10 +475,12 @@ impl Core {
             };
             let pool_config = self.config.pools.get(&pool).cloned().unwrap_or_default();
             let attempt_key = key(&workflow_id, attempt);
+            let backend = self.link_of(&pool);
             match self
                 .launches
-                .build(&active.engine, &pool_config, attempt_key.clone())
-            {
+                .build(&active.engine, &pool_config, attempt_key.clone(), &|task| {
+                    backend.task_host(&workflow_id, task)
+                }) {
                 Ok(launch) => {
                     let sent = self.link_of(&pool).send(ToAgent::Launch(Box::new(launch)));
                     self.launched.insert(attempt_key.clone(), pool);
@@ -584,6 +586,9 @@ impl Backend for NoBackend {
     fn set_ready(&self, _: u64) {}
     fn capacity(&self, _: &PoolConfig) -> f64 {
         0.0
+    }
+    fn task_host(&self, _: &str, _: &str) -> String {
+        "127.0.0.1".to_string()
     }
 }
 

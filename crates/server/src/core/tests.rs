@@ -219,3 +219,38 @@ fn reconcile_adopts_what_the_backend_holds_and_fails_what_it_lost() {
     );
     assert!(s.inbox.try_recv().is_err());
 }
+
+#[test]
+fn a_launch_names_the_hosts_of_its_group_as_the_backend_does() {
+    let mut s = setup(4.0);
+    let mut client = osmo_engine::testkit::task("client");
+    client.command = vec!["nc".into(), "{{host:server}}".into(), "24831".into()];
+    let wf = WorkflowBuilder::new("pair")
+        .group(
+            osmo_engine::testkit::GroupBuilder::new("g")
+                .task("server")
+                .spec(client)
+                .lead("server"),
+        )
+        .build();
+    let (engine, commands) = WorkflowState::new("wf-1".into(), wf, Rules::default(), now_ms());
+    s.core.add(
+        "wf-1".into(),
+        engine,
+        commands,
+        "default".into(),
+        Priority::Normal,
+        "me".into(),
+    );
+    s.core.handle_link(hello(vec![]));
+    s.core.dispatch();
+    let sent = s.backend.take();
+    let client = sent
+        .iter()
+        .find_map(|m| match m {
+            ToAgent::Launch(l) if l.task == "client" => Some(l.command.clone()),
+            _ => None,
+        })
+        .expect("the client was launched");
+    assert_eq!(client, ["nc", "server.fake", "24831"]);
+}
