@@ -132,13 +132,16 @@ impl LaunchBuilder {
                 .entry("OSMO_URL".into())
                 .or_insert_with(|| url.clone());
         }
-        if let Some(dir) = &self.osmo_dir
-            && !task.environment.contains_key("PATH")
-        {
-            task.environment.insert(
-                "PATH".into(),
-                format!("{}:{dir}", osmo_runtime::env::DEFAULT_PATH),
-            );
+        if let Some(dir) = &self.osmo_dir {
+            // The binary's directory, read-only at its path: visible even when it
+            // lies under /tmp, which the sandbox replaces with the task's own.
+            input_dirs.push(PathBuf::from(dir));
+            if !task.environment.contains_key("PATH") {
+                task.environment.insert(
+                    "PATH".into(),
+                    format!("{}:{dir}", osmo_runtime::env::DEFAULT_PATH),
+                );
+            }
         }
         let resource = workflow.resources.get(&task.resource);
         let memory_limit_bytes = resource.and_then(|r| r.memory_bytes);
