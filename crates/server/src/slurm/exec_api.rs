@@ -118,26 +118,36 @@ async fn release(
     if !authorized(&shared, &headers) {
         return unauthorized();
     }
-    let wait = Duration::from_millis(query.wait_ms.unwrap_or(20_000).min(30_000));
+    let go = long_poll(&shared, query.wait_ms, |inner| {
+        match inner.jobs.get(&stem) {
+            None => Some(false),
+            Some(job) if job.stopped || job.reported => Some(false),
+            Some(job) if job.released => Some(true),
+            Some(_) => None,
+        }
+    })
+    .await;
+    Json(ReleaseReply { go }).into_response()
+}
+
+/// Waits until `check` finds an answer in the jobs' state (checked again at
+/// every change), or `wait_ms` (default 20 s, at most 30 s) ran out: None.
+async fn long_poll<T>(
+    shared: &Shared,
+    wait_ms: Option<u64>,
+    mut check: impl FnMut(&Inner) -> Option<T>,
+) -> Option<T> {
+    let wait = Duration::from_millis(wait_ms.unwrap_or(20_000).min(30_000));
     let deadline = tokio::time::Instant::now() + wait;
     loop {
         let changed = shared.changed.notified();
         tokio::pin!(changed);
         changed.as_mut().enable();
-        let go = {
-            let inner = shared.inner.lock().unwrap();
-            match inner.jobs.get(&stem) {
-                None => Some(false),
-                Some(job) if job.stopped || job.reported => Some(false),
-                Some(job) if job.released => Some(true),
-                Some(_) => None,
-            }
-        };
-        if go.is_some() {
-            return Json(ReleaseReply { go }).into_response();
+        if let Some(answer) = check(&shared.inner.lock().unwrap()) {
+            return Some(answer);
         }
         if tokio::time::timeout_at(deadline, changed).await.is_err() {
-            return Json(ReleaseReply { go: None }).into_response();
+            return None;
         }
     }
 }
@@ -152,34 +162,25 @@ async fn control(
     if !authorized(&shared, &headers) {
         return unauthorized();
     }
-    let wait = Duration::from_millis(query.wait_ms.unwrap_or(20_000).min(30_000));
-    let deadline = tokio::time::Instant::now() + wait;
-    loop {
-        let changed = shared.changed.notified();
-        tokio::pin!(changed);
-        changed.as_mut().enable();
-        let reply = {
-            let inner = shared.inner.lock().unwrap();
-            match inner.jobs.get(&stem) {
-                None => ControlReply {
-                    restarts: query.seen,
-                    reason: String::new(),
-                    over: true,
-                },
-                Some(job) => ControlReply {
-                    restarts: job.restarts,
-                    reason: job.restart_reason.clone(),
-                    over: job.stopped || job.reported,
-                },
-            }
-        };
-        if reply.over || reply.restarts > query.seen {
-            return Json(reply).into_response();
-        }
-        if tokio::time::timeout_at(deadline, changed).await.is_err() {
-            return Json(reply).into_response();
-        }
-    }
+    let now = |inner: &Inner| match inner.jobs.get(&stem) {
+        None => ControlReply {
+            restarts: query.seen,
+            reason: String::new(),
+            over: true,
+        },
+        Some(job) => ControlReply {
+            restarts: job.restarts,
+            reason: job.restart_reason.clone(),
+            over: job.stopped || job.reported,
+        },
+    };
+    let news = long_poll(&shared, query.wait_ms, |inner| {
+        let reply = now(inner);
+        (reply.over || reply.restarts > query.seen).then_some(reply)
+    })
+    .await;
+    let reply = news.unwrap_or_else(|| now(&shared.inner.lock().unwrap()));
+    Json(reply).into_response()
 }
 
 /// `osmo exec` stopped a run of the command for a restart in place.
