@@ -424,9 +424,13 @@ impl Manager {
     /// Commits what the core prepared, retrying until it lands, then lets
     /// the core act on it.
     async fn flush(&mut self) {
-        let (commits, logs) = self.core.prepare();
+        let commits = self.core.prepare();
         let mut pause = Duration::from_millis(50);
-        while let Err(e) = self.store.commit_with_logs(&commits, &logs).await {
+        while let Err(e) = self
+            .store
+            .commit_with_logs(&commits, self.core.prepared_logs())
+            .await
+        {
             // Not committed means not decided yet: nothing was acted on, so
             // the same commit is simply tried again (it is idempotent).
             tracing::error!("cannot commit: {e}; retrying in {pause:?}");

@@ -274,7 +274,7 @@ impl Core {
     /// Until [`Core::committed`] is called, every call returns the same
     /// commit (with whatever arrived since added), so a failed commit is
     /// simply retried: nothing is lost, and the store writes nothing twice.
-    pub fn prepare(&mut self) -> (Vec<Commit>, Vec<LogBatch>) {
+    pub fn prepare(&mut self) -> Vec<Commit> {
         let mut batch = self.preparing.take().unwrap_or_default();
         let newer = std::mem::take(&mut self.batch);
         batch.events.extend(newer.events);
@@ -283,9 +283,13 @@ impl Core {
         batch.logs.extend(newer.logs);
         batch.logs_ack = batch.logs_ack.max(newer.logs_ack);
         let commits = self.commits(&batch);
-        let logs = batch.logs.clone();
         self.preparing = Some(batch);
-        (commits, logs)
+        commits
+    }
+
+    /// The log lines of the prepared batch, committed with its events.
+    pub fn prepared_logs(&self) -> &[LogBatch] {
+        self.preparing.as_ref().map_or(&[], |b| b.logs.as_slice())
     }
 
     /// The prepared batch is durable: carry out its commands, acknowledge its

@@ -86,9 +86,21 @@ fn exited(key: AttemptKey, code: u32) -> LinkEvent {
     })
 }
 
+/// Hands `wf-1` to the core as a submit does.
+fn add(core: &mut Core, engine: WorkflowState, commands: Vec<Command>) {
+    core.add(
+        "wf-1".into(),
+        engine,
+        commands,
+        "default".into(),
+        Priority::Normal,
+        "me".into(),
+    );
+}
+
 /// Prepares and commits the batch, as the shell does once the store said yes.
 fn commit(core: &mut Core) -> Vec<Commit> {
-    let (commits, _) = core.prepare();
+    let commits = core.prepare();
     core.committed(&commits);
     commits
 }
@@ -97,14 +109,7 @@ fn commit(core: &mut Core) -> Vec<Commit> {
 fn a_launch_waits_for_the_backends_hello() {
     let mut s = setup(4.0);
     let (engine, commands) = workflow("wf-1", &["a", "b"]);
-    s.core.add(
-        "wf-1".into(),
-        engine,
-        commands,
-        "default".into(),
-        Priority::Normal,
-        "me".into(),
-    );
+    add(&mut s.core, engine, commands);
     assert!(
         launched(&s.backend.take()).is_empty(),
         "no launch before the backend said what it runs"
@@ -124,14 +129,7 @@ fn a_launch_waits_for_the_backends_hello() {
 fn a_failed_commit_acts_on_nothing_and_is_prepared_again_unchanged() {
     let mut s = setup(1.0);
     let (engine, commands) = workflow("wf-1", &["a", "b"]);
-    s.core.add(
-        "wf-1".into(),
-        engine,
-        commands,
-        "default".into(),
-        Priority::Normal,
-        "me".into(),
-    );
+    add(&mut s.core, engine, commands);
     s.core.handle_link(hello(vec![]));
     commit(&mut s.core);
     assert_eq!(
@@ -141,10 +139,10 @@ fn a_failed_commit_acts_on_nothing_and_is_prepared_again_unchanged() {
     );
 
     s.core.handle_link(exited(attempt(0), 0));
-    let (first, _) = s.core.prepare();
+    let first = s.core.prepare();
     // The store failed: nothing may be acknowledged or carried out yet.
     assert!(s.backend.take().is_empty());
-    let (again, _) = s.core.prepare();
+    let again = s.core.prepare();
     assert_eq!(again, first, "the retry commits exactly the same events");
     // Its phases were never reported: they are recorded before its exit.
     assert_eq!(first[0].events.len(), 4);
@@ -159,7 +157,7 @@ fn a_failed_commit_acts_on_nothing_and_is_prepared_again_unchanged() {
     assert_eq!(launched(&sent), [attempt(1)], "the freed CPU goes to b");
     // Nothing is applied twice: a later batch numbers its events on.
     s.core.handle_link(exited(attempt(1), 0));
-    let (next, _) = s.core.prepare();
+    let next = s.core.prepare();
     assert_eq!(next[0].first_seq, 5);
     assert_eq!(next[0].status, "COMPLETED");
     assert!(
@@ -234,14 +232,7 @@ fn a_launch_names_the_hosts_of_its_group_as_the_backend_does() {
         )
         .build();
     let (engine, commands) = WorkflowState::new("wf-1".into(), wf, Rules::default(), now_ms());
-    s.core.add(
-        "wf-1".into(),
-        engine,
-        commands,
-        "default".into(),
-        Priority::Normal,
-        "me".into(),
-    );
+    add(&mut s.core, engine, commands);
     s.core.handle_link(hello(vec![]));
     s.core.dispatch();
     let sent = s.backend.take();

@@ -80,14 +80,20 @@ async fn phase(
     if !authorized(&shared, &headers) {
         return unauthorized();
     }
+    report_for(&shared, &stem, |job| FromAgent::Phase {
+        key: job.key.clone(),
+        phase: body.phase,
+        node: job.node.clone(),
+    })
+}
+
+/// Emits what `osmo exec` reported of a job still running: 200 (also for a
+/// job already over, whose reports no longer matter), 404 for no such job.
+fn report_for(shared: &Shared, stem: &str, msg: impl FnOnce(&Job) -> FromAgent) -> Response {
     let inner = shared.inner.lock().unwrap();
-    match inner.jobs.get(&stem) {
+    match inner.jobs.get(stem) {
         Some(job) if !job.reported => {
-            shared.emit(FromAgent::Phase {
-                key: job.key.clone(),
-                phase: body.phase,
-                node: job.node.clone(),
-            });
+            shared.emit(msg(job));
             StatusCode::OK.into_response()
         }
         Some(_) => StatusCode::OK.into_response(),
@@ -193,18 +199,10 @@ async fn run_stopped(
     if !authorized(&shared, &headers) {
         return unauthorized();
     }
-    let inner = shared.inner.lock().unwrap();
-    match inner.jobs.get(&stem) {
-        Some(job) if !job.reported => {
-            shared.emit(FromAgent::RunStopped {
-                key: job.key.clone(),
-                codes: body.codes,
-            });
-            StatusCode::OK.into_response()
-        }
-        Some(_) => StatusCode::OK.into_response(),
-        None => (StatusCode::NOT_FOUND, "no such attempt").into_response(),
-    }
+    report_for(&shared, &stem, |job| FromAgent::RunStopped {
+        key: job.key.clone(),
+        codes: body.codes,
+    })
 }
 
 async fn exited(
