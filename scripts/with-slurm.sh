@@ -19,6 +19,10 @@
 #   MessageTimeout=30, JobAcctGatherType=none, AccountingStorageType=none, ProctrackType=linuxproc,
 #   TaskPlugin=none, PriorityType=priority/basic, SlurmctldDebug/SlurmdDebug=error (less logging),
 #   KillWait=5 (SIGTERM → SIGKILL on cancel/requeue; default 30), CompleteWait=0.
+# GPUs: the node has four fake ones (GresTypes=gpu, Gres=gpu:4, gres.conf naming character
+# devices made with mknod in the temp dir, copies of /dev/null), so `--gres=gpu:N` is really
+# allocated and jobs get SLURM_JOB_GPUS / CUDA_VISIBLE_DEVICES. Without mknod (no CAP_MKNOD)
+# the node has no GPUs and says so.
 set -euo pipefail
 
 if [ "$#" -eq 0 ]; then
@@ -58,8 +62,15 @@ MEM_MB=$(awk '/MemTotal/ {print int($2 / 1024)}' /proc/meminfo)
 
 T=$(mktemp -d /tmp/osmo-slurm.XXXXXX)
 chmod 755 "$T"
-mkdir -p "$T/state" "$T/spool" "$T/log" "$T/munge"
+mkdir -p "$T/state" "$T/spool" "$T/log" "$T/munge" "$T/dev"
 chown munge: "$T/munge"
+GRES=""
+if for i in 0 1 2 3; do mknod "$T/dev/nvidia$i" c 1 3 || exit 1; done 2>/dev/null; then
+    GRES="Gres=gpu:4"
+    echo "NodeName=$HOST Name=gpu File=$T/dev/nvidia[0-3]" >"$T/gres.conf"
+else
+    echo "with-slurm: cannot mknod fake GPU devices; the test node has no GPUs" >&2
+fi
 export SLURM_CONF="$T/slurm.conf"
 cat >"$SLURM_CONF" <<EOF
 ClusterName=osmotest
@@ -93,7 +104,8 @@ MinJobAge=60
 MessageTimeout=30
 KillWait=5
 CompleteWait=0
-NodeName=$HOST CPUs=16 RealMemory=$MEM_MB State=UNKNOWN
+GresTypes=gpu
+NodeName=$HOST CPUs=16 RealMemory=$MEM_MB $GRES State=UNKNOWN
 PartitionName=debug Nodes=$HOST Default=YES MaxTime=INFINITE State=UP OverSubscribe=FORCE:4
 EOF
 

@@ -109,6 +109,7 @@ fn drive(state: &mut WorkflowState, initial: &[Command], lifecycle: bool) -> u64
                     &Event::Initializing {
                         attempt,
                         node: None,
+                        gpus: Vec::new(),
                     },
                     now,
                     &mut out,

@@ -91,6 +91,9 @@ pub enum Event {
     Initializing {
         attempt: AttemptId,
         node: Option<String>,
+        /// The GPU devices the attempt was given (indices on its node).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        gpus: Vec<u32>,
     },
     /// Set-up finished; the attempt waits at the group barrier for [`Command::Release`].
     SetupDone { attempt: AttemptId },
@@ -204,6 +207,9 @@ pub struct Attempt {
     /// Human message, e.g. `exit code 16 matched RESCHEDULE 11-20 (task); attempt 2 of 4 scheduled`.
     pub failure_message: Option<String>,
     pub node: Option<String>,
+    /// The GPU devices it was given, as indices on its node.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub gpus: Vec<u32>,
     pub scheduling_time: Option<Millis>,
     pub initializing_time: Option<Millis>,
     pub start_time: Option<Millis>,

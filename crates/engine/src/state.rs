@@ -170,6 +170,7 @@ pub(crate) fn new_attempt(
         action: None,
         failure_message: None,
         node: None,
+        gpus: Vec::new(),
         scheduling_time: now,
         initializing_time: None,
         start_time: None,
@@ -368,9 +369,11 @@ impl WorkflowState {
             return;
         }
         match event {
-            Event::Initializing { attempt, node } => {
-                self.on_initializing(*attempt, node.as_deref(), now, out)
-            }
+            Event::Initializing {
+                attempt,
+                node,
+                gpus,
+            } => self.on_initializing(*attempt, node.as_deref(), gpus, now, out),
             Event::SetupDone { attempt } => self.on_setup_done(*attempt, now, out),
             Event::Running { attempt } => self.on_running(*attempt, now, out),
             Event::RunStopped { attempt, codes } => self.on_run_stopped(*attempt, codes),
@@ -513,6 +516,7 @@ impl WorkflowState {
         &mut self,
         id: AttemptId,
         node: Option<&str>,
+        gpus: &[u32],
         now: Millis,
         out: &mut Vec<Command>,
     ) {
@@ -528,6 +532,7 @@ impl WorkflowState {
             if let Some(node) = node {
                 attempt.node = Some(node.to_string());
             }
+            attempt.gpus = gpus.to_vec();
         });
         self.refresh_group(g, now, out);
     }

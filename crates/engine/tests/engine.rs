@@ -1086,6 +1086,7 @@ fn stale_duplicate_and_unknown_events_are_ignored() {
         Event::Initializing {
             attempt: old,
             node: None,
+            gpus: Vec::new(),
         },
         Event::SetupDone {
             attempt: env.id("t", 7),

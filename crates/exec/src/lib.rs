@@ -267,8 +267,17 @@ pub fn run(args: ExecArgs) -> anyhow::Result<()> {
         .and_then(|v| v.parse().ok())
         .unwrap_or(0);
 
-    let launch = fetch_launch(&api, &node, restart)?;
-    let Some(launch) = launch else { return Ok(()) };
+    // The GPUs Slurm gave the job (`--gres=gpu:N`): the task sees those only.
+    let gpus = std::env::var("SLURM_JOB_GPUS").unwrap_or_default();
+
+    let launch = fetch_launch(&api, &node, restart, &gpus)?;
+    let Some(mut launch) = launch else {
+        return Ok(());
+    };
+    launch.gpus = gpus
+        .split(',')
+        .filter_map(|g| g.trim().parse().ok())
+        .collect();
 
     let stop = StopHandle::new();
     let done = Arc::new(AtomicBool::new(false));
@@ -333,13 +342,14 @@ pub fn run(args: ExecArgs) -> anyhow::Result<()> {
 }
 
 /// The attempt's launch; None when the server says the attempt is over.
-fn fetch_launch(api: &Api, node: &str, restart: u32) -> anyhow::Result<Option<Launch>> {
+fn fetch_launch(api: &Api, node: &str, restart: u32, gpus: &str) -> anyhow::Result<Option<Launch>> {
     let start = Instant::now();
     loop {
-        let sent = api
-            .get("")
-            .query(&[("node", node), ("restart", &restart.to_string())])
-            .send();
+        let mut query = vec![("node", node.to_string()), ("restart", restart.to_string())];
+        if !gpus.is_empty() {
+            query.push(("gpus", gpus.to_string()));
+        }
+        let sent = api.get("").query(&query).send();
         match sent {
             Ok(r) if r.status().is_success() => {
                 return Ok(Some(r.json().context("cannot read the launch")?));

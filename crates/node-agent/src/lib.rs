@@ -201,6 +201,7 @@ impl Shared {
             key: key.clone(),
             phase,
             node: None,
+            gpus: None,
         });
     }
 }

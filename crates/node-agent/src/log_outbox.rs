@@ -131,6 +131,7 @@ mod tests {
             key: line(0).key,
             phase: Phase::Running,
             node: None,
+            gpus: None,
         };
         let sent = gather(
             &mut outbox,

@@ -163,6 +163,33 @@ workflow:
 }
 
 #[test]
+fn a_gpu_task_is_told_its_devices_in_the_container() {
+    let Some(_lock) = docker_test("a_gpu_task_is_told_its_devices_in_the_container") else {
+        return;
+    };
+    // Declared GPUs (none on this machine): no device request, the
+    // environment names the devices the scheduler gave.
+    let server = Server::start(
+        "pools:\n  default:\n    backend: local\n    runtime: docker\n    node: {gpu: 4}\n",
+    );
+    let id = server.submit(
+        "workflow:\n  name: gpu\n  resources:\n    default: {gpu: 2}\n  tasks:\n  - name: t\n    image: busybox\n    command: [sh, -c, 'echo \"$NVIDIA_VISIBLE_DEVICES $CUDA_VISIBLE_DEVICES\" > {{output}}/seen']\n",
+    );
+    let doc = server.wait_finished(&id, Duration::from_secs(60));
+    assert_eq!(doc["status"], "COMPLETED", "{doc:#}");
+    assert_eq!(
+        task(&doc, "t", 0)["gpus"],
+        serde_json::json!([0, 1]),
+        "{doc:#}"
+    );
+    let seen =
+        std::fs::read_to_string(server.data_dir().join(format!("runs/{id}/t/0/output/seen")))
+            .unwrap();
+    assert_eq!(seen.trim(), "0,1 0,1");
+    assert_no_container_left();
+}
+
+#[test]
 fn cancel_and_timeout_leave_no_container() {
     let Some(_lock) = docker_test("cancel_and_timeout_leave_no_container") else {
         return;

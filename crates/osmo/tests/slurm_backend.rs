@@ -251,3 +251,46 @@ fn a_server_restart_adopts_a_queued_slurm_job() {
         live_jobs(&id).is_empty().then_some(())
     });
 }
+
+#[test]
+fn gpu_tasks_get_gres_and_see_only_their_devices() {
+    if !have_slurm("gpu_tasks_get_gres_and_see_only_their_devices") {
+        return;
+    }
+    let gres = run("sinfo", &["-h", "-o", "%G"]);
+    assert!(
+        gres.contains("gpu:4"),
+        "the test cluster must have 4 fake GPUs (scripts/with-slurm.sh): {gres}"
+    );
+    let server = Server::start("pools:\n  default:\n    backend: slurm\n    node: {gpu: 4}\n");
+    let spec = "workflow:\n  name: slurm-gpu\n  resources: {default: {cpu: 1, gpu: 2}}\n  groups:\n  - name: pair\n    tasks:\n    - {name: a, image: ubuntu, lead: true, command: [sh, -c, 'echo $NVIDIA_VISIBLE_DEVICES > {{output}}/seen']}\n    - {name: b, image: ubuntu, command: [sh, -c, 'echo $NVIDIA_VISIBLE_DEVICES > {{output}}/seen']}\n";
+    let id = server.submit(spec);
+    let doc = server.wait_finished(&id, Duration::from_secs(60));
+    assert_eq!(doc["status"], "COMPLETED", "{doc:#}");
+    let mut all = Vec::new();
+    for name in ["a", "b"] {
+        let gpus: Vec<u64> = task(&doc, name, 0)["gpus"]
+            .as_array()
+            .unwrap_or_else(|| panic!("{name} recorded no GPUs: {doc:#}"))
+            .iter()
+            .map(|g| g.as_u64().unwrap())
+            .collect();
+        assert_eq!(gpus.len(), 2, "Slurm gave {name} two GPUs: {doc:#}");
+        let seen = std::fs::read_to_string(
+            server
+                .data_dir()
+                .join(format!("runs/{id}/{name}/0/output/seen")),
+        )
+        .unwrap();
+        let want: Vec<String> = gpus.iter().map(u64::to_string).collect();
+        assert_eq!(seen.trim(), want.join(","), "{name} sees its own GPUs");
+        all.extend(gpus);
+    }
+    all.sort_unstable();
+    all.dedup();
+    assert_eq!(
+        all,
+        [0, 1, 2, 3],
+        "the group's tasks ran at once on distinct GPUs"
+    );
+}

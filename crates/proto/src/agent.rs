@@ -63,6 +63,14 @@ pub struct Launch {
     /// command starts as soon as it is set up, saving a round trip.
     #[serde(default = "yes")]
     pub barrier: bool,
+    /// GPUs the task asked for (Slurm is asked for them with `--gres`).
+    #[serde(default)]
+    pub gpu: u32,
+    /// The GPU devices the task is given, as indices on its node, when the
+    /// server picks them (the local backend); empty on Slurm, whose job
+    /// says which it was given.
+    #[serde(default)]
+    pub gpus: Vec<u32>,
 }
 
 fn yes() -> bool {
@@ -95,6 +103,7 @@ impl Launch {
             scratch_dir,
             image: self.image.clone(),
             cpu: self.cpu,
+            gpus: self.gpus.clone(),
         }
     }
 }
@@ -185,6 +194,10 @@ pub enum FromAgent {
         /// server's own host name (Slurm).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         node: Option<String>,
+        /// The GPU devices the attempt was given, when the backend chose
+        /// them (Slurm); the server knows those it picked itself.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        gpus: Option<Vec<u32>>,
     },
     Logs {
         lines: Vec<LogLine>,

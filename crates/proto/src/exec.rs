@@ -18,6 +18,9 @@ pub struct FetchQuery {
     /// `SLURM_RESTART_COUNT`: above 0 the job was requeued.
     #[serde(default)]
     pub restart: u32,
+    /// The GPUs Slurm gave the job (`SLURM_JOB_GPUS`, comma-separated indices).
+    #[serde(default)]
+    pub gpus: Option<String>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]

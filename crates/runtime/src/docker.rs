@@ -35,7 +35,7 @@ use crate::{AttemptSpec, Outcome, StopHandle, Stream, Supervisor, expand_env_ref
 use bollard::Docker;
 use bollard::container::LogOutput;
 use bollard::errors::Error as DockerError;
-use bollard::models::{ContainerCreateBody, HostConfig};
+use bollard::models::{ContainerCreateBody, DeviceRequest, HostConfig};
 use bollard::query_parameters::{
     AttachContainerOptions, CreateContainerOptions, CreateImageOptions, KillContainerOptions,
     RemoveContainerOptions, StopContainerOptions, UploadToContainerOptions, WaitContainerOptions,
@@ -127,6 +127,21 @@ impl End {
             other => daemon_gone(what, &other),
         }
     }
+}
+
+/// A device request for exactly the task's GPUs (served by the NVIDIA
+/// container toolkit), when this node has them as devices; without device
+/// nodes (GPUs a pool only declares) the environment names them, nothing more.
+fn gpu_request(gpus: &[u32]) -> Option<Vec<DeviceRequest>> {
+    let present = crate::gpu::device_indices(std::path::Path::new(crate::gpu::DEV));
+    if gpus.is_empty() || !gpus.iter().all(|g| present.contains(g)) {
+        return None;
+    }
+    Some(vec![DeviceRequest {
+        device_ids: Some(gpus.iter().map(u32::to_string).collect()),
+        capabilities: Some(vec![vec!["gpu".to_string()]]),
+        ..Default::default()
+    }])
 }
 
 fn daemon_gone(what: &str, e: &dyn std::fmt::Display) -> End {
@@ -421,6 +436,7 @@ impl Run<'_> {
                 binds: Some(binds),
                 network_mode: Some("host".into()),
                 auto_remove: Some(false),
+                device_requests: gpu_request(&self.spec.gpus),
                 ..Default::default()
             }),
             ..Default::default()

@@ -1,6 +1,7 @@
 //! The task's environment (SEMANTICS §6) and Kubernetes-style `$(VAR)` references.
 
 use std::collections::BTreeMap;
+use std::path::Path;
 
 use crate::AttemptSpec;
 
@@ -11,14 +12,26 @@ pub const DEFAULT_HOME: &str = "/root";
 
 /// The exact environment of the command and the preflight tests: the task's
 /// `environment`, then `OSMO_WORKFLOW_ID`, `OSMO_GROUP_NAME`, `OSMO_TASK_NAME`
-/// and `OSMO_RETRY_ID` (these win over the task's own values), then `PATH`
-/// and `HOME` if the task sets neither.
+/// and `OSMO_RETRY_ID`, and the variables naming its GPUs (these win over the
+/// task's own values, see [`crate::gpu`]), then `PATH` and `HOME` if the task
+/// sets neither.
 pub fn task_environment(spec: &AttemptSpec) -> BTreeMap<String, String> {
     let mut env = spec.environment.clone();
     env.insert("OSMO_WORKFLOW_ID".into(), spec.workflow_id.clone());
     env.insert("OSMO_GROUP_NAME".into(), spec.group.clone());
     env.insert("OSMO_TASK_NAME".into(), spec.task.clone());
     env.insert("OSMO_RETRY_ID".into(), spec.retry_id.to_string());
+    let node_gpus = crate::gpu::device_indices(Path::new(crate::gpu::DEV));
+    let driver = if spec.gpus.is_empty() {
+        Vec::new()
+    } else {
+        crate::gpu::driver_gpus(Path::new(crate::gpu::DRIVER_GPUS))
+    };
+    env.extend(crate::gpu::visible_env(
+        &spec.gpus,
+        !node_gpus.is_empty(),
+        &driver,
+    ));
     env.entry("PATH".into())
         .or_insert_with(|| DEFAULT_PATH.into());
     env.entry("HOME".into())

@@ -68,6 +68,7 @@ mod controller;
 pub mod docker;
 pub mod env;
 mod error;
+pub mod gpu;
 mod mountinfo;
 mod plan;
 pub mod policy;
@@ -117,6 +118,10 @@ pub struct AttemptSpec {
     pub image: String,
     /// CPUs the task asked for (the Docker runtime limits the container to them).
     pub cpu: Option<f64>,
+    /// The GPU devices the task is given, as indices on the node: only
+    /// these are visible to it (`CUDA_VISIBLE_DEVICES`,
+    /// `NVIDIA_VISIBLE_DEVICES`, device nodes, a container's device request).
+    pub gpus: Vec<u32>,
 }
 
 /// Runs attempts: the host sandbox ([`HostSandbox`]) and, with the `docker`

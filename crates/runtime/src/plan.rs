@@ -362,6 +362,41 @@ pub(crate) fn build(
     });
     step_names.push("mount /proc for the PID namespace".into());
 
+    // The node's other GPUs, masked: the task sees only its own.
+    let driver = crate::gpu::driver_gpus(Path::new(crate::gpu::DRIVER_GPUS));
+    let hidden = crate::gpu::hidden(&spec.gpus, Path::new(crate::gpu::DEV), &driver);
+    for node in &hidden.nodes {
+        steps.push(Step {
+            mkdirs: vec![],
+            source: Some(c"/dev/null".into()),
+            target: cpath(&under(&layout.root, node)).map_err(init)?,
+            fstype: None,
+            flags: libc::MS_BIND,
+            data: None,
+            readonly: true,
+            optional: false,
+            when: When::Always,
+        });
+        step_names.push(format!(
+            "hide GPU {} (not given to this task)",
+            node.display()
+        ));
+    }
+    for dir in &hidden.driver_dirs {
+        steps.push(Step {
+            mkdirs: vec![],
+            source: Some(c"gpu".into()),
+            target: cpath(&under(&layout.root, dir)).map_err(init)?,
+            fstype: Some(c"tmpfs".into()),
+            flags: libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC | libc::MS_RDONLY,
+            data: None,
+            readonly: false,
+            optional: false,
+            when: When::Always,
+        });
+        step_names.push(format!("hide the driver's entry {}", dir.display()));
+    }
+
     steps.push(Step {
         mkdirs: vec![],
         source: Some(c"shm".into()),

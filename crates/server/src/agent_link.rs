@@ -12,6 +12,7 @@ use tokio::net::UnixListener;
 use tokio::sync::mpsc;
 
 use crate::proto::{FromAgent, ToAgent};
+use crate::scheduler::Footprint;
 
 /// What the link tells the manager. `conn` numbers the agent's connections
 /// (0: an event the server made itself).
@@ -96,13 +97,25 @@ impl super::backend::Backend for AgentLink {
         "127.0.0.1".to_string()
     }
 
-    /// Its `cpu_capacity`, else one node's CPUs, else this machine's.
-    fn capacity(&self, pool: &osmo_spec::config::PoolConfig) -> f64 {
-        pool.cpu_capacity.or(pool.node.cpu).unwrap_or_else(|| {
+    /// Its `cpu_capacity`, else one node's CPUs, else this machine's; its
+    /// `gpu_capacity`, else the node's GPUs; the node's memory.
+    fn capacity(&self, pool: &osmo_spec::config::PoolConfig) -> Footprint {
+        let cpu = pool.cpu_capacity.or(pool.node.cpu).unwrap_or_else(|| {
             std::thread::available_parallelism()
                 .map(|n| n.get() as f64)
                 .unwrap_or(1.0)
-        })
+        });
+        let node_gpus = pool.node.gpu.unwrap_or(0);
+        Footprint {
+            cpu,
+            gpu: pool.gpu_capacity.map_or(node_gpus, |q| q.min(node_gpus)),
+            memory_bytes: pool.node.memory_bytes.unwrap_or(u64::MAX),
+        }
+    }
+
+    /// The agent runs on one node: the core picks each task's devices.
+    fn gpu_devices(&self, pool: &osmo_spec::config::PoolConfig) -> Option<u32> {
+        Some(pool.node.gpu.unwrap_or(0))
     }
 }
 

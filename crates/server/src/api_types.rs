@@ -74,6 +74,9 @@ pub struct TaskDoc {
     #[serde(default)]
     pub exit_rule: Option<serde_json::Value>,
     pub node_name: Option<String>,
+    /// The GPU devices the attempt was given, as indices on its node.
+    #[serde(default)]
+    pub gpus: Vec<u32>,
     /// RFC 3339 times.
     pub scheduling_time: Option<String>,
     pub start_time: Option<String>,

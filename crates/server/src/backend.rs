@@ -13,6 +13,7 @@ use std::sync::Mutex;
 use osmo_spec::config::{BackendKind, PoolConfig};
 
 use crate::proto::ToAgent;
+use crate::scheduler::Footprint;
 
 /// One backend, as the core sees it.
 pub trait Backend: Send + Sync {
@@ -25,8 +26,12 @@ pub trait Backend: Send + Sync {
     /// The core reconciled with what the backend reported it runs (for the
     /// node agent: its `Hello` on connection `conn`): launches may go.
     fn set_ready(&self, conn: u64);
-    /// The CPUs the core admits at once to `pool` (its capacity policy).
-    fn capacity(&self, pool: &PoolConfig) -> f64;
+    /// What the core admits at once to `pool` (its capacity policy).
+    fn capacity(&self, pool: &PoolConfig) -> Footprint;
+    /// The GPU devices of `pool`'s node when the core picks each task's
+    /// device indices (one node, as the local backend); None when the
+    /// backend places GPUs itself (Slurm's `--gres`).
+    fn gpu_devices(&self, pool: &PoolConfig) -> Option<u32>;
     /// What `{{host:TASK}}` becomes for `task` of `workflow_id` (SEMANTICS §6):
     /// how this backend names where a task listens.
     fn task_host(&self, workflow_id: &str, task: &str) -> String;
@@ -69,8 +74,15 @@ impl Backend for FakeBackend {
     fn set_ready(&self, _: u64) {
         *self.ready.lock().unwrap() = true;
     }
-    fn capacity(&self, _: &PoolConfig) -> f64 {
-        self.cpus
+    fn capacity(&self, pool: &PoolConfig) -> Footprint {
+        Footprint {
+            cpu: self.cpus,
+            gpu: pool.node.gpu.unwrap_or(0),
+            memory_bytes: u64::MAX,
+        }
+    }
+    fn gpu_devices(&self, pool: &PoolConfig) -> Option<u32> {
+        Some(pool.node.gpu.unwrap_or(0))
     }
     fn task_host(&self, _: &str, task: &str) -> String {
         format!("{task}.fake")

@@ -118,6 +118,7 @@ fn task_doc(name: &str, lead: bool, a: &Attempt) -> TaskDoc {
             .as_ref()
             .map(|r| serde_json::to_value(r).expect("serializes")),
         node_name: a.node.clone(),
+        gpus: a.gpus.clone(),
         scheduling_time: rfc3339(a.scheduling_time),
         start_time: rfc3339(a.start_time),
         end_time: rfc3339(a.end_time),

@@ -48,7 +48,9 @@ pub fn lines(
         };
         let at = record.at;
         match &event {
-            Event::Initializing { attempt: a, node } if wanted(a) => {
+            Event::Initializing {
+                attempt: a, node, ..
+            } if wanted(a) => {
                 let who = format!("{} retry-{}", name_of(a.task), a.retry_id);
                 let place = node.as_deref().unwrap_or("its node");
                 line(at, &who, &format!("placed on {place}; set-up begins"));

@@ -11,6 +11,7 @@ use osmo_spec::config::{PoolConfig, ServiceConfig};
 use osmo_spec::model::{Input, Workflow};
 
 use crate::proto::{AttemptKey, Launch};
+use crate::scheduler::Footprint;
 
 pub struct LaunchBuilder {
     runs: PathBuf,
@@ -39,18 +40,20 @@ impl LaunchBuilder {
         }
     }
 
-    /// The CPU a group holds while it runs: the sum over its tasks, a task
-    /// that asks for no CPU counting as one (so an unsized workflow still
-    /// runs no more tasks at once than the pool has CPUs).
-    pub fn footprint(&self, workflow: &Workflow, group: usize) -> f64 {
-        workflow.groups[group]
-            .tasks
-            .iter()
-            .map(|t| {
-                let asked = workflow.resources.get(&t.resource).map_or(0.0, |r| r.cpu);
-                if asked > 0.0 { asked } else { 1.0 }
-            })
-            .sum()
+    /// What a group holds while it runs: the sum over its tasks of their
+    /// CPUs, GPUs and memory, a task that asks for no CPU counting as one (so
+    /// an unsized workflow still runs no more tasks at once than the pool
+    /// has CPUs).
+    pub fn footprint(&self, workflow: &Workflow, group: usize) -> Footprint {
+        let mut sum = Footprint::default();
+        for t in &workflow.groups[group].tasks {
+            let r = workflow.resources.get(&t.resource);
+            let cpu = r.map_or(0.0, |r| r.cpu);
+            sum.cpu += if cpu > 0.0 { cpu } else { 1.0 };
+            sum.gpu += r.map_or(0, |r| r.gpu);
+            sum.memory_bytes += r.and_then(|r| r.memory_bytes).unwrap_or(0);
+        }
+        sum
     }
 
     /// Where an attempt's `{{output}}` lives on the host.
@@ -146,6 +149,7 @@ impl LaunchBuilder {
         let resource = workflow.resources.get(&task.resource);
         let memory_limit_bytes = resource.and_then(|r| r.memory_bytes);
         let cpu = resource.map(|r| r.cpu);
+        let gpu = resource.map_or(0, |r| r.gpu);
         // Validated at submit (syntax, and allowed by the pool).
         let volume_mounts = task
             .volume_mounts
@@ -170,6 +174,8 @@ impl LaunchBuilder {
             image: task.image,
             runtime: pool.runtime,
             barrier: group.barrier && group.tasks.len() > 1,
+            gpu,
+            gpus: Vec::new(),
         })
     }
 }

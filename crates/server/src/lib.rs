@@ -8,6 +8,7 @@ mod agent_link;
 mod api;
 pub mod backend;
 mod core;
+mod devices;
 mod docs;
 mod events;
 mod launch;
@@ -20,6 +21,8 @@ pub mod slurm;
 pub mod api_types;
 pub mod machine;
 pub mod render_guard;
+
+pub use scheduler::Footprint;
 
 pub use osmo_proto as proto;
 pub use osmo_proto::now_ms;

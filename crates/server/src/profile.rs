@@ -107,9 +107,10 @@ pub async fn version() -> Json<Value> {
 }
 
 /// OSMO's `GET /api/pool` and `/api/pool_quota` (`osmo pool list`): one node
-/// set per pool. OSMO counts GPUs; so do these fields, from the pool's
-/// `node.gpu` (GPU use is not tracked yet). The CPUs the scheduler hands out,
-/// and the groups waiting for them, are under `cpu`.
+/// set per pool. OSMO counts GPUs; so do these fields: the quota is what the
+/// scheduler hands out (`gpu_capacity`, else the node's GPUs), the total the
+/// node's GPUs, used what admitted groups hold. The CPUs, and the groups
+/// waiting for resources, are under `cpu`; memory held under `memory`.
 pub async fn pools(
     State(app): State<AppState>,
     axum::extract::RawQuery(raw): axum::extract::RawQuery,
@@ -131,19 +132,25 @@ pub async fn pools(
         Err(_) => Vec::new(),
     };
     let mut node_sets = Vec::new();
-    let (mut limit_sum, mut cpu_used_sum, mut cpu_cap_sum) = (0u64, 0.0, 0.0);
+    let (mut cpu_used_sum, mut cpu_cap_sum) = (0.0, 0.0);
+    let mut sum = GpuCounts::default();
     for (name, pool) in &app.config.pools {
         if !wanted.is_empty() && !wanted.contains(name) {
             continue;
         }
-        let gpus = u64::from(pool.node.gpu.unwrap_or(0));
-        limit_sum += gpus;
         let u = usage.iter().find(|u| &u.pool == name);
         let (cpu_used, cpu_cap, waiting) = u.map_or((0.0, 0.0, 0), |u| {
             (u.cpu_used, u.cpu_capacity, u.waiting_groups)
         });
         cpu_used_sum += cpu_used;
         cpu_cap_sum += cpu_cap;
+        let total = u64::from(pool.node.gpu.unwrap_or(0));
+        let gpus = GpuCounts {
+            used: u.map_or(0, |u| u64::from(u.gpu_used)),
+            quota: u.and_then(|u| u.gpu_capacity).map_or(total, u64::from),
+            total,
+        };
+        sum.add(&gpus);
         let backend = serde_json::to_value(pool.backend).unwrap_or(Value::Null);
         node_sets.push(json!({
             "pools": [{
@@ -151,20 +158,42 @@ pub async fn pools(
                 "description": format!("{} backend", backend.as_str().unwrap_or("?")),
                 "status": "ONLINE",
                 "backend": backend,
-                "resource_usage": {
-                    "quota_used": 0, "quota_limit": gpus, "quota_free": gpus,
-                    "total_usage": 0, "total_capacity": gpus, "total_free": gpus,
-                },
+                "resource_usage": gpus.usage(),
                 "cpu": {"used": cpu_used, "capacity": cpu_cap, "waiting_groups": waiting},
+                "memory": {"used_bytes": u.map_or(0, |u| u.memory_used_bytes)},
             }]
         }));
     }
     Ok(Json(json!({
         "node_sets": node_sets,
-        "resource_sum": {
-            "quota_used": 0, "quota_limit": limit_sum, "quota_free": limit_sum,
-            "total_usage": 0, "total_capacity": limit_sum, "total_free": limit_sum,
-        },
+        "resource_sum": sum.usage(),
         "cpu_sum": {"used": cpu_used_sum, "capacity": cpu_cap_sum},
     })))
+}
+
+/// GPUs of a pool (or of all), in OSMO's `resource_usage` shape.
+#[derive(Default)]
+struct GpuCounts {
+    used: u64,
+    quota: u64,
+    total: u64,
+}
+
+impl GpuCounts {
+    fn add(&mut self, other: &GpuCounts) {
+        self.used += other.used;
+        self.quota += other.quota;
+        self.total += other.total;
+    }
+
+    fn usage(&self) -> Value {
+        json!({
+            "quota_used": self.used,
+            "quota_limit": self.quota,
+            "quota_free": self.quota.saturating_sub(self.used),
+            "total_usage": self.used,
+            "total_capacity": self.total,
+            "total_free": self.total.saturating_sub(self.used),
+        })
+    }
 }

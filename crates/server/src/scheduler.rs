@@ -1,11 +1,13 @@
-//! Gang admission against a pool's CPU capacity.
+//! Gang admission against a pool's capacity: CPUs, GPUs and memory.
 //!
-//! A group is admitted whole: its footprint is the CPU of all its tasks, held
-//! from its first launch until no attempt of it is active. Later launches of
+//! A group is admitted whole: its footprint is the resources of all its
+//! tasks, held from its first launch until no attempt of it is active. Later launches of
 //! an admitted group (a rescheduled task, a group restart) go straight
 //! through, so a restart never waits behind other work or deadlocks its own
-//! barrier. Admission is first come, first served within a priority; a group
-//! larger than the whole pool runs alone rather than never.
+//! barrier. Admission is first come, first served within a priority, when
+//! every resource fits; a group larger than the whole pool runs alone rather
+//! than never (submit refuses a group with more GPUs than a node of a local
+//! pool, whose devices cannot be shared).
 //!
 //! Every operation costs O(log n) in the groups waiting (a workflow of
 //! 10,000 single-task groups queues 10,000 of them), never a scan of the queue.
@@ -21,24 +23,67 @@ pub type GroupRef = (String, u32);
 /// Queue order: higher priority first, then first come.
 type Place = (Reverse<u8>, u64);
 
+/// Resources a group holds, or a pool hands out.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Footprint {
+    pub cpu: f64,
+    pub gpu: u32,
+    pub memory_bytes: u64,
+}
+
+impl Footprint {
+    /// No limit on GPUs or memory: a pool that counts only CPUs.
+    pub fn cpus(cpu: f64) -> Footprint {
+        Footprint {
+            cpu,
+            gpu: u32::MAX,
+            memory_bytes: u64::MAX,
+        }
+    }
+
+    fn add(&mut self, other: Footprint) {
+        self.cpu += other.cpu;
+        self.gpu = self.gpu.saturating_add(other.gpu);
+        self.memory_bytes = self.memory_bytes.saturating_add(other.memory_bytes);
+    }
+
+    fn sub(&mut self, other: Footprint) {
+        self.cpu -= other.cpu;
+        self.gpu = self.gpu.saturating_sub(other.gpu);
+        self.memory_bytes = self.memory_bytes.saturating_sub(other.memory_bytes);
+    }
+
+    fn is_zero(&self) -> bool {
+        self.cpu <= 1e-9 && self.gpu == 0 && self.memory_bytes == 0
+    }
+
+    /// `self + more` within `capacity`, resource by resource.
+    fn fits(&self, more: Footprint, capacity: Footprint) -> bool {
+        self.cpu + more.cpu <= capacity.cpu + 1e-9
+            && u64::from(self.gpu) + u64::from(more.gpu) <= u64::from(capacity.gpu)
+            && u128::from(self.memory_bytes) + u128::from(more.memory_bytes)
+                <= u128::from(capacity.memory_bytes)
+    }
+}
+
 #[derive(Debug)]
 struct Waiting {
     group: GroupRef,
-    /// CPU the whole group holds once admitted.
-    footprint: f64,
+    /// What the whole group holds once admitted.
+    footprint: Footprint,
     attempts: Vec<AttemptId>,
 }
 
 #[derive(Debug, Default)]
 struct Held {
-    cpu: f64,
+    footprint: Footprint,
     active: usize,
 }
 
 #[derive(Debug)]
 pub struct Scheduler {
-    capacity: f64,
-    used: f64,
+    capacity: Footprint,
+    used: Footprint,
     held: HashMap<GroupRef, Held>,
     /// Groups waiting for their CPU, in admission order.
     queue: BTreeMap<Place, Waiting>,
@@ -50,10 +95,10 @@ pub struct Scheduler {
 }
 
 impl Scheduler {
-    pub fn new(capacity: f64) -> Scheduler {
+    pub fn new(capacity: Footprint) -> Scheduler {
         Scheduler {
             capacity,
-            used: 0.0,
+            used: Footprint::default(),
             held: HashMap::new(),
             queue: BTreeMap::new(),
             places: HashMap::new(),
@@ -66,7 +111,7 @@ impl Scheduler {
     pub fn enqueue(
         &mut self,
         group: GroupRef,
-        footprint: f64,
+        footprint: Footprint,
         priority: u8,
         attempts: Vec<AttemptId>,
     ) {
@@ -99,6 +144,8 @@ impl Scheduler {
     }
 
     /// Drops a queued attempt (it was stopped before it got resources).
+    /// True when it was queued; a held group it was the last attempt of is
+    /// released (see [`Scheduler::finished`]).
     pub fn dequeue(&mut self, group: &GroupRef, attempt: AttemptId) -> bool {
         if let Some(i) = self
             .ready
@@ -150,11 +197,11 @@ impl Scheduler {
     }
 
     /// Records an attempt already running (found again after a server restart).
-    pub fn adopt(&mut self, group: GroupRef, footprint: f64) {
+    pub fn adopt(&mut self, group: GroupRef, footprint: Footprint) {
         let held = self.held.entry(group.clone()).or_default();
         if held.active == 0 {
-            held.cpu = footprint;
-            self.used += footprint;
+            held.footprint = footprint;
+            self.used.add(footprint);
         }
         held.active += 1;
         // Launches of it that were queued go with it now.
@@ -175,7 +222,7 @@ impl Scheduler {
         let mut out = std::mem::take(&mut self.ready);
         while let Some(entry) = self.queue.first_entry() {
             let next = entry.get();
-            let fits = self.used + next.footprint <= self.capacity + 1e-9 || self.used <= 1e-9;
+            let fits = self.used.fits(next.footprint, self.capacity) || self.used.is_zero();
             if !fits {
                 break;
             }
@@ -183,8 +230,8 @@ impl Scheduler {
             self.places.remove(&w.group);
             let held = self.held.entry(w.group.clone()).or_default();
             if held.active == 0 {
-                held.cpu = w.footprint;
-                self.used += w.footprint;
+                held.footprint = w.footprint;
+                self.used.add(w.footprint);
             }
             held.active += w.attempts.len();
             out.extend(w.attempts.into_iter().map(|a| (w.group.clone(), a)));
@@ -192,24 +239,32 @@ impl Scheduler {
         out
     }
 
-    /// An admitted attempt ended; the group's CPU is freed with its last attempt.
-    pub fn finished(&mut self, group: &GroupRef) {
+    /// An admitted attempt ended; the group's resources are freed with its
+    /// last attempt (then true: its devices may go back too).
+    pub fn finished(&mut self, group: &GroupRef) -> bool {
         if let Some(held) = self.held.get_mut(group) {
             held.active = held.active.saturating_sub(1);
             if held.active == 0 {
-                self.used -= held.cpu;
+                self.used.sub(held.footprint);
                 self.held.remove(group);
+                return true;
             }
         }
+        false
     }
 
-    /// CPUs held by admitted groups.
-    pub fn used(&self) -> f64 {
+    /// Whether `group` is admitted and holds its share of the pool.
+    pub fn holds(&self, group: &GroupRef) -> bool {
+        self.held.contains_key(group)
+    }
+
+    /// What admitted groups hold.
+    pub fn used(&self) -> Footprint {
         self.used
     }
 
-    /// CPUs the pool hands out at once.
-    pub fn capacity(&self) -> f64 {
+    /// What the pool hands out at once.
+    pub fn capacity(&self) -> Footprint {
         self.capacity
     }
 
@@ -236,55 +291,112 @@ mod tests {
         (wf.to_string(), n)
     }
 
+    fn cpu(n: f64) -> Footprint {
+        Footprint {
+            cpu: n,
+            ..Footprint::default()
+        }
+    }
+
+    fn gpus(n: u32) -> Footprint {
+        Footprint {
+            cpu: 1.0,
+            gpu: n,
+            memory_bytes: 0,
+        }
+    }
+
     #[test]
     fn never_exceeds_capacity_and_admits_in_order() {
-        let mut s = Scheduler::new(2.0);
-        s.enqueue(g("a", 0), 2.0, 1, vec![attempt(0, 0), attempt(1, 0)]);
-        s.enqueue(g("b", 0), 1.0, 1, vec![attempt(0, 0)]);
+        let mut s = Scheduler::new(Footprint::cpus(2.0));
+        s.enqueue(g("a", 0), cpu(2.0), 1, vec![attempt(0, 0), attempt(1, 0)]);
+        s.enqueue(g("b", 0), cpu(1.0), 1, vec![attempt(0, 0)]);
         assert_eq!(s.admit().len(), 2);
         assert!(s.admit().is_empty(), "b must wait while a holds the pool");
         s.finished(&g("a", 0));
         assert!(s.admit().is_empty(), "a still has an active attempt");
         s.finished(&g("a", 0));
         assert_eq!(s.admit(), vec![(g("b", 0), attempt(0, 0))]);
-        assert_eq!(s.used(), 1.0);
+        assert_eq!(s.used().cpu, 1.0);
     }
 
     #[test]
     fn a_held_group_relaunches_without_waiting() {
-        let mut s = Scheduler::new(1.0);
-        s.enqueue(g("a", 0), 1.0, 1, vec![attempt(0, 0)]);
+        let mut s = Scheduler::new(Footprint::cpus(1.0));
+        s.enqueue(g("a", 0), cpu(1.0), 1, vec![attempt(0, 0)]);
         assert_eq!(s.admit().len(), 1);
-        s.enqueue(g("b", 0), 1.0, 1, vec![attempt(0, 0)]);
-        s.enqueue(g("a", 0), 1.0, 1, vec![attempt(0, 1)]);
+        s.enqueue(g("b", 0), cpu(1.0), 1, vec![attempt(0, 0)]);
+        s.enqueue(g("a", 0), cpu(1.0), 1, vec![attempt(0, 1)]);
         // a's retry is queued behind b but a holds its CPU: it goes now, b still waits.
         assert_eq!(s.admit(), vec![(g("a", 0), attempt(0, 1))]);
-        assert_eq!(s.used(), 1.0);
+        assert_eq!(s.used().cpu, 1.0);
     }
 
     #[test]
     fn an_oversized_group_runs_alone() {
-        let mut s = Scheduler::new(2.0);
+        let mut s = Scheduler::new(Footprint::cpus(2.0));
         s.enqueue(
             g("big", 0),
-            3.0,
+            cpu(3.0),
             1,
             vec![attempt(0, 0), attempt(1, 0), attempt(2, 0)],
         );
         assert_eq!(s.admit().len(), 3);
-        s.enqueue(g("small", 0), 1.0, 1, vec![attempt(0, 0)]);
+        s.enqueue(g("small", 0), cpu(1.0), 1, vec![attempt(0, 0)]);
         assert!(s.admit().is_empty());
     }
 
     #[test]
     fn higher_priority_goes_first_and_dequeue_removes() {
-        let mut s = Scheduler::new(1.0);
-        s.enqueue(g("run", 0), 1.0, 1, vec![attempt(0, 0)]);
+        let mut s = Scheduler::new(Footprint::cpus(1.0));
+        s.enqueue(g("run", 0), cpu(1.0), 1, vec![attempt(0, 0)]);
         s.admit();
-        s.enqueue(g("low", 0), 1.0, 0, vec![attempt(0, 0)]);
-        s.enqueue(g("high", 0), 1.0, 2, vec![attempt(0, 0)]);
+        s.enqueue(g("low", 0), cpu(1.0), 0, vec![attempt(0, 0)]);
+        s.enqueue(g("high", 0), cpu(1.0), 2, vec![attempt(0, 0)]);
         assert!(s.dequeue(&g("low", 0), attempt(0, 0)));
         s.finished(&g("run", 0));
         assert_eq!(s.admit(), vec![(g("high", 0), attempt(0, 0))]);
+    }
+
+    #[test]
+    fn gpus_are_counted_like_cpus() {
+        let mut s = Scheduler::new(Footprint {
+            cpu: 16.0,
+            gpu: 4,
+            memory_bytes: u64::MAX,
+        });
+        s.enqueue(g("two", 0), gpus(2), 1, vec![attempt(0, 0)]);
+        s.enqueue(g("three", 0), gpus(3), 1, vec![attempt(0, 0)]);
+        s.enqueue(g("one", 0), gpus(1), 1, vec![attempt(0, 0)]);
+        // 2 + 3 > 4: `three` waits, and `one` waits behind it (first come).
+        assert_eq!(s.admit(), vec![(g("two", 0), attempt(0, 0))]);
+        assert_eq!(s.used().gpu, 2);
+        assert!(s.finished(&g("two", 0)));
+        let admitted = s.admit();
+        assert_eq!(
+            admitted,
+            vec![(g("three", 0), attempt(0, 0)), (g("one", 0), attempt(0, 0))]
+        );
+        assert_eq!(s.used().gpu, 4);
+    }
+
+    #[test]
+    fn memory_is_counted_like_cpus() {
+        let mut s = Scheduler::new(Footprint {
+            cpu: 16.0,
+            gpu: 0,
+            memory_bytes: 8 << 30,
+        });
+        let mem = |gib: u64| Footprint {
+            cpu: 1.0,
+            gpu: 0,
+            memory_bytes: gib << 30,
+        };
+        s.enqueue(g("a", 0), mem(6), 1, vec![attempt(0, 0)]);
+        s.enqueue(g("b", 0), mem(4), 1, vec![attempt(0, 0)]);
+        assert_eq!(s.admit().len(), 1);
+        assert!(s.admit().is_empty(), "6 + 4 GiB exceed 8 GiB");
+        s.finished(&g("a", 0));
+        assert_eq!(s.admit().len(), 1);
     }
 }

@@ -50,6 +50,10 @@ pub struct PoolConfig {
     pub node: NodeCapacity,
     /// CPUs the scheduler may hand out at once (default: `node.cpu`).
     pub cpu_capacity: Option<f64>,
+    /// GPUs the scheduler may hand out at once (default: `node.gpu` on the
+    /// local backend, unlimited on Slurm, which places GPUs itself).
+    #[serde(default)]
+    pub gpu_capacity: Option<u32>,
     pub default_exec_timeout: Option<Duration>,
     pub default_queue_timeout: Option<Duration>,
     /// Platforms the pool offers (empty: any `platform` is refused).
@@ -88,6 +92,7 @@ impl Default for PoolConfig {
             preflight: Vec::new(),
             node: NodeCapacity::default(),
             cpu_capacity: None,
+            gpu_capacity: None,
             default_exec_timeout: None,
             default_queue_timeout: None,
             platforms: Vec::new(),

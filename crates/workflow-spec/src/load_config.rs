@@ -191,6 +191,10 @@ fn pool(raw: &RawPool, name: &str, report: &mut Report) -> PoolConfig {
         .cpu_capacity
         .as_ref()
         .and_then(|s| check::cpu(s, &what("cpu_capacity"), report));
+    pool.gpu_capacity = raw
+        .gpu_capacity
+        .as_ref()
+        .and_then(|s| check::count(s, &what("gpu_capacity"), report));
     pool.default_exec_timeout = raw
         .default_exec_timeout
         .as_ref()

@@ -152,6 +152,7 @@ pub(crate) struct RawPool {
     pub preflight: Option<List<RawPreflight>>,
     pub node: Option<Checked<RawNode>>,
     pub cpu_capacity: Option<Scalar>,
+    pub gpu_capacity: Option<Scalar>,
     pub default_exec_timeout: Option<Scalar>,
     pub default_queue_timeout: Option<Scalar>,
     pub platforms: Option<Checked<Vec<Scalar>>>,

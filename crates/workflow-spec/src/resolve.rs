@@ -381,6 +381,7 @@ fn resources_exist(draft: &WorkflowDraft, report: &mut Report) {
 }
 
 fn fits_pool(draft: &WorkflowDraft, pool: &PoolConfig, report: &mut Report) {
+    group_gpus_fit(draft, pool, report);
     for (name, r) in &draft.resources {
         let users: Vec<String> = draft
             .groups
@@ -464,6 +465,39 @@ fn fits_pool(draft: &WorkflowDraft, pool: &PoolConfig, report: &mut Report) {
             report.error(
                 at(r.platform, r),
                 format!("resource `{name}` asks for platform `{platform}`, but {offered} ({by})"),
+                None,
+            );
+        }
+    }
+}
+
+/// A group's tasks run together (gang): on a local pool, one node, they
+/// need their GPUs at once, and devices are never shared, so a group asking
+/// more than the node has could never start.
+fn group_gpus_fit(draft: &WorkflowDraft, pool: &PoolConfig, report: &mut Report) {
+    if pool.backend != crate::config::BackendKind::Local {
+        return;
+    }
+    let Some(node_gpus) = pool.node.gpu else {
+        return;
+    };
+    let node = pool.gpu_capacity.map_or(node_gpus, |q| q.min(node_gpus));
+    for group in &draft.groups {
+        let asked: u64 = group
+            .tasks
+            .iter()
+            .filter_map(|t| draft.resources.get(&t.task.resource))
+            .map(|r| u64::from(r.resource.gpu))
+            .sum();
+        // One task over the node's GPUs is reported with its resource.
+        if asked > u64::from(node) && (group.tasks.len() > 1 || node < node_gpus) {
+            report.error(
+                group.name_mark.unwrap_or(group.mark),
+                format!(
+                    "group `{}` asks for {asked} GPUs in all, but the pool hands out {node}: \
+                     a group's tasks run at the same time, each on GPUs of its own",
+                    group.name
+                ),
                 None,
             );
         }

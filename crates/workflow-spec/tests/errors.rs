@@ -391,6 +391,30 @@ fn resources_against_the_pool() {
 }
 
 #[test]
+fn a_group_needing_more_gpus_than_a_local_node_is_refused() {
+    let pool = PoolConfig {
+        node: NodeCapacity {
+            gpu: Some(4),
+            ..NodeCapacity::default()
+        },
+        ..PoolConfig::default()
+    };
+    let yaml = "workflow:\n  name: w\n  resources:\n    default: {gpu: 2}\n  groups:\n  - name: fits\n    tasks:\n    - {name: a, image: i, command: [x], lead: true}\n    - {name: b, image: i, command: [x]}\n  - name: big\n    tasks:\n    - {name: c, image: i, command: [x], lead: true}\n    - {name: d, image: i, command: [x]}\n    - {name: e, image: i, command: [x]}\n";
+    assert_eq!(
+        errors_with(yaml, Some(&pool)),
+        [
+            "10:11: group `big` asks for 6 GPUs in all, but the pool hands out 4: a group's tasks run at the same time, each on GPUs of its own",
+        ]
+    );
+    // Slurm spreads a group over nodes: only each task is checked.
+    let slurm = PoolConfig {
+        backend: osmo_spec::config::BackendKind::Slurm,
+        ..pool
+    };
+    assert!(load(yaml, "wf.yaml", &Values::default(), Some(&slurm)).is_ok());
+}
+
+#[test]
 fn yaml_problems() {
     check(
         "workflow:\n  name: w\n  name: v\n  tasks: [{name: t, image: i, command: [x]}]\n",

@@ -205,6 +205,7 @@ mod tests {
             exit_codes: Vec::new(),
             exit_rule: None,
             node_name: Some("local".into()),
+            gpus: vec![],
             scheduling_time: Some(format!("2026-03-01T10:00:0{retry_id}.000Z")),
             start_time: Some(format!("2026-03-01T10:00:0{retry_id}.500Z")),
             end_time: exit_code.map(|_| format!("2026-03-01T10:01:1{retry_id}.000Z")),

@@ -371,6 +371,7 @@ mod tests {
         let event = Event::Initializing {
             attempt: id(0),
             node: None,
+            gpus: Vec::new(),
         };
         let mut out = Vec::new();
         state.apply(&event, 20, &mut out);

@@ -147,6 +147,7 @@ impl TestEnv {
         self.apply(Event::Initializing {
             attempt,
             node: Some("node-1".to_string()),
+            gpus: Vec::new(),
         })
     }
 

@@ -370,6 +370,7 @@ pub fn simulate(
                     0..=17 => Event::Initializing {
                         attempt: id,
                         node: Some(format!("n{}", r % 3)),
+                        gpus: Vec::new(),
                     },
                     18 => Event::SetupDone { attempt: id },
                     _ => match ch.below(3) {
@@ -510,6 +511,7 @@ fn noise_event(env: &TestEnv, live: &[Live], ch: &mut impl Choices) -> Event {
         2 => Event::Initializing {
             attempt: old,
             node: None,
+            gpus: Vec::new(),
         },
         3 => Event::SetupDone { attempt: old },
         4 => Event::TimedOut {
@@ -533,6 +535,7 @@ fn noise_event(env: &TestEnv, live: &[Live], ch: &mut impl Choices) -> Event {
             Some(l) => Event::Initializing {
                 attempt: l.id,
                 node: None,
+                gpus: Vec::new(),
             },
             None => Event::SetupDone { attempt: old },
         },

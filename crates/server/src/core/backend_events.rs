@@ -57,10 +57,16 @@ impl Core {
                 });
             }
             LinkEvent::Message {
-                msg: FromAgent::Phase { key, phase, node },
+                msg:
+                    FromAgent::Phase {
+                        key,
+                        phase,
+                        node,
+                        gpus,
+                    },
                 ..
             } => {
-                self.advance(&key, phase, node);
+                self.advance(&key, phase, node, gpus);
             }
             LinkEvent::Message {
                 msg: FromAgent::RunStopped { key, codes },
@@ -85,7 +91,7 @@ impl Core {
                 // The command ran, but its phases were lost (a server restart
                 // between them): record its run before its end.
                 if codes.iter().any(|c| c.source == CodeSource::User) {
-                    self.advance(&key, Phase::Running, None);
+                    self.advance(&key, Phase::Running, None, None);
                 }
                 self.apply(
                     &key.workflow_id,
@@ -97,10 +103,8 @@ impl Core {
                 // Acknowledged once committed, by the backend that ran it: it
                 // keeps the result until then.
                 let launched = self.launched.remove(&key);
-                if let Some(pool) = &launched
-                    && let Some(s) = self.schedulers.get_mut(pool)
-                {
-                    s.finished(&(key.workflow_id.clone(), key.attempt.task.group));
+                if let Some(pool) = &launched {
+                    self.attempt_done(pool, &(key.workflow_id.clone(), key.attempt.task.group));
                 }
                 let pool =
                     launched.or_else(|| self.active.get(&key.workflow_id).map(|a| a.pool.clone()));
@@ -133,7 +137,14 @@ impl Core {
     }
 
     /// Feeds the engine every phase between what it knows and what the agent reports.
-    fn advance(&mut self, key: &AttemptKey, phase: Phase, node: Option<String>) {
+    fn advance(
+        &mut self,
+        key: &AttemptKey,
+        phase: Phase,
+        node: Option<String>,
+        gpus: Option<Vec<u32>>,
+    ) {
+        let gpus = gpus.unwrap_or_else(|| self.devices_of(key));
         let Some(active) = self.active.get_mut(&key.workflow_id) else {
             return;
         };
@@ -152,6 +163,7 @@ impl Core {
                 Phase::Initializing => Event::Initializing {
                     attempt,
                     node: Some(node.clone().unwrap_or_else(|| self.node.clone())),
+                    gpus: gpus.clone(),
                 },
                 Phase::SetupDone => Event::SetupDone { attempt },
                 Phase::Running => Event::Running { attempt },
@@ -192,6 +204,11 @@ impl Core {
                 if let Some(s) = self.schedulers.get_mut(&pool) {
                     s.adopt((key.workflow_id.clone(), key.attempt.task.group), footprint);
                 }
+                // The devices it recorded stay its own.
+                if let Some(d) = self.devices.get_mut(&pool) {
+                    let recorded = &active.engine.current(key.attempt.task).gpus;
+                    d.adopt(&key.workflow_id, key.attempt.task, recorded);
+                }
                 self.launched.insert(key.clone(), pool);
             }
             let released = active.engine.is_released(key.attempt);
@@ -217,7 +234,7 @@ impl Core {
                 }
                 continue;
             };
-            self.advance(key, phase, None);
+            self.advance(key, phase, None, None);
             if phase == Phase::SetupDone && released {
                 self.link_for(key)
                     .send(ToAgent::Release { key: key.clone() });
@@ -279,10 +296,8 @@ impl Core {
             }
         }
         for k in lost {
-            if let Some(pool) = self.launched.remove(&k)
-                && let Some(s) = self.schedulers.get_mut(&pool)
-            {
-                s.finished(&(k.workflow_id.clone(), k.attempt.task.group));
+            if let Some(pool) = self.launched.remove(&k) {
+                self.attempt_done(&pool, &(k.workflow_id.clone(), k.attempt.task.group));
             }
             let codes = vec![ReportedCode {
                 code: well_known::BACKEND_ERROR,

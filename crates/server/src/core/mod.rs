@@ -24,11 +24,12 @@ use tokio::sync::mpsc;
 
 use super::agent_link::LinkEvent;
 use super::backend::Backend;
+use super::devices::DeviceSet;
 use super::docs::{self, DocMeta};
 use super::launch::LaunchBuilder;
 use super::manager::Priority;
 use super::persisted::{EVENT_VERSION, Persisted, STATE_VERSION};
-use super::scheduler::{GroupRef, Scheduler};
+use super::scheduler::{Footprint, GroupRef, Scheduler};
 use crate::api_types::WorkflowDoc;
 use crate::now_ms;
 use crate::proto::{AttemptKey, FromAgent, Phase, ToAgent};
@@ -44,6 +45,10 @@ pub struct PoolUsage {
     pub pool: String,
     pub cpu_used: f64,
     pub cpu_capacity: f64,
+    pub gpu_used: u32,
+    /// None: not limited here (Slurm places GPUs itself).
+    pub gpu_capacity: Option<u32>,
+    pub memory_used_bytes: u64,
     pub waiting_groups: usize,
 }
 
@@ -125,6 +130,8 @@ pub struct Core {
     launches: LaunchBuilder,
     active: HashMap<String, Active>,
     schedulers: HashMap<String, Scheduler>,
+    /// The GPU devices of the pools whose backend lets the core pick them.
+    devices: HashMap<String, DeviceSet>,
     /// Attempts handed to a backend and not yet exited, with their pool.
     launched: HashMap<AttemptKey, String>,
     timers: BinaryHeap<Reverse<Timer>>,
@@ -147,8 +154,18 @@ impl Core {
             .pools
             .iter()
             .map(|(name, pool)| {
-                let capacity = backends.get(name).map_or(1.0, |b| b.capacity(pool));
+                let capacity = backends
+                    .get(name)
+                    .map_or(Footprint::cpus(1.0), |b| b.capacity(pool));
                 (name.clone(), Scheduler::new(capacity))
+            })
+            .collect();
+        let devices = config
+            .pools
+            .iter()
+            .filter_map(|(name, pool)| {
+                let count = backends.get(name)?.gpu_devices(pool)?;
+                (count > 0).then(|| (name.clone(), DeviceSet::new(count)))
             })
             .collect();
         let mut by_kind: HashMap<BackendKind, Arc<dyn Backend>> = HashMap::new();
@@ -165,6 +182,7 @@ impl Core {
             launches: LaunchBuilder::new(data_dir, config, task_url),
             active: HashMap::new(),
             schedulers,
+            devices,
             launched: HashMap::new(),
             timers: BinaryHeap::new(),
             node: crate::proto::hostname(),
@@ -253,8 +271,11 @@ impl Core {
             .iter()
             .map(|(pool, s)| PoolUsage {
                 pool: pool.clone(),
-                cpu_used: s.used(),
-                cpu_capacity: s.capacity(),
+                cpu_used: s.used().cpu,
+                cpu_capacity: s.capacity().cpu,
+                gpu_used: s.used().gpu,
+                gpu_capacity: Some(s.capacity().gpu).filter(|g| *g != u32::MAX),
+                memory_used_bytes: s.used().memory_bytes,
                 waiting_groups: s.waiting(),
             })
             .collect()
@@ -418,10 +439,15 @@ impl Core {
                     }
                 }
                 Command::Stop { attempt, .. } => {
+                    let group = (id.to_string(), attempt.task.group);
                     let queued = self
                         .schedulers
                         .get_mut(&pool)
-                        .is_some_and(|s| s.dequeue(&(id.to_string(), attempt.task.group), attempt));
+                        .is_some_and(|s| s.dequeue(&group, attempt));
+                    let held = self.schedulers.get(&pool).is_some_and(|s| s.holds(&group));
+                    if !held && let Some(d) = self.devices.get_mut(&pool) {
+                        d.release_group(id, group.1);
+                    }
                     if !queued {
                         self.link_of(&pool).send(ToAgent::Stop {
                             key: key(id, attempt),
@@ -485,7 +511,10 @@ impl Core {
                 .build(&active.engine, &pool_config, attempt_key.clone(), &|task| {
                     backend.task_host(&workflow_id, task)
                 }) {
-                Ok(launch) => {
+                Ok(mut launch) => {
+                    if let Some(d) = self.devices.get_mut(&pool) {
+                        launch.gpus = d.take(&workflow_id, attempt.task, launch.gpu);
+                    }
                     let sent = self.link_of(&pool).send(ToAgent::Launch(Box::new(launch)));
                     self.launched.insert(attempt_key.clone(), pool);
                     if !sent {
@@ -498,9 +527,7 @@ impl Core {
                 Err(e) => {
                     tracing::error!("cannot prepare {}: {e:#}", attempt_key.file_stem());
                     // Reported like any exit so the engine decides; no capacity is held.
-                    if let Some(s) = self.schedulers.get_mut(&pool) {
-                        s.finished(&(workflow_id.clone(), attempt.task.group));
-                    }
+                    self.attempt_done(&pool, &(workflow_id.clone(), attempt.task.group));
                     let codes = vec![ReportedCode {
                         code: well_known::INIT_FILES,
                         source: CodeSource::Init,
@@ -510,6 +537,32 @@ impl Core {
                 }
             }
         }
+    }
+
+    /// An admitted attempt of `group` ended: its share of the pool goes
+    /// back, and with the group's last attempt its devices.
+    fn attempt_done(&mut self, pool: &str, group: &GroupRef) {
+        if let Some(s) = self.schedulers.get_mut(pool) {
+            s.finished(group);
+        }
+        self.release_devices_if_free(pool, group);
+    }
+
+    fn release_devices_if_free(&mut self, pool: &str, group: &GroupRef) {
+        let held = self.schedulers.get(pool).is_some_and(|s| s.holds(group));
+        if !held && let Some(d) = self.devices.get_mut(pool) {
+            d.release_group(&group.0, group.1);
+        }
+    }
+
+    /// The devices the core gave `key`'s task (none on backends that pick them).
+    fn devices_of(&self, key: &AttemptKey) -> Vec<u32> {
+        self.active
+            .get(&key.workflow_id)
+            .and_then(|a| self.devices.get(&a.pool))
+            .and_then(|d| d.of(&key.workflow_id, key.attempt.task))
+            .map(<[u32]>::to_vec)
+            .unwrap_or_default()
     }
 
     /// The backend that runs `pool`'s attempts.
@@ -588,8 +641,11 @@ impl Backend for NoBackend {
         false
     }
     fn set_ready(&self, _: u64) {}
-    fn capacity(&self, _: &PoolConfig) -> f64 {
-        0.0
+    fn capacity(&self, _: &PoolConfig) -> Footprint {
+        Footprint::default()
+    }
+    fn gpu_devices(&self, _: &PoolConfig) -> Option<u32> {
+        None
     }
     fn task_host(&self, _: &str, _: &str) -> String {
         "127.0.0.1".to_string()

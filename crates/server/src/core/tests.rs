@@ -178,6 +178,7 @@ fn reconcile_adopts_what_the_backend_holds_and_fails_what_it_lost() {
             &Event::Initializing {
                 attempt: a,
                 node: None,
+                gpus: Vec::new(),
             },
             1,
             &mut out,

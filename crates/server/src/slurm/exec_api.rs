@@ -67,6 +67,7 @@ async fn fetch_launch(
         key: job.key.clone(),
         phase: Phase::Initializing,
         node: job.node.clone(),
+        gpus: query.gpus.as_deref().map(parse_gpus),
     });
     Json(&*launch).into_response()
 }
@@ -84,6 +85,7 @@ async fn phase(
         key: job.key.clone(),
         phase: body.phase,
         node: job.node.clone(),
+        gpus: None,
     })
 }
 
@@ -264,4 +266,11 @@ async fn exited(
                 .into_response();
         }
     }
+}
+
+/// `SLURM_JOB_GPUS` (`0,2`) as indices; what does not parse is left out.
+fn parse_gpus(text: &str) -> Vec<u32> {
+    text.split(',')
+        .filter_map(|g| g.trim().parse().ok())
+        .collect()
 }

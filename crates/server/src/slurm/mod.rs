@@ -37,6 +37,7 @@ use tokio::sync::{Notify, Semaphore, mpsc};
 
 use super::agent_link::LinkEvent;
 use super::backend::Backend;
+use super::scheduler::Footprint;
 use crate::proto::exec::{
     ControlQuery, ControlReply, ExitedBody, FetchQuery, PhaseBody, ReleaseQuery, ReleaseReply,
     TOKEN_ENV, TOKEN_HEADER,
@@ -88,11 +89,21 @@ impl Backend for SlurmLink {
         "127.0.0.1".to_string()
     }
 
-    /// Slurm places jobs itself: the pool's `cpu_capacity` is a quota when
-    /// set, else every group is handed to Slurm at once (a job pending in
-    /// Slurm's queue is still SCHEDULING).
-    fn capacity(&self, pool: &PoolConfig) -> f64 {
-        pool.cpu_capacity.unwrap_or(1e12)
+    /// Slurm places jobs itself: the pool's `cpu_capacity` and
+    /// `gpu_capacity` are quotas when set, else every group is handed to
+    /// Slurm at once (a job pending in Slurm's queue is still SCHEDULING).
+    fn capacity(&self, pool: &PoolConfig) -> Footprint {
+        Footprint {
+            cpu: pool.cpu_capacity.unwrap_or(1e12),
+            gpu: pool.gpu_capacity.unwrap_or(u32::MAX),
+            memory_bytes: u64::MAX,
+        }
+    }
+
+    /// Slurm picks the devices (`--gres=gpu:N`) and sets the job's
+    /// `CUDA_VISIBLE_DEVICES`.
+    fn gpu_devices(&self, _: &PoolConfig) -> Option<u32> {
+        None
     }
 }
 
@@ -458,6 +469,10 @@ fn sbatch_args(
             launch.cpu.map_or(1, |c| (c.ceil() as u64).max(1))
         ),
     ];
+    if launch.gpu > 0 {
+        // Slurm picks the devices and tells the job (`SLURM_JOB_GPUS`).
+        args.push(format!("--gres=gpu:{}", launch.gpu));
+    }
     if let Some(bytes) = launch.memory_limit_bytes {
         // The task's limit is enforced by the runtime (3004); the job gets
         // headroom for `osmo exec` itself, so Slurm's own limit, if it
@@ -626,6 +641,8 @@ mod tests {
             image: "ubuntu".into(),
             runtime: osmo_spec::config::RuntimeKind::Sandbox,
             barrier: false,
+            gpu: 2,
+            gpus: vec![],
         };
         let options = SlurmOptions {
             partition: Some("gpu".into()),
@@ -644,6 +661,7 @@ mod tests {
         for want in [
             "--job-name=osmo.wf-1.0.0.0",
             "--cpus-per-task=2",
+            "--gres=gpu:2",
             "--mem=1152M",
             "--partition=gpu",
             "--account=acct",
