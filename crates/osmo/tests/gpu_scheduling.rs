@@ -165,3 +165,34 @@ fn a_two_gpu_and_a_three_gpu_group_never_run_together_on_four() {
         "2 + 3 GPUs ran at once on 4: two {two_start}..{two_end}, three {three_start}..{three_end}"
     );
 }
+
+/// `examples/gpu-pool.yaml`: its preflight passes a task without GPUs and
+/// checks a GPU task's devices. Where nvidia-smi cannot answer for them
+/// (this machine's declared GPUs are not real) it fails with 1001, which the
+/// pool reschedules until the retry limit.
+#[test]
+fn the_example_gpu_preflight_checks_each_given_device() {
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/gpu-pool.yaml");
+    let server = Server::start(&std::fs::read_to_string(example).unwrap());
+    let id = server.submit(
+        "workflow:\n  name: preflight\n  resources:\n    default: {gpu: 0}\n    one: {gpu: 1}\n  tasks:\n  - {name: cpu, image: ubuntu, command: ['true']}\n  - {name: gpu, image: ubuntu, resource: one, command: [nvidia-smi, -L]}\n",
+    );
+    let doc = server.wait_finished(&id, Duration::from_secs(60));
+    assert_eq!(task(&doc, "cpu", 0)["status"], "COMPLETED", "{doc:#}");
+    let real_gpus = std::process::Command::new("nvidia-smi")
+        .arg("-L")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if real_gpus {
+        assert_eq!(task(&doc, "gpu", 0)["status"], "COMPLETED", "{doc:#}");
+        return;
+    }
+    for retry in 0..3 {
+        let attempt = task(&doc, "gpu", retry);
+        assert_eq!(attempt["exit_code"], 1001, "{doc:#}");
+    }
+    assert_eq!(task(&doc, "gpu", 0)["status"], "RESCHEDULED", "{doc:#}");
+    assert_eq!(task(&doc, "gpu", 2)["status"], "FAILED", "{doc:#}");
+    let (_, logs) = server.get(&format!("/api/workflow/{id}/logs?task_name=gpu&retry_id=0"));
+    assert!(logs.contains("gpu-check: nvidia-smi not found"), "{logs}");
+}

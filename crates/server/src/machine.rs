@@ -32,20 +32,25 @@ fn memory_bytes() -> Option<u64> {
     Some(kib * 1024)
 }
 
-/// NVIDIA devices (`/dev/nvidia0`, …); none means no GPU to hand out.
+/// The GPUs `nvidia-smi` lists, else the NVIDIA device nodes
+/// (`/dev/nvidia0`, …); none means no GPU to hand out.
 fn gpus() -> u32 {
-    let Ok(entries) = std::fs::read_dir("/dev") else {
-        return 0;
-    };
-    entries
-        .filter_map(|e| e.ok())
-        .filter(|e| {
-            let name = e.file_name();
-            let name = name.to_string_lossy();
-            name.strip_prefix("nvidia")
-                .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
-        })
-        .count() as u32
+    let listed = std::process::Command::new("nvidia-smi")
+        .args(["--query-gpu=index", "--format=csv,noheader"])
+        .stdin(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .filter(|l| !l.trim().is_empty())
+                .count() as u32
+        });
+    listed.unwrap_or_else(|| {
+        osmo_runtime::gpu::device_indices(std::path::Path::new(osmo_runtime::gpu::DEV)).len() as u32
+    })
 }
 
 /// Size of the file system tasks write to (the current directory's).
