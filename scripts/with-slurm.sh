@@ -99,7 +99,7 @@ JobCompType=jobcomp/filetxt
 JobCompLoc=$T/log/jobcomp.log
 PriorityType=priority/basic
 SchedulerType=sched/backfill
-SchedulerParameters=sched_min_interval=0,batch_sched_delay=0,default_queue_depth=1000,max_rpc_cnt=150
+SchedulerParameters=sched_min_interval=0,batch_sched_delay=0,default_queue_depth=1000,max_rpc_cnt=150,bf_interval=1
 MinJobAge=60
 MessageTimeout=30
 KillWait=5

@@ -63,6 +63,17 @@ fn four_one_gpu_tasks_run_on_four_devices_and_a_fifth_waits() {
     assert_eq!(usage["resource_usage"]["quota_used"], 4, "{pools}");
     assert_eq!(usage["resource_usage"]["quota_free"], 0, "{pools}");
     assert_eq!(usage["cpu"]["waiting_groups"], 1, "{pools}");
+    let resources = server.get_json("/api/resources?pools=default");
+    let node = &resources["resources"][0];
+    assert_eq!(node["allocatable_fields"]["gpu"], 4, "{resources}");
+    assert_eq!(node["usage_fields"]["gpu"], 4, "{resources}");
+    assert_eq!(node["usage_fields"]["cpu"], 4.0, "{resources}");
+    assert_eq!(
+        node["exposed_fields"]["pool/platform"][0],
+        "default/default"
+    );
+    let (status, _) = server.get("/api/resources?pools=nope");
+    assert_eq!(status, 404);
     let doc = server.workflow(&id);
     let fifth = attempts(&doc)
         .into_iter()

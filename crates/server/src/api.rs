@@ -70,8 +70,10 @@ pub fn router(state: AppState) -> Router {
             get(super::profile::get_settings).post(super::profile::set_settings),
         )
         .route("/api/version", get(super::profile::version))
-        .route("/api/pool", get(super::profile::pools))
-        .route("/api/pool_quota", get(super::profile::pools))
+        .route("/api/pool", get(super::pools::pools))
+        .route("/api/pool_quota", get(super::pools::pools))
+        .route("/api/resources", get(super::pools::resources))
+        .route("/api/resources/{node}", get(super::pools::resource))
         .route("/api/openapi.json", get(openapi))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
@@ -119,6 +121,10 @@ impl ApiError {
 
     pub(super) fn bad_request(error: impl Into<String>) -> ApiError {
         ApiError::new(StatusCode::BAD_REQUEST, error)
+    }
+
+    pub(super) fn not_found(error: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::NOT_FOUND, error)
     }
 
     fn internal(error: impl std::fmt::Display) -> ApiError {

@@ -14,6 +14,7 @@ mod events;
 mod launch;
 mod manager;
 mod persisted;
+mod pools;
 mod profile;
 mod scheduler;
 pub mod slurm;
