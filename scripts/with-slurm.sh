@@ -19,6 +19,8 @@
 #   MessageTimeout=30, JobAcctGatherType=none, AccountingStorageType=none, ProctrackType=linuxproc,
 #   TaskPlugin=none, PriorityType=priority/basic, SlurmctldDebug/SlurmdDebug=error (less logging),
 #   KillWait=5 (SIGTERM → SIGKILL on cancel/requeue; default 30), CompleteWait=0.
+# Partition gang3: at most 3 CPUs of the node, not oversubscribed, so a group of three one-CPU
+# tasks fits once at a time (the gang allocation test).
 # GPUs: the node has four fake ones (GresTypes=gpu, Gres=gpu:4, gres.conf naming character
 # devices made with mknod in the temp dir, copies of /dev/null), so `--gres=gpu:N` is really
 # allocated and jobs get SLURM_JOB_GPUS / CUDA_VISIBLE_DEVICES. Without mknod (no CAP_MKNOD)
@@ -107,6 +109,7 @@ CompleteWait=0
 GresTypes=gpu
 NodeName=$HOST CPUs=16 RealMemory=$MEM_MB $GRES State=UNKNOWN
 PartitionName=debug Nodes=$HOST Default=YES MaxTime=INFINITE State=UP OverSubscribe=FORCE:4
+PartitionName=gang3 Nodes=$HOST MaxTime=INFINITE State=UP OverSubscribe=NO MaxCPUsPerNode=3
 EOF
 
 pids=()

@@ -29,6 +29,10 @@ pub struct ExecArgs {
     /// The attempt, as the server named it (`<workflow>.<group>.<task>.<retry>`).
     #[arg(long)]
     pub attempt: String,
+    /// Runs as one step of a group's allocation (gang): the step's GPUs
+    /// (`SLURM_STEP_GPUS`) are the task's, not the whole job's.
+    #[arg(long)]
+    pub step: bool,
 }
 
 static TERMINATED: AtomicBool = AtomicBool::new(false);
@@ -230,6 +234,9 @@ fn watch_restarts(api: &Api, stop: &StopHandle, done: &AtomicBool) {
                     stop.restart(&reply.reason);
                 }
                 if reply.over {
+                    // Stopped by the server while it runs (a task of a
+                    // group's job is stopped alone, without `scancel`).
+                    stop.stop();
                     return;
                 }
             }
@@ -267,8 +274,14 @@ pub fn run(args: ExecArgs) -> anyhow::Result<()> {
         .and_then(|v| v.parse().ok())
         .unwrap_or(0);
 
-    // The GPUs Slurm gave the job (`--gres=gpu:N`): the task sees those only.
-    let gpus = std::env::var("SLURM_JOB_GPUS").unwrap_or_default();
+    // The GPUs Slurm gave the job (`--gres=gpu:N`), or this step of the
+    // group's job: the task sees those only.
+    let gpus_var = if args.step {
+        "SLURM_STEP_GPUS"
+    } else {
+        "SLURM_JOB_GPUS"
+    };
+    let gpus = std::env::var(gpus_var).unwrap_or_default();
 
     let launch = fetch_launch(&api, &node, restart, &gpus)?;
     let Some(mut launch) = launch else {

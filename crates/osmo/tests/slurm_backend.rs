@@ -41,8 +41,9 @@ fn live_jobs(workflow: &str) -> Vec<(String, String)> {
         .filter_map(|l| {
             let mut parts = l.trim().splitn(3, '|');
             let (id, state, name) = (parts.next()?, parts.next()?, parts.next()?);
-            name.starts_with(&format!("osmo.{workflow}."))
-                .then(|| (id.to_string(), state.to_string()))
+            let ours = name.starts_with(&format!("osmo.{workflow}."))
+                || name.starts_with(&format!("osmo-gang.{workflow}."));
+            ours.then(|| (id.to_string(), state.to_string()))
         })
         .collect()
 }
@@ -135,7 +136,7 @@ fn cancel_scancels_the_running_jobs() {
     let id = server.submit(spec);
     wait_running(&server, &id, "a");
     wait_running(&server, &id, "b");
-    assert_eq!(live_jobs(&id).len(), 2, "one Slurm job per task");
+    assert_eq!(live_jobs(&id).len(), 1, "one Slurm job for the group");
     let (status, body) = server.post(&format!("/api/workflow/{id}/cancel"), "{}");
     assert_eq!(status, 200, "{body}");
     let doc = server.wait_finished(&id, Duration::from_secs(30));
@@ -293,4 +294,108 @@ fn gpu_tasks_get_gres_and_see_only_their_devices() {
         [0, 1, 2, 3],
         "the group's tasks ran at once on distinct GPUs"
     );
+}
+
+/// Jobs of the workflow Slurm still lists, with their state and CPUs.
+fn live_jobs_with_cpus(workflow: &str) -> Vec<(String, u32)> {
+    run("squeue", &["-h", "--me", "-o", "%T|%C|%j"])
+        .lines()
+        .filter_map(|l| {
+            let mut parts = l.trim().splitn(3, '|');
+            let (state, cpus, name) = (parts.next()?, parts.next()?, parts.next()?);
+            let cpus: u32 = cpus.parse().ok()?;
+            name.contains(&format!(".{workflow}."))
+                .then(|| (state.to_string(), cpus))
+        })
+        .collect()
+}
+
+#[test]
+fn a_group_is_allocated_whole_or_not_at_all() {
+    if !have_slurm("a_group_is_allocated_whole_or_not_at_all") {
+        return;
+    }
+    // Partition gang3 gives 3 CPUs: a group of three one-CPU tasks fits once.
+    let server = Server::start("pools:\n  default:\n    backend: slurm\n    partition: gang3\n");
+    let group = |name: &str, command: &str| {
+        format!(
+            "workflow:\n  name: {name}\n  resources: {{default: {{cpu: 1}}}}\n  groups:\n  - name: trio\n    tasks:\n    - {{name: a, image: ubuntu, lead: true, command: [sh, -c, '{command}']}}\n    - {{name: b, image: ubuntu, command: [sh, -c, '{command}']}}\n    - {{name: c, image: ubuntu, command: [sh, -c, '{command}']}}\n"
+        )
+    };
+    // The first group holds its CPUs until the test lets it go.
+    let first = server.submit(&group(
+        "gang-first",
+        "until [ -e {{output}}/go ]; do sleep 0.02; done",
+    ));
+    for name in ["a", "b", "c"] {
+        wait_running(&server, &first, name);
+    }
+    let second = server.submit(&group("gang-second", "true"));
+    let pending = wait_for(Duration::from_secs(20), "the second group's job", || {
+        let jobs = live_jobs_with_cpus(&second);
+        (!jobs.is_empty()).then_some(jobs)
+    });
+    assert_eq!(
+        live_jobs_with_cpus(&first),
+        [("RUNNING".to_string(), 3)],
+        "the first group is one job of 3 CPUs"
+    );
+    assert_eq!(
+        pending,
+        [("PENDING".to_string(), 3)],
+        "the second group waits whole, as one job"
+    );
+    let doc = server.workflow(&second);
+    for name in ["a", "b", "c"] {
+        assert_eq!(task(&doc, name, 0)["status"], "SCHEDULING", "{doc:#}");
+    }
+    for name in ["a", "b", "c"] {
+        let out = server
+            .data_dir()
+            .join(format!("runs/{first}/{name}/0/output"));
+        std::fs::write(out.join("go"), "").unwrap();
+    }
+    for id in [&first, &second] {
+        let doc = server.wait_finished(id, Duration::from_secs(60));
+        assert_eq!(doc["status"], "COMPLETED", "{doc:#}");
+    }
+
+    // A group larger than the partition could never start: refused at submit.
+    let body = serde_json::json!({"file": "workflow:\n  name: too-big\n  groups:\n  - name: four\n    tasks:\n    - {name: a, image: ubuntu, lead: true, command: ['true']}\n    - {name: b, image: ubuntu, command: ['true']}\n    - {name: c, image: ubuntu, command: ['true']}\n    - {name: d, image: ubuntu, command: ['true']}\n"});
+    let (status, text) = server.post("/api/pool/default/workflow", body.to_string());
+    assert_eq!(status, 400, "{text}");
+    assert!(
+        text.contains("group `four` asks for 4 CPUs in all, but the pool's nodes have 3"),
+        "{text}"
+    );
+}
+
+#[test]
+fn a_server_restart_adopts_a_running_group_job() {
+    if !have_slurm("a_server_restart_adopts_a_running_group_job") {
+        return;
+    }
+    let mut server = Server::start(slurm_pool());
+    let wait_go = "until [ -e {{output}}/go ]; do sleep 0.02; done; exit 16";
+    let spec = format!(
+        "workflow:\n  name: slurm-restart-group\n  groups:\n  - name: pair\n    tasks:\n    - {{name: a, image: ubuntu, lead: true, command: [sh, -c, '{wait_go}'], exitActions: {{COMPLETE: '16'}}}}\n    - {{name: b, image: ubuntu, command: [sh, -c, '{wait_go}'], exitActions: {{COMPLETE: '16'}}}}\n"
+    );
+    let id = server.submit(&spec);
+    wait_running(&server, &id, "a");
+    wait_running(&server, &id, "b");
+    assert_eq!(live_jobs(&id).len(), 1, "one job for the group");
+    server.kill();
+    server.spawn();
+    // The new server finds both attempts in the group's job.
+    for name in ["a", "b"] {
+        let out = server.data_dir().join(format!("runs/{id}/{name}/0/output"));
+        std::fs::write(out.join("go"), "").unwrap();
+    }
+    let doc = server.wait_finished(&id, Duration::from_secs(60));
+    assert_eq!(doc["status"], "COMPLETED", "{doc:#}\n{}", server.log());
+    assert_eq!(task(&doc, "a", 0)["exit_code"], 16, "{doc:#}");
+    // The lead's end ends its sibling (COMPLETED with it, as in OSMO).
+    assert_eq!(task(&doc, "b", 0)["status"], "COMPLETED", "{doc:#}");
+    let attempts: usize = doc["groups"][0]["tasks"].as_array().unwrap().len();
+    assert_eq!(attempts, 2, "no task ran twice: {doc:#}");
 }

@@ -71,6 +71,11 @@ pub struct Launch {
     /// says which it was given.
     #[serde(default)]
     pub gpus: Vec<u32>,
+    /// How many launches of this task's group are handed over together
+    /// (its first start, a group restart): backends that allocate a group
+    /// whole (Slurm) wait for all of them and allocate them at once.
+    #[serde(default)]
+    pub gang: u32,
 }
 
 fn yes() -> bool {

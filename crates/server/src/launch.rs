@@ -176,6 +176,7 @@ impl LaunchBuilder {
             barrier: group.barrier && group.tasks.len() > 1,
             gpu,
             gpus: Vec::new(),
+            gang: 1,
         })
     }
 }

@@ -85,6 +85,7 @@ pub fn load_config(path: Option<&std::path::Path>) -> anyhow::Result<ServiceConf
         }
     };
     crate::machine::size_local_pools(&mut config);
+    crate::slurm::size_pools(&mut config);
     Ok(config)
 }
 

@@ -54,6 +54,11 @@ pub struct PoolConfig {
     /// local backend, unlimited on Slurm, which places GPUs itself).
     #[serde(default)]
     pub gpu_capacity: Option<u32>,
+    /// The CPUs of all the pool's nodes together, where the server finds
+    /// them (a Slurm partition's, at start): a group whose tasks ask more in
+    /// all could never be allocated whole, and is refused at submit.
+    #[serde(default)]
+    pub total_cpu: Option<f64>,
     pub default_exec_timeout: Option<Duration>,
     pub default_queue_timeout: Option<Duration>,
     /// Platforms the pool offers (empty: any `platform` is refused).
@@ -93,6 +98,7 @@ impl Default for PoolConfig {
             node: NodeCapacity::default(),
             cpu_capacity: None,
             gpu_capacity: None,
+            total_cpu: None,
             default_exec_timeout: None,
             default_queue_timeout: None,
             platforms: Vec::new(),

@@ -382,6 +382,7 @@ fn resources_exist(draft: &WorkflowDraft, report: &mut Report) {
 
 fn fits_pool(draft: &WorkflowDraft, pool: &PoolConfig, report: &mut Report) {
     group_gpus_fit(draft, pool, report);
+    group_cpus_fit(draft, pool, report);
     for (name, r) in &draft.resources {
         let users: Vec<String> = draft
             .groups
@@ -496,6 +497,38 @@ fn group_gpus_fit(draft: &WorkflowDraft, pool: &PoolConfig, report: &mut Report)
                 format!(
                     "group `{}` asks for {asked} GPUs in all, but the pool hands out {node}: \
                      a group's tasks run at the same time, each on GPUs of its own",
+                    group.name
+                ),
+                None,
+            );
+        }
+    }
+}
+
+/// A group's tasks are allocated together (gang): a group asking more CPUs
+/// in all than the pool's nodes have together (a Slurm partition's, found at
+/// start) would wait forever.
+fn group_cpus_fit(draft: &WorkflowDraft, pool: &PoolConfig, report: &mut Report) {
+    let Some(total) = pool.total_cpu else { return };
+    for group in &draft.groups {
+        // Slurm allocates whole CPUs, at least one per task.
+        let asked: f64 = group
+            .tasks
+            .iter()
+            .map(|t| {
+                let cpu = draft
+                    .resources
+                    .get(&t.task.resource)
+                    .map_or(0.0, |r| r.resource.cpu);
+                cpu.ceil().max(1.0)
+            })
+            .sum();
+        if asked > total + 1e-9 {
+            report.error(
+                group.name_mark.unwrap_or(group.mark),
+                format!(
+                    "group `{}` asks for {asked} CPUs in all, but the pool's nodes have {total}: \
+                     a group's tasks are allocated together, so it could never start",
                     group.name
                 ),
                 None,

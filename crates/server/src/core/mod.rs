@@ -499,6 +499,9 @@ impl Core {
             }
             admitted.extend(s.admit().into_iter().map(|(g, a)| (pool.clone(), g, a)));
         }
+        // Built first, then handed over with how many of their group go
+        // together (a backend that allocates a group whole waits for them all).
+        let mut built: Vec<(String, crate::proto::Launch)> = Vec::new();
         for (pool, (workflow_id, _), attempt) in admitted {
             let Some(active) = self.active.get(&workflow_id) else {
                 continue;
@@ -515,14 +518,7 @@ impl Core {
                     if let Some(d) = self.devices.get_mut(&pool) {
                         launch.gpus = d.take(&workflow_id, attempt.task, launch.gpu);
                     }
-                    let sent = self.link_of(&pool).send(ToAgent::Launch(Box::new(launch)));
-                    self.launched.insert(attempt_key.clone(), pool);
-                    if !sent {
-                        tracing::warn!(
-                            "the agent went away before {} launched",
-                            attempt_key.file_stem()
-                        );
-                    }
+                    built.push((pool, launch));
                 }
                 Err(e) => {
                     tracing::error!("cannot prepare {}: {e:#}", attempt_key.file_stem());
@@ -535,6 +531,30 @@ impl Core {
                     }];
                     let _ = self.link_exit_later(attempt_key, codes);
                 }
+            }
+        }
+        let mut together: HashMap<(String, u32), u32> = HashMap::new();
+        for (_, launch) in &built {
+            let group = (
+                launch.key.workflow_id.clone(),
+                launch.key.attempt.task.group,
+            );
+            *together.entry(group).or_default() += 1;
+        }
+        for (pool, mut launch) in built {
+            let group = (
+                launch.key.workflow_id.clone(),
+                launch.key.attempt.task.group,
+            );
+            launch.gang = together.get(&group).copied().unwrap_or(1);
+            let attempt_key = launch.key.clone();
+            let sent = self.link_of(&pool).send(ToAgent::Launch(Box::new(launch)));
+            self.launched.insert(attempt_key.clone(), pool);
+            if !sent {
+                tracing::warn!(
+                    "the agent went away before {} launched",
+                    attempt_key.file_stem()
+                );
             }
         }
     }

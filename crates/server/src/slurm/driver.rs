@@ -38,22 +38,36 @@ impl Driver {
                 }
             }
         };
+        let mut found = Vec::new();
+        for row in parse_squeue(&text) {
+            if row.comment != self.shared.instance
+                || matches!(verdict(&row.state, false), Verdict::Ended(..))
+            {
+                continue;
+            }
+            if row.name.starts_with(GANG_PREFIX) {
+                // A group's job: its batch script names its attempts.
+                let args = ["write", "batch_script", &row.id.to_string(), "-"].map(String::from);
+                match run_cmd("scontrol", &args).await {
+                    Ok(script) => found.extend(
+                        gang_attempts(&script)
+                            .into_iter()
+                            .map(|key| (key, row.clone(), true)),
+                    ),
+                    Err(e) => tracing::warn!("cannot read Slurm job {}'s script: {e:#}", row.id),
+                }
+            } else if let Some(key) = parse_job_name(&row.name) {
+                found.push((key, row, false));
+            }
+        }
         {
             let mut inner = self.shared.inner.lock().unwrap();
-            for row in parse_squeue(&text) {
-                if row.comment != self.shared.instance {
-                    continue;
-                }
-                let Some(key) = parse_job_name(&row.name) else {
-                    continue;
-                };
-                if matches!(verdict(&row.state, false), Verdict::Ended(..)) {
-                    continue;
-                }
+            for (key, row, gang) in found {
                 let started = row.state != "PENDING";
                 let mut job = Job::new(key.clone(), String::new());
                 job.job_id = Some(row.id);
                 job.started = started;
+                job.gang = gang;
                 attempts.push((key.clone(), started.then_some(Phase::Initializing)));
                 inner.jobs.insert(key.file_stem(), job);
             }
@@ -85,9 +99,20 @@ impl Driver {
             }
             ToAgent::Stop { key } => {
                 let mut inner = self.shared.inner.lock().unwrap();
+                let mut cancel = None;
                 if let Some(job) = inner.jobs.get_mut(&key.file_stem()) {
                     job.stopped = true;
-                    if let Some(id) = job.job_id {
+                    cancel = job.job_id.map(|id| (id, job.gang));
+                }
+                if let Some((id, gang)) = cancel {
+                    // A task of a group's job stops alone (`osmo exec` hears it
+                    // on `/control`); the job goes when none of it runs.
+                    let others_run = gang
+                        && inner
+                            .jobs
+                            .values()
+                            .any(|j| j.job_id == Some(id) && !j.stopped && !j.reported);
+                    if !others_run {
                         scancel(id);
                     }
                 }
@@ -159,9 +184,8 @@ impl Driver {
 
     async fn launch(&mut self, pool: String, launch: Launch) {
         let stem = launch.key.file_stem();
-        let options = self.pools.get(&pool).cloned().unwrap_or_default();
         let launch = Arc::new(launch);
-        let bad = {
+        {
             let mut inner = self.shared.inner.lock().unwrap();
             if let Some(job) = inner.jobs.get_mut(&stem) {
                 // Adopted from an earlier server: the job exists; give it its launch.
@@ -169,26 +193,69 @@ impl Driver {
                 job.pool = pool;
                 return;
             }
-            let mut job = Job::new(launch.key.clone(), pool);
+            let mut job = Job::new(launch.key.clone(), pool.clone());
             job.launch = Some(launch.clone());
-            inner.jobs.insert(stem.clone(), job);
-            inner.bad_nodes.get(&launch.key.workflow_id).cloned()
+            inner.jobs.insert(stem, job);
+        }
+        if launch.gang <= 1 {
+            self.submit(&pool, vec![launch]).await;
+            return;
+        }
+        // A group's tasks are allocated together: one job once all are here.
+        let group = (
+            launch.key.workflow_id.clone(),
+            launch.key.attempt.task.group,
+        );
+        let waiting = self.gangs.entry(group.clone()).or_default();
+        waiting.push(launch.clone());
+        if waiting.len() >= launch.gang as usize {
+            let launches = self.gangs.remove(&group).unwrap_or_default();
+            self.submit(&pool, launches).await;
+        }
+    }
+
+    /// One `sbatch` for `launches`: a job of its own for one, a job with a
+    /// step per task for a group (gang allocation).
+    async fn submit(&mut self, pool: &str, launches: Vec<Arc<Launch>>) {
+        let Some(first) = launches.first() else {
+            return;
         };
+        let options = self.pools.get(pool).cloned().unwrap_or_default();
+        let bad = self
+            .shared
+            .inner
+            .lock()
+            .unwrap()
+            .bad_nodes
+            .get(&first.key.workflow_id)
+            .cloned();
         let exclude = if bad.is_some() {
             let nodes = self.nodes_of(options.partition.as_deref()).await;
             exclusions(bad.as_ref(), &nodes)
         } else {
             Vec::new()
         };
-        let mut args = sbatch_args(
-            &launch,
-            &options,
-            &exclude,
-            &self.out_dir,
-            &self.exe,
-            &self.server_url,
-        );
+        let mut args = if launches.len() == 1 {
+            sbatch_args(
+                first,
+                &options,
+                &exclude,
+                &self.out_dir,
+                &self.exe,
+                &self.server_url,
+            )
+        } else {
+            gang_sbatch_args(
+                &launches,
+                &options,
+                &exclude,
+                &self.out_dir,
+                &self.exe,
+                &self.server_url,
+            )
+        };
         args.insert(1, format!("--comment={}", self.shared.instance));
+        let stems: Vec<String> = launches.iter().map(|l| l.key.file_stem()).collect();
         let shared = self.shared.clone();
         let submitters = self.submitters.clone();
         tokio::spawn(async move {
@@ -199,39 +266,44 @@ impl Driver {
                 .stdin(std::process::Stdio::null())
                 .output()
                 .await;
-            let mut inner = shared.inner.lock().unwrap();
-            let Some(job) = inner.jobs.get_mut(&stem) else {
-                return;
-            };
-            let failure = match result {
+            let submitted = match result {
                 Ok(out) if out.status.success() => {
                     let text = String::from_utf8_lossy(&out.stdout);
                     // --parsable prints `id` or `id;cluster`.
-                    match text
-                        .trim()
+                    text.trim()
                         .split(';')
                         .next()
                         .and_then(|id| id.trim().parse::<u64>().ok())
-                    {
-                        Some(id) => {
-                            job.job_id = Some(id);
-                            if job.stopped {
-                                scancel(id);
-                            }
-                            None
-                        }
-                        None => Some(format!("sbatch printed no job id: {}", text.trim())),
-                    }
+                        .ok_or_else(|| format!("sbatch printed no job id: {}", text.trim()))
                 }
-                Ok(out) => Some(format!(
+                Ok(out) => Err(format!(
                     "sbatch failed: {}",
                     String::from_utf8_lossy(&out.stderr).trim()
                 )),
-                Err(e) => Some(format!("cannot run sbatch: {e}")),
+                Err(e) => Err(format!("cannot run sbatch: {e}")),
             };
-            if let Some(detail) = failure {
-                tracing::warn!("{stem}: {detail}");
-                shared.report(job, well_known::START_ERROR, detail);
+            let mut inner = shared.inner.lock().unwrap();
+            let mut all_stopped = true;
+            for stem in &stems {
+                let Some(job) = inner.jobs.get_mut(stem) else {
+                    continue;
+                };
+                match &submitted {
+                    Ok(id) => {
+                        job.job_id = Some(*id);
+                        job.gang = stems.len() > 1;
+                        all_stopped &= job.stopped;
+                    }
+                    Err(detail) => {
+                        tracing::warn!("{stem}: {detail}");
+                        shared.report(job, well_known::START_ERROR, detail.clone());
+                    }
+                }
+            }
+            if let Ok(id) = submitted
+                && all_stopped
+            {
+                scancel(id);
             }
         });
     }

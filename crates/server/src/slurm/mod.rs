@@ -44,8 +44,12 @@ use crate::proto::exec::{
 };
 use crate::proto::{AttemptKey, FromAgent, Launch, LogLine, Phase, ToAgent};
 
-/// Every job osmo submits is named `osmo.<workflow>.<group>.<task>.<retry>`.
+/// Every job osmo submits for one attempt is named
+/// `osmo.<workflow>.<group>.<task>.<retry>`.
 const JOB_PREFIX: &str = "osmo.";
+/// A group's job (one step per task) is named `osmo-gang.<its first attempt>`;
+/// its batch script names every attempt (`--attempt '<stem>'`).
+const GANG_PREFIX: &str = "osmo-gang.";
 const POLL_EVERY: Duration = Duration::from_millis(250);
 /// Polls a job may be missing from `squeue` before it counts as lost.
 const MISSING_POLLS: u32 = 8;
@@ -176,6 +180,8 @@ struct Job {
     /// (`osmo exec` long-polls `/control` for them).
     restarts: u32,
     restart_reason: String,
+    /// Its job is a group's (one step per task), shared with its siblings.
+    gang: bool,
     /// An `Exited` went to the manager (from exec, or Slurm's verdict).
     reported: bool,
     /// The report came from exec (re-sent when exec retries).
@@ -196,6 +202,7 @@ impl Job {
             stopped: false,
             restarts: 0,
             restart_reason: String::new(),
+            gang: false,
             reported: false,
             codes: None,
             missing: 0,
@@ -283,12 +290,58 @@ pub fn start(
         server_url: server_url.to_string(),
         submitters: Arc::new(Semaphore::new(SUBMITTERS)),
         partition_nodes: HashMap::new(),
+        gangs: HashMap::new(),
     };
     tokio::spawn(driver.run(rx));
     Ok(Some(Slurm {
         links,
         router: router(shared),
     }))
+}
+
+/// Sets each Slurm pool's `total_cpu` from its partition (`scontrol show
+/// partition`): its CPUs, or fewer where `MaxCPUsPerNode` caps what one
+/// node gives it. Left unset when Slurm does not answer.
+pub fn size_pools(config: &mut ServiceConfig) {
+    for pool in config.pools.values_mut() {
+        if pool.backend != BackendKind::Slurm || pool.total_cpu.is_some() {
+            continue;
+        }
+        let partition = SlurmOptions::from_pool(pool).partition;
+        let mut cmd = std::process::Command::new("scontrol");
+        cmd.args(["show", "partition", "-o"]);
+        if let Some(p) = &partition {
+            cmd.arg(p);
+        }
+        let Ok(out) = cmd.stdin(std::process::Stdio::null()).output() else {
+            continue;
+        };
+        if !out.status.success() {
+            continue;
+        }
+        pool.total_cpu = partition_cpus(&String::from_utf8_lossy(&out.stdout), partition.is_some());
+    }
+}
+
+/// The CPUs of the named partition (the only line) or of the default one,
+/// from `scontrol show partition -o`.
+fn partition_cpus(text: &str, named: bool) -> Option<f64> {
+    let line = text
+        .lines()
+        .find(|l| named || l.split_whitespace().any(|f| f == "Default=YES"))?;
+    let field = |name: &str| {
+        line.split_whitespace()
+            .find_map(|f| f.strip_prefix(name)?.strip_prefix('='))
+    };
+    let total: f64 = field("TotalCPUs")?.parse().ok()?;
+    let capped = match (
+        field("MaxCPUsPerNode").and_then(|v| v.parse::<f64>().ok()),
+        field("TotalNodes").and_then(|v| v.parse::<f64>().ok()),
+    ) {
+        (Some(per_node), Some(nodes)) => total.min(per_node * nodes),
+        _ => total,
+    };
+    Some(capped)
 }
 
 /// `osmo-<hash of the data dir>`: the same for every server of that data dir.
@@ -334,6 +387,8 @@ struct Driver {
     submitters: Arc<Semaphore>,
     /// Nodes of each partition ("" = the default one), looked up once.
     partition_nodes: HashMap<String, Vec<String>>,
+    /// Launches of a group waiting for their siblings, to go as one job.
+    gangs: HashMap<(String, u32), Vec<Arc<Launch>>>,
 }
 
 /// One line of `squeue`.
@@ -502,6 +557,99 @@ fn sbatch_args(
     args
 }
 
+/// The `sbatch` arguments for a group's tasks allocated together: one job of
+/// one Slurm task per osmo task, each sized for the largest (CPUs, memory,
+/// GPUs), whose batch script runs each attempt's `osmo exec` as a step of
+/// its own size (`srun --exact`). Slurm starts the job when all of it fits,
+/// so a group never holds part of a cluster while the rest pends.
+fn gang_sbatch_args(
+    launches: &[Arc<Launch>],
+    options: &SlurmOptions,
+    exclude: &[String],
+    out_dir: &Path,
+    exe: &Path,
+    server_url: &str,
+) -> Vec<String> {
+    let cpus = |l: &Launch| l.cpu.map_or(1, |c| (c.ceil() as u64).max(1));
+    let memory_mib = |l: &Launch| {
+        l.memory_limit_bytes
+            .map(|b| b.div_ceil(1024 * 1024).max(1) + EXEC_MEMORY_MIB)
+    };
+    let max_cpus = launches.iter().map(|l| cpus(l)).max().unwrap_or(1);
+    let max_memory = launches.iter().filter_map(|l| memory_mib(l)).max();
+    let max_gpus = launches.iter().map(|l| l.gpu).max().unwrap_or(0);
+    let first = launches[0].key.file_stem();
+    let mut args = vec![
+        "--parsable".to_string(),
+        format!("--job-name={GANG_PREFIX}{first}"),
+        format!(
+            "--output={}",
+            out_dir.join(format!("{first}.gang.out")).display()
+        ),
+        format!("--chdir={}", out_dir.display()),
+        format!("--ntasks={}", launches.len()),
+        format!("--cpus-per-task={max_cpus}"),
+    ];
+    // Per CPU, so that the allocation holds the largest task's memory in
+    // every task's share wherever Slurm places it.
+    let mem_per_cpu = max_memory.map(|m| m.div_ceil(max_cpus));
+    if let Some(m) = mem_per_cpu {
+        args.push(format!("--mem-per-cpu={m}M"));
+    }
+    if max_gpus > 0 {
+        args.push(format!("--gpus-per-task={max_gpus}"));
+    }
+    if let Some(p) = &options.partition {
+        args.push(format!("--partition={p}"));
+    }
+    if let Some(a) = &options.account {
+        args.push(format!("--account={a}"));
+    }
+    if let Some(q) = &options.qos {
+        args.push(format!("--qos={q}"));
+    }
+    if !exclude.is_empty() {
+        args.push(format!("--exclude={}", exclude.join(",")));
+    }
+    args.extend(options.sbatch_args.iter().cloned());
+    let mut script = String::new();
+    for launch in launches {
+        let stem = launch.key.file_stem();
+        let gres = if launch.gpu > 0 {
+            format!("gpu:{}", launch.gpu)
+        } else {
+            "none".to_string()
+        };
+        // Its own memory, else a share like its siblings' (a step without
+        // one would take the whole allocation's memory on its node).
+        let memory = match (memory_mib(launch), mem_per_cpu) {
+            (Some(m), _) => format!(" --mem={m}M"),
+            (None, Some(m)) => format!(" --mem-per-cpu={m}M"),
+            (None, None) => String::new(),
+        };
+        script.push_str(&format!(
+            "srun --exact --ntasks=1 --nodes=1 --cpus-per-task={}{memory} --gres={gres} --output={} {} exec --step --server {} --attempt {} &\n",
+            cpus(launch),
+            shell_quote(&out_dir.join(format!("{stem}.out")).to_string_lossy()),
+            shell_quote(&exe.to_string_lossy()),
+            shell_quote(server_url),
+            shell_quote(&stem),
+        ));
+    }
+    script.push_str("wait\n");
+    args.push(format!("--wrap={script}"));
+    args
+}
+
+/// The attempts a group's job runs, from its batch script.
+fn gang_attempts(script: &str) -> Vec<AttemptKey> {
+    script
+        .split("--attempt '")
+        .skip(1)
+        .filter_map(|rest| parse_stem(rest.split('\'').next()?))
+        .collect()
+}
+
 async fn run_cmd(program: &str, args: &[String]) -> anyhow::Result<String> {
     let out = tokio::process::Command::new(program)
         .args(args)
@@ -643,6 +791,7 @@ mod tests {
             barrier: false,
             gpu: 2,
             gpus: vec![],
+            gang: 1,
         };
         let options = SlurmOptions {
             partition: Some("gpu".into()),
@@ -675,5 +824,90 @@ mod tests {
                 "{want} missing from {args:?}"
             );
         }
+    }
+
+    fn launch(task: u32, cpu: f64, gpu: u32, memory: Option<u64>) -> Arc<Launch> {
+        Arc::new(Launch {
+            key: AttemptKey {
+                workflow_id: "wf-1".to_string(),
+                attempt: AttemptId {
+                    task: TaskKey { group: 2, task },
+                    retry_id: 0,
+                },
+            },
+            group: "g".into(),
+            task: format!("t{task}"),
+            command: vec!["true".into()],
+            args: vec![],
+            environment: Default::default(),
+            files: vec![],
+            output_dir: "/o".into(),
+            input_dirs: vec![],
+            preflight: vec![],
+            memory_limit_bytes: memory,
+            cpu: Some(cpu),
+            volume_mounts: vec![],
+            image: "ubuntu".into(),
+            runtime: osmo_spec::config::RuntimeKind::Sandbox,
+            barrier: true,
+            gpu,
+            gpus: vec![],
+            gang: 3,
+        })
+    }
+
+    #[test]
+    fn a_group_is_one_job_with_a_step_per_task() {
+        let launches = [
+            launch(0, 1.0, 0, None),
+            launch(1, 2.0, 1, Some(1 << 30)),
+            launch(2, 0.5, 0, None),
+        ];
+        let args = gang_sbatch_args(
+            &launches,
+            &SlurmOptions::default(),
+            &[],
+            Path::new("/d"),
+            Path::new("/bin/osmo"),
+            "http://h:1",
+        );
+        for want in [
+            "--job-name=osmo-gang.wf-1.2.0.0",
+            "--ntasks=3",
+            "--cpus-per-task=2",
+            "--mem-per-cpu=576M",
+            "--gpus-per-task=1",
+        ] {
+            assert!(
+                args.iter().any(|a| a == want),
+                "{want} missing from {args:?}"
+            );
+        }
+        let script = args.last().unwrap().strip_prefix("--wrap=").unwrap();
+        assert_eq!(script.matches("srun --exact").count(), 3, "{script}");
+        assert!(
+            script.contains("--cpus-per-task=2 --mem=1152M --gres=gpu:1"),
+            "{script}"
+        );
+        assert!(
+            script.contains("--cpus-per-task=1 --mem-per-cpu=576M --gres=none"),
+            "{script}"
+        );
+        assert!(script.ends_with("wait\n"), "{script}");
+        let keys: Vec<String> = gang_attempts(script)
+            .iter()
+            .map(AttemptKey::file_stem)
+            .collect();
+        assert_eq!(keys, ["wf-1.2.0.0", "wf-1.2.1.0", "wf-1.2.2.0"]);
+    }
+
+    #[test]
+    fn a_partition_size_comes_from_scontrol() {
+        let text = "PartitionName=debug Default=YES MaxCPUsPerNode=UNLIMITED TotalCPUs=16 TotalNodes=1\n\
+                    PartitionName=gang3 MaxCPUsPerNode=3 TotalCPUs=16 TotalNodes=1\n";
+        assert_eq!(partition_cpus(text, false), Some(16.0));
+        let gang3 = text.lines().nth(1).unwrap();
+        assert_eq!(partition_cpus(gang3, true), Some(3.0));
+        assert_eq!(partition_cpus("garbage", false), None);
     }
 }
