@@ -76,6 +76,9 @@ pub struct Launch {
     /// whole (Slurm) wait for all of them and allocate them at once.
     #[serde(default)]
     pub gang: u32,
+    /// Host directories the task must not see (see `AttemptSpec::hidden_paths`).
+    #[serde(default)]
+    pub hidden_paths: Vec<PathBuf>,
 }
 
 fn yes() -> bool {
@@ -109,6 +112,7 @@ impl Launch {
             image: self.image.clone(),
             cpu: self.cpu,
             gpus: self.gpus.clone(),
+            hidden_paths: self.hidden_paths.clone(),
         }
     }
 }

@@ -122,6 +122,10 @@ pub struct AttemptSpec {
     /// these are visible to it (`CUDA_VISIBLE_DEVICES`,
     /// `NVIDIA_VISIBLE_DEVICES`, device nodes, a container's device request).
     pub gpus: Vec<u32>,
+    /// Host directories the task must not see (the server's data directory,
+    /// `/root`, `/home`, the pool's `hidden_paths`): each is an empty private
+    /// tmpfs in the task's view, under the task's own output, inputs and mounts.
+    pub hidden_paths: Vec<PathBuf>,
 }
 
 /// Runs attempts: the host sandbox ([`HostSandbox`]) and, with the `docker`

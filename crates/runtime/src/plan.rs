@@ -424,6 +424,32 @@ pub(crate) fn build(
     });
     step_names.push("mount a private /tmp".into());
 
+    // The host's secrets, masked before the task's own directories are bound
+    // (which may lie below them, as its output lies in the data directory).
+    let mut hidden: Vec<PathBuf> = spec
+        .hidden_paths
+        .iter()
+        .filter_map(|p| fs::canonicalize(p).ok())
+        // `/tmp` is the task's own already: nothing of the host's is under it.
+        .filter(|p| p.is_dir() && p.parent().is_some() && !p.starts_with("/tmp"))
+        .collect();
+    hidden.sort_by_key(|p| p.components().count());
+    hidden.dedup();
+    for dir in hidden {
+        steps.push(Step {
+            mkdirs: vec![],
+            source: Some(c"hidden".into()),
+            target: cpath(&under(&layout.root, &dir)).map_err(init)?,
+            fstype: Some(c"tmpfs".into()),
+            flags: libc::MS_NOSUID | libc::MS_NODEV,
+            data: Some(c"mode=755".into()),
+            readonly: false,
+            optional: false,
+            when: When::Always,
+        });
+        step_names.push(format!("hide {} from the task", dir.display()));
+    }
+
     // Output and inputs at their host paths, parents before children.
     let mut dirs: Vec<(PathBuf, bool)> = vec![(output, false)];
     dirs.extend(inputs.into_iter().map(|p| (p, true)));

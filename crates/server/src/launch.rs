@@ -15,6 +15,8 @@ use crate::scheduler::Footprint;
 
 pub struct LaunchBuilder {
     runs: PathBuf,
+    /// The server's data directory, hidden from tasks.
+    data_dir: PathBuf,
     _config: Arc<ServiceConfig>,
     /// Where tasks reach this server (`OSMO_URL` in their environment), so
     /// that the `osmo` CLI works inside them.
@@ -34,6 +36,7 @@ impl LaunchBuilder {
             .and_then(|exe| exe.parent().map(|d| d.to_string_lossy().into_owned()));
         LaunchBuilder {
             runs: data_dir.join("runs"),
+            data_dir,
             _config: config,
             task_url,
             osmo_dir,
@@ -150,13 +153,21 @@ impl LaunchBuilder {
         let memory_limit_bytes = resource.and_then(|r| r.memory_bytes);
         let cpu = resource.map(|r| r.cpu);
         let gpu = resource.map_or(0, |r| r.gpu);
-        // Validated at submit (syntax, and allowed by the pool).
+        // Validated at submit (syntax, and allowed by the pool); checked again
+        // here as the file system resolves them, so that a symbolic link
+        // under an allowed path cannot lead elsewhere.
         let volume_mounts = task
             .volume_mounts
             .iter()
             .filter_map(|m| osmo_spec::model::parse_volume_mount(m))
-            .map(|(src, dst)| (PathBuf::from(src), PathBuf::from(dst)))
-            .collect();
+            .map(|(src, dst)| Ok((allowed_source(&src, pool)?, PathBuf::from(dst))))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let mut hidden_paths = vec![
+            self.data_dir.clone(),
+            PathBuf::from("/root"),
+            PathBuf::from("/home"),
+        ];
+        hidden_paths.extend(pool.hidden_paths.iter().map(PathBuf::from));
         Ok(Launch {
             key,
             group: group.name.clone(),
@@ -177,8 +188,27 @@ impl LaunchBuilder {
             gpu,
             gpus: Vec::new(),
             gang: 1,
+            hidden_paths,
         })
     }
+}
+
+/// A volume mount's host path as the file system resolves it, when that is
+/// still one of the pool's `allowed_mounts` or below one.
+fn allowed_source(src: &str, pool: &PoolConfig) -> anyhow::Result<PathBuf> {
+    let real = std::fs::canonicalize(src)
+        .with_context(|| format!("volume mount source {src} cannot be resolved"))?;
+    let allowed = pool
+        .allowed_mounts
+        .iter()
+        .any(|a| std::fs::canonicalize(a).is_ok_and(|a| real.starts_with(&a)));
+    if !allowed {
+        anyhow::bail!(
+            "volume mount source {src} resolves to {}, which is not under the pool's allowed_mounts",
+            real.display()
+        );
+    }
+    Ok(real)
 }
 
 fn path_text(path: &Path) -> String {

@@ -65,6 +65,10 @@ pub struct PoolConfig {
     pub platforms: Vec<String>,
     /// Host paths tasks may mount with `volumeMounts` (themselves or below them).
     pub allowed_mounts: Vec<String>,
+    /// Host directories tasks must not see, besides the server's data
+    /// directory, `/root` and `/home` (always hidden on the host sandbox).
+    #[serde(default)]
+    pub hidden_paths: Vec<String>,
     /// Backend-specific settings kept as written (e.g. Slurm `partition`).
     pub options: BTreeMap<String, serde_json::Value>,
 }
@@ -103,6 +107,7 @@ impl Default for PoolConfig {
             default_queue_timeout: None,
             platforms: Vec::new(),
             allowed_mounts: Vec::new(),
+            hidden_paths: Vec::new(),
             options: BTreeMap::new(),
         }
     }

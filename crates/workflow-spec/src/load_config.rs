@@ -206,19 +206,27 @@ fn pool(raw: &RawPool, name: &str, report: &mut Report) -> PoolConfig {
     if let Some(list) = &raw.platforms {
         pool.platforms = check::strings(list, &what("platforms"), report).unwrap_or_default();
     }
-    if let Some(list) = &raw.allowed_mounts {
-        let mounts = check::strings(list, &what("allowed_mounts"), report).unwrap_or_default();
+    for (raw_list, key, target) in [
+        (
+            &raw.allowed_mounts,
+            "allowed_mounts",
+            &mut pool.allowed_mounts,
+        ),
+        (&raw.hidden_paths, "hidden_paths", &mut pool.hidden_paths),
+    ] {
+        let Some(list) = raw_list else { continue };
+        let paths = check::strings(list, &what(key), report).unwrap_or_default();
         let marks = list.value.iter().flatten().map(|s| s.mark);
-        for (mount, mark) in mounts.iter().zip(marks) {
-            if !mount.starts_with('/') {
+        for (path, mark) in paths.iter().zip(marks) {
+            if !path.starts_with('/') || path.split('/').any(|c| c == "..") {
                 report.error(
                     mark,
-                    format!("allowed mount `{mount}` must be an absolute host path"),
-                    Some(mount.clone()),
+                    format!("`{path}` in `{key}` must be an absolute host path without `..`"),
+                    Some(path.clone()),
                 );
             }
         }
-        pool.allowed_mounts = mounts;
+        *target = paths;
     }
     if let Some(options) = raw.options.as_ref().and_then(|o| o.value.as_ref()) {
         for (key, value) in &options.0 {

@@ -158,6 +158,8 @@ pub(crate) struct RawPool {
     pub platforms: Option<Checked<Vec<Scalar>>>,
     #[serde(default)]
     pub allowed_mounts: Option<Checked<Vec<Scalar>>>,
+    #[serde(default)]
+    pub hidden_paths: Option<Checked<Vec<Scalar>>>,
     pub options: Option<Checked<Entries<Checked<serde_json::Value>>>>,
     /// Slurm settings, kept in `options`.
     pub partition: Option<Scalar>,

@@ -74,7 +74,7 @@ fn mounts_allowed(draft: &WorkflowDraft, pool: &PoolConfig, report: &mut Report)
             let Some((src, _)) = crate::model::parse_volume_mount(mount) else {
                 continue;
             };
-            if !allowed(&src) {
+            if !allowed(&src) || src.split('/').any(|c| c == "..") {
                 let offered = if pool.allowed_mounts.is_empty() {
                     "the pool allows no host mounts (its `allowed_mounts` is empty)".to_string()
                 } else {

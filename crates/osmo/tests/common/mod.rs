@@ -43,7 +43,11 @@ pub fn wait_for<T>(limit: Duration, what: &str, mut f: impl FnMut() -> Option<T>
 
 impl Server {
     pub fn start(config: &str) -> Server {
-        let dir = tempfile::tempdir().unwrap();
+        Server::start_in(config, tempfile::tempdir().unwrap())
+    }
+
+    /// A server whose config, log and data dir are in `dir`.
+    pub fn start_in(config: &str, dir: tempfile::TempDir) -> Server {
         std::fs::write(dir.path().join("config.yaml"), config).unwrap();
         let port = free_port();
         let mut server = Server {

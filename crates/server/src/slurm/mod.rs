@@ -792,6 +792,7 @@ mod tests {
             gpu: 2,
             gpus: vec![],
             gang: 1,
+            hidden_paths: vec![],
         };
         let options = SlurmOptions {
             partition: Some("gpu".into()),
@@ -853,6 +854,7 @@ mod tests {
             gpu,
             gpus: vec![],
             gang: 3,
+            hidden_paths: vec![],
         })
     }
 
