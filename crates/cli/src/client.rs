@@ -53,6 +53,10 @@ pub struct ListFilter {
     pub name: Option<String>,
     pub statuses: Vec<String>,
     pub pools: Vec<String>,
+    /// Submitted by any of these users.
+    pub users: Vec<String>,
+    /// Every user's (a server with `auth: tokens` shows the caller's own by default).
+    pub all_users: bool,
     pub limit: Option<u32>,
     pub offset: Option<u32>,
 }
@@ -81,11 +85,20 @@ pub struct Client {
     base: Url,
     http: reqwest::blocking::Client,
     user: Option<String>,
+    /// Shown as `Authorization: Bearer` (servers with `auth: tokens`).
+    token: Option<String>,
 }
 
 impl Client {
-    /// A client for the service at `url` (e.g. `http://127.0.0.1:8000`).
+    /// A client for the service at `url` (e.g. `http://127.0.0.1:8000`),
+    /// showing `OSMO_TOKEN` when it is set.
     pub fn new(url: &str) -> anyhow::Result<Client> {
+        let token = std::env::var("OSMO_TOKEN").ok().filter(|t| !t.is_empty());
+        Client::with_token(url, token)
+    }
+
+    /// A client that shows `token` (None: no token).
+    pub fn with_token(url: &str, token: Option<String>) -> anyhow::Result<Client> {
         let base = Url::parse(url.trim()).with_context(|| {
             format!("`{url}` is not a URL; give the service address as --url http://HOST:PORT or OSMO_URL")
         })?;
@@ -117,7 +130,12 @@ impl Client {
                     .flatten()
                     .map(|u| u.name)
             });
-        Ok(Client { base, http, user })
+        Ok(Client {
+            base,
+            http,
+            user,
+            token,
+        })
     }
 
     /// The service's address as given, without a trailing `/`.
@@ -163,6 +181,10 @@ impl Client {
         }
         query.extend(filter.statuses.iter().map(|s| ("statuses", s.clone())));
         query.extend(filter.pools.iter().map(|p| ("pools", p.clone())));
+        query.extend(filter.users.iter().map(|u| ("users", u.clone())));
+        if filter.all_users {
+            query.push(("all_users", "true".to_string()));
+        }
         if let Some(limit) = filter.limit {
             query.push(("limit", limit.to_string()));
         }
@@ -259,6 +281,10 @@ impl Client {
     fn send(&self, request: RequestBuilder, url: &Url) -> anyhow::Result<Response> {
         let request = match &self.user {
             Some(user) => request.header("x-osmo-user", user),
+            None => request,
+        };
+        let request = match &self.token {
+            Some(token) => request.bearer_auth(token),
             None => request,
         };
         let response = request.send().map_err(|e| self.unreachable(e, url))?;

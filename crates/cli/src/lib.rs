@@ -13,8 +13,10 @@ mod client;
 mod codes;
 mod completion;
 pub mod exit;
+mod login;
 mod output;
 mod server;
+mod token;
 mod workflow;
 
 use std::process::ExitCode;
@@ -53,6 +55,13 @@ pub enum Command {
     Workflow(workflow::WorkflowCommand),
     /// Print a shell completion script (bash, zsh or fish) to stdout.
     Completion(completion::CompletionArgs),
+    /// Keep a service's address and token for the commands that follow.
+    Login(login::LoginArgs),
+    /// Forget the stored login.
+    Logout,
+    /// API tokens for servers with `auth: tokens` (run on the server's machine).
+    #[command(subcommand)]
+    Token(token::TokenCommand),
     /// Internal: the node agent the service starts for the local backend.
     #[command(hide = true)]
     Agent(osmo_agent::AgentArgs),
@@ -97,6 +106,9 @@ pub fn run(cli: Cli) -> anyhow::Result<Outcome> {
             output::die_quietly_on_broken_pipe();
             completion::run(args)
         }
+        Command::Login(args) => login::login(args),
+        Command::Logout => login::logout(),
+        Command::Token(command) => token::run(command),
         Command::Agent(args) => {
             init_tracing("warn");
             osmo_agent::run(args)?;

@@ -36,6 +36,10 @@ pub struct ServerArgs {
         hide_env_values = true
     )]
     pub database_url: Option<String>,
+    /// Listen on a non-loopback address without `auth: tokens` in the config
+    /// (anyone who reaches the port can then run commands on this machine).
+    #[arg(long)]
+    pub insecure: bool,
 }
 
 pub fn run(args: ServerArgs) -> anyhow::Result<Outcome> {
@@ -50,6 +54,7 @@ pub fn run(args: ServerArgs) -> anyhow::Result<Outcome> {
         data_dir: args.data_dir,
         listen: args.listen,
         database_url: args.database_url,
+        insecure: args.insecure,
     };
     runtime.block_on(osmo_server::serve(options))?;
     Ok(Outcome::Success)

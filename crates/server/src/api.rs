@@ -8,15 +8,16 @@ use axum::Json;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{DefaultBodyLimit, Path, RawQuery, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::extract::{DefaultBodyLimit, Extension, Path, RawQuery, State};
+use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use osmo_spec::config::ServiceConfig;
+use osmo_spec::config::{AuthMode, ServiceConfig};
 use osmo_store::Store;
 use tokio::sync::{mpsc, oneshot};
 use utoipa::OpenApi;
 
+use super::auth::Caller;
 use super::docs;
 use super::docs::DocMeta;
 use super::manager::{CancelError, Priority, Request, RestartError};
@@ -204,15 +205,6 @@ fn number<T: std::str::FromStr>(params: &[(String, String)], key: &str) -> ApiRe
         .transpose()
 }
 
-pub(super) fn user(headers: &HeaderMap) -> String {
-    headers
-        .get("x-osmo-user")
-        .and_then(|v| v.to_str().ok())
-        .filter(|v| !v.is_empty())
-        .unwrap_or("anonymous")
-        .to_string()
-}
-
 fn key_values(items: &[String], flag: &str) -> ApiResult<Vec<(String, String)>> {
     items
         .iter()
@@ -235,7 +227,7 @@ async fn submit(
     State(app): State<AppState>,
     Path(pool): Path<String>,
     RawQuery(raw): RawQuery,
-    headers: HeaderMap,
+    Extension(caller): Extension<Caller>,
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<Json<SubmitResponse>> {
     let params = params(&raw)?;
@@ -326,7 +318,7 @@ async fn submit(
     let request = Request::Submit {
         pool,
         priority,
-        submitted_by: user(&headers),
+        submitted_by: caller.user.clone(),
         workflow: Box::new(workflow),
         source: templated.unwrap_or(source),
         rendered,
@@ -357,6 +349,7 @@ async fn submit(
 async fn list(
     State(app): State<AppState>,
     RawQuery(raw): RawQuery,
+    Extension(caller): Extension<Caller>,
 ) -> ApiResult<Json<WorkflowListDoc>> {
     let params = params(&raw)?;
     let limit: Option<u32> = number(&params, "limit")?;
@@ -370,7 +363,7 @@ async fn list(
             .map(|s| s.to_ascii_uppercase())
             .collect(),
         pools: param_list(&params, "pools"),
-        submitted_by: param_list(&params, "users"),
+        submitted_by: listed_users(&params, &caller, app.config.auth)?,
         priorities: param_list(&params, "priority")
             .into_iter()
             .map(|s| s.to_ascii_uppercase())
@@ -386,6 +379,21 @@ async fn list(
     Ok(Json(WorkflowListDoc {
         workflows: rows.iter().map(docs::summary_doc).collect(),
     }))
+}
+
+/// Whose workflows a list shows: `users=`, else everyone's with
+/// `all_users=true`, else (with `auth: tokens`) the caller's own, as OSMO's
+/// `workflow list` does; without auth, everyone's.
+fn listed_users(
+    params: &[(String, String)],
+    caller: &Caller,
+    auth: AuthMode,
+) -> ApiResult<Vec<String>> {
+    let users = param_list(params, "users");
+    if !users.is_empty() || flag(params, "all_users")? || auth == AuthMode::None {
+        return Ok(users);
+    }
+    Ok(vec![caller.user.clone()])
 }
 
 async fn load(app: &AppState, id: &str) -> ApiResult<(osmo_store::WorkflowRow, Persisted)> {
@@ -438,13 +446,14 @@ async fn cancel(
     State(app): State<AppState>,
     Path(id): Path<String>,
     RawQuery(raw): RawQuery,
-    headers: HeaderMap,
+    Extension(caller): Extension<Caller>,
 ) -> ApiResult<Json<CancelResponse>> {
     let params = params(&raw)?;
+    owned_by_caller(&app, &id, &caller, "cancel").await?;
     let (reply, answer) = oneshot::channel();
     let request = Request::Cancel {
         id: id.clone(),
-        by: user(&headers),
+        by: caller.user,
         message: param(&params, "message").map(str::to_string),
         reply,
     };
@@ -474,32 +483,56 @@ async fn restart(
     State(app): State<AppState>,
     Path(id): Path<String>,
     RawQuery(raw): RawQuery,
-    headers: HeaderMap,
+    Extension(caller): Extension<Caller>,
 ) -> ApiResult<Json<SubmitResponse>> {
     let pool = param(&params(&raw)?, "pool").map(str::to_string);
-    restart_as(&app, id, pool, user(&headers)).await
+    restart_as(&app, id, pool, caller).await
 }
 
 /// OSMO's path for a restart (`osmo workflow restart ID --pool P`).
 async fn restart_in_pool(
     State(app): State<AppState>,
     Path((pool, id)): Path<(String, String)>,
-    headers: HeaderMap,
+    Extension(caller): Extension<Caller>,
 ) -> ApiResult<Json<SubmitResponse>> {
-    restart_as(&app, id, Some(pool), user(&headers)).await
+    restart_as(&app, id, Some(pool), caller).await
+}
+
+/// 403 unless `caller` may change workflow `id` (404 when there is none).
+async fn owned_by_caller(app: &AppState, id: &str, caller: &Caller, what: &str) -> ApiResult<()> {
+    if caller.admin {
+        return Ok(());
+    }
+    let row = app
+        .store
+        .get_workflow(id)
+        .await
+        .map_err(ApiError::internal)?
+        .ok_or_else(|| ApiError::unknown_workflow(id))?;
+    if caller.may_act_on(&row.submitted_by) {
+        return Ok(());
+    }
+    Err(ApiError::new(
+        StatusCode::FORBIDDEN,
+        format!(
+            "workflow {id} belongs to {}; only they or an admin may {what} it",
+            row.submitted_by
+        ),
+    ))
 }
 
 async fn restart_as(
     app: &AppState,
     id: String,
     pool: Option<String>,
-    by: String,
+    caller: Caller,
 ) -> ApiResult<Json<SubmitResponse>> {
+    owned_by_caller(app, &id, &caller, "restart").await?;
     let (reply, answer) = oneshot::channel();
     let request = Request::Restart {
         id,
         pool,
-        by,
+        by: caller.user,
         reply,
     };
     app.requests

@@ -23,6 +23,8 @@ pub struct LaunchBuilder {
     task_url: Option<String>,
     /// The directory of this `osmo` binary, added to a task's default `PATH`.
     osmo_dir: Option<String>,
+    /// With `auth: tokens`, what mints each workflow's task token (`OSMO_TOKEN`).
+    task_tokens: Option<crate::auth::TaskTokens>,
 }
 
 impl LaunchBuilder {
@@ -34,7 +36,11 @@ impl LaunchBuilder {
         let osmo_dir = std::env::current_exe()
             .ok()
             .and_then(|exe| exe.parent().map(|d| d.to_string_lossy().into_owned()));
+        let task_tokens = (config.auth == osmo_spec::config::AuthMode::Tokens)
+            .then(|| crate::auth::TaskTokens::load(&data_dir))
+            .and_then(|t| t.map_err(|e| tracing::error!("no task tokens: {e:#}")).ok());
         LaunchBuilder {
+            task_tokens,
             runs: data_dir.join("runs"),
             data_dir,
             _config: config,
@@ -137,6 +143,11 @@ impl LaunchBuilder {
             task.environment
                 .entry("OSMO_URL".into())
                 .or_insert_with(|| url.clone());
+        }
+        if let Some(tokens) = &self.task_tokens {
+            // Acts as the workflow's submitter (see `auth`).
+            task.environment
+                .insert("OSMO_TOKEN".into(), tokens.token(engine.id()));
         }
         if let Some(dir) = &self.osmo_dir {
             // The binary's directory, read-only at its path: visible even when it

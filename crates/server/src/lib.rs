@@ -6,6 +6,7 @@
 
 mod agent_link;
 mod api;
+pub mod auth;
 pub mod backend;
 mod core;
 mod devices;
@@ -45,6 +46,8 @@ pub struct ServerOptions {
     pub listen: SocketAddr,
     /// `postgres://…` selects PostgreSQL; None: the SQLite file in `data_dir`.
     pub database_url: Option<String>,
+    /// Listen beyond loopback without `auth: tokens`.
+    pub insecure: bool,
 }
 
 /// A server started in this process (for `osmo workflow run`).
@@ -74,7 +77,10 @@ pub fn load_config(path: Option<&std::path::Path>) -> anyhow::Result<ServiceConf
             let pools = [("default".to_string(), PoolConfig::default())]
                 .into_iter()
                 .collect();
-            ServiceConfig { pools }
+            ServiceConfig {
+                pools,
+                auth: Default::default(),
+            }
         }
         Some(path) => {
             let text = std::fs::read_to_string(path).with_context(|| {
@@ -105,6 +111,20 @@ pub async fn serve(opts: ServerOptions) -> anyhow::Result<()> {
 /// Starts the server in this process and returns once it accepts work.
 pub async fn start(opts: ServerOptions) -> anyhow::Result<RunningServer> {
     let config = Arc::new(load_config(opts.config.as_deref())?);
+    if config.auth == osmo_spec::config::AuthMode::None && !opts.listen.ip().is_loopback() {
+        if !opts.insecure {
+            anyhow::bail!(
+                "refusing to listen on {} without authentication: anyone who reaches it could run \
+                 commands on this machine. Set `auth: tokens` in the config (and `osmo token \
+                 create`), listen on 127.0.0.1, or pass --insecure",
+                opts.listen
+            );
+        }
+        tracing::warn!(
+            "listening on {} without authentication (--insecure): anyone who reaches it can run commands here",
+            opts.listen
+        );
+    }
     std::fs::create_dir_all(&opts.data_dir).with_context(|| {
         format!(
             "cannot create the data directory {}",
@@ -157,6 +177,11 @@ pub async fn start(opts: ServerOptions) -> anyhow::Result<RunningServer> {
     agent_link::ensure_agent(&socket, &data_dir.join("agent"))?;
 
     let url = format!("http://{local_addr}");
+    let auth = auth::Auth::new(
+        config.auth,
+        store.clone(),
+        auth::TaskTokens::load(&data_dir)?,
+    );
     let mut app = api::router(api::AppState {
         store,
         requests: requests_tx,
@@ -166,6 +191,10 @@ pub async fn start(opts: ServerOptions) -> anyhow::Result<RunningServer> {
     if let Some(exec) = slurm_router {
         app = app.merge(exec);
     }
+    let app = app.layer(axum::middleware::from_fn_with_state(
+        auth,
+        auth::authenticate,
+    ));
     let (stop, stopped) = oneshot::channel::<()>();
     let http = tokio::spawn(async move {
         axum::serve(listener, app)
@@ -180,6 +209,30 @@ pub async fn start(opts: ServerOptions) -> anyhow::Result<RunningServer> {
         http,
         link,
     })
+}
+
+/// A secret kept in `path` (mode 0600) so that it survives restarts: read
+/// back when it is there, else 24 random bytes in hex, written first.
+pub(crate) fn secret_file(path: &std::path::Path) -> anyhow::Result<String> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    if let Ok(secret) = std::fs::read_to_string(path)
+        && secret.trim().len() >= 32
+    {
+        return Ok(secret.trim().to_string());
+    }
+    let mut bytes = [0u8; 24];
+    std::fs::File::open("/dev/urandom")?.read_exact(&mut bytes)?;
+    let secret: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    std::io::Write::write_all(&mut file, secret.as_bytes())?;
+    Ok(secret)
 }
 
 /// Where `osmo exec` in a backend's job reaches this server: `OSMO_EXEC_URL`,

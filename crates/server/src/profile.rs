@@ -8,11 +8,11 @@ use std::sync::{Arc, Mutex};
 
 use axum::Json;
 use axum::extract::State;
-use axum::http::HeaderMap;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::api::{ApiError, ApiResult, AppState, user};
+use super::api::{ApiError, ApiResult, AppState};
+use super::auth::Caller;
 
 /// Default pools set with `osmo profile set pool NAME`, by user.
 #[derive(Clone, Default)]
@@ -29,8 +29,11 @@ impl Profiles {
 }
 
 /// The caller's profile: `{profile: {username, pool, ...}, pools, roles}`.
-pub async fn get_settings(State(app): State<AppState>, headers: HeaderMap) -> Json<Value> {
-    let who = user(&headers);
+pub async fn get_settings(
+    State(app): State<AppState>,
+    axum::extract::Extension(caller): axum::extract::Extension<Caller>,
+) -> Json<Value> {
+    let who = caller.user;
     let pools: Vec<&String> = app.config.pools.keys().collect();
     let pool = app.profiles.pool_of(&who).or_else(|| {
         if pools.len() == 1 {
@@ -70,7 +73,7 @@ pub struct SettingsBody {
 /// Sets the caller's default pool.
 pub async fn set_settings(
     State(app): State<AppState>,
-    headers: HeaderMap,
+    axum::extract::Extension(caller): axum::extract::Extension<Caller>,
     Json(body): Json<SettingsBody>,
 ) -> ApiResult<Json<Value>> {
     if let Some(pool) = body.pool {
@@ -89,7 +92,7 @@ pub async fn set_settings(
             .0
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .insert(user(&headers), pool);
+            .insert(caller.user, pool);
     }
     Ok(Json(json!({})))
 }

@@ -697,6 +697,33 @@ impl Store {
         })
     }
 
+    /// Keeps an API token, by its hash (the token itself is never stored).
+    pub async fn add_token(&self, hash: &str, user: &str, role: &str, at_ms: i64) -> Result<()> {
+        with_pool!(self, pool => {
+            sqlx::query(
+                "INSERT INTO tokens (hash, username, role, created_at) VALUES ($1, $2, $3, $4)",
+            )
+            .bind(hash)
+            .bind(user)
+            .bind(role)
+            .bind(at_ms)
+            .execute(pool)
+            .await
+            .map(|_| ())?
+        });
+        Ok(())
+    }
+
+    /// Whose token has this hash, and their role.
+    pub async fn token_owner(&self, hash: &str) -> Result<Option<(String, String)>> {
+        Ok(with_pool!(self, pool => {
+            sqlx::query_as("SELECT username, role FROM tokens WHERE hash = $1")
+                .bind(hash)
+                .fetch_optional(pool)
+                .await?
+        }))
+    }
+
     /// The events of workflow `id` in order (empty for an unknown id).
     pub async fn events(&self, id: &str) -> Result<Vec<EventRecord>> {
         let rows: Vec<(i64, i64, i64, String)> = with_pool!(self, pool => {

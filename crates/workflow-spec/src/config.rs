@@ -12,6 +12,19 @@ use crate::codes::ExitActions;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ServiceConfig {
     pub pools: BTreeMap<String, PoolConfig>,
+    /// Who may call the API (`auth:`; default `none`).
+    #[serde(default)]
+    pub auth: AuthMode,
+}
+
+/// `auth: none` takes the caller's name on trust (`x-osmo-user`); `auth:
+/// tokens` wants a bearer token on every call and knows the caller by it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AuthMode {
+    #[default]
+    None,
+    Tokens,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]

@@ -49,8 +49,20 @@ pub fn load_config(source: &str, file: &str) -> Result<ServiceConfig, Diagnostic
         }
         _ => {}
     }
+    let mut auth = crate::config::AuthMode::None;
+    if let Some(s) = raw.as_ref().and_then(|r| r.auth.as_ref()) {
+        match s.text.as_str() {
+            "none" => {}
+            "tokens" => auth = crate::config::AuthMode::Tokens,
+            _ => report.error(
+                s.mark,
+                "unknown `auth`; expected `none` or `tokens`",
+                Some(s.text.clone()),
+            ),
+        }
+    }
     report.finish()?;
-    Ok(ServiceConfig { pools })
+    Ok(ServiceConfig { pools, auth })
 }
 
 fn pool(raw: &RawPool, name: &str, report: &mut Report) -> PoolConfig {

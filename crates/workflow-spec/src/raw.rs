@@ -139,6 +139,7 @@ pub(crate) struct RawCheckpoint {
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawConfig {
     pub pools: Option<Checked<Entries<Checked<RawPool>>>>,
+    pub auth: Option<Scalar>,
 }
 
 #[derive(Debug, Deserialize)]

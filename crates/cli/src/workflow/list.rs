@@ -26,6 +26,12 @@ pub struct ListArgs {
     /// Only workflows of this pool (repeatable).
     #[arg(long, short = 'p', value_name = "POOL")]
     pub pool: Vec<String>,
+    /// Only workflows submitted by this user (repeatable).
+    #[arg(long, short = 'u', value_name = "USER")]
+    pub user: Vec<String>,
+    /// Every user's workflows (a server with `auth: tokens` lists yours by default).
+    #[arg(long, short = 'a', conflicts_with = "user")]
+    pub all_users: bool,
     /// How many workflows to show (at most 1000).
     #[arg(long, short = 'c', value_name = "N", default_value_t = 20,
           value_parser = clap::value_parser!(u32).range(1..=1000))]
@@ -45,6 +51,8 @@ pub fn run(args: ListArgs) -> anyhow::Result<Outcome> {
         name: args.name,
         statuses: args.status.iter().map(|s| s.to_ascii_uppercase()).collect(),
         pools: args.pool,
+        users: args.user,
+        all_users: args.all_users,
         limit: Some(args.count),
         offset: args.offset,
     };

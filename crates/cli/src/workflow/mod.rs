@@ -74,14 +74,25 @@ pub fn run(command: WorkflowCommand) -> anyhow::Result<Outcome> {
 /// `--url`: where the service is.
 #[derive(Debug, Clone, clap::Args)]
 pub struct ServiceArgs {
-    /// Address of the osmo service.
-    #[arg(long, value_name = "URL", env = "OSMO_URL", default_value = DEFAULT_URL)]
-    pub url: String,
+    /// Address of the osmo service [default: the `osmo login` one, else http://127.0.0.1:8000].
+    #[arg(long, value_name = "URL", env = "OSMO_URL")]
+    pub url: Option<String>,
 }
 
 impl ServiceArgs {
+    /// `--url`/`OSMO_URL` with `OSMO_TOKEN`; else the stored login's address
+    /// and token; else the default address.
     pub fn client(&self) -> anyhow::Result<Client> {
-        Client::new(&self.url)
+        let env_token = std::env::var("OSMO_TOKEN").ok().filter(|t| !t.is_empty());
+        let login = crate::login::load();
+        match (&self.url, login) {
+            (Some(url), Some(login)) if login.url == url.trim_end_matches('/') => {
+                Client::with_token(url, env_token.or(login.token))
+            }
+            (Some(url), _) => Client::with_token(url, env_token),
+            (None, Some(login)) => Client::with_token(&login.url, env_token.or(login.token)),
+            (None, None) => Client::with_token(DEFAULT_URL, env_token),
+        }
     }
 }
 

@@ -113,6 +113,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<Outcome> {
         data_dir: data_dir.clone(),
         listen: "127.0.0.1:0".parse().expect("a socket address"),
         database_url: None,
+        insecure: false,
     };
     let running = runtime
         .block_on(osmo_server::start(options))

@@ -357,25 +357,7 @@ fn instance_tag(data_dir: &Path) -> String {
 
 /// The secret `osmo exec` shows; kept in the data dir so it survives restarts.
 fn exec_token(data_dir: &Path) -> anyhow::Result<String> {
-    use std::io::Read;
-    use std::os::unix::fs::OpenOptionsExt;
-    let path = data_dir.join("exec.token");
-    if let Ok(token) = std::fs::read_to_string(&path)
-        && token.trim().len() >= 32
-    {
-        return Ok(token.trim().to_string());
-    }
-    let mut bytes = [0u8; 24];
-    std::fs::File::open("/dev/urandom")?.read_exact(&mut bytes)?;
-    let token: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&path)?;
-    std::io::Write::write_all(&mut file, token.as_bytes())?;
-    Ok(token)
+    crate::secret_file(&data_dir.join("exec.token"))
 }
 
 struct Driver {
