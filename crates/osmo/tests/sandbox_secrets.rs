@@ -87,3 +87,27 @@ fn a_volume_mount_cannot_lead_out_of_the_allowed_paths() {
     assert_eq!(status, 400, "{body}");
     assert!(body.contains("with absolute paths"), "{body}");
 }
+
+#[test]
+fn tasks_run_as_nobody_unless_the_pool_allows_root() {
+    let spec = "workflow:\n  name: who\n  tasks:\n  - {name: t, image: ubuntu, command: [sh, -c, 'echo $(id -u):$(id -g):$HOME > {{output}}/id; echo x > /tmp/mine']}\n";
+    for (config, want) in [
+        (
+            "pools:\n  default:\n    backend: local\n",
+            "65534:65534:/tmp",
+        ),
+        (
+            "pools:\n  default:\n    backend: local\n    run_as_root: true\n",
+            "0:0:/root",
+        ),
+    ] {
+        let server = Server::start(config);
+        let id = server.submit(spec);
+        let doc = server.wait_finished(&id, Duration::from_secs(60));
+        assert_eq!(doc["status"], "COMPLETED", "{doc:#}");
+        let seen =
+            std::fs::read_to_string(server.data_dir().join(format!("runs/{id}/t/0/output/id")))
+                .unwrap();
+        assert_eq!(seen.trim(), want, "{config}");
+    }
+}

@@ -11,6 +11,12 @@ use common::*;
 fn an_allowed_volume_mount_is_mounted_and_others_are_refused() {
     let shared = tempfile::tempdir().unwrap();
     std::fs::write(shared.path().join("in.txt"), "7\n").unwrap();
+    // Tasks run as `nobody`: a shared directory they write to must let them.
+    std::fs::set_permissions(
+        shared.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o777),
+    )
+    .unwrap();
     let config = format!(
         "pools:\n  default:\n    backend: local\n    allowed_mounts: [{}]\n",
         shared.path().display()

@@ -79,6 +79,9 @@ pub struct Launch {
     /// Host directories the task must not see (see `AttemptSpec::hidden_paths`).
     #[serde(default)]
     pub hidden_paths: Vec<PathBuf>,
+    /// The user and group the task runs as (see `AttemptSpec::run_as`).
+    #[serde(default)]
+    pub run_as: Option<(u32, u32)>,
 }
 
 fn yes() -> bool {
@@ -113,6 +116,7 @@ impl Launch {
             cpu: self.cpu,
             gpus: self.gpus.clone(),
             hidden_paths: self.hidden_paths.clone(),
+            run_as: self.run_as,
         }
     }
 }

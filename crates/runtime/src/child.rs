@@ -70,6 +70,7 @@ pub(crate) mod step {
     pub const CHDIR: u32 = FDS + 7;
     pub const PIPE: u32 = FDS + 8;
     pub const FORK: u32 = FDS + 9;
+    pub const USER: u32 = FDS + 10;
 }
 
 pub(crate) const ROOT_OVERLAY_DISK: u32 = 0;
@@ -171,6 +172,8 @@ pub(crate) struct ChildPlan {
     /// `/proc/self/stat`), wiped in the init's copy so the task cannot read
     /// the controller's environment in `/proc/1/environ`; empty if unknown.
     pub scrub: [(usize, usize); 2],
+    /// Drop to this user and group once the root and files are in place.
+    pub run_as: Option<(libc::uid_t, libc::gid_t)>,
 }
 
 /// `fork` as the bare system call, with extra clone flags (namespaces).
@@ -564,6 +567,14 @@ unsafe fn write_files(p: &ChildPlan) {
             if fd < 0 {
                 return Err(errno());
             }
+            // The task's own files are its user's to change.
+            if let Some((uid, gid)) = p.run_as
+                && libc::fchown(fd, uid, gid) != 0
+            {
+                let e = errno();
+                libc::close(fd);
+                return Err(e);
+            }
             let mut rest: &[u8] = &f.data;
             while !rest.is_empty() {
                 let n = libc::write(fd, rest.as_ptr() as *const c_void, rest.len());
@@ -700,6 +711,19 @@ pub(crate) unsafe fn sandbox_init(p: &ChildPlan) -> ! {
         }
 
         write_files(p);
+
+        if let Some((uid, gid)) = p.run_as {
+            // No supplementary groups, then the group, then the user (last:
+            // after it nothing could be changed back). Bare system calls:
+            // glibc's wrappers would wait for the parent's other threads to
+            // change theirs too, threads this child does not have.
+            if libc::syscall(libc::SYS_setgroups, 0, std::ptr::null::<libc::gid_t>()) != 0
+                || libc::syscall(libc::SYS_setgid, gid) != 0
+                || libc::syscall(libc::SYS_setuid, uid) != 0
+            {
+                fail(p, step::USER, errno());
+            }
+        }
 
         for (i, test) in p.preflight.iter().enumerate() {
             send(p.status, msg::PREFLIGHT_START, i as u32, 0);

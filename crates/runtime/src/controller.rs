@@ -554,6 +554,7 @@ impl Run<'_> {
             step::CHDIR => "change to /".to_string(),
             step::PIPE => "create a pipe".to_string(),
             step::FORK => "fork".to_string(),
+            step::USER => "run as the pool's unprivileged user".to_string(),
             i => prepared
                 .step_names
                 .get(i as usize)

@@ -34,8 +34,13 @@ pub fn task_environment(spec: &AttemptSpec) -> BTreeMap<String, String> {
     ));
     env.entry("PATH".into())
         .or_insert_with(|| DEFAULT_PATH.into());
-    env.entry("HOME".into())
-        .or_insert_with(|| DEFAULT_HOME.into());
+    // An unprivileged task cannot write root's home: its own /tmp is its home.
+    let home = if spec.run_as.is_some_and(|(uid, _)| uid != 0) {
+        "/tmp"
+    } else {
+        DEFAULT_HOME
+    };
+    env.entry("HOME".into()).or_insert_with(|| home.into());
     env
 }
 

@@ -126,6 +126,10 @@ pub struct AttemptSpec {
     /// `/root`, `/home`, the pool's `hidden_paths`): each is an empty private
     /// tmpfs in the task's view, under the task's own output, inputs and mounts.
     pub hidden_paths: Vec<PathBuf>,
+    /// The user and group the task runs as on the host sandbox (after its
+    /// set-up, which is root's); None: as the runtime's own user. Taken
+    /// only when the runtime runs as root.
+    pub run_as: Option<(u32, u32)>,
 }
 
 /// Runs attempts: the host sandbox ([`HostSandbox`]) and, with the `docker`

@@ -322,6 +322,18 @@ pub(crate) fn build(
         })
         .map_err(init)?;
     let output = canonical("output dir", &spec.output_dir)?;
+    // Only root can change users; a runtime that is not runs tasks as itself.
+    // SAFETY: geteuid has no preconditions.
+    let run_as = spec.run_as.filter(|_| unsafe { libc::geteuid() } == 0);
+    if let Some((uid, gid)) = run_as {
+        // The task writes its output as its own user.
+        std::os::unix::fs::chown(&output, Some(uid), Some(gid))
+            .map_err(|source| PrepareError::Io {
+                what: format!("give the output dir {} to uid {uid}", output.display()),
+                source,
+            })
+            .map_err(init)?;
+    }
     let inputs: Vec<PathBuf> = spec
         .input_dirs
         .iter()
@@ -544,6 +556,7 @@ pub(crate) fn build(
         preflight,
         command: exec_plan(argv, path_var).map_err(init)?,
         scrub: scrub_ranges(),
+        run_as,
     };
     Ok(Prepared {
         plan,

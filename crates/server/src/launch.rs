@@ -13,6 +13,9 @@ use osmo_spec::model::{Input, Workflow};
 use crate::proto::{AttemptKey, Launch};
 use crate::scheduler::Footprint;
 
+/// The unprivileged user and group tasks run as: `nobody`/`nogroup`.
+const NOBODY: u32 = 65534;
+
 pub struct LaunchBuilder {
     runs: PathBuf,
     /// The server's data directory, hidden from tasks.
@@ -200,6 +203,8 @@ impl LaunchBuilder {
             gpus: Vec::new(),
             gang: 1,
             hidden_paths,
+            // `nobody` unless the pool lets tasks be root.
+            run_as: (!pool.run_as_root).then_some((NOBODY, NOBODY)),
         })
     }
 }

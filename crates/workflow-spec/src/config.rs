@@ -82,6 +82,10 @@ pub struct PoolConfig {
     /// directory, `/root` and `/home` (always hidden on the host sandbox).
     #[serde(default)]
     pub hidden_paths: Vec<String>,
+    /// Let tasks on the host sandbox run as root (default: as `nobody`,
+    /// uid and gid 65534, once their set-up is done).
+    #[serde(default)]
+    pub run_as_root: bool,
     /// Backend-specific settings kept as written (e.g. Slurm `partition`).
     pub options: BTreeMap<String, serde_json::Value>,
 }
@@ -121,6 +125,7 @@ impl Default for PoolConfig {
             platforms: Vec::new(),
             allowed_mounts: Vec::new(),
             hidden_paths: Vec::new(),
+            run_as_root: false,
             options: BTreeMap::new(),
         }
     }

@@ -203,6 +203,9 @@ fn pool(raw: &RawPool, name: &str, report: &mut Report) -> PoolConfig {
         .cpu_capacity
         .as_ref()
         .and_then(|s| check::cpu(s, &what("cpu_capacity"), report));
+    if let Some(s) = &raw.run_as_root {
+        pool.run_as_root = check::flag(s, &what("run_as_root"), report).unwrap_or(false);
+    }
     pool.gpu_capacity = raw
         .gpu_capacity
         .as_ref()

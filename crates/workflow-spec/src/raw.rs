@@ -161,6 +161,7 @@ pub(crate) struct RawPool {
     pub allowed_mounts: Option<Checked<Vec<Scalar>>>,
     #[serde(default)]
     pub hidden_paths: Option<Checked<Vec<Scalar>>>,
+    pub run_as_root: Option<Scalar>,
     pub options: Option<Checked<Entries<Checked<serde_json::Value>>>>,
     /// Slurm settings, kept in `options`.
     pub partition: Option<Scalar>,

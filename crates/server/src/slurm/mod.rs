@@ -775,6 +775,7 @@ mod tests {
             gpus: vec![],
             gang: 1,
             hidden_paths: vec![],
+            run_as: None,
         };
         let options = SlurmOptions {
             partition: Some("gpu".into()),
@@ -837,6 +838,7 @@ mod tests {
             gpus: vec![],
             gang: 3,
             hidden_paths: vec![],
+            run_as: None,
         })
     }
 
