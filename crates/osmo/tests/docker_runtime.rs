@@ -190,6 +190,79 @@ fn a_gpu_task_is_told_its_devices_in_the_container() {
 }
 
 #[test]
+fn osmo_in_an_image_without_glibc_says_so() {
+    let Some(_lock) = docker_test("osmo_in_an_image_without_glibc_says_so") else {
+        return;
+    };
+    let server = Server::start(DOCKER_POOL);
+    // The test image is busybox (static, no glibc): `osmo` is found, and
+    // explains why it cannot run there.
+    let id = server.submit(
+        "workflow:\n  name: cli\n  tasks:\n  - {name: t, image: busybox, command: [sh, -c, 'osmo workflow query $OSMO_WORKFLOW_ID'], exitActions: {COMPLETE: '127'}}\n",
+    );
+    let doc = server.wait_finished(&id, Duration::from_secs(60));
+    assert_eq!(task(&doc, "t", 0)["exit_code"], 127, "{doc:#}");
+    let (_, logs) = server.get(&format!("/api/workflow/{id}/logs?task_name=t"));
+    assert!(
+        logs.contains("this image has no glibc") && logs.contains("OSMO_URL"),
+        "{logs}"
+    );
+    assert_no_container_left();
+}
+
+/// An image with glibc: the test image plus the host's C library, as
+/// `ldd` names it for the osmo binary (built offline from local files).
+fn glibc_image() -> String {
+    let tag = "osmo-test-glibc:latest".to_string();
+    let ctx = tempfile::tempdir().unwrap();
+    let ldd = Command::new("ldd").arg(OSMO).output().unwrap();
+    let mut dockerfile = String::from("FROM busybox:latest\n");
+    for line in String::from_utf8_lossy(&ldd.stdout).lines() {
+        // `libc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x...)` or `/lib64/ld-linux-x86-64.so.2 (0x...)`.
+        let Some(path) = line
+            .split_whitespace()
+            .find(|w| w.starts_with('/'))
+            .map(std::path::PathBuf::from)
+        else {
+            continue;
+        };
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        std::fs::copy(&path, ctx.path().join(&name)).unwrap();
+        dockerfile.push_str(&format!("COPY {name} {}\n", path.display()));
+    }
+    std::fs::write(ctx.path().join("Dockerfile"), dockerfile).unwrap();
+    let built = Command::new("docker")
+        .args(["build", "-q", "-t", &tag])
+        .arg(ctx.path())
+        .output()
+        .unwrap();
+    assert!(
+        built.status.success(),
+        "{}",
+        String::from_utf8_lossy(&built.stderr)
+    );
+    tag
+}
+
+#[test]
+fn osmo_runs_inside_a_container_with_glibc() {
+    let Some(_lock) = docker_test("osmo_runs_inside_a_container_with_glibc") else {
+        return;
+    };
+    let image = glibc_image();
+    let server = Server::start(DOCKER_POOL);
+    let id = server.submit(&format!(
+        "workflow:\n  name: cli\n  tasks:\n  - {{name: t, image: '{image}', command: [sh, -c, 'osmo workflow query $OSMO_WORKFLOW_ID > {{{{output}}}}/q']}}\n",
+    ));
+    let doc = server.wait_finished(&id, Duration::from_secs(60));
+    assert_eq!(doc["status"], "COMPLETED", "{doc:#}");
+    let q =
+        std::fs::read_to_string(server.data_dir().join(format!("runs/{id}/t/0/output/q"))).unwrap();
+    assert!(q.contains(&id), "{q}");
+    assert_no_container_left();
+}
+
+#[test]
 fn cancel_and_timeout_leave_no_container() {
     let Some(_lock) = docker_test("cancel_and_timeout_leave_no_container") else {
         return;

@@ -26,6 +26,9 @@ pub struct LaunchBuilder {
     task_url: Option<String>,
     /// The directory of this `osmo` binary, added to a task's default `PATH`.
     osmo_dir: Option<String>,
+    /// Where containers find `osmo` first: a wrapper that explains an image
+    /// without glibc (see `task_bin`).
+    container_bin: Option<String>,
     /// With `auth: tokens`, what mints each workflow's task token (`OSMO_TOKEN`).
     task_tokens: Option<crate::auth::TaskTokens>,
 }
@@ -36,13 +39,21 @@ impl LaunchBuilder {
         config: Arc<ServiceConfig>,
         task_url: Option<String>,
     ) -> LaunchBuilder {
-        let osmo_dir = std::env::current_exe()
-            .ok()
+        let exe = std::env::current_exe().ok();
+        let osmo_dir = exe
+            .as_ref()
             .and_then(|exe| exe.parent().map(|d| d.to_string_lossy().into_owned()));
+        let container_bin = exe.as_ref().and_then(|exe| {
+            crate::task_bin::prepare(&data_dir, exe)
+                .map_err(|e| tracing::warn!("no osmo wrapper for containers: {e:#}"))
+                .ok()
+                .map(|d| d.to_string_lossy().into_owned())
+        });
         let task_tokens = (config.auth == osmo_spec::config::AuthMode::Tokens)
             .then(|| crate::auth::TaskTokens::load(&data_dir))
             .and_then(|t| t.map_err(|e| tracing::error!("no task tokens: {e:#}")).ok());
         LaunchBuilder {
+            container_bin,
             task_tokens,
             runs: data_dir.join("runs"),
             data_dir,
@@ -156,12 +167,14 @@ impl LaunchBuilder {
             // The binary's directory, read-only at its path: visible even when it
             // lies under /tmp, which the sandbox replaces with the task's own.
             input_dirs.push(PathBuf::from(dir));
-            if !task.environment.contains_key("PATH") {
-                task.environment.insert(
-                    "PATH".into(),
-                    format!("{}:{dir}", osmo_runtime::env::DEFAULT_PATH),
-                );
+            let mut path = format!("{}:{dir}", osmo_runtime::env::DEFAULT_PATH);
+            if pool.runtime == osmo_spec::config::RuntimeKind::Docker
+                && let Some(bin) = &self.container_bin
+            {
+                input_dirs.push(PathBuf::from(bin));
+                path = format!("{}:{bin}", osmo_runtime::env::DEFAULT_PATH);
             }
+            task.environment.entry("PATH".into()).or_insert(path);
         }
         let resource = workflow.resources.get(&task.resource);
         let memory_limit_bytes = resource.and_then(|r| r.memory_bytes);

@@ -19,6 +19,7 @@ mod pools;
 mod profile;
 mod scheduler;
 pub mod slurm;
+mod task_bin;
 
 pub mod api_types;
 pub mod machine;
