@@ -391,3 +391,46 @@ fn pool_list_shows_each_pool_with_its_cpus_in_use() {
     let (status, _) = server.post(&format!("/api/workflow/{id}/cancel"), "");
     assert_eq!(status, 200);
 }
+
+#[test]
+fn metrics_count_exits_and_show_what_runs() {
+    let server = Server::start(local_pool());
+    let id = server.submit(
+        "workflow:\n  name: measured\n  tasks:\n  - {name: ok, image: ubuntu, command: ['true']}\n  - {name: retried, image: ubuntu, command: [sh, -c, 'exit 16'], exitActions: {RESCHEDULE: '16'}}\n",
+    );
+    let doc = server.wait_finished(&id, std::time::Duration::from_secs(60));
+    assert_eq!(doc["status"], "FAILED", "{doc:#}");
+    let (status, text) = server.get("/metrics");
+    assert_eq!(status, 200);
+    let line = |prefix: &str| {
+        text.lines()
+            .find(|l| l.starts_with(prefix))
+            .unwrap_or_else(|| panic!("no {prefix} in\n{text}"))
+            .rsplit(' ')
+            .next()
+            .unwrap()
+            .parse::<f64>()
+            .unwrap()
+    };
+    assert_eq!(
+        line("osmo_attempt_exits_total{pool=\"default\",exit_code=\"0\",action=\"COMPLETE\"}"),
+        1.0
+    );
+    // Three reschedules (the pool's retry budget), then the last exit fails the task.
+    assert_eq!(
+        line("osmo_attempt_exits_total{pool=\"default\",exit_code=\"16\",action=\"RESCHEDULE\"}"),
+        3.0
+    );
+    assert_eq!(
+        line("osmo_attempt_exits_total{pool=\"default\",exit_code=\"16\",action=\"FAIL\"}"),
+        1.0
+    );
+    assert_eq!(
+        line("osmo_workflows_finished_total{status=\"FAILED\"}"),
+        1.0
+    );
+    assert!(line("osmo_scheduling_latency_seconds_count{pool=\"default\"}") >= 5.0);
+    assert!(line("osmo_store_commit_seconds_count") >= 1.0);
+    assert_eq!(line("osmo_queued_groups{pool=\"default\"}"), 0.0);
+    assert!(text.ends_with("# EOF\n"));
+}

@@ -66,6 +66,7 @@ pub fn router(state: AppState) -> Router {
             post(restart_in_pool),
         )
         .route("/api/health", get(health))
+        .route("/metrics", get(metrics))
         .route(
             "/api/profile/settings",
             get(super::profile::get_settings).post(super::profile::set_settings),
@@ -394,6 +395,23 @@ fn listed_users(
         return Ok(users);
     }
     Ok(vec![caller.user.clone()])
+}
+
+/// Prometheus' scrape: counters, histograms and the core's live gauges.
+async fn metrics(State(app): State<AppState>) -> Response {
+    let (reply, answer) = oneshot::channel();
+    let live = match app.requests.send(Request::Live { reply }).await {
+        Ok(()) => answer.await.unwrap_or_default(),
+        Err(_) => Default::default(),
+    };
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        crate::metrics::global().render(&live),
+    )
+        .into_response()
 }
 
 async fn load(app: &AppState, id: &str) -> ApiResult<(osmo_store::WorkflowRow, Persisted)> {

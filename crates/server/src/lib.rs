@@ -14,6 +14,7 @@ mod docs;
 mod events;
 mod launch;
 mod manager;
+mod metrics;
 mod persisted;
 mod pools;
 mod profile;

@@ -60,6 +60,10 @@ pub enum Request {
     Usage {
         reply: oneshot::Sender<Vec<super::core::PoolUsage>>,
     },
+    /// The live gauges of a metrics scrape.
+    Live {
+        reply: oneshot::Sender<crate::metrics::Live>,
+    },
     /// The live document of an unfinished workflow; None when it is not
     /// running here (finished: the store has its final state).
     Query {
@@ -260,6 +264,9 @@ impl Manager {
             Request::Usage { reply } => {
                 let _ = reply.send(self.core.usage());
             }
+            Request::Live { reply } => {
+                let _ = reply.send(self.core.live());
+            }
             Request::Query { id, verbose, reply } => {
                 let _ = reply.send(self.core.query(&id, verbose));
             }
@@ -425,6 +432,7 @@ impl Manager {
     /// the core act on it.
     async fn flush(&mut self) {
         let commits = self.core.prepare();
+        let started = std::time::Instant::now();
         let mut pause = Duration::from_millis(50);
         while let Err(e) = self
             .store
@@ -437,6 +445,9 @@ impl Manager {
             tokio::time::sleep(pause).await;
             pause = (pause * 2).min(Duration::from_secs(5));
         }
+        crate::metrics::global()
+            .commit
+            .observe(started.elapsed().as_secs_f64());
         self.core.committed(&commits);
     }
 }

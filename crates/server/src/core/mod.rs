@@ -359,6 +359,7 @@ impl Core {
         let mut commands = Vec::new();
         active.engine.apply(&event, now, &mut commands);
         active.last_seq += 1;
+        count_outcome(&active.pool, &active.engine, &event);
         let body = serde_json::to_string(&event).expect("events serialize");
         self.batch.events.push((
             id.to_string(),
@@ -372,6 +373,35 @@ impl Core {
             self.batch.commands.push((id.to_string(), commands));
         }
         Some(active.engine.status().as_str().to_string())
+    }
+
+    /// The gauges of a metrics scrape: running workflows and their tasks by
+    /// status, and each pool's use.
+    pub fn live(&self) -> crate::metrics::Live {
+        let mut workflows: HashMap<&str, usize> = HashMap::new();
+        let mut tasks: HashMap<&str, usize> = HashMap::new();
+        for active in self.active.values() {
+            let engine = &active.engine;
+            *workflows.entry(engine.status().as_str()).or_default() += 1;
+            for (g, group) in engine.workflow().groups.iter().enumerate() {
+                for t in 0..group.tasks.len() {
+                    let key = osmo_engine::TaskKey {
+                        group: g as u32,
+                        task: t as u32,
+                    };
+                    *tasks
+                        .entry(engine.current(key).status.as_str())
+                        .or_default() += 1;
+                }
+            }
+        }
+        let own =
+            |m: HashMap<&str, usize>| m.into_iter().map(|(k, v)| (k.to_string(), v)).collect();
+        crate::metrics::Live {
+            workflows: own(workflows),
+            tasks: own(tasks),
+            pools: self.usage(),
+        }
     }
 
     /// One commit per workflow of the batch, with a snapshot where one is due.
@@ -502,10 +532,22 @@ impl Core {
         // Built first, then handed over with how many of their group go
         // together (a backend that allocates a group whole waits for them all).
         let mut built: Vec<(String, crate::proto::Launch)> = Vec::new();
+        let now = now_ms();
         for (pool, (workflow_id, _), attempt) in admitted {
             let Some(active) = self.active.get(&workflow_id) else {
                 continue;
             };
+            if let Some(since) = active
+                .engine
+                .attempts(attempt.task)
+                .get(attempt.retry_id as usize)
+                .and_then(|a| a.scheduling_time)
+            {
+                crate::metrics::global()
+                    .scheduling
+                    .get_or_create(&crate::metrics::PoolLabels { pool: pool.clone() })
+                    .observe(now.saturating_sub(since) as f64 / 1000.0);
+            }
             let pool_config = self.config.pools.get(&pool).cloned().unwrap_or_default();
             let attempt_key = key(&workflow_id, attempt);
             let backend = self.link_of(&pool);
@@ -675,3 +717,37 @@ impl Backend for NoBackend {
 mod backend_events;
 #[cfg(test)]
 mod tests;
+
+/// Counts what `event` decided: an attempt's exit (its code and what
+/// became of it: COMPLETE, RESCHEDULE or FAIL), a workflow's end.
+fn count_outcome(pool: &str, engine: &WorkflowState, event: &Event) {
+    let metrics = crate::metrics::global();
+    if let Event::Exited { attempt, .. } = event
+        && let Some(a) = engine.attempts(attempt.task).get(attempt.retry_id as usize)
+        && a.status.is_finished()
+    {
+        metrics
+            .exits
+            .get_or_create(&crate::metrics::ExitLabels {
+                pool: pool.to_string(),
+                exit_code: a.exit_code.map_or_else(|| "none".into(), |c| c.to_string()),
+                // What happened to it, whichever rule matched.
+                action: match a.status {
+                    osmo_engine::TaskStatus::Completed => "COMPLETE",
+                    osmo_engine::TaskStatus::Rescheduled => "RESCHEDULE",
+                    _ => "FAIL",
+                }
+                .to_string(),
+            })
+            .inc();
+    }
+    // Counted once: `apply` returns before this for a finished workflow.
+    if engine.is_finished() {
+        metrics
+            .workflows_finished
+            .get_or_create(&crate::metrics::StatusLabels {
+                status: engine.status().as_str().to_string(),
+            })
+            .inc();
+    }
+}
