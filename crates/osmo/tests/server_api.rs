@@ -434,3 +434,37 @@ fn metrics_count_exits_and_show_what_runs() {
     assert_eq!(line("osmo_queued_groups{pool=\"default\"}"), 0.0);
     assert!(text.ends_with("# EOF\n"));
 }
+
+#[test]
+fn the_task_list_shows_running_tasks_and_a_finished_workflow_on_request() {
+    let server = Server::start(local_pool());
+    let id = server.submit(
+        "workflow:\n  name: listed\n  resources: {default: {cpu: 1, memory: 2Gi}}\n  tasks:\n  - {name: slow, image: ubuntu, command: [sh, -c, 'until [ -e {{output}}/go ]; do sleep 0.02; done']}\n  - {name: quick, image: ubuntu, command: ['true']}\n",
+    );
+    let running = common::wait_for(std::time::Duration::from_secs(30), "slow to run", || {
+        let list = server.get_json("/api/task?statuses=RUNNING");
+        let tasks = list["tasks"].as_array().unwrap().clone();
+        (tasks.len() == 1).then_some(tasks)
+    });
+    assert_eq!(running[0]["task_name"], "slow");
+    assert_eq!(running[0]["workflow_id"], id.as_str());
+    assert_eq!(running[0]["memory"], 2.0);
+    let summary = server.get_json("/api/task?statuses=RUNNING&summary=true");
+    assert_eq!(summary["summaries"][0]["cpu"], 1.0, "{summary}");
+    std::fs::write(
+        server
+            .data_dir()
+            .join(format!("runs/{id}/slow/0/output/go")),
+        "",
+    )
+    .unwrap();
+    server.wait_finished(&id, std::time::Duration::from_secs(30));
+    assert!(
+        server.get_json("/api/task").as_object().unwrap()["tasks"]
+            .as_array()
+            .unwrap()
+            .is_empty()
+    );
+    let done = server.get_json(&format!("/api/task?workflow_id={id}&statuses=COMPLETED"));
+    assert_eq!(done["tasks"].as_array().unwrap().len(), 2, "{done}");
+}

@@ -67,6 +67,7 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/api/health", get(health))
         .route("/metrics", get(metrics))
+        .route("/api/task", get(tasks))
         .route(
             "/api/profile/settings",
             get(super::profile::get_settings).post(super::profile::set_settings),
@@ -395,6 +396,111 @@ fn listed_users(
         return Ok(users);
     }
     Ok(vec![caller.user.clone()])
+}
+
+/// OSMO's task list (`osmo task list`): the current attempt of each task of
+/// the running and pending workflows whose ID contains `workflow_id`, or of
+/// the finished workflow with that exact ID. Filters: `statuses`, `users` / `all_users` (as the
+/// workflow list), `pools`, `nodes`; `order` ASC or DESC by start time;
+/// `limit`/`offset`. `summary=true` sums what they asked per user, pool and
+/// priority; `aggregate_by_workflow=true` per workflow.
+async fn tasks(
+    State(app): State<AppState>,
+    RawQuery(raw): RawQuery,
+    Extension(caller): Extension<Caller>,
+) -> ApiResult<Json<serde_json::Value>> {
+    let params = params(&raw)?;
+    let limit: usize = number::<u32>(&params, "limit")?.unwrap_or(20) as usize;
+    let offset: usize = number::<u64>(&params, "offset")?.unwrap_or(0) as usize;
+    let workflow_id = param(&params, "workflow_id").map(str::to_string);
+    let (reply, answer) = oneshot::channel();
+    let live = match app
+        .requests
+        .send(Request::TaskRows { id: None, reply })
+        .await
+    {
+        Ok(()) => answer.await.ok().flatten().unwrap_or_default(),
+        Err(_) => Vec::new(),
+    };
+    let mut rows: Vec<serde_json::Value> = live
+        .into_iter()
+        .filter(|r| {
+            workflow_id
+                .as_deref()
+                .is_none_or(|w| r["workflow_id"].as_str().is_some_and(|id| id.contains(w)))
+        })
+        .collect();
+    if rows.is_empty()
+        && let Some(id) = &workflow_id
+        && let Some(row) = app
+            .store
+            .get_workflow(id)
+            .await
+            .map_err(ApiError::internal)?
+    {
+        let doc = Persisted::from_json(row.state.clone()).map_err(ApiError::internal)?;
+        rows = docs::task_rows(&DocMeta::of(&row), &doc.engine);
+    }
+    let statuses: Vec<String> = param_list(&params, "statuses")
+        .into_iter()
+        .map(|s| s.to_ascii_uppercase())
+        .collect();
+    let users = listed_users(&params, &caller, app.config.auth)?;
+    let pools = param_list(&params, "pools");
+    let nodes = param_list(&params, "nodes");
+    let keep = |row: &serde_json::Value, key: &str, wanted: &[String]| {
+        wanted.is_empty() || wanted.iter().any(|w| row[key] == w.as_str())
+    };
+    rows.retain(|r| {
+        keep(r, "status", &statuses)
+            && keep(r, "user", &users)
+            && keep(r, "pool", &pools)
+            && keep(r, "node", &nodes)
+    });
+    let descending = param(&params, "order").is_some_and(|o| o.eq_ignore_ascii_case("DESC"));
+    rows.sort_by(|a, b| {
+        let key = |r: &serde_json::Value| r["start_time"].as_str().unwrap_or("").to_string();
+        let order = key(a).cmp(&key(b));
+        if descending { order.reverse() } else { order }
+    });
+    let by_workflow = flag(&params, "aggregate_by_workflow")?;
+    if flag(&params, "summary")? || by_workflow {
+        let keys: &[&str] = if by_workflow {
+            &["user", "workflow_id", "pool", "priority"]
+        } else {
+            &["user", "pool", "priority"]
+        };
+        let mut sums: Vec<serde_json::Value> = Vec::new();
+        for row in &rows {
+            let found = sums
+                .iter_mut()
+                .find(|s| keys.iter().all(|k| s[*k] == row[*k]));
+            let entry = match found {
+                Some(entry) => entry,
+                None => {
+                    let mut entry =
+                        serde_json::json!({"cpu": 0.0, "gpu": 0, "memory": 0.0, "storage": 0.0});
+                    for k in keys {
+                        entry[*k] = row[*k].clone();
+                    }
+                    sums.push(entry);
+                    sums.last_mut().expect("just pushed")
+                }
+            };
+            for k in ["cpu", "memory", "storage"] {
+                entry[k] =
+                    (entry[k].as_f64().unwrap_or(0.0) + row[k].as_f64().unwrap_or(0.0)).into();
+            }
+            entry["gpu"] =
+                (entry["gpu"].as_u64().unwrap_or(0) + row["gpu"].as_u64().unwrap_or(0)).into();
+        }
+        return Ok(Json(serde_json::json!({ "summaries": sums })));
+    }
+    let more = rows.len() > offset + limit;
+    let page: Vec<serde_json::Value> = rows.into_iter().skip(offset).take(limit).collect();
+    Ok(Json(
+        serde_json::json!({ "tasks": page, "more_entries": more }),
+    ))
 }
 
 /// Prometheus' scrape: counters, histograms and the core's live gauges.

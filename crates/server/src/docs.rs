@@ -148,3 +148,42 @@ pub fn summary_doc(row: &osmo_store::WorkflowSummary) -> WorkflowSummaryDoc {
         end_time: rfc3339(row.finished_at.map(|t| t as u64)),
     }
 }
+
+/// Each task's current attempt as a row of OSMO's task list (`GET
+/// /api/task`): who, which workflow, its status and node, and what it asked
+/// for (`cpu`, `gpu`, `memory` and `storage` in GiB, as OSMO counts them).
+pub fn task_rows(meta: &DocMeta, engine: &WorkflowState) -> Vec<serde_json::Value> {
+    let workflow = engine.workflow();
+    let gib = |b: Option<u64>| b.map_or(0.0, |b| b as f64 / f64::from(1u32 << 30));
+    let mut rows = Vec::new();
+    for (g, group) in workflow.groups.iter().enumerate() {
+        for (t, spec) in group.tasks.iter().enumerate() {
+            let a = engine.current(TaskKey {
+                group: g as u32,
+                task: t as u32,
+            });
+            let r = workflow.resources.get(&spec.resource);
+            rows.push(serde_json::json!({
+                "user": meta.submitted_by,
+                "workflow_id": meta.id,
+                "workflow_uuid": meta.id,
+                "task_name": spec.name,
+                "group_name": group.name,
+                "retry_id": a.retry_id,
+                "status": a.status.as_str(),
+                "pool": meta.pool,
+                "priority": meta.priority,
+                "node": a.node,
+                "gpus": a.gpus,
+                "start_time": rfc3339(a.start_time),
+                "end_time": rfc3339(a.end_time),
+                "exit_code": a.exit_code,
+                "cpu": r.map_or(0.0, |r| r.cpu),
+                "gpu": r.map_or(0, |r| r.gpu),
+                "memory": gib(r.and_then(|r| r.memory_bytes)),
+                "storage": gib(r.and_then(|r| r.storage_bytes)),
+            }));
+        }
+    }
+    rows
+}

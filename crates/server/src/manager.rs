@@ -60,6 +60,11 @@ pub enum Request {
     Usage {
         reply: oneshot::Sender<Vec<super::core::PoolUsage>>,
     },
+    /// Task list rows of the running workflows (or of one).
+    TaskRows {
+        id: Option<String>,
+        reply: oneshot::Sender<Option<Vec<serde_json::Value>>>,
+    },
     /// The live gauges of a metrics scrape.
     Live {
         reply: oneshot::Sender<crate::metrics::Live>,
@@ -263,6 +268,9 @@ impl Manager {
             }
             Request::Usage { reply } => {
                 let _ = reply.send(self.core.usage());
+            }
+            Request::TaskRows { id, reply } => {
+                let _ = reply.send(self.core.task_rows(id.as_deref()));
             }
             Request::Live { reply } => {
                 let _ = reply.send(self.core.live());

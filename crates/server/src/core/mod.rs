@@ -375,6 +375,23 @@ impl Core {
         Some(active.engine.status().as_str().to_string())
     }
 
+    /// OSMO's task list rows of the workflows running here (`id`: only that
+    /// one, None when it does not run here).
+    pub fn task_rows(&self, id: Option<&str>) -> Option<Vec<serde_json::Value>> {
+        match id {
+            Some(id) => self
+                .active
+                .get(id)
+                .map(|a| docs::task_rows(&a.meta(id), &a.engine)),
+            None => Some(
+                self.active
+                    .iter()
+                    .flat_map(|(id, a)| docs::task_rows(&a.meta(id), &a.engine))
+                    .collect(),
+            ),
+        }
+    }
+
     /// The gauges of a metrics scrape: running workflows and their tasks by
     /// status, and each pool's use.
     pub fn live(&self) -> crate::metrics::Live {
