@@ -215,6 +215,39 @@ impl Client {
 
     /// `GET /api/workflow/{id}/logs`: plain text, one line per log line.
     pub fn logs(&self, id: &str, filter: &LogsFilter) -> anyhow::Result<String> {
+        let url = self.logs_url(id, filter);
+        self.text(self.http.get(url.clone()), &url)
+    }
+
+    /// `GET /api/workflow/{id}/logs?follow=true`: copies the lines to `out`
+    /// as the service streams them, until the workflow has finished.
+    pub fn follow_logs(
+        &self,
+        id: &str,
+        filter: &LogsFilter,
+        out: &mut dyn std::io::Write,
+    ) -> anyhow::Result<()> {
+        let mut url = self.logs_url(id, filter);
+        url.query_pairs_mut().append_pair("follow", "true");
+        // A running workflow's logs may take days: no overall deadline.
+        let request = self
+            .http
+            .get(url.clone())
+            .timeout(Duration::from_secs(365 * 24 * 3600));
+        let mut response = self.send(request, &url)?;
+        let mut buf = [0u8; 16 * 1024];
+        loop {
+            let n = std::io::Read::read(&mut response, &mut buf)
+                .with_context(|| format!("the log stream of {id} broke"))?;
+            if n == 0 {
+                return Ok(());
+            }
+            out.write_all(&buf[..n])?;
+            out.flush()?;
+        }
+    }
+
+    fn logs_url(&self, id: &str, filter: &LogsFilter) -> Url {
         let mut url = self.endpoint(&["api", "workflow", id, "logs"]);
         let mut query: Vec<(&str, String)> = Vec::new();
         if let Some(task) = &filter.task {
@@ -230,7 +263,7 @@ impl Client {
             query.push(("stream", "stderr".to_string()));
         }
         set_query(&mut url, &query);
-        self.text(self.http.get(url.clone()), &url)
+        url
     }
 
     /// `GET /api/workflow/{id}/spec?rendered=`: the workflow file as submitted.

@@ -468,3 +468,37 @@ fn the_task_list_shows_running_tasks_and_a_finished_workflow_on_request() {
     let done = server.get_json(&format!("/api/task?workflow_id={id}&statuses=COMPLETED"));
     assert_eq!(done["tasks"].as_array().unwrap().len(), 2, "{done}");
 }
+
+#[test]
+fn logs_follow_a_running_workflow_until_it_ends() {
+    use std::io::BufRead;
+    let server = Server::start(local_pool());
+    let id = server.submit(
+        "workflow:\n  name: followed\n  tasks:\n  - {name: t, image: ubuntu, command: [sh, -c, 'echo first; until [ -e {{output}}/go ]; do sleep 0.02; done; echo second']}\n",
+    );
+    let mut child = std::process::Command::new(common::OSMO)
+        .args(["workflow", "logs", &id, "--follow", "--url", &server.url])
+        .env_remove("OSMO_TOKEN")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    // The first line arrives while the task still runs.
+    let first = lines.next().unwrap().unwrap();
+    assert!(first.ends_with("[t retry-0][stdout] first"), "{first}");
+    let doc = server.workflow(&id);
+    assert_eq!(doc["status"], "RUNNING", "{doc:#}");
+    std::fs::write(
+        server.data_dir().join(format!("runs/{id}/t/0/output/go")),
+        "",
+    )
+    .unwrap();
+    let rest: Vec<String> = lines.map(Result::unwrap).collect();
+    assert!(
+        rest.iter().any(|l| l.ends_with("[stdout] second")),
+        "{rest:?}"
+    );
+    // It ended by itself, with the workflow.
+    assert!(child.wait().unwrap().success());
+    assert_eq!(server.workflow(&id)["status"], "COMPLETED");
+}

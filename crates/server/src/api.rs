@@ -724,26 +724,102 @@ async fn logs_of(
             format!("workflow {id} has no task `{task}`"),
         ));
     }
+    if flag(params, "follow")? {
+        let body = follow_logs(
+            app.store.clone(),
+            id,
+            task.map(str::to_string),
+            retry_id,
+            stream.map(str::to_string),
+        );
+        return Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], body).into_response());
+    }
     let lines = app
         .store
         .logs_of_stream(&id, task, retry_id, stream, last_n)
         .await
         .map_err(ApiError::internal)?;
-    let mut text = String::new();
-    for l in lines {
-        let stamp = docs::rfc3339(Some(l.at_ms as u64)).unwrap_or_default();
-        // 2026-11-25T11:20:02.123Z → 2026/11/25 11:20:02
-        let stamp = stamp
-            .get(..19)
-            .unwrap_or(&stamp)
-            .replace('-', "/")
-            .replace('T', " ");
-        text.push_str(&format!(
-            "{stamp} [{} retry-{}][{}] {}\n",
-            l.task, l.retry_id, l.stream, l.line
-        ));
-    }
+    let text: String = lines.iter().map(log_line_text).collect();
     Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], text).into_response())
+}
+
+/// `2026/11/25 11:20:02 [task retry-0][stdout] text`, as OSMO prints logs.
+fn log_line_text(l: &osmo_store::LogLine) -> String {
+    let stamp = docs::rfc3339(Some(l.at_ms as u64)).unwrap_or_default();
+    // 2026-11-25T11:20:02.123 → 2026/11/25 11:20:02
+    let stamp = stamp
+        .get(..19)
+        .unwrap_or(&stamp)
+        .replace('-', "/")
+        .replace('T', " ");
+    format!(
+        "{stamp} [{} retry-{}][{}] {}\n",
+        l.task, l.retry_id, l.stream, l.line
+    )
+}
+
+/// How often a followed log looks for new lines, and how many it reads at once.
+const FOLLOW_EVERY: std::time::Duration = std::time::Duration::from_millis(250);
+const FOLLOW_PAGE: usize = 1000;
+
+/// The logs so far, then each new line as it is stored, until the workflow
+/// has finished and its last lines are out (`follow=true`, as OSMO's
+/// `workflow logs` streams). Ends early when the client goes away.
+fn follow_logs(
+    store: Store,
+    id: String,
+    task: Option<String>,
+    retry_id: Option<u32>,
+    stream: Option<String>,
+) -> axum::body::Body {
+    let (tx, rx) = mpsc::channel::<Result<String, std::convert::Infallible>>(4);
+    tokio::spawn(async move {
+        let mut after = 0;
+        loop {
+            // Whether it had finished before this read: then this read has
+            // every line it will ever have.
+            let finished = match store.get_workflow(&id).await {
+                Ok(Some(row)) => row.finished_at.is_some(),
+                _ => true,
+            };
+            let page = match store
+                .logs_after(
+                    &id,
+                    task.as_deref(),
+                    retry_id,
+                    stream.as_deref(),
+                    after,
+                    FOLLOW_PAGE,
+                )
+                .await
+            {
+                Ok(page) => page,
+                Err(e) => {
+                    tracing::warn!("cannot follow the logs of {id}: {e}");
+                    return;
+                }
+            };
+            let full = page.len() == FOLLOW_PAGE;
+            if let Some((seq, _)) = page.last() {
+                after = *seq;
+                let text: String = page.iter().map(|(_, l)| log_line_text(l)).collect();
+                if tx.send(Ok(text)).await.is_err() {
+                    return;
+                }
+            }
+            if full {
+                continue;
+            }
+            if finished {
+                return;
+            }
+            tokio::time::sleep(FOLLOW_EVERY).await;
+        }
+    });
+    let lines = futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|item| (item, rx))
+    });
+    axum::body::Body::from_stream(lines)
 }
 
 /// The workflow file as submitted (`rendered=true`: after Jinja rendering).

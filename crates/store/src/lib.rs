@@ -364,6 +364,7 @@ impl WorkflowRaw {
 
 #[derive(sqlx::FromRow)]
 struct LogRaw {
+    seq: i64,
     workflow_id: String,
     task: String,
     retry_id: i64,
@@ -787,6 +788,55 @@ impl Store {
         last_n: Option<usize>,
     ) -> Result<Vec<LogLine>> {
         self.logs_of_stream(id, task, retry_id, None, last_n).await
+    }
+
+    /// Up to `limit` lines after log sequence number `after` (0: from the
+    /// start), oldest first, each with its sequence number: how a reader
+    /// follows a running workflow's logs, one page per poll.
+    pub async fn logs_after(
+        &self,
+        id: &str,
+        task: Option<&str>,
+        retry_id: Option<u32>,
+        stream: Option<&str>,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<(u64, LogLine)>> {
+        let rows: Vec<LogRaw> = with_pool!(self, pool => {
+            let mut q = sqlx::QueryBuilder::new(
+                "SELECT seq, workflow_id, task, retry_id, at_ms, stream, line FROM logs \
+                 WHERE workflow_id = ",
+            );
+            q.push_bind(id);
+            q.push(" AND seq > ").push_bind(to_i64(after));
+            if let Some(task) = task {
+                q.push(" AND task = ").push_bind(task);
+            }
+            if let Some(retry_id) = retry_id {
+                q.push(" AND retry_id = ").push_bind(i64::from(retry_id));
+            }
+            if let Some(stream) = stream {
+                q.push(" AND stream = ").push_bind(stream);
+            }
+            q.push(" ORDER BY seq LIMIT ").push_bind(to_i64(limit as u64));
+            q.build_query_as().fetch_all(pool).await?
+        });
+        Ok(rows
+            .into_iter()
+            .map(|r| {
+                (
+                    to_u64(r.seq),
+                    LogLine {
+                        workflow_id: r.workflow_id,
+                        task: r.task,
+                        retry_id: to_u32(r.retry_id),
+                        at_ms: r.at_ms,
+                        stream: r.stream,
+                        line: r.line,
+                    },
+                )
+            })
+            .collect())
     }
 
     /// [`Store::logs`], of one stream only when `stream` is given (`stderr`, say).

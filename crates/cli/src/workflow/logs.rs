@@ -30,6 +30,9 @@ pub struct LogsArgs {
     /// Only what the tasks wrote to stderr.
     #[arg(long)]
     pub error: bool,
+    /// Keep printing new lines as the tasks write them, until the workflow ends.
+    #[arg(long, conflicts_with_all = ["last_n_lines", "format_type"])]
+    pub follow: bool,
     #[command(flatten)]
     pub service: ServiceArgs,
     /// Output format: `text` (the lines as they are) or `json` (`{"name", "lines": [...]}`).
@@ -45,6 +48,10 @@ pub fn run(args: LogsArgs) -> anyhow::Result<Outcome> {
         last_n_lines: args.last_n_lines,
         errors_only: args.error,
     };
+    if args.follow {
+        client.follow_logs(&args.id, &filter, &mut std::io::stdout().lock())?;
+        return Ok(Outcome::Success);
+    }
     let text = client.logs(&args.id, &filter)?;
     match args.format_type {
         FormatType::Json => {
