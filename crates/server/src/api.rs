@@ -224,6 +224,7 @@ fn key_values(items: &[String], flag: &str) -> ApiResult<Vec<(String, String)>> 
     params(("pool" = String, Path), ("dry_run" = Option<bool>, Query), ("validation_only" = Option<bool>, Query),
            ("priority" = Option<String>, Query, description = "HIGH, NORMAL (default) or LOW")),
     responses((status = 200, body = SubmitResponse), (status = 400, body = ErrorResponse),
+              (status = 401, body = ErrorResponse, description = "auth: tokens and no known token"),
               (status = 404, body = ErrorResponse), (status = 413, body = ErrorResponse)))]
 async fn submit(
     State(app): State<AppState>,
@@ -346,8 +347,13 @@ async fn submit(
 /// List workflows, newest first.
 #[utoipa::path(get, path = "/api/workflow",
     params(("name" = Option<String>, Query), ("statuses" = Option<Vec<String>>, Query),
-           ("pools" = Option<Vec<String>>, Query), ("limit" = Option<u32>, Query), ("offset" = Option<u32>, Query)),
-    responses((status = 200, body = WorkflowListDoc), (status = 400, body = ErrorResponse)))]
+           ("pools" = Option<Vec<String>>, Query), ("users" = Option<Vec<String>>, Query),
+           ("all_users" = Option<bool>, Query, description = "every user's, also with auth: tokens"),
+           ("priority" = Option<Vec<String>>, Query, description = "HIGH, NORMAL or LOW"),
+           ("limit" = Option<u32>, Query, minimum = 0, maximum = 1000, description = "default 20"),
+           ("offset" = Option<u64>, Query)),
+    responses((status = 200, body = WorkflowListDoc), (status = 400, body = ErrorResponse),
+              (status = 401, body = ErrorResponse)))]
 async fn list(
     State(app): State<AppState>,
     RawQuery(raw): RawQuery,
@@ -534,7 +540,8 @@ async fn load(app: &AppState, id: &str) -> ApiResult<(osmo_store::WorkflowRow, P
 /// One workflow: the latest attempt of each task, or every attempt with `verbose`.
 #[utoipa::path(get, path = "/api/workflow/{id}",
     params(("id" = String, Path), ("verbose" = Option<bool>, Query)),
-    responses((status = 200, body = WorkflowDoc), (status = 404, body = ErrorResponse)))]
+    responses((status = 200, body = WorkflowDoc), (status = 400, body = ErrorResponse),
+              (status = 401, body = ErrorResponse), (status = 404, body = ErrorResponse)))]
 async fn query(
     State(app): State<AppState>,
     Path(id): Path<String>,
@@ -564,8 +571,9 @@ async fn query(
 /// Cancel a workflow: every unfinished group ends FAILED_CANCELED.
 #[utoipa::path(post, path = "/api/workflow/{id}/cancel",
     params(("id" = String, Path), ("message" = Option<String>, Query)),
-    responses((status = 200, body = CancelResponse), (status = 404, body = ErrorResponse),
-              (status = 409, body = ErrorResponse)))]
+    responses((status = 200, body = CancelResponse), (status = 401, body = ErrorResponse),
+              (status = 403, body = ErrorResponse, description = "another user's workflow"),
+              (status = 404, body = ErrorResponse), (status = 409, body = ErrorResponse)))]
 async fn cancel(
     State(app): State<AppState>,
     Path(id): Path<String>,
@@ -601,8 +609,10 @@ async fn cancel(
 /// only its groups that did not complete run; the others keep their outputs.
 #[utoipa::path(post, path = "/api/workflow/{id}/restart",
     params(("id" = String, Path), ("pool" = Option<String>, Query)),
-    responses((status = 200, body = SubmitResponse), (status = 404, body = ErrorResponse),
-              (status = 409, body = ErrorResponse), (status = 400, body = ErrorResponse)))]
+    responses((status = 200, body = SubmitResponse), (status = 401, body = ErrorResponse),
+              (status = 403, body = ErrorResponse, description = "another user's workflow"),
+              (status = 404, body = ErrorResponse), (status = 409, body = ErrorResponse),
+              (status = 400, body = ErrorResponse)))]
 async fn restart(
     State(app): State<AppState>,
     Path(id): Path<String>,
@@ -684,8 +694,10 @@ async fn restart_as(
 /// Logs of a workflow's tasks: `YYYY/MM/DD HH:MM:SS [task retry-N][stream] line`.
 #[utoipa::path(get, path = "/api/workflow/{id}/logs",
     params(("id" = String, Path), ("task_name" = Option<String>, Query), ("retry_id" = Option<u32>, Query),
-           ("last_n_lines" = Option<u32>, Query), ("stream" = Option<String>, Query)),
-    responses((status = 200, body = String, content_type = "text/plain"), (status = 404, body = ErrorResponse)))]
+           ("last_n_lines" = Option<u32>, Query), ("stream" = Option<String>, Query),
+           ("follow" = Option<bool>, Query, description = "stream new lines until the workflow ends")),
+    responses((status = 200, body = String, content_type = "text/plain"), (status = 400, body = ErrorResponse),
+              (status = 401, body = ErrorResponse), (status = 404, body = ErrorResponse)))]
 async fn logs(
     State(app): State<AppState>,
     Path(id): Path<String>,
@@ -824,8 +836,9 @@ fn follow_logs(
 
 /// The workflow file as submitted (`rendered=true`: after Jinja rendering).
 #[utoipa::path(get, path = "/api/workflow/{id}/spec",
-    params(("id" = String, Path), ("rendered" = Option<bool>, Query)),
-    responses((status = 200, body = String, content_type = "text/plain"), (status = 404, body = ErrorResponse)))]
+    params(("id" = String, Path), ("rendered" = Option<bool>, Query), ("use_template" = Option<bool>, Query)),
+    responses((status = 200, body = String, content_type = "text/plain"), (status = 400, body = ErrorResponse),
+              (status = 401, body = ErrorResponse), (status = 404, body = ErrorResponse)))]
 async fn spec(
     State(app): State<AppState>,
     Path(id): Path<String>,
@@ -855,7 +868,8 @@ async fn spec(
 /// and what the engine decided about each exit, and why.
 #[utoipa::path(get, path = "/api/workflow/{id}/events",
     params(("id" = String, Path), ("task_name" = Option<String>, Query), ("retry_id" = Option<u32>, Query)),
-    responses((status = 200, body = String, content_type = "text/plain"), (status = 404, body = ErrorResponse)))]
+    responses((status = 200, body = String, content_type = "text/plain"), (status = 400, body = ErrorResponse),
+              (status = 401, body = ErrorResponse), (status = 404, body = ErrorResponse)))]
 async fn events(
     State(app): State<AppState>,
     Path(id): Path<String>,
