@@ -166,7 +166,7 @@ pub(crate) fn spawn(shared: Arc<Shared>, launch: Launch) {
 
 fn run(shared: Arc<Shared>, launch: Launch, gate: Arc<Gate>, stop: StopHandle) {
     let scratch = shared.scratch.join(launch.key.file_stem());
-    let spec = launch.attempt_spec(scratch.clone());
+    let mut spec = launch.attempt_spec(scratch.clone());
     let supervisor = AttemptSupervisor {
         shared: shared.clone(),
         key: launch.key.clone(),
@@ -174,7 +174,31 @@ fn run(shared: Arc<Shared>, launch: Launch, gate: Arc<Gate>, stop: StopHandle) {
         gate,
         barrier: launch.barrier,
     };
+    // The workflow's own network, when the pool gives it one and it can be made.
+    let mut joined = None;
+    if let Some(names) = &launch.network {
+        let port = launch
+            .environment
+            .get("OSMO_URL")
+            .and_then(|url| loopback_port(url));
+        match shared
+            .networks
+            .join(&launch.key.workflow_id, names, port, &shared.state_dir)
+        {
+            Ok((net, task_net)) => {
+                spec.network = Some(task_net);
+                joined = Some(net);
+            }
+            Err(e) => supervisor.log(
+                osmo_runtime::Stream::Osmo,
+                &format!("no network of its own ({e}); the task uses the host's"),
+            ),
+        }
+    }
     let outcome = osmo_runtime::for_kind(launch.runtime).run_attempt(&spec, &supervisor, &stop);
+    if let Some(net) = joined {
+        shared.networks.leave(&launch.key.workflow_id, &net);
+    }
     // Reported first: the scratch space's removal is off the attempt's critical path.
     finish(&shared, &launch.key, outcome.codes);
     let _ = std::fs::remove_dir_all(&scratch);
@@ -193,4 +217,12 @@ fn finish(shared: &Shared, key: &AttemptKey, codes: Vec<ReportedCode>) {
     }
     shared.lock_attempts().remove(key);
     shared.send(msg);
+}
+
+/// The port of a server URL on this host's loopback (`http://127.0.0.1:8000`).
+fn loopback_port(url: &str) -> Option<u16> {
+    let rest = url.strip_prefix("http://")?;
+    let host_port = rest.split('/').next()?;
+    let (host, port) = host_port.rsplit_once(':')?;
+    matches!(host, "127.0.0.1" | "localhost").then(|| port.parse().ok())?
 }

@@ -11,6 +11,7 @@
 
 mod attempt;
 mod log_outbox;
+mod network;
 mod results;
 
 use std::collections::HashMap;
@@ -50,6 +51,9 @@ pub(crate) struct Shared {
     results: ResultStore,
     scratch: PathBuf,
     node: String,
+    /// The workflows' networks, and where their files live.
+    networks: Arc<network::Networks>,
+    state_dir: PathBuf,
 }
 
 /// Runs the agent until it has no task and its server has been gone a while.
@@ -74,6 +78,8 @@ async fn serve(args: AgentArgs) -> anyhow::Result<()> {
         results: ResultStore::open(args.state_dir.join("results"))?,
         scratch: args.state_dir.join("scratch"),
         node: osmo_proto::hostname(),
+        networks: Arc::default(),
+        state_dir: args.state_dir.clone(),
     });
     let mut shutting_down = false;
     let mut gone_since = Instant::now();
@@ -95,6 +101,7 @@ async fn serve(args: AgentArgs) -> anyhow::Result<()> {
             log_outbox::gather(&mut outbox, waiting);
             let idle = shared.lock_attempts().is_empty();
             if idle && (shutting_down || gone_since.elapsed() >= IDLE_EXIT) {
+                shared.networks.remove_all();
                 return Ok(());
             }
             match UnixStream::connect(&args.socket).await {

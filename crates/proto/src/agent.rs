@@ -82,6 +82,10 @@ pub struct Launch {
     /// The user and group the task runs as (see `AttemptSpec::run_as`).
     #[serde(default)]
     pub run_as: Option<(u32, u32)>,
+    /// A network of the workflow's own, where these names (its group's
+    /// tasks, `{{host:TASK}}`) resolve; None: the host's network.
+    #[serde(default)]
+    pub network: Option<Vec<String>>,
 }
 
 fn yes() -> bool {
@@ -117,6 +121,8 @@ impl Launch {
             gpus: self.gpus.clone(),
             hidden_paths: self.hidden_paths.clone(),
             run_as: self.run_as,
+            // The backend that runs it decides (the node agent's network).
+            network: None,
         }
     }
 }

@@ -71,6 +71,7 @@ pub(crate) mod step {
     pub const PIPE: u32 = FDS + 8;
     pub const FORK: u32 = FDS + 9;
     pub const USER: u32 = FDS + 10;
+    pub const NETNS: u32 = FDS + 11;
 }
 
 pub(crate) const ROOT_OVERLAY_DISK: u32 = 0;
@@ -174,6 +175,8 @@ pub(crate) struct ChildPlan {
     pub scrub: [(usize, usize); 2],
     /// Drop to this user and group once the root and files are in place.
     pub run_as: Option<(libc::uid_t, libc::gid_t)>,
+    /// A network namespace to join first, or -1.
+    pub netns: c_int,
 }
 
 /// `fork` as the bare system call, with extra clone flags (namespaces).
@@ -635,6 +638,13 @@ pub(crate) unsafe fn sandbox_init(p: &ChildPlan) -> ! {
             }
         }
         close_other_fds(&p.keep_fds);
+        if p.netns >= 0 {
+            // Before /proc is mounted, so that it shows this network.
+            if libc::syscall(libc::SYS_setns, p.netns, libc::CLONE_NEWNET) != 0 {
+                fail(p, step::NETNS, errno());
+            }
+            libc::close(p.netns);
+        }
         if p.cgroup_procs >= 0 {
             if libc::write(p.cgroup_procs, c"0".as_ptr() as *const c_void, 1) != 1 {
                 fail(p, step::CGROUP, errno());

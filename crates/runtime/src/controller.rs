@@ -555,6 +555,7 @@ impl Run<'_> {
             step::PIPE => "create a pipe".to_string(),
             step::FORK => "fork".to_string(),
             step::USER => "run as the pool's unprivileged user".to_string(),
+            step::NETNS => "join the workflow's network".to_string(),
             i => prepared
                 .step_names
                 .get(i as usize)

@@ -130,6 +130,21 @@ pub struct AttemptSpec {
     /// set-up, which is root's); None: as the runtime's own user. Taken
     /// only when the runtime runs as root.
     pub run_as: Option<(u32, u32)>,
+    /// The network the task joins on the host sandbox (None: the host's).
+    pub network: Option<TaskNetwork>,
+}
+
+/// A network namespace shared by a workflow's tasks (SEMANTICS §6): ports
+/// of its own, names of its tasks in `hosts` and through the resolver
+/// `resolv.conf` names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TaskNetwork {
+    /// The namespace, e.g. `/run/netns/osmo-1234abcd`.
+    pub netns: PathBuf,
+    /// Bound read-only at `/etc/hosts`.
+    pub hosts: PathBuf,
+    /// Bound read-only at `/etc/resolv.conf`.
+    pub resolv: PathBuf,
 }
 
 /// Runs attempts: the host sandbox ([`HostSandbox`]) and, with the `docker`

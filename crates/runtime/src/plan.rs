@@ -103,6 +103,8 @@ pub(crate) struct PlanFds {
 
 /// A plan with the words to explain its failures.
 pub(crate) struct Prepared {
+    /// The network namespace the init joins, open until it has forked.
+    pub _netns: Option<std::os::fd::OwnedFd>,
     pub plan: ChildPlan,
     /// What each plan step does, for messages (`bind output dir /x`).
     pub step_names: Vec<String>,
@@ -436,6 +438,27 @@ pub(crate) fn build(
     });
     step_names.push("mount a private /tmp".into());
 
+    // The workflow's network: its names and resolver.
+    if let Some(net) = &spec.network {
+        for (file, at) in [
+            (&net.hosts, "/etc/hosts"),
+            (&net.resolv, "/etc/resolv.conf"),
+        ] {
+            steps.push(Step {
+                mkdirs: vec![],
+                source: Some(cpath(file).map_err(init)?),
+                target: cpath(&under(&layout.root, Path::new(at))).map_err(init)?,
+                fstype: None,
+                flags: libc::MS_BIND,
+                data: None,
+                readonly: true,
+                optional: false,
+                when: When::Always,
+            });
+            step_names.push(format!("bind the workflow's {at}"));
+        }
+    }
+
     // The host's secrets, masked before the task's own directories are bound
     // (which may lie below them, as its output lies in the data directory).
     let mut hidden: Vec<PathBuf> = spec
@@ -533,7 +556,25 @@ pub(crate) fn build(
         .collect::<Result<Vec<_>, PrepareError>>()
         .map_err(init)?;
 
+    let netns = match &spec.network {
+        Some(net) => Some(
+            fs::File::open(&net.netns)
+                .map(std::os::fd::OwnedFd::from)
+                .map_err(|source| PrepareError::Io {
+                    what: format!("open the workflow's network {}", net.netns.display()),
+                    source,
+                })
+                .map_err(init)?,
+        ),
+        None => None,
+    };
+    let netns_fd = netns
+        .as_ref()
+        .map_or(-1, std::os::fd::AsRawFd::as_raw_fd);
     let mut keep_fds = vec![fds.devnull, fds.status, fds.go, fds.stdout, fds.stderr];
+    if netns_fd >= 0 {
+        keep_fds.push(netns_fd);
+    }
     keep_fds.extend(fds.preflight.iter().copied());
     if fds.cgroup_procs >= 0 {
         keep_fds.push(fds.cgroup_procs);
@@ -557,8 +598,10 @@ pub(crate) fn build(
         command: exec_plan(argv, path_var).map_err(init)?,
         scrub: scrub_ranges(),
         run_as,
+        netns: netns_fd,
     };
     Ok(Prepared {
+        _netns: netns,
         plan,
         step_names,
         file_paths,

@@ -91,10 +91,15 @@ impl super::backend::Backend for AgentLink {
         AgentLink::set_ready(self, conn)
     }
 
-    /// Every task shares this machine's network: each listens on loopback.
-    /// (A network identity per task, SEMANTICS §6, is still to come.)
-    fn task_host(&self, _: &str, _: &str) -> String {
-        "127.0.0.1".to_string()
+    /// On the host sandbox each workflow has a network of its own where its
+    /// tasks' names resolve (the node agent's `network`): the task's name.
+    /// Containers and `network: host` share this machine's: loopback.
+    fn task_host(&self, pool: &osmo_spec::config::PoolConfig, _: &str, task: &str) -> String {
+        if gives_networks(pool) {
+            task.to_string()
+        } else {
+            "127.0.0.1".to_string()
+        }
     }
 
     /// Its `cpu_capacity`, else one node's CPUs, else this machine's; its
@@ -228,4 +233,10 @@ fn running_agent(state_dir: &Path) -> Option<i32> {
 
 pub fn socket_path(data_dir: &Path) -> PathBuf {
     data_dir.join("agent.sock")
+}
+
+/// Whether the node agent gives `pool`'s workflows networks of their own.
+pub fn gives_networks(pool: &osmo_spec::config::PoolConfig) -> bool {
+    pool.runtime == osmo_spec::config::RuntimeKind::Sandbox
+        && pool.network == osmo_spec::config::NetworkMode::Workflow
 }

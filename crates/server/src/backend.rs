@@ -34,7 +34,7 @@ pub trait Backend: Send + Sync {
     fn gpu_devices(&self, pool: &PoolConfig) -> Option<u32>;
     /// What `{{host:TASK}}` becomes for `task` of `workflow_id` (SEMANTICS §6):
     /// how this backend names where a task listens.
-    fn task_host(&self, workflow_id: &str, task: &str) -> String;
+    fn task_host(&self, pool: &PoolConfig, workflow_id: &str, task: &str) -> String;
 }
 
 /// A backend for the core's unit tests: records what it is sent; the test
@@ -84,7 +84,7 @@ impl Backend for FakeBackend {
     fn gpu_devices(&self, pool: &PoolConfig) -> Option<u32> {
         Some(pool.node.gpu.unwrap_or(0))
     }
-    fn task_host(&self, _: &str, task: &str) -> String {
+    fn task_host(&self, _: &PoolConfig, _: &str, task: &str) -> String {
         format!("{task}.fake")
     }
 }

@@ -140,6 +140,7 @@ impl LaunchBuilder {
                 }
             }
         }
+        let group_hosts: Vec<String> = group.tasks.iter().map(|t| host_of(&t.name)).collect();
         let tokens = osmo_spec::Tokens {
             output: path_text(&output),
             inputs,
@@ -218,6 +219,9 @@ impl LaunchBuilder {
             hidden_paths,
             // `nobody` unless the pool lets tasks be root.
             run_as: (!pool.run_as_root).then_some((NOBODY, NOBODY)),
+            network: (pool.backend == osmo_spec::config::BackendKind::Local
+                && crate::agent_link::gives_networks(pool))
+            .then_some(group_hosts),
         })
     }
 }

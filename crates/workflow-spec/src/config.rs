@@ -17,6 +17,18 @@ pub struct ServiceConfig {
     pub auth: AuthMode,
 }
 
+/// Where a pool's tasks listen (SEMANTICS §6).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NetworkMode {
+    /// A network namespace per workflow: ports of its own, `{{host:TASK}}`
+    /// names that resolve, NAT to the outside.
+    #[default]
+    Workflow,
+    /// The host's network: `{{host:TASK}}` is 127.0.0.1.
+    Host,
+}
+
 /// `auth: none` takes the caller's name on trust (`x-osmo-user`); `auth:
 /// tokens` wants a bearer token on every call and knows the caller by it.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -82,6 +94,10 @@ pub struct PoolConfig {
     /// directory, `/root` and `/home` (always hidden on the host sandbox).
     #[serde(default)]
     pub hidden_paths: Vec<String>,
+    /// The local backend's host sandbox gives each workflow a network of
+    /// its own (default), or runs tasks on the host's (`network: host`).
+    #[serde(default)]
+    pub network: NetworkMode,
     /// Let tasks on the host sandbox run as root (default: as `nobody`,
     /// uid and gid 65534, once their set-up is done).
     #[serde(default)]
@@ -126,6 +142,7 @@ impl Default for PoolConfig {
             allowed_mounts: Vec::new(),
             hidden_paths: Vec::new(),
             run_as_root: false,
+            network: NetworkMode::default(),
             options: BTreeMap::new(),
         }
     }

@@ -203,6 +203,17 @@ fn pool(raw: &RawPool, name: &str, report: &mut Report) -> PoolConfig {
         .cpu_capacity
         .as_ref()
         .and_then(|s| check::cpu(s, &what("cpu_capacity"), report));
+    if let Some(s) = &raw.network {
+        match s.text.as_str() {
+            "workflow" => pool.network = crate::config::NetworkMode::Workflow,
+            "host" => pool.network = crate::config::NetworkMode::Host,
+            _ => report.error(
+                s.mark,
+                format!("unknown network for pool `{name}`; expected `workflow` or `host`"),
+                Some(s.text.clone()),
+            ),
+        }
+    }
     if let Some(s) = &raw.run_as_root {
         pool.run_as_root = check::flag(s, &what("run_as_root"), report).unwrap_or(false);
     }

@@ -162,6 +162,7 @@ pub(crate) struct RawPool {
     #[serde(default)]
     pub hidden_paths: Option<Checked<Vec<Scalar>>>,
     pub run_as_root: Option<Scalar>,
+    pub network: Option<Scalar>,
     pub options: Option<Checked<Entries<Checked<serde_json::Value>>>>,
     /// Slurm settings, kept in `options`.
     pub partition: Option<Scalar>,

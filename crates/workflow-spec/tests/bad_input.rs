@@ -125,7 +125,7 @@ pools:
             "8:29: `command` of preflight test `nccl` is empty",
             "9:7: a preflight test of pool `default` is missing `name`",
             "10:33: unknown field `disk` at line 10, column 33; expected one of `cpu`, `gpu`, `memory`, `storage`",
-            "12:5: unknown field `colour` at line 12, column 5; expected one of `backend`, `runtime`, `max_retry_per_task`, `max_tasks_per_workflow`, `default_exit_actions`, `preflight`, `node`, `cpu_capacity`, `gpu_capacity`, `default_exec_timeout`, `default_queue_timeout`, `platforms`, `allowed_mounts`, `hidden_paths`, `run_as_root`, `options`, `partition`, `account`, `qos`",
+            "12:5: unknown field `colour` at line 12, column 5; expected one of `backend`, `runtime`, `max_retry_per_task`, `max_tasks_per_workflow`, `default_exit_actions`, `preflight`, `node`, `cpu_capacity`, `gpu_capacity`, `default_exec_timeout`, `default_queue_timeout`, `platforms`, `allowed_mounts`, `hidden_paths`, `run_as_root`, `network`, `options`, `partition`, `account`, `qos`",
         ]
     );
 }

@@ -225,7 +225,7 @@ impl Core {
                 match self
                     .launches
                     .build(&active.engine, &pool_config, key.clone(), &|task| {
-                        backend.task_host(&key.workflow_id, task)
+                        backend.task_host(&pool_config, &key.workflow_id, task)
                     }) {
                     Ok(launch) => {
                         self.link_for(key).send(ToAgent::Launch(Box::new(launch)));

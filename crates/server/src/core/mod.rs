@@ -571,7 +571,7 @@ impl Core {
             match self
                 .launches
                 .build(&active.engine, &pool_config, attempt_key.clone(), &|task| {
-                    backend.task_host(&workflow_id, task)
+                    backend.task_host(&pool_config, &workflow_id, task)
                 }) {
                 Ok(mut launch) => {
                     if let Some(d) = self.devices.get_mut(&pool) {
@@ -726,7 +726,7 @@ impl Backend for NoBackend {
     fn gpu_devices(&self, _: &PoolConfig) -> Option<u32> {
         None
     }
-    fn task_host(&self, _: &str, _: &str) -> String {
+    fn task_host(&self, _: &PoolConfig, _: &str, _: &str) -> String {
         "127.0.0.1".to_string()
     }
 }

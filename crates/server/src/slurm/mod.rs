@@ -89,7 +89,7 @@ impl Backend for SlurmLink {
     /// Until a group is allocated whole (gang allocation), its tasks' nodes are
     /// not known when they launch: loopback, right when Slurm places the
     /// group's jobs on one node (the test cluster's case), wrong otherwise.
-    fn task_host(&self, _: &str, _: &str) -> String {
+    fn task_host(&self, _: &PoolConfig, _: &str, _: &str) -> String {
         "127.0.0.1".to_string()
     }
 
@@ -776,6 +776,7 @@ mod tests {
             gang: 1,
             hidden_paths: vec![],
             run_as: None,
+            network: None,
         };
         let options = SlurmOptions {
             partition: Some("gpu".into()),
@@ -839,6 +840,7 @@ mod tests {
             gang: 3,
             hidden_paths: vec![],
             run_as: None,
+            network: None,
         })
     }
 

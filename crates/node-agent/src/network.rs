@@ -1,0 +1,599 @@
+//! A network per workflow (SEMANTICS §6) for tasks on the host sandbox: a
+//! network namespace the workflow's tasks share, so that each workflow has
+//! its ports to itself, a task's `{{host:TASK}}` names resolve (to the
+//! shared loopback) through `/etc/hosts` and through a small DNS responder
+//! the agent serves inside it, and `OSMO_URL` reaches the server through a
+//! forwarder the agent keeps there. A veth pair to the host with NAT gives
+//! the tasks the outside world; workflows cannot reach each other's.
+//!
+//! Made with `ip` (iproute2) and `iptables` on first use by a workflow and
+//! removed a while after its last attempt here ends. Where they cannot be
+//! made (no root, no `ip`), tasks run on the host's network, as before, and
+//! their log says so.
+
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use osmo_runtime::TaskNetwork;
+
+/// Addresses of the veth pairs: a /30 per workflow out of this /10.
+const POOL_BASE: u32 = u32::from_be_bytes([100, 64, 0, 0]);
+const POOL_MASK: &str = "100.64.0.0/10";
+/// The resolver tasks are told about, on their loopback.
+const RESOLVER: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 53);
+/// How long a workflow's network outlives its last attempt here (its next
+/// attempts, a retry or the next group, usually come sooner).
+const LINGER: Duration = Duration::from_secs(5);
+/// How often a network's threads look whether it is being removed.
+const WAKE_EVERY: Duration = Duration::from_millis(500);
+
+/// The networks of the workflows that run here.
+#[derive(Default)]
+pub struct Networks {
+    by_workflow: Mutex<HashMap<String, Arc<WorkflowNet>>>,
+    /// The NAT and isolation rules are in place.
+    iptables_done: AtomicBool,
+}
+
+pub struct WorkflowNet {
+    name: String,
+    slot: u32,
+    dir: PathBuf,
+    names: Mutex<Vec<String>>,
+    users: Mutex<usize>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Networks {
+    /// The network of `workflow` for one more attempt of it (made on first
+    /// use), with `names` resolvable in it; Err says why there is none.
+    pub fn join(
+        &self,
+        workflow: &str,
+        names: &[String],
+        server_port: Option<u16>,
+        state_dir: &Path,
+    ) -> Result<(Arc<WorkflowNet>, TaskNetwork), String> {
+        let mut all = self.by_workflow.lock().unwrap_or_else(|e| e.into_inner());
+        let net = match all.get(workflow) {
+            Some(net) => net.clone(),
+            None => {
+                // Free of this agent's networks and of every address the host
+                // has (other agents', leftovers of one that was killed).
+                let taken = host_slots();
+                let slot = (0..(1u32 << 20))
+                    .find(|s| !taken.contains(s) && !all.values().any(|n| n.slot == *s))
+                    .ok_or("no network addresses left")?;
+                let net = Arc::new(WorkflowNet::create(workflow, slot, state_dir, server_port)?);
+                if !self.iptables_done.swap(true, Ordering::SeqCst) {
+                    egress_rules();
+                }
+                all.insert(workflow.to_string(), net.clone());
+                net
+            }
+        };
+        net.add_names(names)?;
+        *net.users.lock().unwrap_or_else(|e| e.into_inner()) += 1;
+        let spec = TaskNetwork {
+            netns: PathBuf::from(format!("/run/netns/{}", net.name)),
+            hosts: net.dir.join("hosts"),
+            resolv: net.dir.join("resolv.conf"),
+        };
+        Ok((net, spec))
+    }
+
+    /// Removes every network (the agent is exiting).
+    pub fn remove_all(&self) {
+        let mut all = self.by_workflow.lock().unwrap_or_else(|e| e.into_inner());
+        for (_, net) in all.drain() {
+            net.remove();
+        }
+    }
+
+    /// An attempt of `net`'s workflow ended: the network goes once none has
+    /// used it for [`LINGER`].
+    pub fn leave(self: &Arc<Self>, workflow: &str, net: &Arc<WorkflowNet>) {
+        let left = {
+            let mut users = net.users.lock().unwrap_or_else(|e| e.into_inner());
+            *users = users.saturating_sub(1);
+            *users
+        };
+        if left > 0 {
+            return;
+        }
+        let (this, workflow, net) = (self.clone(), workflow.to_string(), net.clone());
+        std::thread::spawn(move || {
+            std::thread::sleep(LINGER);
+            let mut all = this.by_workflow.lock().unwrap_or_else(|e| e.into_inner());
+            if *net.users.lock().unwrap_or_else(|e| e.into_inner()) == 0
+                && all.get(&workflow).is_some_and(|n| Arc::ptr_eq(n, &net))
+            {
+                all.remove(&workflow);
+                net.remove();
+            }
+        });
+    }
+}
+
+/// The /30 blocks of the pool the host's interfaces use now.
+fn host_slots() -> Vec<u32> {
+    let Ok(out) = Command::new("ip")
+        .args(["-4", "-o", "addr", "show"])
+        .output()
+    else {
+        return Vec::new();
+    };
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .filter_map(|w| w.split('/').next()?.parse::<Ipv4Addr>().ok())
+        .map(u32::from)
+        .filter(|a| a & 0xffc0_0000 == POOL_BASE)
+        .map(|a| (a - POOL_BASE) / 4)
+        .collect()
+}
+
+fn run(program: &str, args: &[&str]) -> Result<(), String> {
+    let out = Command::new(program)
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .map_err(|e| format!("cannot run {program}: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "{program} {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    Ok(())
+}
+
+/// NAT for the tasks' traffic out; none between workflows. Best effort: a
+/// host without iptables still isolates workflows, without the outside.
+fn egress_rules() {
+    let rules: [&[&str]; 4] = [
+        &[
+            "-t",
+            "nat",
+            "POSTROUTING",
+            "-s",
+            POOL_MASK,
+            "!",
+            "-d",
+            POOL_MASK,
+            "-j",
+            "MASQUERADE",
+        ],
+        &[
+            "FORWARD",
+            "-d",
+            POOL_MASK,
+            "-m",
+            "state",
+            "--state",
+            "ESTABLISHED,RELATED",
+            "-j",
+            "ACCEPT",
+        ],
+        &["FORWARD", "-s", POOL_MASK, "-j", "ACCEPT"],
+        // First of all: nothing from one workflow to another.
+        &["FORWARD", "-s", POOL_MASK, "-d", POOL_MASK, "-j", "DROP"],
+    ];
+    for rule in rules {
+        let (table, rest): (&[&str], &[&str]) = if rule[0] == "-t" {
+            (&rule[..2], &rule[2..])
+        } else {
+            (&[], rule)
+        };
+        let check: Vec<&str> = table
+            .iter()
+            .copied()
+            .chain(["-C"])
+            .chain(rest.iter().copied())
+            .collect();
+        if run("iptables", &check).is_ok() {
+            continue;
+        }
+        let insert: Vec<&str> = table
+            .iter()
+            .copied()
+            .chain(["-I"])
+            .chain(rest.iter().copied())
+            .collect();
+        if let Err(e) = run("iptables", &insert) {
+            eprintln!("osmo agent: tasks may not reach outside their workflow: {e}");
+        }
+    }
+}
+
+impl WorkflowNet {
+    fn create(
+        workflow: &str,
+        slot: u32,
+        state_dir: &Path,
+        server_port: Option<u16>,
+    ) -> Result<WorkflowNet, String> {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            return Err("the agent is not root".into());
+        }
+        // Unique per agent (its state dir) and workflow: servers sharing a
+        // host may run workflows of the same name.
+        let hash = fnv(&format!("{}\0{workflow}", state_dir.display()));
+        let name = format!("osmo-{hash:08x}");
+        let host_if = format!("osmoh{hash:08x}");
+        let _ = run("ip", &["netns", "del", &name]);
+        run("ip", &["netns", "add", &name])?;
+        let net = WorkflowNet {
+            name: name.clone(),
+            slot,
+            dir: state_dir.join("net").join(&name),
+            names: Mutex::new(Vec::new()),
+            users: Mutex::new(0),
+            stop: Arc::new(AtomicBool::new(false)),
+        };
+        let made = (|| {
+            run("ip", &["-n", &name, "link", "set", "lo", "up"])?;
+            std::fs::create_dir_all(&net.dir).map_err(|e| e.to_string())?;
+            std::fs::write(
+                net.dir.join("resolv.conf"),
+                format!("nameserver {RESOLVER}\noptions ndots:0\n"),
+            )
+            .map_err(|e| e.to_string())?;
+            net.write_hosts(&[])?;
+            // The way out: a veth pair, the host's end routed and NATed.
+            let base = POOL_BASE + slot * 4;
+            let host_ip = Ipv4Addr::from(base + 1);
+            let task_ip = Ipv4Addr::from(base + 2);
+            let _ = run("ip", &["link", "del", &host_if]);
+            run(
+                "ip",
+                &[
+                    "link", "add", &host_if, "type", "veth", "peer", "name", "eth0", "netns", &name,
+                ],
+            )?;
+            run(
+                "ip",
+                &["addr", "add", &format!("{host_ip}/30"), "dev", &host_if],
+            )?;
+            run("ip", &["link", "set", &host_if, "up"])?;
+            run(
+                "ip",
+                &[
+                    "-n",
+                    &name,
+                    "addr",
+                    "add",
+                    &format!("{task_ip}/30"),
+                    "dev",
+                    "eth0",
+                ],
+            )?;
+            run("ip", &["-n", &name, "link", "set", "eth0", "up"])?;
+            run(
+                "ip",
+                &[
+                    "-n",
+                    &name,
+                    "route",
+                    "add",
+                    "default",
+                    "via",
+                    &host_ip.to_string(),
+                ],
+            )?;
+            net.serve(server_port)
+        })();
+        if let Err(e) = made {
+            net.remove();
+            return Err(e);
+        }
+        Ok(net)
+    }
+
+    fn write_hosts(&self, names: &[String]) -> Result<(), String> {
+        let mut text = String::from("127.0.0.1 localhost\n::1 localhost ip6-localhost\n");
+        if !names.is_empty() {
+            text.push_str(&format!("127.0.0.1 {}\n", names.join(" ")));
+        }
+        // Replaced whole (a rename), so a task never reads half a file.
+        let tmp = self.dir.join("hosts.new");
+        std::fs::write(&tmp, text).map_err(|e| e.to_string())?;
+        std::fs::rename(&tmp, self.dir.join("hosts")).map_err(|e| e.to_string())
+    }
+
+    fn add_names(&self, names: &[String]) -> Result<(), String> {
+        let mut known = self.names.lock().unwrap_or_else(|e| e.into_inner());
+        let before = known.len();
+        for n in names {
+            if !known.contains(n) {
+                known.push(n.clone());
+            }
+        }
+        if known.len() != before {
+            self.write_hosts(&known)?;
+        }
+        Ok(())
+    }
+
+    /// Sockets inside the namespace (made by a thread that enters it):
+    /// the resolver, and a forwarder to the server's port on loopback.
+    fn serve(&self, server_port: Option<u16>) -> Result<(), String> {
+        let (udp, tcp) = in_netns(&self.name, move || {
+            let udp = UdpSocket::bind((RESOLVER, 53))?;
+            let tcp = match server_port {
+                Some(port) => Some(TcpListener::bind((Ipv4Addr::LOCALHOST, port))?),
+                None => None,
+            };
+            Ok((udp, tcp))
+        })?;
+        udp.set_read_timeout(Some(WAKE_EVERY))
+            .map_err(|e| e.to_string())?;
+        let stop = self.stop.clone();
+        let dir = self.dir.clone();
+        std::thread::spawn(move || resolve(udp, &dir, &stop));
+        if let (Some(listener), Some(port)) = (tcp, server_port) {
+            let stop = self.stop.clone();
+            accept_timeout(&listener, WAKE_EVERY)?;
+            std::thread::spawn(move || forward(listener, port, &stop));
+        }
+        Ok(())
+    }
+
+    fn remove(&self) {
+        self.stop.store(true, Ordering::SeqCst);
+        let _ = run("ip", &["netns", "del", &self.name]);
+        let host_if = self.name.replace("osmo-", "osmoh");
+        let _ = run("ip", &["link", "del", &host_if]);
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Runs `f` on a thread inside network namespace `name` (sockets it makes
+/// stay there).
+fn in_netns<T: Send + 'static>(
+    name: &str,
+    f: impl FnOnce() -> std::io::Result<T> + Send + 'static,
+) -> Result<T, String> {
+    let path = format!("/run/netns/{name}");
+    std::thread::spawn(move || -> Result<T, String> {
+        let ns: OwnedFd = std::fs::File::open(&path)
+            .map_err(|e| format!("cannot open {path}: {e}"))?
+            .into();
+        // SAFETY: setns on this thread only, with an open namespace descriptor.
+        if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+            return Err(format!(
+                "cannot enter {path}: {}",
+                std::io::Error::last_os_error()
+            ));
+        }
+        f().map_err(|e| format!("in {path}: {e}"))
+    })
+    .join()
+    .map_err(|_| "the network thread panicked".to_string())?
+}
+
+/// The workflow's resolver: its tasks' names are its loopback; other names
+/// go to the host's resolver, answered back as they come.
+fn resolve(socket: UdpSocket, dir: &Path, stop: &AtomicBool) {
+    let upstream = upstream_resolver();
+    let mut buf = [0u8; 1500];
+    while !stop.load(Ordering::SeqCst) {
+        let Ok((n, from)) = socket.recv_from(&mut buf) else {
+            continue;
+        };
+        let query = &buf[..n];
+        let known = std::fs::read_to_string(dir.join("hosts")).unwrap_or_default();
+        let answer = match dns::question(query) {
+            Some((name, qtype)) if hosts_has(&known, &name) => {
+                Some(dns::answer_loopback(query, qtype))
+            }
+            _ => upstream.and_then(|up| relay(query, up)),
+        };
+        if let Some(reply) = answer {
+            let _ = socket.send_to(&reply, from);
+        }
+    }
+}
+
+fn hosts_has(hosts: &str, name: &str) -> bool {
+    let name = name.trim_end_matches('.');
+    hosts
+        .lines()
+        .flat_map(|l| l.split_whitespace().skip(1))
+        .any(|n| n.eq_ignore_ascii_case(name))
+}
+
+/// The first `nameserver` of the host's `/etc/resolv.conf`.
+fn upstream_resolver() -> Option<SocketAddr> {
+    let text = std::fs::read_to_string("/etc/resolv.conf").ok()?;
+    let ip = text.lines().find_map(|l| {
+        let mut parts = l.split_whitespace();
+        (parts.next()? == "nameserver").then(|| parts.next())?
+    })?;
+    Some(SocketAddr::new(ip.parse().ok()?, 53))
+}
+
+fn relay(query: &[u8], upstream: SocketAddr) -> Option<Vec<u8>> {
+    let socket = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)).ok()?;
+    socket.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    socket.send_to(query, upstream).ok()?;
+    let mut buf = [0u8; 4096];
+    let (n, _) = socket.recv_from(&mut buf).ok()?;
+    Some(buf[..n].to_vec())
+}
+
+/// Connections to the server's port inside the namespace, carried to the
+/// server on the host's loopback.
+fn forward(listener: TcpListener, port: u16, stop: &AtomicBool) {
+    while !stop.load(Ordering::SeqCst) {
+        // An error is the wake-up timeout (to look at `stop`), or a
+        // connection that went away before it was taken.
+        if let Ok((inside, _)) = listener.accept() {
+            // Not the listener's wake-up timeout: a quiet stream (logs
+            // followed) may wait as long as it likes.
+            let _ = inside.set_read_timeout(None);
+            std::thread::spawn(move || {
+                if let Ok(outside) = TcpStream::connect((Ipv4Addr::LOCALHOST, port)) {
+                    pipe(inside, outside);
+                }
+            });
+        }
+    }
+}
+
+/// `accept` gives up after `every` (Linux honours `SO_RCVTIMEO` there).
+fn accept_timeout(listener: &TcpListener, every: Duration) -> Result<(), String> {
+    let tv = libc::timeval {
+        tv_sec: every.as_secs() as libc::time_t,
+        tv_usec: every.subsec_micros() as libc::suseconds_t,
+    };
+    // SAFETY: setsockopt with a valid descriptor and a timeval of the right size.
+    let r = unsafe {
+        libc::setsockopt(
+            listener.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVTIMEO,
+            &tv as *const libc::timeval as *const libc::c_void,
+            std::mem::size_of::<libc::timeval>() as libc::socklen_t,
+        )
+    };
+    if r != 0 {
+        return Err(format!(
+            "cannot set a timeout on the forwarder: {}",
+            std::io::Error::last_os_error()
+        ));
+    }
+    Ok(())
+}
+
+fn pipe(a: TcpStream, b: TcpStream) {
+    let (Ok(a2), Ok(b2)) = (a.try_clone(), b.try_clone()) else {
+        return;
+    };
+    let copy = |mut from: TcpStream, mut to: TcpStream| {
+        let mut buf = [0u8; 16 * 1024];
+        loop {
+            match from.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    if to.write_all(&buf[..n]).is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+        let _ = to.shutdown(std::net::Shutdown::Write);
+    };
+    let up = std::thread::spawn(move || copy(a, b2));
+    copy(b, a2);
+    let _ = up.join();
+}
+
+/// FNV-1a of a workflow ID: short, stable interface names.
+fn fnv(text: &str) -> u32 {
+    let mut h: u32 = 0x811c9dc5;
+    for b in text.bytes() {
+        h ^= u32::from(b);
+        h = h.wrapping_mul(0x01000193);
+    }
+    h
+}
+
+/// Just enough DNS (RFC 1035) to answer `A` questions with the loopback.
+mod dns {
+    /// The first question's name and type.
+    pub fn question(packet: &[u8]) -> Option<(String, u16)> {
+        if packet.len() < 12 || u16::from_be_bytes([packet[4], packet[5]]) == 0 {
+            return None;
+        }
+        let mut labels = Vec::new();
+        let mut i = 12;
+        loop {
+            let len = *packet.get(i)? as usize;
+            i += 1;
+            if len == 0 {
+                break;
+            }
+            if len > 63 {
+                return None; // compression is not used in questions
+            }
+            labels.push(String::from_utf8_lossy(packet.get(i..i + len)?).into_owned());
+            i += len;
+        }
+        let qtype = u16::from_be_bytes([*packet.get(i)?, *packet.get(i + 1)?]);
+        Some((labels.join("."), qtype))
+    }
+
+    /// A reply to `query`: `127.0.0.1` for type A, no data for other types.
+    pub fn answer_loopback(query: &[u8], qtype: u16) -> Vec<u8> {
+        let mut end = 12;
+        while end < query.len() && query[end] != 0 {
+            end += 1 + query[end] as usize;
+        }
+        let question_end = (end + 5).min(query.len());
+        let mut reply = Vec::with_capacity(question_end + 16);
+        reply.extend_from_slice(&query[..2]); // the query's id
+        reply.push(0x84 | (query[2] & 0x01)); // response, authoritative, RD as asked
+        reply.push(0x80); // recursion available, no error
+        reply.extend_from_slice(&[0, 1, 0, u8::from(qtype == 1), 0, 0, 0, 0]);
+        reply.extend_from_slice(&query[12..question_end]);
+        if qtype == 1 {
+            // A pointer to the question's name (offset 12); A, IN, TTL 5 s, 127.0.0.1.
+            reply.extend_from_slice(&[0xc0, 12, 0, 1, 0, 1, 0, 0, 0, 5, 0, 4, 127, 0, 0, 1]);
+        }
+        reply
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        fn query(name: &str, qtype: u16) -> Vec<u8> {
+            let mut q = vec![0x12, 0x34, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0];
+            for label in name.split('.') {
+                q.push(label.len() as u8);
+                q.extend_from_slice(label.as_bytes());
+            }
+            q.push(0);
+            q.extend_from_slice(&qtype.to_be_bytes());
+            q.extend_from_slice(&[0, 1]);
+            q
+        }
+
+        #[test]
+        fn a_questions_get_the_loopback() {
+            let q = query("server", 1);
+            assert_eq!(question(&q), Some(("server".to_string(), 1)));
+            let r = answer_loopback(&q, 1);
+            assert_eq!(&r[..2], &[0x12, 0x34], "same id");
+            assert_eq!(r[2] & 0x80, 0x80, "a response");
+            assert_eq!(u16::from_be_bytes([r[6], r[7]]), 1, "one answer");
+            assert_eq!(&r[r.len() - 4..], &[127, 0, 0, 1]);
+            let aaaa = answer_loopback(&query("server", 28), 28);
+            assert_eq!(u16::from_be_bytes([aaaa[6], aaaa[7]]), 0, "no AAAA");
+            assert_eq!(question(&[0; 5]), None);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hosts_names_match_whole_names() {
+        let hosts = "127.0.0.1 localhost\n127.0.0.1 server client\n";
+        assert!(hosts_has(hosts, "server."));
+        assert!(hosts_has(hosts, "CLIENT"));
+        assert!(!hosts_has(hosts, "serv"));
+        assert!(!hosts_has(hosts, "127.0.0.1"));
+    }
+}
