@@ -1,10 +1,13 @@
 //! A network per workflow (SEMANTICS §6) for tasks on the host sandbox: a
 //! network namespace the workflow's tasks share, so that each workflow has
-//! its ports to itself, a task's `{{host:TASK}}` names resolve (to the
-//! shared loopback) through `/etc/hosts` and through a small DNS responder
-//! the agent serves inside it, and `OSMO_URL` reaches the server through a
-//! forwarder the agent keeps there. A veth pair to the host with NAT gives
-//! the tasks the outside world; workflows cannot reach each other's.
+//! its ports to itself, and an address per task on its loopback
+//! (`127.1.x.y`), which `{{host:TASK}}` names through `/etc/hosts` and
+//! through a small DNS responder the agent serves inside it: a task that
+//! listens on its own address does not meet its siblings either (one that
+//! listens on all addresses does, as in a pod). `OSMO_URL` reaches the
+//! server through a forwarder the agent keeps there. A veth pair to the
+//! host with NAT gives the tasks the outside world; workflows cannot reach
+//! each other's.
 //!
 //! Made with `ip` (iproute2) and `iptables` on first use by a workflow and
 //! removed a while after its last attempt here ends. Where they cannot be
@@ -300,8 +303,8 @@ impl WorkflowNet {
 
     fn write_hosts(&self, names: &[String]) -> Result<(), String> {
         let mut text = String::from("127.0.0.1 localhost\n::1 localhost ip6-localhost\n");
-        if !names.is_empty() {
-            text.push_str(&format!("127.0.0.1 {}\n", names.join(" ")));
+        for (i, name) in names.iter().enumerate() {
+            text.push_str(&format!("{} {name}\n", task_address(i)));
         }
         // Replaced whole (a rename), so a task never reads half a file.
         let tmp = self.dir.join("hosts.new");
@@ -380,8 +383,15 @@ fn in_netns<T: Send + 'static>(
     .map_err(|_| "the network thread panicked".to_string())?
 }
 
-/// The workflow's resolver: its tasks' names are its loopback; other names
-/// go to the host's resolver, answered back as they come.
+/// The address of the `index`th name a workflow's network learned: one of
+/// its loopback's (all of 127/8 is local there), `127.1.0.1` onwards.
+fn task_address(index: usize) -> Ipv4Addr {
+    let n = index as u32 + 1;
+    Ipv4Addr::new(127, 1, (n >> 8) as u8, (n & 0xff) as u8)
+}
+
+/// The workflow's resolver: its tasks' names are their loopback addresses;
+/// other names go to the host's resolver, answered back as they come.
 fn resolve(socket: UdpSocket, dir: &Path, stop: &AtomicBool) {
     let upstream = upstream_resolver();
     let mut buf = [0u8; 1500];
@@ -392,10 +402,11 @@ fn resolve(socket: UdpSocket, dir: &Path, stop: &AtomicBool) {
         let query = &buf[..n];
         let known = std::fs::read_to_string(dir.join("hosts")).unwrap_or_default();
         let answer = match dns::question(query) {
-            Some((name, qtype)) if hosts_has(&known, &name) => {
-                Some(dns::answer_loopback(query, qtype))
-            }
-            _ => upstream.and_then(|up| relay(query, up)),
+            Some((name, qtype)) => match hosts_address(&known, &name) {
+                Some(ip) => Some(dns::answer(query, qtype, ip)),
+                None => upstream.and_then(|up| relay(query, up)),
+            },
+            None => None,
         };
         if let Some(reply) = answer {
             let _ = socket.send_to(&reply, from);
@@ -403,12 +414,14 @@ fn resolve(socket: UdpSocket, dir: &Path, stop: &AtomicBool) {
     }
 }
 
-fn hosts_has(hosts: &str, name: &str) -> bool {
+/// The IPv4 address `hosts` gives `name`.
+fn hosts_address(hosts: &str, name: &str) -> Option<Ipv4Addr> {
     let name = name.trim_end_matches('.');
-    hosts
-        .lines()
-        .flat_map(|l| l.split_whitespace().skip(1))
-        .any(|n| n.eq_ignore_ascii_case(name))
+    hosts.lines().find_map(|l| {
+        let mut words = l.split_whitespace();
+        let ip: Ipv4Addr = words.next()?.parse().ok()?;
+        words.any(|n| n.eq_ignore_ascii_case(name)).then_some(ip)
+    })
 }
 
 /// The first `nameserver` of the host's `/etc/resolv.conf`.
@@ -507,8 +520,10 @@ fn fnv(text: &str) -> u32 {
     h
 }
 
-/// Just enough DNS (RFC 1035) to answer `A` questions with the loopback.
+/// Just enough DNS (RFC 1035) to answer `A` questions about task names.
 mod dns {
+    use std::net::Ipv4Addr;
+
     /// The first question's name and type.
     pub fn question(packet: &[u8]) -> Option<(String, u16)> {
         if packet.len() < 12 || u16::from_be_bytes([packet[4], packet[5]]) == 0 {
@@ -532,8 +547,8 @@ mod dns {
         Some((labels.join("."), qtype))
     }
 
-    /// A reply to `query`: `127.0.0.1` for type A, no data for other types.
-    pub fn answer_loopback(query: &[u8], qtype: u16) -> Vec<u8> {
+    /// A reply to `query`: `ip` for type A, no data for other types.
+    pub fn answer(query: &[u8], qtype: u16, ip: Ipv4Addr) -> Vec<u8> {
         let mut end = 12;
         while end < query.len() && query[end] != 0 {
             end += 1 + query[end] as usize;
@@ -546,8 +561,9 @@ mod dns {
         reply.extend_from_slice(&[0, 1, 0, u8::from(qtype == 1), 0, 0, 0, 0]);
         reply.extend_from_slice(&query[12..question_end]);
         if qtype == 1 {
-            // A pointer to the question's name (offset 12); A, IN, TTL 5 s, 127.0.0.1.
-            reply.extend_from_slice(&[0xc0, 12, 0, 1, 0, 1, 0, 0, 0, 5, 0, 4, 127, 0, 0, 1]);
+            // A pointer to the question's name (offset 12); A, IN, TTL 5 s, 4 bytes.
+            reply.extend_from_slice(&[0xc0, 12, 0, 1, 0, 1, 0, 0, 0, 5, 0, 4]);
+            reply.extend_from_slice(&ip.octets());
         }
         reply
     }
@@ -569,15 +585,15 @@ mod dns {
         }
 
         #[test]
-        fn a_questions_get_the_loopback() {
+        fn a_questions_get_the_address() {
             let q = query("server", 1);
             assert_eq!(question(&q), Some(("server".to_string(), 1)));
-            let r = answer_loopback(&q, 1);
+            let r = answer(&q, 1, Ipv4Addr::new(127, 1, 0, 2));
             assert_eq!(&r[..2], &[0x12, 0x34], "same id");
             assert_eq!(r[2] & 0x80, 0x80, "a response");
             assert_eq!(u16::from_be_bytes([r[6], r[7]]), 1, "one answer");
-            assert_eq!(&r[r.len() - 4..], &[127, 0, 0, 1]);
-            let aaaa = answer_loopback(&query("server", 28), 28);
+            assert_eq!(&r[r.len() - 4..], &[127, 1, 0, 2]);
+            let aaaa = answer(&query("server", 28), 28, Ipv4Addr::LOCALHOST);
             assert_eq!(u16::from_be_bytes([aaaa[6], aaaa[7]]), 0, "no AAAA");
             assert_eq!(question(&[0; 5]), None);
         }
@@ -590,10 +606,14 @@ mod tests {
 
     #[test]
     fn hosts_names_match_whole_names() {
-        let hosts = "127.0.0.1 localhost\n127.0.0.1 server client\n";
-        assert!(hosts_has(hosts, "server."));
-        assert!(hosts_has(hosts, "CLIENT"));
-        assert!(!hosts_has(hosts, "serv"));
-        assert!(!hosts_has(hosts, "127.0.0.1"));
+        let hosts = "127.0.0.1 localhost\n127.1.0.1 server\n127.1.0.2 client\n";
+        assert_eq!(hosts_address(hosts, "server."), Some(task_address(0)));
+        assert_eq!(
+            hosts_address(hosts, "CLIENT"),
+            Some(Ipv4Addr::new(127, 1, 0, 2))
+        );
+        assert_eq!(hosts_address(hosts, "serv"), None);
+        assert_eq!(hosts_address(hosts, "127.1.0.1"), None);
+        assert_eq!(task_address(300), Ipv4Addr::new(127, 1, 1, 45));
     }
 }

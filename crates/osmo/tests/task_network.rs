@@ -1,8 +1,9 @@
 //! A network per workflow on the host sandbox (SEMANTICS §6): two copies of
-//! a server/client workflow listen on the same port at once, each client
-//! finds its own server by `{{host:server}}` (through `/etc/hosts` and
-//! through the DNS resolver the node agent serves), `osmo` inside a task
-//! reaches the service, and the outside world is reachable through NAT.
+//! a workflow whose two servers listen on one port, each on its own address,
+//! run at once; each client finds its own servers by `{{host:TASK}}`
+//! (through `/etc/hosts` and through the DNS resolver the node agent serves),
+//! `osmo` inside a task reaches the service, and the outside world is
+//! reachable through NAT.
 
 mod common;
 
@@ -20,22 +21,28 @@ workflow:
     - name: server
       image: ubuntu
       command: [python3, /opt/server.py]
-      files:
+      files: &server_py
       - path: /opt/server.py
         contents: |
           import os, socket
           s = socket.socket()
           s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-          s.bind(("0.0.0.0", 18080))
+          # Its own address: a sibling listens on the same port on its own.
+          me = os.environ["OSMO_TASK_NAME"]
+          s.bind((socket.gethostbyname(me), 18080))
           s.listen()
           c, _ = s.accept()
           c.recv(100)
-          c.sendall(("pong from " + os.environ["OSMO_WORKFLOW_ID"] + "\n").encode())
+          c.sendall(("pong from " + me + "@" + os.environ["OSMO_WORKFLOW_ID"] + "\n").encode())
           c.close()
+    - name: twin
+      image: ubuntu
+      command: [python3, /opt/server.py]
+      files: *server_py
     - name: client
       image: ubuntu
       lead: true
-      command: [python3, /opt/client.py, "{{host:server}}", "{{output}}", "OUTSIDE"]
+      command: [python3, /opt/client.py, "{{host:server}}", "{{output}}", "OUTSIDE", "{{host:twin}}"]
       files:
       - path: /opt/client.py
         contents: |
@@ -51,14 +58,16 @@ workflow:
           reply = u.recv(512)
           dns = socket.inet_ntoa(reply[-4:])
           hosts = socket.gethostbyname(name)
-          for _ in range(200):
-              try:
-                  c = socket.create_connection((name, 18080), timeout=5)
-                  break
-              except OSError:
-                  time.sleep(0.05)
-          c.sendall(b"ping\n")
-          pong = c.makefile().readline().strip()
+          def ping(host):
+              for _ in range(200):
+                  try:
+                      c = socket.create_connection((host, 18080), timeout=5)
+                      break
+                  except OSError:
+                      time.sleep(0.05)
+              c.sendall(b"ping\n")
+              return c.makefile().readline().strip()
+          pong = ping(name) + " " + ping(sys.argv[4])
           query = subprocess.run(["osmo", "workflow", "query", sys.argv[0] and __import__("os").environ["OSMO_WORKFLOW_ID"]], capture_output=True, text=True).stdout
           ok_query = "Status" in query
           reached = "-"
@@ -113,7 +122,9 @@ fn two_workflows_listen_on_one_port_and_find_their_own_server() {
         let doc = server.wait_finished(id, Duration::from_secs(60));
         let (_, logs) = server.get(&format!("/api/workflow/{id}/logs"));
         assert_eq!(doc["status"], "COMPLETED", "{doc:#}\n{logs}");
-        assert_eq!(task(&doc, "server", 0)["status"], "COMPLETED", "{doc:#}");
+        for name in ["server", "twin"] {
+            assert_eq!(task(&doc, name, 0)["status"], "COMPLETED", "{doc:#}");
+        }
         let result = std::fs::read_to_string(
             server
                 .data_dir()
@@ -123,7 +134,9 @@ fn two_workflows_listen_on_one_port_and_find_their_own_server() {
         let want_outside = if outside.is_some() { "yes" } else { "-" };
         assert_eq!(
             result.trim(),
-            format!("127.0.0.1 127.0.0.1 pong from {id} query=True outside={want_outside}"),
+            format!(
+                "127.1.0.1 127.1.0.1 pong from server@{id} pong from twin@{id} query=True outside={want_outside}"
+            ),
             "{logs}"
         );
     }

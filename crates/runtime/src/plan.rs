@@ -568,9 +568,7 @@ pub(crate) fn build(
         ),
         None => None,
     };
-    let netns_fd = netns
-        .as_ref()
-        .map_or(-1, std::os::fd::AsRawFd::as_raw_fd);
+    let netns_fd = netns.as_ref().map_or(-1, std::os::fd::AsRawFd::as_raw_fd);
     let mut keep_fds = vec![fds.devnull, fds.status, fds.go, fds.stdout, fds.stderr];
     if netns_fd >= 0 {
         keep_fds.push(netns_fd);
