@@ -9,8 +9,8 @@
 //! host with NAT gives the tasks the outside world; workflows cannot reach
 //! each other's.
 //!
-//! Made with `ip` (iproute2) and `iptables` on first use by a workflow and
-//! removed a while after its last attempt here ends. Where they cannot be
+//! Made with `ip` (iproute2) and `iptables`, kept idle for the next
+//! workflow when one's last attempt here ends, removed when the agent exits. Where they cannot be
 //! made (no root, no `ip`), tasks run on the host's network, as before, and
 //! their log says so.
 
@@ -31,18 +31,27 @@ const POOL_BASE: u32 = u32::from_be_bytes([100, 64, 0, 0]);
 const POOL_MASK: &str = "100.64.0.0/10";
 /// The resolver tasks are told about, on their loopback.
 const RESOLVER: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 53);
-/// How long a workflow's network outlives its last attempt here (its next
-/// attempts, a retry or the next group, usually come sooner).
-const LINGER: Duration = Duration::from_secs(5);
+/// Networks kept ready for the next workflows: made again only when more
+/// run at once than before.
+const IDLE_MAX: usize = 16;
 /// How often a network's threads look whether it is being removed.
 const WAKE_EVERY: Duration = Duration::from_millis(500);
 
-/// The networks of the workflows that run here.
+/// The networks of the workflows that run here. A network whose workflow
+/// has no attempt left here is kept idle and given to the next workflow
+/// (its names reset): making one costs two `ip` runs, taking one nothing.
 #[derive(Default)]
 pub struct Networks {
-    by_workflow: Mutex<HashMap<String, Arc<WorkflowNet>>>,
+    state: Mutex<State>,
     /// The NAT and isolation rules are in place.
     iptables_done: AtomicBool,
+}
+
+#[derive(Default)]
+struct State {
+    assigned: HashMap<String, Arc<WorkflowNet>>,
+    /// With the workflow that used each last (it gets it back if it can).
+    idle: Vec<(Arc<WorkflowNet>, String)>,
 }
 
 pub struct WorkflowNet {
@@ -50,13 +59,14 @@ pub struct WorkflowNet {
     slot: u32,
     dir: PathBuf,
     names: Mutex<Vec<String>>,
+    /// Attempts using it (changed under `Networks::state`).
     users: Mutex<usize>,
     stop: Arc<AtomicBool>,
 }
 
 impl Networks {
-    /// The network of `workflow` for one more attempt of it (made on first
-    /// use), with `names` resolvable in it; Err says why there is none.
+    /// The network of `workflow` for one more attempt of it (an idle one, or
+    /// a new one), with `names` resolvable in it; Err says why there is none.
     pub fn join(
         &self,
         workflow: &str,
@@ -64,21 +74,40 @@ impl Networks {
         server_port: Option<u16>,
         state_dir: &Path,
     ) -> Result<(Arc<WorkflowNet>, TaskNetwork), String> {
-        let mut all = self.by_workflow.lock().unwrap_or_else(|e| e.into_inner());
-        let net = match all.get(workflow) {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let net = match state.assigned.get(workflow) {
             Some(net) => net.clone(),
             None => {
-                // Free of this agent's networks and of every address the host
-                // has (other agents', leftovers of one that was killed).
-                let taken = host_slots();
-                let slot = (0..(1u32 << 20))
-                    .find(|s| !taken.contains(s) && !all.values().any(|n| n.slot == *s))
-                    .ok_or("no network addresses left")?;
-                let net = Arc::new(WorkflowNet::create(workflow, slot, state_dir, server_port)?);
-                if !self.iptables_done.swap(true, Ordering::SeqCst) {
-                    egress_rules();
-                }
-                all.insert(workflow.to_string(), net.clone());
+                let again = state.idle.iter().position(|(_, last)| last == workflow);
+                let net = match again.or_else(|| state.idle.len().checked_sub(1)) {
+                    Some(i) => {
+                        let (net, last) = state.idle.remove(i);
+                        if last != workflow {
+                            net.reset_names()?;
+                        }
+                        net
+                    }
+                    None => {
+                        // Free of this agent's networks and of every address
+                        // the host has (other agents', leftovers).
+                        let taken = host_slots();
+                        let used: Vec<u32> = state
+                            .assigned
+                            .values()
+                            .chain(state.idle.iter().map(|(n, _)| n))
+                            .map(|n| n.slot)
+                            .collect();
+                        let slot = (0..(1u32 << 20))
+                            .find(|s| !taken.contains(s) && !used.contains(s))
+                            .ok_or("no network addresses left")?;
+                        let net = Arc::new(WorkflowNet::create(slot, state_dir, server_port)?);
+                        if !self.iptables_done.swap(true, Ordering::SeqCst) {
+                            egress_rules();
+                        }
+                        net
+                    }
+                };
+                state.assigned.insert(workflow.to_string(), net.clone());
                 net
             }
         };
@@ -94,52 +123,106 @@ impl Networks {
 
     /// Removes every network (the agent is exiting).
     pub fn remove_all(&self) {
-        let mut all = self.by_workflow.lock().unwrap_or_else(|e| e.into_inner());
-        for (_, net) in all.drain() {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let assigned: Vec<Arc<WorkflowNet>> = state.assigned.drain().map(|(_, n)| n).collect();
+        for net in assigned.iter().chain(
+            state
+                .idle
+                .drain(..)
+                .map(|(n, _)| n)
+                .collect::<Vec<_>>()
+                .iter(),
+        ) {
             net.remove();
         }
     }
 
-    /// An attempt of `net`'s workflow ended: the network goes once none has
-    /// used it for [`LINGER`].
-    pub fn leave(self: &Arc<Self>, workflow: &str, net: &Arc<WorkflowNet>) {
+    /// An attempt of `net`'s workflow ended: with its workflow's last here,
+    /// the network goes idle, for the next workflow (or this one again).
+    pub fn leave(&self, workflow: &str, net: &Arc<WorkflowNet>) {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
         let left = {
             let mut users = net.users.lock().unwrap_or_else(|e| e.into_inner());
             *users = users.saturating_sub(1);
             *users
         };
-        if left > 0 {
+        if left > 0
+            || !state
+                .assigned
+                .get(workflow)
+                .is_some_and(|n| Arc::ptr_eq(n, net))
+        {
             return;
         }
-        let (this, workflow, net) = (self.clone(), workflow.to_string(), net.clone());
-        std::thread::spawn(move || {
-            std::thread::sleep(LINGER);
-            let mut all = this.by_workflow.lock().unwrap_or_else(|e| e.into_inner());
-            if *net.users.lock().unwrap_or_else(|e| e.into_inner()) == 0
-                && all.get(&workflow).is_some_and(|n| Arc::ptr_eq(n, &net))
-            {
-                all.remove(&workflow);
-                net.remove();
-            }
-        });
+        state.assigned.remove(workflow);
+        state.idle.push((net.clone(), workflow.to_string()));
+        if state.idle.len() > IDLE_MAX {
+            let (oldest, _) = state.idle.remove(0);
+            drop(state);
+            oldest.remove();
+        }
     }
 }
 
-/// The /30 blocks of the pool the host's interfaces use now.
+/// The /30 blocks of the pool the host's interfaces use now (`getifaddrs`,
+/// no process to start).
 fn host_slots() -> Vec<u32> {
-    let Ok(out) = Command::new("ip")
-        .args(["-4", "-o", "addr", "show"])
-        .output()
-    else {
-        return Vec::new();
-    };
-    String::from_utf8_lossy(&out.stdout)
-        .split_whitespace()
-        .filter_map(|w| w.split('/').next()?.parse::<Ipv4Addr>().ok())
-        .map(u32::from)
-        .filter(|a| a & 0xffc0_0000 == POOL_BASE)
-        .map(|a| (a - POOL_BASE) / 4)
-        .collect()
+    let mut slots = Vec::new();
+    let mut list: *mut libc::ifaddrs = std::ptr::null_mut();
+    // SAFETY: getifaddrs fills `list`, freed below; entries are read as the
+    // libc documents them (an AF_INET address is a sockaddr_in).
+    unsafe {
+        if libc::getifaddrs(&mut list) != 0 {
+            return slots;
+        }
+        let mut at = list;
+        while !at.is_null() {
+            let addr = (*at).ifa_addr;
+            if !addr.is_null() && i32::from((*addr).sa_family) == libc::AF_INET {
+                let sin = &*(addr as *const libc::sockaddr_in);
+                let a = u32::from_be(sin.sin_addr.s_addr);
+                if a & 0xffc0_0000 == POOL_BASE {
+                    slots.push((a - POOL_BASE) / 4);
+                }
+            }
+            at = (*at).ifa_next;
+        }
+        libc::freeifaddrs(list);
+    }
+    slots
+}
+
+/// `ip [options] -batch -` with `commands` on its standard input; `force`
+/// goes on past a failing command.
+fn run_batch(options: &[&str], commands: &str, force: bool) -> Result<(), String> {
+    let mut args: Vec<&str> = options.to_vec();
+    if force {
+        args.push("-force");
+    }
+    args.extend(["-batch", "-"]);
+    let mut child = Command::new("ip")
+        .args(&args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("cannot run ip: {e}"))?;
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin
+            .write_all(commands.as_bytes())
+            .map_err(|e| format!("cannot talk to ip: {e}"))?;
+    }
+    let out = child
+        .wait_with_output()
+        .map_err(|e| format!("ip failed: {e}"))?;
+    if !out.status.success() && !force {
+        return Err(format!(
+            "ip {}: {}",
+            commands.lines().next().unwrap_or(""),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    Ok(())
 }
 
 fn run(program: &str, args: &[&str]) -> Result<(), String> {
@@ -218,7 +301,6 @@ fn egress_rules() {
 
 impl WorkflowNet {
     fn create(
-        workflow: &str,
         slot: u32,
         state_dir: &Path,
         server_port: Option<u16>,
@@ -227,13 +309,33 @@ impl WorkflowNet {
         if unsafe { libc::geteuid() } != 0 {
             return Err("the agent is not root".into());
         }
-        // Unique per agent (its state dir) and workflow: servers sharing a
-        // host may run workflows of the same name.
-        let hash = fnv(&format!("{}\0{workflow}", state_dir.display()));
+        // Unique per agent (its state dir) and slot: servers share hosts.
+        let hash = fnv(&format!("{}\0{slot}", state_dir.display()));
         let name = format!("osmo-{hash:08x}");
         let host_if = format!("osmoh{hash:08x}");
-        let _ = run("ip", &["netns", "del", &name]);
-        run("ip", &["netns", "add", &name])?;
+        if Path::new("/run/netns").join(&name).exists() {
+            // A leftover of an agent of this state dir that was killed.
+            let _ = run_batch(
+                &[],
+                &format!("netns del {name}\nlink del {host_if}\n"),
+                true,
+            );
+        }
+        // The way out: a veth pair, the host's end routed and NATed. Two
+        // `ip -batch` runs: process starts are most of the cost.
+        let base = POOL_BASE + slot * 4;
+        let host_ip = Ipv4Addr::from(base + 1);
+        let task_ip = Ipv4Addr::from(base + 2);
+        run_batch(
+            &[],
+            &format!(
+                "netns add {name}\n\
+                 link add {host_if} type veth peer name eth0 netns {name}\n\
+                 addr add {host_ip}/30 dev {host_if}\n\
+                 link set {host_if} up\n"
+            ),
+            false,
+        )?;
         let net = WorkflowNet {
             name: name.clone(),
             slot,
@@ -243,7 +345,16 @@ impl WorkflowNet {
             stop: Arc::new(AtomicBool::new(false)),
         };
         let made = (|| {
-            run("ip", &["-n", &name, "link", "set", "lo", "up"])?;
+            run_batch(
+                &["-n", &name],
+                &format!(
+                    "link set lo up\n\
+                     addr add {task_ip}/30 dev eth0\n\
+                     link set eth0 up\n\
+                     route add default via {host_ip}\n"
+                ),
+                false,
+            )?;
             std::fs::create_dir_all(&net.dir).map_err(|e| e.to_string())?;
             std::fs::write(
                 net.dir.join("resolv.conf"),
@@ -251,47 +362,6 @@ impl WorkflowNet {
             )
             .map_err(|e| e.to_string())?;
             net.write_hosts(&[])?;
-            // The way out: a veth pair, the host's end routed and NATed.
-            let base = POOL_BASE + slot * 4;
-            let host_ip = Ipv4Addr::from(base + 1);
-            let task_ip = Ipv4Addr::from(base + 2);
-            let _ = run("ip", &["link", "del", &host_if]);
-            run(
-                "ip",
-                &[
-                    "link", "add", &host_if, "type", "veth", "peer", "name", "eth0", "netns", &name,
-                ],
-            )?;
-            run(
-                "ip",
-                &["addr", "add", &format!("{host_ip}/30"), "dev", &host_if],
-            )?;
-            run("ip", &["link", "set", &host_if, "up"])?;
-            run(
-                "ip",
-                &[
-                    "-n",
-                    &name,
-                    "addr",
-                    "add",
-                    &format!("{task_ip}/30"),
-                    "dev",
-                    "eth0",
-                ],
-            )?;
-            run("ip", &["-n", &name, "link", "set", "eth0", "up"])?;
-            run(
-                "ip",
-                &[
-                    "-n",
-                    &name,
-                    "route",
-                    "add",
-                    "default",
-                    "via",
-                    &host_ip.to_string(),
-                ],
-            )?;
             net.serve(server_port)
         })();
         if let Err(e) = made {
@@ -310,6 +380,13 @@ impl WorkflowNet {
         let tmp = self.dir.join("hosts.new");
         std::fs::write(&tmp, text).map_err(|e| e.to_string())?;
         std::fs::rename(&tmp, self.dir.join("hosts")).map_err(|e| e.to_string())
+    }
+
+    /// For another workflow: no names of the last one.
+    fn reset_names(&self) -> Result<(), String> {
+        let mut known = self.names.lock().unwrap_or_else(|e| e.into_inner());
+        known.clear();
+        self.write_hosts(&known)
     }
 
     fn add_names(&self, names: &[String]) -> Result<(), String> {
@@ -352,9 +429,12 @@ impl WorkflowNet {
 
     fn remove(&self) {
         self.stop.store(true, Ordering::SeqCst);
-        let _ = run("ip", &["netns", "del", &self.name]);
         let host_if = self.name.replace("osmo-", "osmoh");
-        let _ = run("ip", &["link", "del", &host_if]);
+        let _ = run_batch(
+            &[],
+            &format!("netns del {}\nlink del {host_if}\n", self.name),
+            true,
+        );
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
