@@ -10,9 +10,9 @@
 //! each other's.
 //!
 //! Made with `ip` (iproute2) and `iptables`, kept idle for the next
-//! workflow when one's last attempt here ends, removed when the agent exits. Where they cannot be
-//! made (no root, no `ip`), tasks run on the host's network, as before, and
-//! their log says so.
+//! workflow when one's last attempt here ends, removed when the agent
+//! exits. Where they cannot be made (no root, no `ip`), tasks run on the
+//! host's network, as before, and their log says so.
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
