@@ -133,7 +133,7 @@ impl End {
 /// container toolkit), when this node has them as devices; without device
 /// nodes (GPUs a pool only declares) the environment names them, nothing more.
 fn gpu_request(gpus: &[u32]) -> Option<Vec<DeviceRequest>> {
-    let present = crate::gpu::device_indices(std::path::Path::new(crate::gpu::DEV));
+    let (present, _) = crate::gpu::node();
     if gpus.is_empty() || !gpus.iter().all(|g| present.contains(g)) {
         return None;
     }

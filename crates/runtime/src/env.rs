@@ -1,7 +1,6 @@
 //! The task's environment (SEMANTICS §6) and Kubernetes-style `$(VAR)` references.
 
 use std::collections::BTreeMap;
-use std::path::Path;
 
 use crate::AttemptSpec;
 
@@ -21,16 +20,11 @@ pub fn task_environment(spec: &AttemptSpec) -> BTreeMap<String, String> {
     env.insert("OSMO_GROUP_NAME".into(), spec.group.clone());
     env.insert("OSMO_TASK_NAME".into(), spec.task.clone());
     env.insert("OSMO_RETRY_ID".into(), spec.retry_id.to_string());
-    let node_gpus = crate::gpu::device_indices(Path::new(crate::gpu::DEV));
-    let driver = if spec.gpus.is_empty() {
-        Vec::new()
-    } else {
-        crate::gpu::driver_gpus(Path::new(crate::gpu::DRIVER_GPUS))
-    };
+    let (node_gpus, driver) = crate::gpu::node();
     env.extend(crate::gpu::visible_env(
         &spec.gpus,
         !node_gpus.is_empty(),
-        &driver,
+        driver,
     ));
     env.entry("PATH".into())
         .or_insert_with(|| DEFAULT_PATH.into());

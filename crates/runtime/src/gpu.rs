@@ -36,6 +36,18 @@ pub fn device_indices(dev: &Path) -> Vec<u32> {
     found
 }
 
+/// This node's GPU indices and the driver's list of them, read once: they
+/// do not change while the process runs, and every attempt asks.
+pub fn node() -> &'static (Vec<u32>, Vec<DriverGpu>) {
+    static NODE: std::sync::OnceLock<(Vec<u32>, Vec<DriverGpu>)> = std::sync::OnceLock::new();
+    NODE.get_or_init(|| {
+        (
+            device_indices(Path::new(DEV)),
+            driver_gpus(Path::new(DRIVER_GPUS)),
+        )
+    })
+}
+
 /// One GPU as the driver describes it in `/proc/driver/nvidia/gpus/<bus>/information`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DriverGpu {
@@ -112,10 +124,12 @@ pub struct Hidden {
     pub driver_dirs: Vec<PathBuf>,
 }
 
-pub fn hidden(given: &[u32], dev: &Path, driver: &[DriverGpu]) -> Hidden {
+/// `node`: the GPU indices of the node, whose nodes are in `dev`.
+pub fn hidden(given: &[u32], node: &[u32], dev: &Path, driver: &[DriverGpu]) -> Hidden {
     Hidden {
-        nodes: device_indices(dev)
-            .into_iter()
+        nodes: node
+            .iter()
+            .copied()
             .filter(|i| !given.contains(i))
             .map(|i| dev.join(format!("nvidia{i}")))
             .collect(),
@@ -178,7 +192,8 @@ mod tests {
     fn the_other_gpus_are_hidden() {
         let node = fake_node(4);
         let driver = driver_gpus(&node.path().join("gpus"));
-        let h = hidden(&[2], &node.path().join("dev"), &driver);
+        let dev = node.path().join("dev");
+        let h = hidden(&[2], &device_indices(&dev), &dev, &driver);
         let names: Vec<String> = h
             .nodes
             .iter()

@@ -377,8 +377,8 @@ pub(crate) fn build(
     step_names.push("mount /proc for the PID namespace".into());
 
     // The node's other GPUs, masked: the task sees only its own.
-    let driver = crate::gpu::driver_gpus(Path::new(crate::gpu::DRIVER_GPUS));
-    let hidden = crate::gpu::hidden(&spec.gpus, Path::new(crate::gpu::DEV), &driver);
+    let (node_gpus, driver) = crate::gpu::node();
+    let hidden = crate::gpu::hidden(&spec.gpus, node_gpus, Path::new(crate::gpu::DEV), driver);
     for node in &hidden.nodes {
         steps.push(Step {
             mkdirs: vec![],

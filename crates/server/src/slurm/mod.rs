@@ -485,6 +485,26 @@ fn shell_quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', r"'\''"))
 }
 
+/// The `sbatch` arguments every job of a pool gets: its partition, account,
+/// QOS, its own `sbatch_args`, and the nodes to avoid.
+fn pool_args(options: &SlurmOptions, exclude: &[String]) -> Vec<String> {
+    let mut args = Vec::new();
+    if let Some(p) = &options.partition {
+        args.push(format!("--partition={p}"));
+    }
+    if let Some(a) = &options.account {
+        args.push(format!("--account={a}"));
+    }
+    if let Some(q) = &options.qos {
+        args.push(format!("--qos={q}"));
+    }
+    if !exclude.is_empty() {
+        args.push(format!("--exclude={}", exclude.join(",")));
+    }
+    args.extend(options.sbatch_args.iter().cloned());
+    args
+}
+
 /// The `sbatch` arguments for one attempt.
 fn sbatch_args(
     launch: &Launch,
@@ -517,19 +537,7 @@ fn sbatch_args(
         let mib = bytes.div_ceil(1024 * 1024).max(1) + EXEC_MEMORY_MIB;
         args.push(format!("--mem={mib}M"));
     }
-    if let Some(p) = &options.partition {
-        args.push(format!("--partition={p}"));
-    }
-    if let Some(a) = &options.account {
-        args.push(format!("--account={a}"));
-    }
-    if let Some(q) = &options.qos {
-        args.push(format!("--qos={q}"));
-    }
-    if !exclude.is_empty() {
-        args.push(format!("--exclude={}", exclude.join(",")));
-    }
-    args.extend(options.sbatch_args.iter().cloned());
+    args.extend(pool_args(options, exclude));
     args.push(format!(
         "--wrap=exec {} exec --server {} --attempt {}",
         shell_quote(&exe.to_string_lossy()),
@@ -581,19 +589,7 @@ fn gang_sbatch_args(
     if max_gpus > 0 {
         args.push(format!("--gpus-per-task={max_gpus}"));
     }
-    if let Some(p) = &options.partition {
-        args.push(format!("--partition={p}"));
-    }
-    if let Some(a) = &options.account {
-        args.push(format!("--account={a}"));
-    }
-    if let Some(q) = &options.qos {
-        args.push(format!("--qos={q}"));
-    }
-    if !exclude.is_empty() {
-        args.push(format!("--exclude={}", exclude.join(",")));
-    }
-    args.extend(options.sbatch_args.iter().cloned());
+    args.extend(pool_args(options, exclude));
     let mut script = String::new();
     for launch in launches {
         let stem = launch.key.file_stem();
