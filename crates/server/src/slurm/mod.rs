@@ -743,37 +743,7 @@ mod tests {
 
     #[test]
     fn sbatch_gets_the_pool_options() {
-        let key = AttemptKey {
-            workflow_id: "wf-1".to_string(),
-            attempt: AttemptId {
-                task: TaskKey { group: 0, task: 0 },
-                retry_id: 0,
-            },
-        };
-        let launch = Launch {
-            key,
-            group: "g".into(),
-            task: "t".into(),
-            command: vec!["true".into()],
-            args: vec![],
-            environment: Default::default(),
-            files: vec![],
-            output_dir: "/o".into(),
-            input_dirs: vec![],
-            preflight: vec![],
-            memory_limit_bytes: Some(1 << 30),
-            cpu: Some(1.5),
-            volume_mounts: vec![],
-            image: "ubuntu".into(),
-            runtime: osmo_spec::config::RuntimeKind::Sandbox,
-            barrier: false,
-            gpu: 2,
-            gpus: vec![],
-            gang: 1,
-            hidden_paths: vec![],
-            run_as: None,
-            network: None,
-        };
+        let launch = launch(0, 1.5, 2, Some(1 << 30));
         let options = SlurmOptions {
             partition: Some("gpu".into()),
             account: Some("acct".into()),
@@ -789,7 +759,7 @@ mod tests {
             "http://h:1",
         );
         for want in [
-            "--job-name=osmo.wf-1.0.0.0",
+            "--job-name=osmo.wf-1.2.0.0",
             "--cpus-per-task=2",
             "--gres=gpu:2",
             "--mem=1152M",
@@ -798,7 +768,7 @@ mod tests {
             "--qos=high",
             "--exclude=n1",
             "--time=10",
-            "--wrap=exec '/bin/osmo' exec --server 'http://h:1' --attempt 'wf-1.0.0.0'",
+            "--wrap=exec '/bin/osmo' exec --server 'http://h:1' --attempt 'wf-1.2.0.0'",
         ] {
             assert!(
                 args.iter().any(|a| a == want),
