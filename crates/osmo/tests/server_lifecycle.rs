@@ -148,3 +148,88 @@ fn a_task_can_run_the_osmo_cli_against_its_own_service() {
         "{logs}"
     );
 }
+
+/// A task that waits forever in its first attempt and succeeds in the next.
+const STUCK_FIRST_ATTEMPT: &str = r#"
+workflow:
+  name: lost
+  tasks:
+  - name: t
+    image: ubuntu
+    command: [sh, -c, 'echo "attempt $OSMO_RETRY_ID"; [ "$OSMO_RETRY_ID" != 0 ] || exec sleep 600']
+    exitActions: {RESCHEDULE: "2002,3001"}
+"#;
+
+/// The processes whose parent is `parent` and whose name is `comm`.
+fn children_named(parent: i32, comm: &str) -> Vec<i32> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        // pid (comm) state ppid …
+        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
+            continue;
+        };
+        let ppid = stat[close + 1..].split_whitespace().nth(1);
+        if &stat[open + 1..close] == comm && ppid == Some(&parent.to_string()) {
+            found.push(pid);
+        }
+    }
+    found
+}
+
+#[test]
+fn a_killed_sandbox_init_ends_the_attempt_2002_and_its_exit_action_applies() {
+    let server = Server::start(local_pool());
+    let id = server.submit(STUCK_FIRST_ATTEMPT);
+    let agent = wait_for(Duration::from_secs(20), "the agent", || server.agent_pid());
+    wait_for(Duration::from_secs(20), "the task to run", || {
+        (task(&server.workflow(&id), "t", 0)["status"] == "RUNNING").then_some(())
+    });
+    let init = wait_for(Duration::from_secs(10), "the sandbox's init", || {
+        children_named(agent, "osmo-init").first().copied()
+    });
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(init),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let doc = server.wait_finished(&id, Duration::from_secs(30));
+    assert_eq!(doc["status"], "COMPLETED", "{doc:#}");
+    let first = task(&doc, "t", 0);
+    assert_eq!(first["status"], "RESCHEDULED", "{doc:#}");
+    assert_eq!(first["exit_code"], 2002, "{doc:#}");
+    assert_eq!(task(&doc, "t", 1)["status"], "COMPLETED", "{doc:#}");
+}
+
+#[test]
+fn a_killed_node_agent_is_replaced_and_its_attempts_end_3001() {
+    let server = Server::start(local_pool());
+    let id = server.submit(STUCK_FIRST_ATTEMPT);
+    wait_for(Duration::from_secs(20), "the task to run", || {
+        (task(&server.workflow(&id), "t", 0)["status"] == "RUNNING").then_some(())
+    });
+    let agent = server.agent_pid().expect("the agent wrote its pid");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(agent),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let doc = server.wait_finished(&id, Duration::from_secs(30));
+    assert_eq!(doc["status"], "COMPLETED", "{doc:#}\n{}", server.log());
+    let first = task(&doc, "t", 0);
+    assert_eq!(first["status"], "RESCHEDULED", "{doc:#}");
+    assert_eq!(first["exit_code"], 3001, "{doc:#}");
+    assert_eq!(task(&doc, "t", 1)["status"], "COMPLETED", "{doc:#}");
+    let successor = server.agent_pid().expect("the new agent wrote its pid");
+    assert_ne!(successor, agent, "a new agent took over");
+    assert!(alive(successor));
+    assert!(
+        children_named(agent, "osmo-init").is_empty(),
+        "the lost attempt's sandbox is gone with its agent"
+    );
+}

@@ -5,6 +5,8 @@
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::Context;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
@@ -177,15 +179,95 @@ pub fn listen(
     Ok(link)
 }
 
-/// Starts `osmo agent` in its own session unless one from an earlier server
-/// of this data dir still runs (it will dial back by itself).
-pub fn ensure_agent(socket: &Path, state_dir: &Path) -> anyhow::Result<()> {
+/// Keeps a node agent running for this server: starts `osmo agent` in its
+/// own session unless one from an earlier server of this data dir still runs
+/// (it will dial back by itself), and starts a new one whenever the agent
+/// dies while the server runs (a SIGKILL, a crash). The new agent's `Hello`
+/// lists no attempt, so the core ends the lost ones with 3001 and their exit
+/// actions apply. Nothing is restarted once `stopping` is set.
+pub fn supervise_agent(
+    socket: &Path,
+    state_dir: &Path,
+    stopping: Arc<AtomicBool>,
+) -> anyhow::Result<()> {
+    let mut child = start_agent_unless_running(socket, state_dir)?;
+    let (socket, state_dir) = (socket.to_path_buf(), state_dir.to_path_buf());
+    std::thread::Builder::new()
+        .name("agent-supervisor".into())
+        .spawn(move || {
+            let mut restarts = RestartPacing::default();
+            loop {
+                match child.take() {
+                    // Ours: reap it, so it doesn't linger as a zombie.
+                    Some(mut c) => {
+                        let _ = c.wait();
+                    }
+                    // An earlier server's: it is not our child, so watch its pid.
+                    None => {
+                        while running_agent(&state_dir).is_some() {
+                            std::thread::sleep(ADOPTED_AGENT_POLL);
+                            if stopping.load(Ordering::SeqCst) {
+                                return;
+                            }
+                        }
+                    }
+                }
+                if stopping.load(Ordering::SeqCst) {
+                    return;
+                }
+                std::thread::sleep(restarts.next_delay());
+                if stopping.load(Ordering::SeqCst) {
+                    return;
+                }
+                tracing::warn!("the node agent exited while the server runs; starting a new one");
+                match start_agent_unless_running(&socket, &state_dir) {
+                    Ok(c) => child = c,
+                    Err(e) => tracing::error!("cannot restart the node agent: {e:#}"),
+                }
+            }
+        })
+        .context("cannot start the agent's supervisor")?;
+    Ok(())
+}
+
+/// How often an adopted agent (not our child) is checked for life.
+const ADOPTED_AGENT_POLL: std::time::Duration = std::time::Duration::from_millis(250);
+
+/// Restart at once the first time; an agent that keeps dying is restarted
+/// at most every few seconds, so a broken one does not spin.
+#[derive(Default)]
+struct RestartPacing {
+    recent: std::collections::VecDeque<std::time::Instant>,
+}
+
+impl RestartPacing {
+    fn next_delay(&mut self) -> std::time::Duration {
+        let now = std::time::Instant::now();
+        let window = std::time::Duration::from_secs(30);
+        self.recent.retain(|t| now.duration_since(*t) < window);
+        self.recent.push_back(now);
+        match self.recent.len() {
+            0..=3 => std::time::Duration::ZERO,
+            n => std::time::Duration::from_millis(500 * (n as u64 - 3)).min(window / 6),
+        }
+    }
+}
+
+/// Starts `osmo agent` unless one already runs for `state_dir`; returns the
+/// child it started.
+fn start_agent_unless_running(
+    socket: &Path,
+    state_dir: &Path,
+) -> anyhow::Result<Option<std::process::Child>> {
     if let Some(pid) = running_agent(state_dir) {
         tracing::info!("reusing the running agent (pid {pid})");
-        return Ok(());
+        return Ok(None);
     }
     std::fs::create_dir_all(state_dir)?;
-    let log = std::fs::File::create(state_dir.join("agent.log"))?;
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(state_dir.join("agent.log"))?;
     let exe = std::env::current_exe().context("cannot find the osmo binary to start the agent")?;
     let mut cmd = std::process::Command::new(exe);
     cmd.arg("agent")
@@ -205,12 +287,7 @@ pub fn ensure_agent(socket: &Path, state_dir: &Path) -> anyhow::Result<()> {
     }
     let child = cmd.spawn().context("cannot start the node agent")?;
     tracing::info!("started the node agent (pid {})", child.id());
-    // Reap it if it ever exits while we run, so it doesn't linger as a zombie.
-    std::thread::spawn(move || {
-        let mut child = child;
-        let _ = child.wait();
-    });
-    Ok(())
+    Ok(Some(child))
 }
 
 fn running_agent(state_dir: &Path) -> Option<i32> {

@@ -58,11 +58,15 @@ pub struct RunningServer {
     stop: oneshot::Sender<()>,
     http: tokio::task::JoinHandle<std::io::Result<()>>,
     link: agent_link::AgentLink,
+    /// Set on shutdown: the agent is told to go and is not restarted.
+    agent_stopping: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl RunningServer {
     /// Stops serving and tells the agent to exit once no task runs.
     pub async fn shutdown(self) -> anyhow::Result<()> {
+        self.agent_stopping
+            .store(true, std::sync::atomic::Ordering::SeqCst);
         self.link.send(crate::proto::ToAgent::Shutdown);
         let _ = self.stop.send(());
         self.http.await??;
@@ -176,7 +180,8 @@ pub async fn start(opts: ServerOptions) -> anyhow::Result<RunningServer> {
     .await?;
     let (requests_tx, requests_rx) = mpsc::channel(256);
     tokio::spawn(manager.run(requests_rx, link_rx));
-    agent_link::ensure_agent(&socket, &data_dir.join("agent"))?;
+    let agent_stopping = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    agent_link::supervise_agent(&socket, &data_dir.join("agent"), agent_stopping.clone())?;
 
     let url = format!("http://{local_addr}");
     let auth = auth::Auth::new(
@@ -210,6 +215,7 @@ pub async fn start(opts: ServerOptions) -> anyhow::Result<RunningServer> {
         stop,
         http,
         link,
+        agent_stopping,
     })
 }
 
