@@ -164,10 +164,20 @@ async fn send_all(write: &mut tokio::net::unix::OwnedWriteHalf, msgs: &[FromAgen
 fn handle(shared: &Arc<Shared>, msg: ToAgent) {
     match msg {
         ToAgent::Launch(launch) => {
-            let known =
-                shared.lock_attempts().contains_key(&launch.key) || shared.results.has(&launch.key);
-            if !known {
+            let running = shared.lock_attempts().contains_key(&launch.key);
+            let ended = shared.results.has(&launch.key);
+            if !running && !ended {
                 attempt::spawn(shared.clone(), *launch);
+            } else {
+                eprintln!(
+                    "osmo agent: launch of {} ignored: it {}",
+                    launch.key.file_stem(),
+                    if running {
+                        "runs"
+                    } else {
+                        "ended, its result not yet acknowledged"
+                    }
+                );
             }
         }
         ToAgent::Release { key } => {

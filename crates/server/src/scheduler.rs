@@ -113,8 +113,16 @@ impl Scheduler {
         group: GroupRef,
         footprint: Footprint,
         priority: u8,
-        attempts: Vec<AttemptId>,
+        mut attempts: Vec<AttemptId>,
     ) {
+        // Idempotent: an attempt queued twice would be launched twice and
+        // hold its group's share forever (a restart re-queues what the
+        // engine may decide again once the batch in flight commits).
+        attempts.retain(|a| !self.is_queued(&group, *a));
+        attempts.dedup();
+        if attempts.is_empty() {
+            return;
+        }
         if self.held.get(&group).is_some_and(|h| h.active > 0) {
             // Its CPU is held: a retry or a restart goes through at once.
             if let Some(held) = self.held.get_mut(&group) {
@@ -318,6 +326,18 @@ mod tests {
         s.finished(&g("a", 0));
         assert_eq!(s.admit(), vec![(g("b", 0), attempt(0, 0))]);
         assert_eq!(s.used().cpu, 1.0);
+    }
+
+    #[test]
+    fn an_attempt_queued_twice_is_admitted_once_and_frees_its_share() {
+        let mut s = Scheduler::new(Footprint::cpus(1.0));
+        s.enqueue(g("a", 0), cpu(1.0), 1, vec![attempt(0, 0)]);
+        s.enqueue(g("a", 0), cpu(1.0), 1, vec![attempt(0, 0), attempt(0, 0)]);
+        assert_eq!(s.admit(), vec![(g("a", 0), attempt(0, 0))]);
+        s.finished(&g("a", 0));
+        assert_eq!(s.used().cpu, 0.0, "one launch, one end: nothing held");
+        s.enqueue(g("b", 0), cpu(1.0), 1, vec![attempt(0, 0)]);
+        assert_eq!(s.admit().len(), 1);
     }
 
     #[test]

@@ -197,6 +197,7 @@ impl Core {
                 continue;
             };
             if !self.launched.contains_key(key) {
+                tracing::debug!("adopting {} ({phase:?})", key.file_stem());
                 let pool = active.pool.clone();
                 let footprint = self
                     .launches
@@ -271,14 +272,27 @@ impl Core {
                         .schedulers
                         .get(&active.pool)
                         .is_some_and(|s| s.is_queued(&(id.clone(), g as u32), k.attempt));
-                    if self.launched.contains_key(&k) || attempt.status != TaskStatus::Scheduling {
-                        lost.push(k);
-                    } else if !queued && engine.group_status(g as u32) != TaskStatus::Waiting {
-                        requeue.push((active.pool.clone(), active.priority as u8, k));
+                    let launched = self.launched.contains_key(&k);
+                    match attempt.status {
+                        // Never handed to a backend: nothing to lose.
+                        TaskStatus::Submitting | TaskStatus::Waiting | TaskStatus::Processing
+                            if !launched => {}
+                        TaskStatus::Scheduling if !launched => {
+                            if !queued && engine.group_status(g as u32) != TaskStatus::Waiting {
+                                requeue.push((active.pool.clone(), active.priority as u8, k));
+                            }
+                        }
+                        _ => lost.push(k),
                     }
                 }
             }
         }
+        tracing::info!(
+            "reconciled the {backend:?} backend: {} attempt(s) it runs, {} queued again, {} lost",
+            running.len(),
+            requeue.len(),
+            lost.len()
+        );
         for (pool, priority, k) in requeue {
             let Some(active) = self.active.get(&k.workflow_id) else {
                 continue;

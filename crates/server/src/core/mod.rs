@@ -472,6 +472,9 @@ impl Core {
         let mut finished = false;
         for command in commands {
             match command {
+                // Launched already (re-queued by a reconnection while the
+                // decision was in flight): once is enough.
+                Command::Launch { attempt } if self.launched.contains_key(&key(id, attempt)) => {}
                 Command::Launch { attempt } => {
                     match launches.iter_mut().find(|(g, _)| *g == attempt.task.group) {
                         Some((_, list)) => list.push(attempt),
@@ -607,6 +610,7 @@ impl Core {
             );
             launch.gang = together.get(&group).copied().unwrap_or(1);
             let attempt_key = launch.key.clone();
+            tracing::debug!("launching {}", attempt_key.file_stem());
             let sent = self.link_of(&pool).send(ToAgent::Launch(Box::new(launch)));
             self.launched.insert(attempt_key.clone(), pool);
             if !sent {
