@@ -1,6 +1,16 @@
 //! The `osmo` binary: every role in one — `osmo server`, `osmo agent`,
 //! `osmo exec` and the user's `osmo workflow ...` (the `osmo-cli` crate).
 
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
+/// jemalloc's options: purge freed pages from a background thread within
+/// about a second, so the server's resident size follows what it holds.
+#[allow(non_upper_case_globals)]
+#[unsafe(export_name = "_rjem_malloc_conf")]
+pub static malloc_conf: &[u8; 60] =
+    b"background_thread:true,dirty_decay_ms:1000,muzzy_decay_ms:0\0";
+
 fn main() -> std::process::ExitCode {
     // The template renderer runs as a resource-limited child of this binary.
     if std::env::args_os()
