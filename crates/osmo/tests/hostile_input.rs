@@ -81,3 +81,96 @@ fn concurrent_alias_bombs_are_refused_and_their_memory_given_back() {
         || (rss_mib(pid) < limit).then_some(()),
     );
 }
+
+#[test]
+fn query_values_the_schema_does_not_allow_are_refused() {
+    let server = Server::start(local_pool());
+    let id = server.submit(
+        "workflow:\n  name: q\n  tasks:\n  - {name: t, image: ubuntu, command: [\"true\"]}\n",
+    );
+    server.wait_finished(&id, Duration::from_secs(30));
+    // Each found by schemathesis (scripts/api-fuzz): accepted before.
+    for path in [
+        "/api/workflow?offset=9223372036854775808".to_string(),
+        "/api/workflow?limit=2147483648".to_string(),
+        "/api/workflow?all_users=-266&users=a".to_string(),
+        format!("/api/workflow/{id}?verbose="),
+        format!("/api/workflow/{id}/events?retry_id=2147483648"),
+        format!("/api/workflow/{id}/logs?last_n_lines=2147483648"),
+        format!("/api/workflow/{id}/spec?rendered=9041&use_template=true"),
+    ] {
+        let (status, body) = server.get(&path);
+        assert_eq!(status, 400, "{path}: {body}");
+        let error: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert!(error["error"].is_string(), "{path}: {body}");
+    }
+    // The largest values the schema allows are fine.
+    for path in [
+        "/api/workflow?offset=9223372036854775807".to_string(),
+        format!("/api/workflow/{id}/logs?retry_id=2147483647&last_n_lines=2147483647"),
+    ] {
+        assert_eq!(server.get(&path).0, 200, "{path}");
+    }
+}
+
+#[test]
+fn a_client_over_its_rate_gets_429_with_retry_after() {
+    let server = Server::start(
+        "pools:\n  default:\n    backend: local\nrate_limit:\n  requests_per_second: 1\n  burst: 3\n",
+    );
+    // Server::start already spent one request on /api/health, which is not counted.
+    let statuses: Vec<u16> = (0..5).map(|_| server.get("/api/workflow").0).collect();
+    assert_eq!(&statuses[..3], &[200, 200, 200], "{statuses:?}");
+    let client = reqwest::blocking::Client::new();
+    let r = client
+        .get(format!("{}/api/workflow", server.url))
+        .send()
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 429);
+    let retry_after: u64 = r.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=2).contains(&retry_after), "{retry_after}");
+    let body: serde_json::Value = r.json().unwrap();
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("too many requests"),
+        "{body}"
+    );
+    assert_eq!(server.get("/api/health").0, 200, "health is never limited");
+}
+
+#[test]
+fn a_bad_rate_limit_is_a_precise_configuration_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("config.yaml");
+    std::fs::write(
+        &config,
+        "pools:\n  default:\n    backend: local\nrate_limit:\n  requests_per_second: fast\n  burst: 0\n",
+    )
+    .unwrap();
+    let out = std::process::Command::new(OSMO)
+        .args(["server", "--config"])
+        .arg(&config)
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .args(["--listen", "127.0.0.1:0"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("config.yaml:5:24")
+            && stderr.contains("`requests_per_second` of `rate_limit`"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("config.yaml:6:10")
+            && stderr.contains("`burst` of `rate_limit` must be at least 1"),
+        "{stderr}"
+    );
+}

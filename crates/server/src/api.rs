@@ -100,9 +100,56 @@ pub fn router(state: AppState) -> Router {
         WorkflowListDoc,
         WorkflowSummaryDoc,
         CancelResponse
-    ))
+    )),
+    modifiers(&RateLimited)
 )]
 struct ApiDoc;
+
+/// Every operation but the health check may answer 429 (`rate_limit`).
+struct RateLimited;
+
+impl utoipa::Modify for RateLimited {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::{ContentBuilder, HeaderBuilder, Ref, ResponseBuilder};
+        let response = ResponseBuilder::new()
+            .description("Too many requests from this client; `Retry-After` says when to retry")
+            .header(
+                "Retry-After",
+                HeaderBuilder::new()
+                    .schema(
+                        utoipa::openapi::ObjectBuilder::new()
+                            .schema_type(utoipa::openapi::schema::Type::Integer),
+                    )
+                    .description(Some("seconds"))
+                    .build(),
+            )
+            .content(
+                "application/json",
+                ContentBuilder::new()
+                    .schema(Some(Ref::from_schema_name("ErrorResponse")))
+                    .build(),
+            )
+            .build();
+        for (path, item) in openapi.paths.paths.iter_mut() {
+            if path == "/api/health" {
+                continue;
+            }
+            for op in [
+                &mut item.get,
+                &mut item.post,
+                &mut item.put,
+                &mut item.delete,
+            ]
+            .into_iter()
+            .flatten()
+            {
+                op.responses
+                    .responses
+                    .insert("429".to_string(), response.clone().into());
+            }
+        }
+    }
+}
 
 /// An API error: status + JSON body.
 #[derive(Debug)]
@@ -190,21 +237,35 @@ fn param_list(params: &[(String, String)], key: &str) -> Vec<String> {
 fn flag(params: &[(String, String)], key: &str) -> ApiResult<bool> {
     match param(params, key).map(str::to_ascii_lowercase).as_deref() {
         None | Some("false") | Some("0") | Some("no") => Ok(false),
-        Some("") | Some("true") | Some("1") | Some("yes") => Ok(true),
+        Some("true") | Some("1") | Some("yes") => Ok(true),
         Some(other) => Err(ApiError::bad_request(format!(
             "`{key}` must be true or false, not `{other}`"
         ))),
     }
 }
 
-fn number<T: std::str::FromStr>(params: &[(String, String)], key: &str) -> ApiResult<Option<T>> {
+/// A non-negative integer no larger than `max`: the OpenAPI document calls
+/// the `u32` parameters int32 and the `u64` ones int64, so what those cannot
+/// hold is refused, not wrapped or widened.
+fn bounded(params: &[(String, String)], key: &str, max: i64) -> ApiResult<Option<u64>> {
     param(params, key)
-        .map(|v| {
-            v.parse::<T>().map_err(|_| {
-                ApiError::bad_request(format!("`{key}` must be a non-negative integer, not `{v}`"))
-            })
+        .map(|v| match v.parse::<i64>() {
+            Ok(n) if (0..=max).contains(&n) => Ok(n as u64),
+            _ => Err(ApiError::bad_request(format!(
+                "`{key}` must be an integer from 0 to {max}, not `{v}`"
+            ))),
         })
         .transpose()
+}
+
+/// A parameter documented as int32 (a `u32` in the schema).
+fn number32(params: &[(String, String)], key: &str) -> ApiResult<Option<u32>> {
+    Ok(bounded(params, key, i32::MAX as i64)?.map(|n| n as u32))
+}
+
+/// A parameter documented as int64 (a `u64` in the schema).
+fn number64(params: &[(String, String)], key: &str) -> ApiResult<Option<u64>> {
+    bounded(params, key, i64::MAX)
 }
 
 fn key_values(items: &[String], flag: &str) -> ApiResult<Vec<(String, String)>> {
@@ -360,7 +421,7 @@ async fn list(
     Extension(caller): Extension<Caller>,
 ) -> ApiResult<Json<WorkflowListDoc>> {
     let params = params(&raw)?;
-    let limit: Option<u32> = number(&params, "limit")?;
+    let limit: Option<u32> = number32(&params, "limit")?;
     if limit.is_some_and(|l| l > 1000) {
         return Err(ApiError::bad_request("`limit` may be at most 1000"));
     }
@@ -377,7 +438,7 @@ async fn list(
             .map(|s| s.to_ascii_uppercase())
             .collect(),
         limit: Some(limit.unwrap_or(20)),
-        offset: number::<u64>(&params, "offset")?.unwrap_or(0),
+        offset: number64(&params, "offset")?.unwrap_or(0),
     };
     let rows = app
         .store
@@ -398,7 +459,9 @@ fn listed_users(
     auth: AuthMode,
 ) -> ApiResult<Vec<String>> {
     let users = param_list(params, "users");
-    if !users.is_empty() || flag(params, "all_users")? || auth == AuthMode::None {
+    // Read first: a bad value is refused even where it would not matter.
+    let all_users = flag(params, "all_users")?;
+    if !users.is_empty() || all_users || auth == AuthMode::None {
         return Ok(users);
     }
     Ok(vec![caller.user.clone()])
@@ -416,8 +479,8 @@ async fn tasks(
     Extension(caller): Extension<Caller>,
 ) -> ApiResult<Json<serde_json::Value>> {
     let params = params(&raw)?;
-    let limit: usize = number::<u32>(&params, "limit")?.unwrap_or(20) as usize;
-    let offset: usize = number::<u64>(&params, "offset")?.unwrap_or(0) as usize;
+    let limit: usize = number32(&params, "limit")?.unwrap_or(20) as usize;
+    let offset: usize = number64(&params, "offset")?.unwrap_or(0) as usize;
     let workflow_id = param(&params, "workflow_id").map(str::to_string);
     let (reply, answer) = oneshot::channel();
     let live = match app
@@ -724,8 +787,8 @@ async fn logs_of(
     params: &[(String, String)],
     stream: Option<&str>,
 ) -> ApiResult<Response> {
-    let retry_id: Option<u32> = number(params, "retry_id")?;
-    let last_n: Option<usize> = number(params, "last_n_lines")?;
+    let retry_id: Option<u32> = number32(params, "retry_id")?;
+    let last_n: Option<usize> = number32(params, "last_n_lines")?.map(|n| n as usize);
     let (_, doc) = load(app, &id).await?;
     let task = param(params, "task_name");
     if let Some(task) = task
@@ -846,9 +909,11 @@ async fn spec(
 ) -> ApiResult<Response> {
     let params = params(&raw)?;
     // OSMO's CLI asks `use_template=false` for the rendered file, `true` for the template.
+    // Both are read, so a bad value of either is refused.
+    let asked_rendered = flag(&params, "rendered")?;
     let rendered = match param(&params, "use_template") {
         Some(_) => !flag(&params, "use_template")?,
-        None => flag(&params, "rendered")?,
+        None => asked_rendered,
     };
     let row = app
         .store
@@ -876,7 +941,7 @@ async fn events(
     RawQuery(raw): RawQuery,
 ) -> ApiResult<Response> {
     let params = params(&raw)?;
-    let retry_id: Option<u32> = number(&params, "retry_id")?;
+    let retry_id: Option<u32> = number32(&params, "retry_id")?;
     let task = param(&params, "task_name").map(str::to_string);
     let (row, doc) = load(&app, &id).await?;
     if let Some(task) = &task
