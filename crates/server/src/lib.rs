@@ -18,6 +18,7 @@ mod metrics;
 mod persisted;
 mod pools;
 mod profile;
+mod rate_limit;
 mod scheduler;
 pub mod slurm;
 mod task_bin;
@@ -86,6 +87,7 @@ pub fn load_config(path: Option<&std::path::Path>) -> anyhow::Result<ServiceConf
             ServiceConfig {
                 pools,
                 auth: Default::default(),
+                rate_limit: Default::default(),
             }
         }
         Some(path) => {
@@ -184,6 +186,7 @@ pub async fn start(opts: ServerOptions) -> anyhow::Result<RunningServer> {
     agent_link::supervise_agent(&socket, &data_dir.join("agent"), agent_stopping.clone())?;
 
     let url = format!("http://{local_addr}");
+    let config_rate_limit = config.rate_limit;
     let auth = auth::Auth::new(
         config.auth,
         store.clone(),
@@ -198,17 +201,27 @@ pub async fn start(opts: ServerOptions) -> anyhow::Result<RunningServer> {
     if let Some(exec) = slurm_router {
         app = app.merge(exec);
     }
-    let app = app.layer(axum::middleware::from_fn_with_state(
-        auth,
-        auth::authenticate,
-    ));
+    let limiter = rate_limit::Limiter::new(config_rate_limit);
+    let app = app
+        .layer(axum::middleware::from_fn_with_state(
+            auth,
+            auth::authenticate,
+        ))
+        // Outermost: a flood is refused before anything else is done for it.
+        .layer(axum::middleware::from_fn_with_state(
+            limiter,
+            rate_limit::limit,
+        ));
     let (stop, stopped) = oneshot::channel::<()>();
     let http = tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async {
-                let _ = stopped.await;
-            })
-            .await
+        axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(async {
+            let _ = stopped.await;
+        })
+        .await
     });
     Ok(RunningServer {
         url,

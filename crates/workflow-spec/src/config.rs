@@ -15,6 +15,29 @@ pub struct ServiceConfig {
     /// Who may call the API (`auth:`; default `none`).
     #[serde(default)]
     pub auth: AuthMode,
+    /// Requests each client (address) may make (`rate_limit:`).
+    #[serde(default)]
+    pub rate_limit: RateLimit,
+}
+
+/// A token bucket per client address: `requests_per_second` refill, up to
+/// `burst` at once; `requests_per_second: 0` turns the limit off. A client
+/// over it gets 429 with `Retry-After`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RateLimit {
+    pub requests_per_second: u32,
+    pub burst: u32,
+}
+
+impl Default for RateLimit {
+    /// Far above what one honest client sends, low enough that one client
+    /// cannot take the whole server.
+    fn default() -> Self {
+        RateLimit {
+            requests_per_second: 1000,
+            burst: 2000,
+        }
+    }
 }
 
 /// Where a pool's tasks listen (SEMANTICS §6).

@@ -61,8 +61,41 @@ pub fn load_config(source: &str, file: &str) -> Result<ServiceConfig, Diagnostic
             ),
         }
     }
+    let mut rate_limit = crate::config::RateLimit::default();
+    if let Some(raw) = raw
+        .as_ref()
+        .and_then(|r| r.rate_limit.as_ref())
+        .and_then(|c| c.value.as_ref())
+    {
+        if let Some(n) = raw
+            .requests_per_second
+            .as_ref()
+            .and_then(|s| check::count(s, "`requests_per_second` of `rate_limit`", &mut report))
+        {
+            rate_limit.requests_per_second = n;
+            // A burst follows the rate unless it is given.
+            rate_limit.burst = n.saturating_mul(2);
+        }
+        if let Some(s) = &raw.burst
+            && let Some(n) = check::count(s, "`burst` of `rate_limit`", &mut report)
+        {
+            if n == 0 {
+                report.error(
+                    s.mark,
+                    "`burst` of `rate_limit` must be at least 1",
+                    Some(s.text.clone()),
+                );
+            } else {
+                rate_limit.burst = n;
+            }
+        }
+    }
     report.finish()?;
-    Ok(ServiceConfig { pools, auth })
+    Ok(ServiceConfig {
+        pools,
+        auth,
+        rate_limit,
+    })
 }
 
 fn pool(raw: &RawPool, name: &str, report: &mut Report) -> PoolConfig {

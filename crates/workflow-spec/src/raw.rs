@@ -140,6 +140,14 @@ pub(crate) struct RawCheckpoint {
 pub(crate) struct RawConfig {
     pub pools: Option<Checked<Entries<Checked<RawPool>>>>,
     pub auth: Option<Scalar>,
+    pub rate_limit: Option<Checked<RawRateLimit>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawRateLimit {
+    pub requests_per_second: Option<Scalar>,
+    pub burst: Option<Scalar>,
 }
 
 #[derive(Debug, Deserialize)]

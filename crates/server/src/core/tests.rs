@@ -20,6 +20,7 @@ fn setup(cpus: f64) -> Setup {
     let config = Arc::new(ServiceConfig {
         pools: BTreeMap::from([("default".to_string(), PoolConfig::default())]),
         auth: Default::default(),
+        rate_limit: Default::default(),
     });
     let backend = Arc::new(FakeBackend::with_cpus(cpus));
     let backends: HashMap<String, Arc<dyn Backend>> =
