@@ -103,12 +103,10 @@ impl Client {
             format!("`{url}` is not a URL; give the service address as --url http://HOST:PORT or OSMO_URL")
         })?;
         match base.scheme() {
-            "http" => {}
-            "https" => anyhow::bail!(
-                "`{url}`: this osmo build speaks plain http only; use http://HOST:PORT, or a proxy that ends TLS"
-            ),
+            // https: verified against the system's certificates, or SSL_CERT_FILE's.
+            "http" | "https" => {}
             other => anyhow::bail!(
-                "`{url}` uses `{other}:`; give the service address as http://HOST:PORT"
+                "`{url}` uses `{other}:`; give the service address as http://HOST:PORT or https://HOST:PORT"
             ),
         }
         if base.cannot_be_a_base() || base.host().is_none() {
@@ -375,6 +373,13 @@ impl Client {
         } else {
             innermost(&e)
         };
+        if reason.contains("certificate") {
+            return anyhow::anyhow!(
+                "cannot verify the osmo service at {}: {reason}; if its certificate comes from \
+                 an authority of its own, point SSL_CERT_FILE at that authority's PEM file",
+                self.url()
+            );
+        }
         if e.is_connect() || e.is_timeout() {
             anyhow::anyhow!(
                 "cannot reach the osmo service at {}: {reason}; start one with `osmo server`, \

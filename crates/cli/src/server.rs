@@ -40,6 +40,13 @@ pub struct ServerArgs {
     /// (anyone who reaches the port can then run commands on this machine).
     #[arg(long)]
     pub insecure: bool,
+    /// Serve HTTPS with this PEM certificate (chain); needs --tls-key.
+    /// Clients trust it through the system's store, or SSL_CERT_FILE.
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The PEM private key of --tls-cert.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
 }
 
 pub fn run(args: ServerArgs) -> anyhow::Result<Outcome> {
@@ -55,6 +62,7 @@ pub fn run(args: ServerArgs) -> anyhow::Result<Outcome> {
         listen: args.listen,
         database_url: args.database_url,
         insecure: args.insecure,
+        tls: args.tls_cert.zip(args.tls_key),
     };
     runtime.block_on(osmo_server::serve(options))?;
     Ok(Outcome::Success)

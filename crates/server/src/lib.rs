@@ -22,6 +22,7 @@ mod rate_limit;
 mod scheduler;
 pub mod slurm;
 mod task_bin;
+mod tls;
 
 pub mod api_types;
 pub mod machine;
@@ -51,6 +52,8 @@ pub struct ServerOptions {
     pub database_url: Option<String>,
     /// Listen beyond loopback without `auth: tokens`.
     pub insecure: bool,
+    /// Serve HTTPS with this PEM certificate chain and private key.
+    pub tls: Option<(PathBuf, PathBuf)>,
 }
 
 /// A server started in this process (for `osmo workflow run`).
@@ -133,6 +136,19 @@ pub async fn start(opts: ServerOptions) -> anyhow::Result<RunningServer> {
             opts.listen
         );
     }
+    let tls = match &opts.tls {
+        Some((cert, key)) => Some(tls::config(cert, key).await?),
+        None => None,
+    };
+    if tls.is_none()
+        && config.auth == osmo_spec::config::AuthMode::Tokens
+        && !opts.listen.ip().is_loopback()
+    {
+        tracing::warn!(
+            "tokens travel in clear text to {}: give --tls-cert and --tls-key to serve HTTPS",
+            opts.listen
+        );
+    }
     std::fs::create_dir_all(&opts.data_dir).with_context(|| {
         format!(
             "cannot create the data directory {}",
@@ -157,7 +173,12 @@ pub async fn start(opts: ServerOptions) -> anyhow::Result<RunningServer> {
     let (link_tx, link_rx) = mpsc::unbounded_channel();
     let socket = agent_link::socket_path(&data_dir);
     let link = agent_link::listen(&socket, link_tx.clone())?;
-    let slurm = slurm::start(&config, &data_dir, &exec_url(local_addr), link_tx.clone())?;
+    let slurm = slurm::start(
+        &config,
+        &data_dir,
+        &exec_url(local_addr, tls.is_some()),
+        link_tx.clone(),
+    )?;
     let (slurm_links, slurm_router) = match slurm {
         Some(s) => (s.links, Some(s.router)),
         None => (Default::default(), None),
@@ -177,7 +198,7 @@ pub async fn start(opts: ServerOptions) -> anyhow::Result<RunningServer> {
         backends,
         link_tx,
         data_dir.clone(),
-        Some(exec_url(local_addr)),
+        Some(exec_url(local_addr, tls.is_some())),
     )
     .await?;
     let (requests_tx, requests_rx) = mpsc::channel(256);
@@ -185,7 +206,8 @@ pub async fn start(opts: ServerOptions) -> anyhow::Result<RunningServer> {
     let agent_stopping = Arc::new(std::sync::atomic::AtomicBool::new(false));
     agent_link::supervise_agent(&socket, &data_dir.join("agent"), agent_stopping.clone())?;
 
-    let url = format!("http://{local_addr}");
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let url = format!("{scheme}://{local_addr}");
     let config_rate_limit = config.rate_limit;
     let auth = auth::Auth::new(
         config.auth,
@@ -213,16 +235,31 @@ pub async fn start(opts: ServerOptions) -> anyhow::Result<RunningServer> {
             rate_limit::limit,
         ));
     let (stop, stopped) = oneshot::channel::<()>();
-    let http = tokio::spawn(async move {
-        axum::serve(
-            listener,
-            app.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .with_graceful_shutdown(async {
-            let _ = stopped.await;
-        })
-        .await
-    });
+    let service = app.into_make_service_with_connect_info::<SocketAddr>();
+    let http = match tls {
+        None => tokio::spawn(async move {
+            axum::serve(listener, service)
+                .with_graceful_shutdown(async {
+                    let _ = stopped.await;
+                })
+                .await
+        }),
+        Some(tls) => {
+            let handle = axum_server::Handle::new();
+            let stopper = handle.clone();
+            tokio::spawn(async move {
+                let _ = stopped.await;
+                stopper.graceful_shutdown(Some(std::time::Duration::from_secs(10)));
+            });
+            let listener = listener.into_std()?;
+            tokio::spawn(async move {
+                axum_server::from_tcp_rustls(listener, tls)
+                    .handle(handle)
+                    .serve(service)
+                    .await
+            })
+        }
+    };
     Ok(RunningServer {
         url,
         stop,
@@ -258,15 +295,16 @@ pub(crate) fn secret_file(path: &std::path::Path) -> anyhow::Result<String> {
 
 /// Where `osmo exec` in a backend's job reaches this server: `OSMO_EXEC_URL`,
 /// else the listening address (this host's name when it listens on all addresses).
-fn exec_url(addr: SocketAddr) -> String {
+fn exec_url(addr: SocketAddr, tls: bool) -> String {
+    let scheme = if tls { "https" } else { "http" };
     if let Ok(url) = std::env::var("OSMO_EXEC_URL")
         && !url.is_empty()
     {
         return url;
     }
     if addr.ip().is_unspecified() {
-        format!("http://{}:{}", crate::proto::hostname(), addr.port())
+        format!("{scheme}://{}:{}", crate::proto::hostname(), addr.port())
     } else {
-        format!("http://{addr}")
+        format!("{scheme}://{addr}")
     }
 }

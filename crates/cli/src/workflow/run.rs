@@ -114,6 +114,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<Outcome> {
         listen: "127.0.0.1:0".parse().expect("a socket address"),
         database_url: None,
         insecure: false,
+        tls: None,
     };
     let running = runtime
         .block_on(osmo_server::start(options))
