@@ -17,6 +17,23 @@ impl Core {
     /// Applies what a backend reported; commands and acknowledgements wait
     /// for the batch's commit ([`Core::committed`]).
     pub fn handle_link(&mut self, event: LinkEvent) {
+        if let LinkEvent::Message { msg, .. } = &event
+            && let Some(key) = attempt_of(msg)
+            && !self.names_a_task(key)
+        {
+            // A backend that names a task its workflow does not have (a bug,
+            // another version, or a forgery) is not fed to the engine.
+            tracing::warn!(
+                "ignoring a backend report about {}: its workflow has no such task",
+                key.file_stem()
+            );
+            if let FromAgent::Exited { key, .. } = msg {
+                // Acknowledged, so the agent does not send it forever.
+                let pool = self.active.get(&key.workflow_id).map(|a| a.pool.clone());
+                self.batch.acks.push((key.clone(), pool));
+            }
+            return;
+        }
         match event {
             LinkEvent::Ready { backend, attempts } => {
                 tracing::info!(
@@ -134,6 +151,21 @@ impl Core {
                 }
             }
         }
+    }
+
+    /// False when `key`'s workflow runs here but has no task at `key`'s place
+    /// (a workflow not running here is sorted out by each report's handling).
+    fn names_a_task(&self, key: &AttemptKey) -> bool {
+        let Some(active) = self.active.get(&key.workflow_id) else {
+            return true;
+        };
+        let task = key.attempt.task;
+        active
+            .engine
+            .workflow()
+            .groups
+            .get(task.group as usize)
+            .is_some_and(|g| (task.task as usize) < g.tasks.len())
     }
 
     /// Feeds the engine every phase between what it knows and what the agent reports.
@@ -326,5 +358,15 @@ impl Core {
                 },
             );
         }
+    }
+}
+
+/// The attempt a report is about (a Hello and log lines name several).
+fn attempt_of(msg: &FromAgent) -> Option<&AttemptKey> {
+    match msg {
+        FromAgent::Phase { key, .. }
+        | FromAgent::RunStopped { key, .. }
+        | FromAgent::Exited { key, .. } => Some(key),
+        FromAgent::Hello { .. } | FromAgent::Logs { .. } => None,
     }
 }

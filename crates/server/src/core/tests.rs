@@ -248,3 +248,155 @@ fn a_launch_names_the_hosts_of_its_group_as_the_backend_does() {
         .expect("the client was launched");
     assert_eq!(client, ["nc", "server.fake", "24831"]);
 }
+
+/// The agent protocol, fuzzed: whatever an agent (buggy, old, or hostile)
+/// says — unknown attempts, groups that do not exist, phases out of order,
+/// exits of attempts never launched, repeated Hellos — the core neither
+/// panics nor hands out more CPUs than the pool has, and keeps answering.
+mod agent_protocol {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    #[derive(Debug, Clone)]
+    enum Said {
+        Hello(Vec<(u32, u32, Phase)>),
+        Phase(u32, u32, Phase, Option<Vec<u32>>),
+        Exited(u32, u32, Vec<(u32, u8)>),
+        RunStopped(u32, u32, Vec<(u32, u8)>),
+        Logs(u32, u32, String),
+        OtherWorkflow(u32),
+        Disconnected,
+        Commit,
+    }
+
+    fn phase() -> impl Strategy<Value = Phase> {
+        prop_oneof![
+            Just(Phase::Initializing),
+            Just(Phase::SetupDone),
+            Just(Phase::Running)
+        ]
+    }
+
+    fn codes() -> impl Strategy<Value = Vec<(u32, u8)>> {
+        prop::collection::vec(
+            (
+                prop_oneof![0u32..300, 1000u32..1002, 2000u32..4100, any::<u32>()],
+                0u8..6,
+            ),
+            0..3,
+        )
+    }
+
+    fn said() -> impl Strategy<Value = Said> {
+        // Tasks 0..3 exist; 3..5 do not. Retries 0..3.
+        let (task, retry) = (0u32..5, 0u32..3);
+        prop_oneof![
+            prop::collection::vec((task.clone(), retry.clone(), phase()), 0..4)
+                .prop_map(Said::Hello),
+            (
+                task.clone(),
+                retry.clone(),
+                phase(),
+                prop::option::of(prop::collection::vec(0u32..64, 0..3))
+            )
+                .prop_map(|(t, r, p, g)| Said::Phase(t, r, p, g)),
+            (task.clone(), retry.clone(), codes()).prop_map(|(t, r, c)| Said::Exited(t, r, c)),
+            (task.clone(), retry.clone(), codes()).prop_map(|(t, r, c)| Said::RunStopped(t, r, c)),
+            (task.clone(), retry.clone(), ".{0,40}").prop_map(|(t, r, l)| Said::Logs(t, r, l)),
+            (0u32..3).prop_map(Said::OtherWorkflow),
+            Just(Said::Disconnected),
+            Just(Said::Commit),
+        ]
+    }
+
+    fn key(workflow: &str, task: u32, retry_id: u32) -> AttemptKey {
+        AttemptKey {
+            workflow_id: workflow.into(),
+            attempt: AttemptId {
+                task: TaskKey {
+                    group: task,
+                    task: 0,
+                },
+                retry_id,
+            },
+        }
+    }
+
+    fn reported(codes: &[(u32, u8)]) -> Vec<ReportedCode> {
+        let sources = [
+            CodeSource::User,
+            CodeSource::Init,
+            CodeSource::Preflight,
+            CodeSource::Runtime,
+            CodeSource::Service,
+            CodeSource::Unknown,
+        ];
+        codes
+            .iter()
+            .map(|(code, s)| ReportedCode {
+                code: *code,
+                source: sources[*s as usize % sources.len()],
+                detail: None,
+            })
+            .collect()
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+        #[test]
+        fn whatever_an_agent_says_the_core_stays_within_the_pool(
+            said in prop::collection::vec(said(), 1..40)
+        ) {
+            let mut s = setup(2.0);
+            let (engine, commands) = workflow("wf-1", &["a", "b", "c"]);
+            add(&mut s.core, engine, commands);
+            s.core.handle_link(hello(vec![]));
+            for said in said {
+                let event = match said {
+                    Said::Hello(attempts) => hello(
+                        attempts.into_iter().map(|(t, r, p)| (key("wf-1", t, r), p)).collect(),
+                    ),
+                    Said::Phase(t, r, phase, gpus) => msg(FromAgent::Phase {
+                        key: key("wf-1", t, r),
+                        phase,
+                        node: None,
+                        gpus,
+                    }),
+                    Said::Exited(t, r, c) => msg(FromAgent::Exited {
+                        key: key("wf-1", t, r),
+                        codes: reported(&c),
+                    }),
+                    Said::RunStopped(t, r, c) => msg(FromAgent::RunStopped {
+                        key: key("wf-1", t, r),
+                        codes: reported(&c),
+                    }),
+                    Said::Logs(t, r, line) => msg(FromAgent::Logs {
+                        lines: vec![crate::proto::LogLine {
+                            key: key("wf-1", t, r),
+                            task: "a".into(),
+                            at_ms: 0,
+                            stream: crate::proto::Stream::Stdout,
+                            line,
+                        }],
+                        batch: None,
+                    }),
+                    Said::OtherWorkflow(t) => exited(key("wf-9", t, 0), 0),
+                    Said::Disconnected => LinkEvent::Disconnected { conn: 1 },
+                    Said::Commit => {
+                        commit(&mut s.core);
+                        continue;
+                    }
+                };
+                s.core.handle_link(event);
+                s.core.dispatch();
+                let used = s.core.schedulers["default"].used().cpu;
+                prop_assert!((0.0..=2.0 + 1e-9).contains(&used), "CPUs in use: {used}");
+            }
+            commit(&mut s.core);
+            let _ = s.backend.take();
+            // Still answering (the workflow may have ended and left the core).
+            let _ = s.core.query("wf-1", true);
+        }
+    }
+}

@@ -669,6 +669,117 @@ use exec_api::router;
 mod tests {
     use super::*;
 
+    /// `osmo exec`'s HTTP inputs, fuzzed: any path, query, body and token
+    /// on the exec API gets an answer below 500 (but /exited's 503, which
+    /// asks exec to send again) and no panic.
+    mod exec_inputs {
+        use proptest::prelude::*;
+        use tower::ServiceExt;
+
+        use super::*;
+
+        const ENDPOINTS: [(&str, &str); 7] = [
+            ("GET", ""),
+            ("POST", "/phase"),
+            ("POST", "/logs"),
+            ("GET", "/release"),
+            ("GET", "/control"),
+            ("POST", "/run-stopped"),
+            ("POST", "/exited"),
+        ];
+
+        fn shared() -> (Arc<Shared>, String) {
+            let key = AttemptKey {
+                workflow_id: "wf-1".into(),
+                attempt: AttemptId {
+                    task: TaskKey { group: 0, task: 0 },
+                    retry_id: 0,
+                },
+            };
+            let stem = key.file_stem();
+            let mut inner = Inner::default();
+            inner
+                .jobs
+                .insert(stem.clone(), Job::new(key, "slurm".into()));
+            let (events, _) = mpsc::unbounded_channel();
+            let shared = Arc::new(Shared {
+                inner: Mutex::new(inner),
+                changed: Notify::new(),
+                events,
+                token: "right".into(),
+                instance: "osmo-test".into(),
+                ready: AtomicBool::new(true),
+            });
+            (shared, stem)
+        }
+
+        fn body() -> impl Strategy<Value = Vec<u8>> {
+            prop_oneof![
+                prop::collection::vec(any::<u8>(), 0..64),
+                Just(br#"{"phase":"running"}"#.to_vec()),
+                Just(br#"{"codes":[{"code":0,"source":"user"}]}"#.to_vec()),
+                Just(
+                    br#"{"codes":[{"code":4294967295,"source":"runtime","detail":"x"}]}"#.to_vec()
+                ),
+                Just(br#"[{"at_ms":1,"stream":"stdout","line":"x"}]"#.to_vec()),
+                r#"[a-z{}\[\]":,0-9 ]{0,48}"#.prop_map(String::into_bytes),
+            ]
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(400))]
+            #[test]
+            fn any_request_gets_an_answer_below_500(
+                endpoint in 0usize..ENDPOINTS.len(),
+                stem_choice in 0u8..4,
+                stem_text in "[a-zA-Z0-9._-]{0,24}",
+                query in prop_oneof![
+                    Just(String::new()),
+                    (0u64..100_000).prop_map(|n| format!("?wait_ms={n}")),
+                    any::<u32>().prop_map(|n| format!("?restart={n}&seen={n}")),
+                    "[a-z0-9,=&]{0,20}".prop_map(|q| format!("?gpus={q}&node={q}")),
+                    "[a-z=&%0-9]{0,20}".prop_map(|q| format!("?{q}")),
+                ],
+                body in body(),
+                right_token in prop::bool::weighted(0.8),
+                method_flip in prop::bool::weighted(0.1),
+            ) {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_time()
+                    .start_paused(true)
+                    .build()
+                    .unwrap();
+                let (shared, stem) = shared();
+                let stem = match stem_choice {
+                    0 | 1 => stem,
+                    2 => stem_text,
+                    _ => format!("{stem}{stem_text}"),
+                };
+                let (method, suffix) = ENDPOINTS[endpoint];
+                let method = match (method, method_flip) {
+                    ("GET", true) => "POST",
+                    ("POST", true) => "GET",
+                    (m, _) => m,
+                };
+                let request = axum::http::Request::builder()
+                    .method(method)
+                    .uri(format!("/api/exec/{stem}{suffix}{query}"))
+                    .header("content-type", "application/json")
+                    .header(TOKEN_HEADER, if right_token { "right" } else { "wrong" })
+                    .body(axum::body::Body::from(body))
+                    .unwrap();
+                let status = runtime
+                    .block_on(router(shared).oneshot(request))
+                    .unwrap()
+                    .status();
+                // 503 from /exited is its "not recorded yet, send it again"
+                // (no manager acknowledges here); anything else must be < 500.
+                let retry = suffix == "/exited" && status.as_u16() == 503;
+                prop_assert!(status.as_u16() < 500 || retry, "{method} {suffix}: {status}");
+            }
+        }
+    }
+
     #[test]
     fn job_names_round_trip() {
         let key = AttemptKey {
