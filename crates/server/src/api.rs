@@ -334,7 +334,7 @@ async fn submit(
     // Rendering runs in a child process with memory and time limits, off the I/O threads, and
     // only so many at once: each may use up to its memory limit, so many concurrent submits of a
     // template bomb must not add up to the machine's memory.
-    let _render_slot = RENDERS.acquire().await.map_err(ApiError::internal)?;
+    let render_slot = RENDERS.acquire().await.map_err(ApiError::internal)?;
     let checked = tokio::task::spawn_blocking(move || {
         let rendered =
             crate::render_guard::render(&source, &file_name, &values).map_err(|d| (d, None))?;
@@ -345,6 +345,9 @@ async fn submit(
     })
     .await
     .map_err(ApiError::internal)?;
+    // Given back before the store: held through the commit, it made submits
+    // wait for each other's commits two at a time.
+    drop(render_slot);
     let (workflow, source, rendered) = match checked {
         Ok(ok) => ok,
         // OSMO's CLI asks for a dry run to get the rendered file before it

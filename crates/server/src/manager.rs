@@ -30,6 +30,19 @@ use crate::now_ms;
 
 /// The most events one commit takes from the backends' queue.
 const MAX_BATCH: usize = 4096;
+/// Submits stored in one transaction at most.
+const MAX_SUBMITS: usize = 256;
+
+/// A submit waiting for its transaction.
+struct Submit {
+    pool: String,
+    priority: Priority,
+    submitted_by: String,
+    workflow: Box<Workflow>,
+    source: String,
+    rendered: String,
+    reply: oneshot::Sender<anyhow::Result<String>>,
+}
 
 /// Requests from the API that change state.
 pub enum Request {
@@ -206,6 +219,28 @@ impl Manager {
             };
             tokio::select! {
                 request = requests.recv() => match request {
+                    Some(Request::Submit { pool, priority, submitted_by, workflow, source, rendered, reply }) => {
+                        // Group commit: the submits waiting behind this one go in
+                        // its transaction; the first other request is served after.
+                        let mut submits = vec![Submit { pool, priority, submitted_by, workflow, source, rendered, reply }];
+                        let mut other = None;
+                        while submits.len() < MAX_SUBMITS {
+                            match requests.try_recv() {
+                                Ok(Request::Submit { pool, priority, submitted_by, workflow, source, rendered, reply }) => {
+                                    submits.push(Submit { pool, priority, submitted_by, workflow, source, rendered, reply });
+                                }
+                                Ok(request) => {
+                                    other = Some(request);
+                                    break;
+                                }
+                                Err(_) => break,
+                            }
+                        }
+                        self.submit(submits).await;
+                        if let Some(request) = other {
+                            self.handle_request(request).await;
+                        }
+                    }
                     Some(request) => self.handle_request(request).await,
                     None => return,
                 },
@@ -245,10 +280,16 @@ impl Manager {
                 rendered,
                 reply,
             } => {
-                let result = self
-                    .submit(pool, priority, submitted_by, *workflow, source, rendered)
-                    .await;
-                let _ = reply.send(result);
+                self.submit(vec![Submit {
+                    pool,
+                    priority,
+                    submitted_by,
+                    workflow,
+                    source,
+                    rendered,
+                    reply,
+                }])
+                .await;
             }
             Request::Cancel {
                 id,
@@ -281,55 +322,76 @@ impl Manager {
         }
     }
 
-    async fn submit(
-        &mut self,
-        pool: String,
-        priority: Priority,
-        submitted_by: String,
-        mut workflow: Workflow,
-        source: String,
-        rendered: String,
-    ) -> anyhow::Result<String> {
-        let pool_config = self.config.pools.get(&pool).cloned().unwrap_or_default();
-        if workflow.timeout.exec.is_none() {
-            workflow.timeout.exec = pool_config.default_exec_timeout;
-        }
-        if workflow.timeout.queue.is_none() {
-            workflow.timeout.queue = pool_config.default_queue_timeout;
-        }
-        let rules = Rules {
-            max_retry_per_task: pool_config.max_retry_per_task,
-            default_exit_actions: pool_config.default_exit_actions.clone(),
-        };
+    /// Stores the submitted workflows in one transaction, hands them to the
+    /// core, and answers each submitter (all with the error if the store failed).
+    async fn submit(&mut self, submits: Vec<Submit>) {
         let now = now_ms();
-        let mut made: Option<(WorkflowState, Vec<Command>)> = None;
-        let submitter = submitted_by.clone();
-        let new = osmo_store::NewWorkflow {
-            name: workflow.name.clone(),
-            pool: pool.clone(),
-            priority: priority.as_str().to_string(),
-            submitted_by,
-            spec_source: source,
-            spec_rendered: rendered,
-            submitted_at: now as i64,
-        };
-        let id = self
+        let mut pending = Vec::with_capacity(submits.len());
+        let mut news = Vec::with_capacity(submits.len());
+        for s in submits {
+            let pool_config = self.config.pools.get(&s.pool).cloned().unwrap_or_default();
+            let mut workflow = *s.workflow;
+            if workflow.timeout.exec.is_none() {
+                workflow.timeout.exec = pool_config.default_exec_timeout;
+            }
+            if workflow.timeout.queue.is_none() {
+                workflow.timeout.queue = pool_config.default_queue_timeout;
+            }
+            let rules = Rules {
+                max_retry_per_task: pool_config.max_retry_per_task,
+                default_exit_actions: pool_config.default_exit_actions.clone(),
+            };
+            news.push(osmo_store::NewWorkflow {
+                name: workflow.name.clone(),
+                pool: s.pool.clone(),
+                priority: s.priority.as_str().to_string(),
+                submitted_by: s.submitted_by.clone(),
+                spec_source: s.source,
+                spec_rendered: s.rendered,
+                submitted_at: now as i64,
+            });
+            pending.push((
+                Some((workflow, rules)),
+                s.pool,
+                s.priority,
+                s.submitted_by,
+                s.reply,
+            ));
+        }
+        let mut made: Vec<Option<(WorkflowState, Vec<Command>)>> =
+            (0..pending.len()).map(|_| None).collect();
+        let stored = self
             .store
-            .insert_workflow(new, |id| {
+            .insert_workflows(news, |i, id| {
+                let (workflow, rules) = pending[i].0.take().expect("one state per workflow");
                 let (engine, commands) = WorkflowState::new(id.to_string(), workflow, rules, now);
                 let initial = osmo_store::Initial {
                     state: Persisted::to_text(&engine),
                     state_version: STATE_VERSION,
                     status: engine.status().as_str().to_string(),
                 };
-                made = Some((engine, commands));
+                made[i] = Some((engine, commands));
                 initial
             })
-            .await?;
-        let (engine, commands) = made.expect("the store calls make_state once");
-        self.core
-            .add(id.clone(), engine, commands, pool, priority, submitter);
-        Ok(id)
+            .await;
+        match stored {
+            Ok(ids) => {
+                for ((id, made), (_, pool, priority, submitter, reply)) in
+                    ids.into_iter().zip(made).zip(pending)
+                {
+                    let (engine, commands) = made.expect("the store made every state");
+                    self.core
+                        .add(id.clone(), engine, commands, pool, priority, submitter);
+                    let _ = reply.send(Ok(id));
+                }
+            }
+            Err(e) => {
+                let e = anyhow::Error::from(e);
+                for (_, _, _, _, reply) in pending {
+                    let _ = reply.send(Err(anyhow::anyhow!("{e:#}")));
+                }
+            }
+        }
     }
 
     async fn cancel(

@@ -442,52 +442,77 @@ impl Store {
     where
         F: FnOnce(&str) -> Initial,
     {
+        let mut make_state = Some(make_state);
+        let ids = self
+            .insert_workflows(vec![new], |_, id| {
+                (make_state.take().expect("called once per workflow"))(id)
+            })
+            .await?;
+        Ok(ids.into_iter().next().expect("one id per workflow"))
+    }
+
+    /// Stores new workflows in one transaction (one fsync: submits that
+    /// arrive together are committed together) and returns their ids in
+    /// order; `make_state(i, id)` makes the `i`th one's first state. Nothing
+    /// is stored if any step fails.
+    pub async fn insert_workflows<F>(
+        &self,
+        news: Vec<NewWorkflow>,
+        mut make_state: F,
+    ) -> Result<Vec<String>>
+    where
+        F: FnMut(usize, &str) -> Initial,
+    {
         with_pool!(self, pool => {
             let mut tx = pool.begin().await?;
-            // A write first: on SQLite the transaction takes the write lock (waiting its turn)
-            // before it reads anything, so it never has to upgrade a stale snapshot.
-            let (n,): (i64,) = sqlx::query_as(
-                "INSERT INTO name_counters (name, last) VALUES ($1, 1) \
-                 ON CONFLICT (name) DO UPDATE SET last = name_counters.last + 1 \
-                 RETURNING last",
-            )
-            .bind(&new.name)
-            .fetch_one(&mut *tx)
-            .await?;
-            let id = format!("{}-{n}", new.name);
-            let initial = make_state(&id);
-            sqlx::query(
-                "INSERT INTO workflows (id, name, seq, pool, priority, status, submitted_by, \
-                 submitted_at, updated_at, finished_at, last_event_seq) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8, NULL, 0)",
-            )
-            .bind(&id)
-            .bind(&new.name)
-            .bind(n)
-            .bind(&new.pool)
-            .bind(&new.priority)
-            .bind(&initial.status)
-            .bind(&new.submitted_by)
-            .bind(new.submitted_at)
-            .execute(&mut *tx)
-            .await?;
-            sqlx::query("INSERT INTO specs (workflow_id, source, rendered) VALUES ($1, $2, $3)")
+            let mut ids = Vec::with_capacity(news.len());
+            for (i, new) in news.into_iter().enumerate() {
+                // A write first: on SQLite the transaction takes the write lock (waiting its
+                // turn) before it reads anything, so it never has to upgrade a stale snapshot.
+                let (n,): (i64,) = sqlx::query_as(
+                    "INSERT INTO name_counters (name, last) VALUES ($1, 1) \
+                     ON CONFLICT (name) DO UPDATE SET last = name_counters.last + 1 \
+                     RETURNING last",
+                )
+                .bind(&new.name)
+                .fetch_one(&mut *tx)
+                .await?;
+                let id = format!("{}-{n}", new.name);
+                let initial = make_state(i, &id);
+                sqlx::query(
+                    "INSERT INTO workflows (id, name, seq, pool, priority, status, submitted_by, \
+                     submitted_at, updated_at, finished_at, last_event_seq) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8, NULL, 0)",
+                )
                 .bind(&id)
-                .bind(&new.spec_source)
-                .bind(&new.spec_rendered)
+                .bind(&new.name)
+                .bind(n)
+                .bind(&new.pool)
+                .bind(&new.priority)
+                .bind(&initial.status)
+                .bind(&new.submitted_by)
+                .bind(new.submitted_at)
                 .execute(&mut *tx)
                 .await?;
-            sqlx::query(
-                "INSERT INTO snapshots (workflow_id, event_seq, state_version, state) \
-                 VALUES ($1, 0, $2, $3)",
-            )
-            .bind(&id)
-            .bind(i64::from(initial.state_version))
-            .bind(&initial.state)
-            .execute(&mut *tx)
-            .await?;
+                sqlx::query("INSERT INTO specs (workflow_id, source, rendered) VALUES ($1, $2, $3)")
+                    .bind(&id)
+                    .bind(&new.spec_source)
+                    .bind(&new.spec_rendered)
+                    .execute(&mut *tx)
+                    .await?;
+                sqlx::query(
+                    "INSERT INTO snapshots (workflow_id, event_seq, state_version, state) \
+                     VALUES ($1, 0, $2, $3)",
+                )
+                .bind(&id)
+                .bind(i64::from(initial.state_version))
+                .bind(&initial.state)
+                .execute(&mut *tx)
+                .await?;
+                ids.push(id);
+            }
             tx.commit().await?;
-            Ok(id)
+            Ok(ids)
         })
     }
 

@@ -102,6 +102,7 @@ macro_rules! on_both {
 
 on_both!(
     ids_count_up_per_name,
+    a_batch_of_inserts_is_one_transaction_with_ids_in_order,
     concurrent_inserts_get_distinct_ids,
     commit_appends_events_and_snapshots_now_and_then,
     one_commit_serves_many_workflows_and_a_retry_writes_nothing_twice,
@@ -222,6 +223,31 @@ fn texts(lines: &[LogLine]) -> Vec<&str> {
 
 // ---------------------------------------------------------------------------------------------
 // Tests, each run against both databases
+
+async fn a_batch_of_inserts_is_one_transaction_with_ids_in_order(url: String) {
+    let store = open(&url).await;
+    insert(&store, "wf", 1).await;
+    let news = ["wf", "x", "wf"].map(|n| new_wf(n, 100)).to_vec();
+    let mut asked = Vec::new();
+    let ids = store
+        .insert_workflows(news, |i, id| {
+            asked.push((i, id.to_owned()));
+            initial(id)
+        })
+        .await
+        .unwrap();
+    assert_eq!(ids, ["wf-2", "x-1", "wf-3"]);
+    assert_eq!(
+        asked,
+        [(0, "wf-2".into()), (1, "x-1".into()), (2, "wf-3".into())]
+    );
+    for id in &ids {
+        assert!(
+            store.get_workflow(id).await.unwrap().is_some(),
+            "{id} stored"
+        );
+    }
+}
 
 async fn ids_count_up_per_name(url: String) {
     let store = open(&url).await;
