@@ -174,3 +174,18 @@ fn a_bad_rate_limit_is_a_precise_configuration_error() {
         "{stderr}"
     );
 }
+
+#[test]
+fn a_short_template_that_expands_past_the_pool_task_limit_is_refused() {
+    let server = Server::start(local_pool());
+    // 131 bytes that render to 100,000 tasks.
+    let spec = "workflow:\n  name: many\n  tasks:\n{% for i in range(100000) %}\n  - {name: t{{i}}, image: ubuntu, command: [\"true\"]}\n{% endfor %}\n";
+    let body = serde_json::json!({ "file": spec }).to_string();
+    let (status, text) = server.post("/api/pool/default/workflow", body);
+    assert_eq!(status, 400, "{text}");
+    assert!(
+        text.contains("max_tasks_per_workflow") || text.contains("MiB"),
+        "refused for its size: {text}"
+    );
+    assert_eq!(server.workflow_count(), 0, "nothing was stored");
+}
