@@ -293,6 +293,22 @@ impl Client {
     }
 
     /// `GET /api/health`: Ok once the service accepts work.
+    /// `GET /{segments…}?query`: the JSON answer as received (pools,
+    /// resources, tasks, profile, version).
+    pub fn get_json(&self, segments: &[&str], query: &[(&str, String)]) -> anyhow::Result<Value> {
+        let mut url = self.endpoint(segments);
+        if !query.is_empty() {
+            set_query(&mut url, query);
+        }
+        self.json(self.http.get(url.clone()), &url)
+    }
+
+    /// `POST /{segments…}` with a JSON body: the JSON answer as received.
+    pub fn post_json(&self, segments: &[&str], body: &Value) -> anyhow::Result<Value> {
+        let url = self.endpoint(segments);
+        self.json(self.http.post(url.clone()).json(body), &url)
+    }
+
     pub fn health(&self) -> anyhow::Result<()> {
         let url = self.endpoint(&["api", "health"]);
         self.send(self.http.get(url.clone()), &url).map(|_| ())
@@ -448,10 +464,11 @@ mod tests {
 
     #[test]
     fn bad_urls_are_refused_with_a_hint() {
-        for bad in ["nonsense", "https://x", "ftp://x", "mailto:a@b"] {
+        for bad in ["nonsense", "ftp://x", "mailto:a@b"] {
             let e = Client::new(bad).unwrap_err().to_string();
             assert!(e.contains("http://HOST:PORT"), "{bad}: {e}");
         }
+        assert!(Client::new("https://x").is_ok(), "https is spoken");
     }
 
     #[test]

@@ -15,8 +15,13 @@ mod completion;
 pub mod exit;
 mod login;
 mod output;
+mod pool;
+mod profile;
+mod resource;
 mod server;
+mod task;
 mod token;
+mod version;
 mod workflow;
 
 use std::process::ExitCode;
@@ -62,6 +67,20 @@ pub enum Command {
     /// API tokens for servers with `auth: tokens` (run on the server's machine).
     #[command(subcommand)]
     Token(token::TokenCommand),
+    /// The pools: what each hands out and what is in use.
+    #[command(subcommand)]
+    Pool(pool::PoolCommand),
+    /// The nodes behind the pools.
+    #[command(subcommand)]
+    Resource(resource::ResourceCommand),
+    /// Tasks across workflows: where they run, in what status.
+    #[command(subcommand)]
+    Task(task::TaskCommand),
+    /// Your profile: user, roles, default pool.
+    #[command(subcommand)]
+    Profile(profile::ProfileCommand),
+    /// This client's version and the service's.
+    Version(version::VersionArgs),
     /// Internal: the node agent the service starts for the local backend.
     #[command(hide = true)]
     Agent(osmo_agent::AgentArgs),
@@ -109,6 +128,11 @@ pub fn run(cli: Cli) -> anyhow::Result<Outcome> {
         Command::Login(args) => login::login(args),
         Command::Logout => login::logout(),
         Command::Token(command) => token::run(command),
+        Command::Pool(command) => pool::run(command),
+        Command::Resource(command) => resource::run(command),
+        Command::Task(command) => task::run(command),
+        Command::Profile(command) => profile::run(command),
+        Command::Version(args) => version::run(args),
         Command::Agent(args) => {
             init_tracing("warn");
             osmo_agent::run(args)?;

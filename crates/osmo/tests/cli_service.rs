@@ -407,3 +407,81 @@ fn logs_error_shows_stderr_only_and_wrong_methods_get_json() {
     let body: serde_json::Value = r.json().unwrap();
     assert_eq!(body["error_code"], "USER", "{body}");
 }
+
+#[test]
+fn pool_task_resource_profile_and_version_describe_a_running_workflow() {
+    let service = Service::start();
+    let spec = service.spec(
+        "sleeper.yaml",
+        "workflow:\n  name: sleeper\n  tasks:\n  - {name: nap, image: ubuntu, command: [sh, -c, 'sleep 600']}\n",
+    );
+    let out = service.osmo(&["workflow", "submit", &spec]);
+    assert_eq!(out.code, 0, "{out:#?}");
+    // The task list shows it once it runs, on this machine's node.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let tasks = loop {
+        let out = service.osmo(&["task", "list", "-t", "json"]);
+        assert_eq!(out.code, 0, "{out:#?}");
+        let doc = out.json();
+        if doc["tasks"][0]["status"] == "RUNNING" {
+            break doc;
+        }
+        assert!(Instant::now() < deadline, "never RUNNING: {doc:#}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let node = tasks["tasks"][0]["node"].as_str().unwrap().to_string();
+    let out = service.osmo(&["task", "list", "--status", "running"]);
+    assert!(
+        out.stdout.contains("sleeper-1") && out.stdout.contains("nap"),
+        "{out:#?}"
+    );
+    assert!(out.stdout.contains(&node), "{out:#?}");
+
+    // The pool shows the CPU the task holds.
+    let out = service.osmo(&["pool", "list"]);
+    assert_eq!(out.code, 0, "{out:#?}");
+    let row: Vec<&str> = out
+        .stdout
+        .lines()
+        .find(|l| l.trim_start().starts_with("default"))
+        .unwrap()
+        .split_whitespace()
+        .collect();
+    assert_eq!(&row[..3], ["default", "local", "ONLINE"], "{out:#?}");
+    assert_eq!(row[4], "1", "one CPU in use: {out:#?}");
+
+    let out = service.osmo(&["resource", "list"]);
+    assert!(
+        out.stdout.contains(&node) && out.stdout.contains("1/"),
+        "{out:#?}"
+    );
+    let out = service.osmo(&["resource", "info", &node]);
+    assert_eq!(out.code, 0, "{out:#?}");
+    assert!(out.stdout.contains("Pools : default"), "{out:#?}");
+    let out = service.osmo(&["resource", "info", "no-such-node"]);
+    assert_ne!(out.code, 0);
+    assert!(out.stderr.contains("no node `no-such-node`"), "{out:#?}");
+
+    let out = service.osmo(&["profile", "set", "pool", "default"]);
+    assert_eq!(out.code, 0, "{out:#?}");
+    let out = service.osmo(&["profile", "set", "pool", "nowhere"]);
+    assert_ne!(out.code, 0);
+    assert!(
+        out.stderr.contains("there is no pool `nowhere`"),
+        "{out:#?}"
+    );
+    let out = service.osmo(&["profile", "list"]);
+    assert!(out.stdout.contains("Default pool : default"), "{out:#?}");
+
+    let out = service.osmo(&["version"]);
+    let version = env!("CARGO_PKG_VERSION");
+    assert!(
+        out.stdout.contains(&format!("Client  : osmo {version}"))
+            && out
+                .stdout
+                .contains(&format!("Service : osmo {version} at {}", service.url)),
+        "{out:#?}"
+    );
+    let out = service.osmo(&["workflow", "cancel", "sleeper-1"]);
+    assert_eq!(out.code, 0, "{out:#?}");
+}

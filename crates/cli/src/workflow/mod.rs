@@ -281,6 +281,30 @@ pub const WORKFLOW_STATUSES: [&str; 16] = [
     "FAILED_PREEMPTED",
 ];
 
+/// Task statuses (SEMANTICS §5), for `task list --status`.
+pub const TASK_STATUSES: [&str; 20] = [
+    "SUBMITTING",
+    "WAITING",
+    "PROCESSING",
+    "SCHEDULING",
+    "INITIALIZING",
+    "RUNNING",
+    "COMPLETED",
+    "RESCHEDULED",
+    "FAILED",
+    "FAILED_CANCELED",
+    "FAILED_SERVER_ERROR",
+    "FAILED_BACKEND_ERROR",
+    "FAILED_EXEC_TIMEOUT",
+    "FAILED_QUEUE_TIMEOUT",
+    "FAILED_IMAGE_PULL",
+    "FAILED_UPSTREAM",
+    "FAILED_EVICTED",
+    "FAILED_START_ERROR",
+    "FAILED_START_TIMEOUT",
+    "FAILED_PREEMPTED",
+];
+
 /// True while a workflow may still change.
 pub fn is_alive(status: &str) -> bool {
     matches!(status, "PENDING" | "RUNNING" | "WAITING")
