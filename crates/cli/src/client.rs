@@ -59,6 +59,11 @@ pub struct ListFilter {
     pub all_users: bool,
     pub limit: Option<u32>,
     pub offset: Option<u32>,
+    /// Of any of these priorities.
+    pub priorities: Vec<String>,
+    /// Submitted at or after / before these UTC times (`2023-05-03T00:00:00`).
+    pub submitted_after: Option<String>,
+    pub submitted_before: Option<String>,
 }
 
 /// Query of `POST /api/pool/{pool}/workflow`.
@@ -67,6 +72,8 @@ pub struct SubmitOptions {
     pub priority: Option<String>,
     pub dry_run: bool,
     pub validation_only: bool,
+    /// `NAME=VALUE` for every task's environment.
+    pub env_vars: Vec<String>,
 }
 
 /// Query of `GET /api/workflow/{id}/logs`.
@@ -159,6 +166,7 @@ impl Client {
         if options.validation_only {
             query.push(("validation_only", "true".into()));
         }
+        query.extend(options.env_vars.iter().map(|e| ("env_vars", e.clone())));
         set_query(&mut url, &query);
         self.json(self.http.post(url.clone()).json(request), &url)
     }
@@ -188,6 +196,13 @@ impl Client {
         }
         if let Some(offset) = filter.offset {
             query.push(("offset", offset.to_string()));
+        }
+        query.extend(filter.priorities.iter().map(|p| ("priority", p.clone())));
+        if let Some(t) = &filter.submitted_after {
+            query.push(("submitted_after", t.clone()));
+        }
+        if let Some(t) = &filter.submitted_before {
+            query.push(("submitted_before", t.clone()));
         }
         set_query(&mut url, &query);
         self.json(self.http.get(url.clone()), &url)

@@ -485,3 +485,78 @@ fn pool_task_resource_profile_and_version_describe_a_running_workflow() {
     let out = service.osmo(&["workflow", "cancel", "sleeper-1"]);
     assert_eq!(out.code, 0, "{out:#?}");
 }
+
+#[test]
+fn submit_and_list_take_osmos_options() {
+    let service = Service::start();
+    let spec = service.spec(
+        "env.yaml",
+        "default-values: {a: 0, b: 0}\nworkflow:\n  name: env-{{a}}-{{b}}\n  tasks:\n  - name: t\n    image: ubuntu\n    command: [sh, -c, 'echo \"A=$A B=$B\"']\n    environment: {A: from-file}\n",
+    );
+    // Several values after one --set and one --set-env; the pool from the profile.
+    let out = service.osmo(&["profile", "set", "pool", "default"]);
+    assert_eq!(out.code, 0, "{out:#?}");
+    let out = service.osmo(&[
+        "workflow",
+        "submit",
+        &spec,
+        "--set",
+        "a=1",
+        "b=2",
+        "--set-env",
+        "A=over",
+        "B=x,y",
+        "--priority",
+        "low",
+    ]);
+    assert_eq!(out.code, 0, "{out:#?}");
+    assert!(out.stdout.contains("env-1-2-1"), "{out:#?}");
+    let doc = service.wait("env-1-2-1");
+    assert_eq!(doc["status"], "COMPLETED", "{doc:#}");
+    let out = service.osmo(&["workflow", "logs", "env-1-2-1"]);
+    assert!(out.stdout.contains("A=over B=x,y"), "{out:#?}");
+    let out = service.osmo(&["workflow", "submit", &spec, "--set-env", "1BAD=x"]);
+    assert_ne!(out.code, 0);
+    assert!(
+        out.stderr.contains("not an environment variable name"),
+        "{out:#?}"
+    );
+    let out = service.osmo(&["workflow", "submit", &spec, "--set", "a=2"]);
+    assert_eq!(out.code, 0, "{out:#?}");
+
+    let names = |args: &[&str]| -> Vec<String> {
+        let mut all = vec!["workflow", "list", "-t", "json"];
+        all.extend_from_slice(args);
+        let out = service.osmo(&all);
+        assert_eq!(out.code, 0, "{out:#?}");
+        out.json()["workflows"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|w| w["name"].as_str().unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(names(&[]), ["env-2-0-1", "env-1-2-1"]);
+    assert_eq!(names(&["--order", "asc"]), ["env-1-2-1", "env-2-0-1"]);
+    assert_eq!(names(&["--priority", "low"]), ["env-1-2-1"]);
+    // Days in the test's time zone (UTC): today holds both, tomorrow neither.
+    let today = jiff::Zoned::now()
+        .with_time_zone(jiff::tz::TimeZone::UTC)
+        .date();
+    let tomorrow = today.tomorrow().unwrap().to_string();
+    let today = today.to_string();
+    assert_eq!(names(&["--submitted-after", &today]).len(), 2);
+    assert!(names(&["--submitted-after", &tomorrow]).is_empty());
+    assert!(names(&["--submitted-before", &today]).is_empty());
+    assert_eq!(names(&["--submitted-before", &tomorrow]).len(), 2);
+    let out = service.osmo(&[
+        "workflow",
+        "list",
+        "--submitted-after",
+        &tomorrow,
+        "--submitted-before",
+        &today,
+    ]);
+    assert_ne!(out.code, 0);
+    assert!(out.stderr.contains("later day"), "{out:#?}");
+}

@@ -268,6 +268,33 @@ fn number64(params: &[(String, String)], key: &str) -> ApiResult<Option<u64>> {
     bounded(params, key, i64::MAX)
 }
 
+/// A UTC time as OSMO's CLI sends it (`2023-05-03T00:00:00`, no zone), a
+/// date (`2023-05-03`, its midnight), or with a zone (`…Z`, `…+02:00`): ms
+/// since the epoch.
+fn utc_time(params: &[(String, String)], key: &str) -> ApiResult<Option<i64>> {
+    let Some(text) = param(params, key) else {
+        return Ok(None);
+    };
+    let parsed = text
+        .parse::<jiff::Timestamp>()
+        .or_else(|_| {
+            text.parse::<jiff::civil::DateTime>()
+                .and_then(|t| t.to_zoned(jiff::tz::TimeZone::UTC))
+                .map(|z| z.timestamp())
+        })
+        .or_else(|_| {
+            text.parse::<jiff::civil::Date>()
+                .and_then(|d| d.to_zoned(jiff::tz::TimeZone::UTC))
+                .map(|z| z.timestamp())
+        });
+    match parsed {
+        Ok(t) => Ok(Some(t.as_millisecond())),
+        Err(_) => Err(ApiError::bad_request(format!(
+            "`{key}` must be a UTC time like 2023-05-03T00:00:00 or a date like 2023-05-03, not `{text}`"
+        ))),
+    }
+}
+
 fn key_values(items: &[String], flag: &str) -> ApiResult<Vec<(String, String)>> {
     items
         .iter()
@@ -283,7 +310,8 @@ fn key_values(items: &[String], flag: &str) -> ApiResult<Vec<(String, String)>> 
 /// Submit a workflow to a pool.
 #[utoipa::path(post, path = "/api/pool/{pool}/workflow", request_body = SubmitRequest,
     params(("pool" = String, Path), ("dry_run" = Option<bool>, Query), ("validation_only" = Option<bool>, Query),
-           ("priority" = Option<String>, Query, description = "HIGH, NORMAL (default) or LOW")),
+           ("priority" = Option<String>, Query, description = "HIGH, NORMAL (default) or LOW"),
+           ("env_vars" = Option<Vec<String>>, Query, description = "NAME=VALUE set in every task's environment, over the file's")),
     responses((status = 200, body = SubmitResponse), (status = 400, body = ErrorResponse),
               (status = 401, body = ErrorResponse, description = "auth: tokens and no known token"),
               (status = 404, body = ErrorResponse), (status = 413, body = ErrorResponse)))]
@@ -321,6 +349,21 @@ async fn submit(
     };
     let dry_run = flag(&params, "dry_run")?;
     let validation_only = flag(&params, "validation_only")?;
+    // Each value whole (a value may hold commas), `NAME=VALUE` with a name a shell takes.
+    let env_vars: Vec<String> = params
+        .iter()
+        .filter(|(k, _)| k == "env_vars")
+        .map(|(_, v)| v.clone())
+        .collect();
+    let env_vars = key_values(&env_vars, "env_vars")?;
+    if let Some((name, _)) = env_vars.iter().find(|(name, _)| {
+        !name.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
+            || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+    }) {
+        return Err(ApiError::bad_request(format!(
+            "`{name}` in env_vars is not an environment variable name (letters, digits and _, not starting with a digit)"
+        )));
+    }
     let values = osmo_spec::Values {
         set: key_values(&request.set_variables, "set_variables")?,
         set_string: key_values(&request.set_string_variables, "set_string_variables")?,
@@ -348,7 +391,7 @@ async fn submit(
     // Given back before the store: held through the commit, it made submits
     // wait for each other's commits two at a time.
     drop(render_slot);
-    let (workflow, source, rendered) = match checked {
+    let (mut workflow, source, rendered) = match checked {
         Ok(ok) => ok,
         // OSMO's CLI asks for a dry run to get the rendered file before it
         // inlines `localpath` files: give it back, saying what is left to do.
@@ -372,6 +415,12 @@ async fn submit(
             });
         }
     };
+    // `--set-env` of OSMO's CLI: set in every task's environment, over the file's.
+    for (name, value) in &env_vars {
+        for task in workflow.groups.iter_mut().flat_map(|g| g.tasks.iter_mut()) {
+            task.environment.insert(name.clone(), value.clone());
+        }
+    }
     if dry_run || validation_only {
         return Ok(Json(SubmitResponse {
             name: workflow.name.clone(),
@@ -415,7 +464,9 @@ async fn submit(
            ("all_users" = Option<bool>, Query, description = "every user's, also with auth: tokens"),
            ("priority" = Option<Vec<String>>, Query, description = "HIGH, NORMAL or LOW"),
            ("limit" = Option<u32>, Query, minimum = 0, maximum = 1000, description = "default 20"),
-           ("offset" = Option<u64>, Query)),
+           ("offset" = Option<u64>, Query),
+           ("submitted_after" = Option<String>, Query, description = "UTC time (2023-05-03T00:00:00) or date: submitted at or after it"),
+           ("submitted_before" = Option<String>, Query, description = "UTC time or date: submitted before it")),
     responses((status = 200, body = WorkflowListDoc), (status = 400, body = ErrorResponse),
               (status = 401, body = ErrorResponse)))]
 async fn list(
@@ -442,6 +493,8 @@ async fn list(
             .collect(),
         limit: Some(limit.unwrap_or(20)),
         offset: number64(&params, "offset")?.unwrap_or(0),
+        submitted_after: utc_time(&params, "submitted_after")?,
+        submitted_before: utc_time(&params, "submitted_before")?,
     };
     let rows = app
         .store

@@ -241,6 +241,12 @@ pub struct ListFilter {
     pub limit: Option<u32>,
     /// Skip this many of the newest first.
     pub offset: u64,
+    /// Submitted at or after this time (ms since the epoch).
+    #[serde(default)]
+    pub submitted_after: Option<i64>,
+    /// Submitted before this time (ms since the epoch).
+    #[serde(default)]
+    pub submitted_before: Option<i64>,
 }
 
 /// A committed event.
@@ -714,6 +720,12 @@ impl Store {
                     list.push_bind(value);
                 }
                 q.push(")");
+            }
+            if let Some(after) = filter.submitted_after {
+                q.push(" AND submitted_at >= ").push_bind(after);
+            }
+            if let Some(before) = filter.submitted_before {
+                q.push(" AND submitted_at < ").push_bind(before);
             }
             q.push(" ORDER BY submitted_at DESC, seq DESC, id DESC LIMIT ")
                 .push_bind(i64::from(limit))

@@ -39,13 +39,54 @@ pub struct ListArgs {
     /// Skip this many of the newest workflows first.
     #[arg(long, short = 'f', value_name = "N")]
     pub offset: Option<u32>,
+    /// Only workflows of this priority (several after one flag; repeatable).
+    #[arg(long, value_name = "PRIORITY", num_args = 1.., ignore_case = true,
+          value_parser = clap::builder::PossibleValuesParser::new(["HIGH", "NORMAL", "LOW"]))]
+    pub priority: Vec<String>,
+    /// Only workflows submitted on or after this day (YYYY-MM-DD, in your time zone).
+    #[arg(long, value_name = "DATE", value_parser = local_day)]
+    pub submitted_after: Option<jiff::Timestamp>,
+    /// Only workflows submitted before this day (YYYY-MM-DD, in your time zone).
+    #[arg(long, value_name = "DATE", value_parser = local_day)]
+    pub submitted_before: Option<jiff::Timestamp>,
+    /// `desc`: newest first (the default); `asc`: newest last.
+    #[arg(long, short = 'o', value_enum, default_value_t = Order::Desc)]
+    pub order: Order,
     #[command(flatten)]
     pub service: ServiceArgs,
     #[command(flatten)]
     pub format: FormatArgs,
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Order {
+    Asc,
+    Desc,
+}
+
+/// The midnight that starts `YYYY-MM-DD` in the system's time zone.
+fn local_day(text: &str) -> Result<jiff::Timestamp, String> {
+    let day: jiff::civil::Date = text
+        .parse()
+        .map_err(|_| format!("`{text}` is not a date like 2023-05-03"))?;
+    day.to_zoned(jiff::tz::TimeZone::system())
+        .map(|z| z.timestamp())
+        .map_err(|e| e.to_string())
+}
+
+/// As OSMO writes UTC times: no zone suffix.
+fn utc(t: jiff::Timestamp) -> String {
+    t.to_zoned(jiff::tz::TimeZone::UTC)
+        .strftime("%Y-%m-%dT%H:%M:%S")
+        .to_string()
+}
+
 pub fn run(args: ListArgs) -> anyhow::Result<Outcome> {
+    if let (Some(after), Some(before)) = (args.submitted_after, args.submitted_before)
+        && after >= before
+    {
+        anyhow::bail!("--submitted-before must be a later day than --submitted-after");
+    }
     let client = args.service.client()?;
     let filter = ListFilter {
         name: args.name,
@@ -55,8 +96,20 @@ pub fn run(args: ListArgs) -> anyhow::Result<Outcome> {
         all_users: args.all_users,
         limit: Some(args.count),
         offset: args.offset,
+        priorities: args
+            .priority
+            .iter()
+            .map(|p| p.to_ascii_uppercase())
+            .collect(),
+        submitted_after: args.submitted_after.map(utc),
+        submitted_before: args.submitted_before.map(utc),
     };
-    let answer = client.list(&filter)?;
+    let mut answer = client.list(&filter)?;
+    if args.order == Order::Asc
+        && let Some(list) = answer["workflows"].as_array_mut()
+    {
+        list.reverse();
+    }
     if args.format.json() {
         print_json(&answer)?;
     } else {

@@ -99,11 +99,13 @@ impl ServiceArgs {
 /// `--set` / `--set-string`: values for the file's Jinja template.
 #[derive(Debug, Clone, Default, clap::Args)]
 pub struct ValueArgs {
-    /// Set a template value, overriding `default-values:`; integers and numbers are typed (repeatable).
-    #[arg(long = "set", value_name = "KEY=VALUE", value_parser = key_value)]
+    /// Set template values, overriding `default-values:`; integers and numbers are typed
+    /// (several after one flag, as OSMO's CLI takes them: `--set a=1 b=2`; repeatable).
+    #[arg(long = "set", value_name = "KEY=VALUE", value_parser = key_value, num_args = 1..)]
     pub set: Vec<(String, String)>,
-    /// Set a template value that stays a string, e.g. `--set-string tag=007` (repeatable).
-    #[arg(long = "set-string", value_name = "KEY=VALUE", value_parser = key_value)]
+    /// Set template values that stay strings, e.g. `--set-string tag=007` (several after one
+    /// flag; repeatable).
+    #[arg(long = "set-string", value_name = "KEY=VALUE", value_parser = key_value, num_args = 1..)]
     pub set_string: Vec<(String, String)>,
 }
 

@@ -45,11 +45,15 @@ pub struct SubmitArgs {
     /// The workflow file (YAML, OSMO version 2).
     #[arg(value_name = "FILE")]
     pub file: PathBuf,
-    /// The pool to run in.
-    #[arg(long, short = 'p', value_name = "POOL", default_value = "default")]
-    pub pool: String,
+    /// The pool to run in [default: your profile's pool (`osmo profile set pool`), else `default`].
+    #[arg(long, short = 'p', value_name = "POOL")]
+    pub pool: Option<String>,
     #[command(flatten)]
     pub values: ValueArgs,
+    /// Set environment variables in every task, over the file's (several after one flag;
+    /// repeatable): `--set-env WANDB_MODE=offline SEED=7`.
+    #[arg(long, value_name = "NAME=VALUE", value_parser = super::key_value, num_args = 1..)]
+    pub set_env: Vec<(String, String)>,
     /// Scheduling priority (the service's default is NORMAL).
     #[arg(long, value_enum, ignore_case = true)]
     pub priority: Option<Priority>,
@@ -65,6 +69,15 @@ pub struct SubmitArgs {
     pub format: FormatArgs,
 }
 
+/// The caller's default pool as the service keeps it, else `default`.
+fn default_pool(client: &crate::client::Client) -> String {
+    client
+        .get_json(&["api", "profile", "settings"], &[])
+        .ok()
+        .and_then(|v| v["profile"]["pool"].as_str().map(str::to_string))
+        .unwrap_or_else(|| "default".to_string())
+}
+
 pub fn run(args: SubmitArgs) -> anyhow::Result<Outcome> {
     let file = read_spec(&args.file)?;
     let client = args.service.client()?;
@@ -72,8 +85,17 @@ pub fn run(args: SubmitArgs) -> anyhow::Result<Outcome> {
         priority: args.priority.map(|p| p.as_str().to_string()),
         dry_run: args.dry_run,
         validation_only: args.validation_only,
+        env_vars: args
+            .set_env
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect(),
     };
-    let answer = submit(&client, &args.pool, &file, &args.values, &options)?;
+    let pool = match args.pool {
+        Some(pool) => pool,
+        None => default_pool(&client),
+    };
+    let answer = submit(&client, &pool, &file, &args.values, &options)?;
     if args.format.json() {
         print_json(&answer)?;
         return Ok(Outcome::Success);
