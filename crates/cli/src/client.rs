@@ -148,6 +148,19 @@ impl Client {
         self.base.as_str().trim_end_matches('/')
     }
 
+    /// `POST /api/pool/{pool}/workflow?workflow_id=ID`: an earlier workflow's
+    /// file, as it was rendered, submitted again; the answer as received.
+    pub fn resubmit(&self, pool: &str, id: &str, options: &SubmitOptions) -> anyhow::Result<Value> {
+        let mut url = self.endpoint(&["api", "pool", pool, "workflow"]);
+        let mut query: Vec<(&str, String)> = vec![("workflow_id", id.to_string())];
+        if let Some(p) = &options.priority {
+            query.push(("priority", p.clone()));
+        }
+        query.extend(options.env_vars.iter().map(|e| ("env_vars", e.clone())));
+        set_query(&mut url, &query);
+        self.json(self.http.post(url.clone()), &url)
+    }
+
     /// `POST /api/pool/{pool}/workflow`; the answer as received (a `SubmitResponse`).
     pub fn submit(
         &self,

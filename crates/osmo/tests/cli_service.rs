@@ -560,3 +560,30 @@ fn submit_and_list_take_osmos_options() {
     assert_ne!(out.code, 0);
     assert!(out.stderr.contains("later day"), "{out:#?}");
 }
+
+#[test]
+fn an_earlier_workflow_is_submitted_again_by_its_id() {
+    let service = Service::start();
+    let spec = service.spec(
+        "again.yaml",
+        "default-values: {n: 1}\nworkflow:\n  name: again\n  tasks:\n  - {name: t, image: ubuntu, command: [sh, -c, 'echo run {{n}}']}\n",
+    );
+    let out = service.osmo(&["workflow", "submit", &spec, "--set", "n=7"]);
+    assert_eq!(out.code, 0, "{out:#?}");
+    service.wait("again-1");
+    let out = service.osmo(&["workflow", "submit", "again-1", "--set", "n=8"]);
+    assert_ne!(out.code, 0);
+    assert!(out.stderr.contains("is a workflow ID"), "{out:#?}");
+    let out = service.osmo(&["workflow", "submit", "again-1"]);
+    assert_eq!(out.code, 0, "{out:#?}");
+    assert!(out.stdout.contains("again-2"), "{out:#?}");
+    assert_eq!(service.wait("again-2")["status"], "COMPLETED");
+    let logs = service.osmo(&["workflow", "logs", "again-2"]);
+    assert!(
+        logs.stdout.contains("run 7"),
+        "the values it was rendered with: {logs:#?}"
+    );
+    let out = service.osmo(&["workflow", "submit", "ghost-9"]);
+    assert_ne!(out.code, 0);
+    assert!(out.stderr.contains("ghost-9"), "{out:#?}");
+}

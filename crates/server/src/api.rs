@@ -311,7 +311,8 @@ fn key_values(items: &[String], flag: &str) -> ApiResult<Vec<(String, String)>> 
 #[utoipa::path(post, path = "/api/pool/{pool}/workflow", request_body = SubmitRequest,
     params(("pool" = String, Path), ("dry_run" = Option<bool>, Query), ("validation_only" = Option<bool>, Query),
            ("priority" = Option<String>, Query, description = "HIGH, NORMAL (default) or LOW"),
-           ("env_vars" = Option<Vec<String>>, Query, description = "NAME=VALUE set in every task's environment, over the file's")),
+           ("env_vars" = Option<Vec<String>>, Query, description = "NAME=VALUE set in every task's environment, over the file's"),
+           ("workflow_id" = Option<String>, Query, description = "submit this earlier workflow's file again, as it was rendered (no body needed)")),
     responses((status = 200, body = SubmitResponse), (status = 400, body = ErrorResponse),
               (status = 401, body = ErrorResponse, description = "auth: tokens and no known token"),
               (status = 404, body = ErrorResponse), (status = 413, body = ErrorResponse)))]
@@ -329,11 +330,28 @@ async fn submit(
             format!("cannot read the request body: {}", e.body_text()),
         )
     })?;
-    let request: SubmitRequest = serde_json::from_slice(&body).map_err(|e| {
-        ApiError::bad_request(format!(
-            "the request body is not a submit request ({e}); expected JSON {{\"file\": \"<workflow yaml>\", \"set_variables\": [\"k=v\"], \"set_string_variables\": []}}"
-        ))
-    })?;
+    let request: SubmitRequest = match param(&params, "workflow_id") {
+        // OSMO's resubmit of an earlier workflow by its ID (no body): its file
+        // as it was rendered, so it runs as it ran.
+        Some(id) => {
+            let row = app
+                .store
+                .get_workflow(id)
+                .await
+                .map_err(ApiError::internal)?
+                .ok_or_else(|| ApiError::unknown_workflow(id))?;
+            SubmitRequest {
+                file: row.spec_rendered,
+                file_name: Some(format!("{id}.yaml")),
+                ..SubmitRequest::default()
+            }
+        }
+        None => serde_json::from_slice(&body).map_err(|e| {
+            ApiError::bad_request(format!(
+                "the request body is not a submit request ({e}); expected JSON {{\"file\": \"<workflow yaml>\", \"set_variables\": [\"k=v\"], \"set_string_variables\": []}}, or `workflow_id` to submit an earlier workflow's file again"
+            ))
+        })?,
+    };
     let pool_config = app.config.pools.get(&pool).cloned().ok_or_else(|| {
         let known: Vec<&str> = app.config.pools.keys().map(String::as_str).collect();
         ApiError::new(

@@ -42,8 +42,9 @@ impl Priority {
     after_help = "Examples:\n  osmo workflow submit wf.yaml\n  osmo workflow submit wf.yaml --set n=3 --priority HIGH -t json"
 )]
 pub struct SubmitArgs {
-    /// The workflow file (YAML, OSMO version 2).
-    #[arg(value_name = "FILE")]
+    /// The workflow file (YAML, OSMO version 2), or the ID of an earlier workflow
+    /// (`train-3`) to submit its file again as it was rendered.
+    #[arg(value_name = "FILE|ID")]
     pub file: PathBuf,
     /// The pool to run in [default: your profile's pool (`osmo profile set pool`), else `default`].
     #[arg(long, short = 'p', value_name = "POOL")]
@@ -78,7 +79,22 @@ fn default_pool(client: &crate::client::Client) -> String {
         .unwrap_or_else(|| "default".to_string())
 }
 
+/// `name-N`: what a workflow ID looks like (a file of that name wins).
+fn workflow_id(path: &std::path::Path) -> Option<&str> {
+    let text = path.to_str()?;
+    let (name, n) = text.rsplit_once('-')?;
+    let plausible = !name.is_empty()
+        && !n.is_empty()
+        && n.bytes().all(|b| b.is_ascii_digit())
+        && !text.contains('/')
+        && !path.exists();
+    plausible.then_some(text)
+}
+
 pub fn run(args: SubmitArgs) -> anyhow::Result<Outcome> {
+    if let Some(id) = workflow_id(&args.file) {
+        return resubmit(args.clone(), id);
+    }
     let file = read_spec(&args.file)?;
     let client = args.service.client()?;
     let options = SubmitOptions {
@@ -153,4 +169,40 @@ pub fn success_text(client: &Client, response: &SubmitResponse) -> String {
         "Workflow submit successful.\nWorkflow ID - {}\nWorkflow Overview - {overview}\n",
         response.name
     )
+}
+
+/// `osmo workflow submit ID`: the workflow's file, as it was rendered, again.
+fn resubmit(args: SubmitArgs, id: &str) -> anyhow::Result<Outcome> {
+    if args.dry_run
+        || args.validation_only
+        || !args.values.set.is_empty()
+        || !args.values.set_string.is_empty()
+    {
+        anyhow::bail!(
+            "`{id}` is a workflow ID: its file is submitted again as it was rendered, so \
+             --dry-run, --validation-only, --set and --set-string do not apply"
+        );
+    }
+    let client = args.service.client()?;
+    let options = SubmitOptions {
+        priority: args.priority.map(|p| p.as_str().to_string()),
+        env_vars: args
+            .set_env
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect(),
+        ..SubmitOptions::default()
+    };
+    let pool = match &args.pool {
+        Some(pool) => pool.clone(),
+        None => default_pool(&client),
+    };
+    let answer = client.resubmit(&pool, id, &options)?;
+    if args.format.json() {
+        print_json(&answer)?;
+    } else {
+        let response: SubmitResponse = typed(&answer, "submit response")?;
+        print!("{}", success_text(&client, &response));
+    }
+    Ok(Outcome::Success)
 }
