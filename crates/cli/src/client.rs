@@ -64,6 +64,10 @@ pub struct ListFilter {
     /// Submitted at or after / before these UTC times (`2023-05-03T00:00:00`).
     pub submitted_after: Option<String>,
     pub submitted_before: Option<String>,
+    /// `KEY=SELECTOR` label selectors (all must match), label keys that must be absent, tags.
+    pub labels: Vec<String>,
+    pub no_labels: Vec<String>,
+    pub tags: Vec<String>,
 }
 
 /// Query of `POST /api/pool/{pool}/workflow`.
@@ -74,6 +78,8 @@ pub struct SubmitOptions {
     pub validation_only: bool,
     /// `NAME=VALUE` for every task's environment.
     pub env_vars: Vec<String>,
+    /// `KEY=VALUE` labels of the workflow.
+    pub labels: Vec<String>,
 }
 
 /// Query of `GET /api/workflow/{id}/logs`.
@@ -157,6 +163,7 @@ impl Client {
             query.push(("priority", p.clone()));
         }
         query.extend(options.env_vars.iter().map(|e| ("env_vars", e.clone())));
+        query.extend(options.labels.iter().map(|l| ("label", l.clone())));
         set_query(&mut url, &query);
         self.json(self.http.post(url.clone()), &url)
     }
@@ -180,6 +187,7 @@ impl Client {
             query.push(("validation_only", "true".into()));
         }
         query.extend(options.env_vars.iter().map(|e| ("env_vars", e.clone())));
+        query.extend(options.labels.iter().map(|l| ("label", l.clone())));
         set_query(&mut url, &query);
         self.json(self.http.post(url.clone()).json(request), &url)
     }
@@ -217,6 +225,9 @@ impl Client {
         if let Some(t) = &filter.submitted_before {
             query.push(("submitted_before", t.clone()));
         }
+        query.extend(filter.labels.iter().map(|l| ("label", l.clone())));
+        query.extend(filter.no_labels.iter().map(|l| ("no_label", l.clone())));
+        query.extend(filter.tags.iter().map(|t| ("tags", t.clone())));
         set_query(&mut url, &query);
         self.json(self.http.get(url.clone()), &url)
     }
@@ -329,6 +340,13 @@ impl Client {
             set_query(&mut url, query);
         }
         self.json(self.http.get(url.clone()), &url)
+    }
+
+    /// `POST /{segments…}?query` without a body: the JSON answer as received.
+    pub fn post_query(&self, segments: &[&str], query: &[(&str, String)]) -> anyhow::Result<Value> {
+        let mut url = self.endpoint(segments);
+        set_query(&mut url, query);
+        self.json(self.http.post(url.clone()), &url)
     }
 
     /// `POST /{segments…}` with a JSON body: the JSON answer as received.

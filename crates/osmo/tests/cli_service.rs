@@ -587,3 +587,84 @@ fn an_earlier_workflow_is_submitted_again_by_its_id() {
     assert_ne!(out.code, 0);
     assert!(out.stderr.contains("ghost-9"), "{out:#?}");
 }
+
+#[test]
+fn labels_select_workflows_and_tags_are_added_and_removed() {
+    let service = Service::start();
+    let spec = service.spec(
+        "labeled.yaml",
+        "workflow:\n  name: labeled\n  tasks:\n  - {name: t, image: ubuntu, command: [\"true\"]}\n",
+    );
+    for labels in [
+        &["--label", "project=sim_a", "--label", "team=robotics"][..],
+        &["--label", "project=hil_b"][..],
+        &[][..],
+    ] {
+        let mut args = vec!["workflow", "submit", spec.as_str()];
+        args.extend_from_slice(labels);
+        let out = service.osmo(&args);
+        assert_eq!(out.code, 0, "{out:#?}");
+    }
+    let out = service.osmo(&["workflow", "submit", &spec, "--label", "project=has space"]);
+    assert_ne!(out.code, 0);
+    assert!(
+        out.stderr.contains("not a Kubernetes label value"),
+        "{out:#?}"
+    );
+
+    let names = |args: &[&str]| -> Vec<String> {
+        let mut all = vec!["workflow", "list", "-t", "json", "--order", "asc"];
+        all.extend_from_slice(args);
+        let out = service.osmo(&all);
+        assert_eq!(out.code, 0, "{out:#?}");
+        out.json()["workflows"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|w| w["name"].as_str().unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(
+        names(&["--label", "project=(sim_*|hil_*)"]),
+        ["labeled-1", "labeled-2"]
+    );
+    assert_eq!(
+        names(&["--label", "project=sim_*", "--label", "team=robotics"]),
+        ["labeled-1"]
+    );
+    assert_eq!(names(&["--no-label", "project"]), ["labeled-3"]);
+    let out = service.osmo(&["workflow", "list", "--label", "project=(a|b"]);
+    assert_ne!(out.code, 0);
+    assert!(out.stderr.contains("without `)`"), "{out:#?}");
+
+    let out = service.osmo(&[
+        "workflow",
+        "tag",
+        "-w",
+        "labeled-1",
+        "labeled-3",
+        "--add",
+        "gold",
+        "v2",
+    ]);
+    assert_eq!(out.code, 0, "{out:#?}");
+    let out = service.osmo(&["workflow", "tag", "-w", "labeled-3", "--remove", "v2"]);
+    assert!(out.stdout.contains("its tags: gold."), "{out:#?}");
+    assert_eq!(names(&["--tags", "gold"]), ["labeled-1", "labeled-3"]);
+    assert_eq!(names(&["--tags", "gold", "v2"]), ["labeled-1"]);
+    let out = service.osmo(&["workflow", "tag"]);
+    assert!(
+        out.stdout.contains("- gold") && out.stdout.contains("- v2"),
+        "{out:#?}"
+    );
+    let out = service.osmo(&["workflow", "tag", "-w", "ghost-1", "--add", "x"]);
+    assert_ne!(out.code, 0);
+
+    let out = service.osmo(&["workflow", "query", "labeled-1"]);
+    assert!(
+        out.stdout
+            .contains("Labels      : project=sim_a, team=robotics")
+            && out.stdout.contains("Tags        : gold, v2"),
+        "{out:#?}"
+    );
+}

@@ -56,6 +56,8 @@ pub fn router(state: AppState) -> Router {
         .route("/api/workflow", get(list))
         .route("/api/workflow/{id}", get(query))
         .route("/api/workflow/{id}/cancel", post(cancel))
+        .route("/api/workflow/{id}/tag", post(tag))
+        .route("/api/tag", get(tags))
         .route("/api/workflow/{id}/logs", get(logs))
         .route("/api/workflow/{id}/error_logs", get(error_logs))
         .route("/api/workflow/{id}/spec", get(spec))
@@ -88,7 +90,7 @@ pub fn router(state: AppState) -> Router {
 #[derive(OpenApi)]
 #[openapi(
     info(title = "osmo", description = "OSMO workflow service"),
-    paths(submit, list, query, cancel, restart, logs, spec, events, health),
+    paths(submit, list, query, cancel, tag, tags, restart, logs, spec, events, health),
     components(schemas(
         SubmitRequest,
         SubmitResponse,
@@ -99,7 +101,8 @@ pub fn router(state: AppState) -> Router {
         RunDoc,
         WorkflowListDoc,
         WorkflowSummaryDoc,
-        CancelResponse
+        CancelResponse,
+        TagsDoc
     )),
     modifiers(&RateLimited)
 )]
@@ -222,6 +225,15 @@ fn param<'a>(params: &'a [(String, String)], key: &str) -> Option<&'a str> {
         .map(|(_, v)| v.as_str())
 }
 
+/// Every value of a repeatable parameter, each whole (it may hold commas).
+fn whole_values(params: &[(String, String)], key: &str) -> Vec<String> {
+    params
+        .iter()
+        .filter(|(k, _)| k == key)
+        .map(|(_, v)| v.clone())
+        .collect()
+}
+
 /// Values of a repeatable parameter; each may also be a comma-separated list.
 fn param_list(params: &[(String, String)], key: &str) -> Vec<String> {
     params
@@ -312,7 +324,8 @@ fn key_values(items: &[String], flag: &str) -> ApiResult<Vec<(String, String)>> 
     params(("pool" = String, Path), ("dry_run" = Option<bool>, Query), ("validation_only" = Option<bool>, Query),
            ("priority" = Option<String>, Query, description = "HIGH, NORMAL (default) or LOW"),
            ("env_vars" = Option<Vec<String>>, Query, description = "NAME=VALUE set in every task's environment, over the file's"),
-           ("workflow_id" = Option<String>, Query, description = "submit this earlier workflow's file again, as it was rendered (no body needed)")),
+           ("workflow_id" = Option<String>, Query, description = "submit this earlier workflow's file again, as it was rendered (no body needed)"),
+           ("label" = Option<Vec<String>>, Query, description = "KEY=VALUE labels of the workflow (Kubernetes label syntax, at most 16)")),
     responses((status = 200, body = SubmitResponse), (status = 400, body = ErrorResponse),
               (status = 401, body = ErrorResponse, description = "auth: tokens and no known token"),
               (status = 404, body = ErrorResponse), (status = 413, body = ErrorResponse)))]
@@ -368,12 +381,10 @@ async fn submit(
     let dry_run = flag(&params, "dry_run")?;
     let validation_only = flag(&params, "validation_only")?;
     // Each value whole (a value may hold commas), `NAME=VALUE` with a name a shell takes.
-    let env_vars: Vec<String> = params
-        .iter()
-        .filter(|(k, _)| k == "env_vars")
-        .map(|(_, v)| v.clone())
-        .collect();
+    let env_vars = whole_values(&params, "env_vars");
     let env_vars = key_values(&env_vars, "env_vars")?;
+    let labels = whole_values(&params, "label");
+    let labels = super::labels::parse_labels(&labels).map_err(ApiError::bad_request)?;
     if let Some((name, _)) = env_vars.iter().find(|(name, _)| {
         !name.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
             || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
@@ -456,6 +467,7 @@ async fn submit(
         workflow: Box::new(workflow),
         source: templated.unwrap_or(source),
         rendered,
+        labels,
         reply,
     };
     app.requests
@@ -484,7 +496,10 @@ async fn submit(
            ("limit" = Option<u32>, Query, minimum = 0, maximum = 1000, description = "default 20"),
            ("offset" = Option<u64>, Query),
            ("submitted_after" = Option<String>, Query, description = "UTC time (2023-05-03T00:00:00) or date: submitted at or after it"),
-           ("submitted_before" = Option<String>, Query, description = "UTC time or date: submitted before it")),
+           ("submitted_before" = Option<String>, Query, description = "UTC time or date: submitted before it"),
+           ("label" = Option<Vec<String>>, Query, description = "KEY=SELECTOR: a label matching literal characters, * and (a|b) alternatives; repeat to require all"),
+           ("no_label" = Option<Vec<String>>, Query, description = "a label key the workflow must not have"),
+           ("tags" = Option<Vec<String>>, Query, description = "tags the workflow must have (all)")),
     responses((status = 200, body = WorkflowListDoc), (status = 400, body = ErrorResponse),
               (status = 401, body = ErrorResponse)))]
 async fn list(
@@ -513,14 +528,36 @@ async fn list(
         offset: number64(&params, "offset")?.unwrap_or(0),
         submitted_after: utc_time(&params, "submitted_after")?,
         submitted_before: utc_time(&params, "submitted_before")?,
+        labels: whole_values(&params, "label")
+            .iter()
+            .map(|s| super::labels::parse_selector(s))
+            .collect::<Result<_, _>>()
+            .map_err(ApiError::bad_request)?,
+        no_labels: param_list(&params, "no_label"),
+        tags: param_list(&params, "tags"),
     };
     let rows = app
         .store
         .list_workflows(&filter)
         .await
         .map_err(ApiError::internal)?;
+    let ids: Vec<String> = rows.iter().map(|r| r.id.clone()).collect();
+    let mut extra = app
+        .store
+        .labels_and_tags(&ids)
+        .await
+        .map_err(ApiError::internal)?;
     Ok(Json(WorkflowListDoc {
-        workflows: rows.iter().map(docs::summary_doc).collect(),
+        workflows: rows
+            .iter()
+            .map(|row| {
+                let mut doc = docs::summary_doc(row);
+                if let Some(lt) = extra.remove(&row.id) {
+                    (doc.labels, doc.tags) = (lt.labels, lt.tags);
+                }
+                doc
+            })
+            .collect(),
     }))
 }
 
@@ -692,17 +729,80 @@ async fn query(
         verbose,
         reply,
     };
-    if app.requests.send(asked).await.is_ok()
-        && let Ok(Some(doc)) = answer.await
-    {
-        return Ok(Json(doc));
+    let mut doc = match app.requests.send(asked).await {
+        Ok(()) => answer.await.ok().flatten(),
+        Err(_) => None,
+    };
+    if doc.is_none() {
+        let (row, stored) = load(&app, &id).await?;
+        doc = Some(docs::workflow_doc(
+            &DocMeta::of(&row),
+            &stored.engine,
+            verbose,
+        ));
     }
-    let (row, doc) = load(&app, &id).await?;
-    Ok(Json(docs::workflow_doc(
-        &DocMeta::of(&row),
-        &doc.engine,
-        verbose,
-    )))
+    let mut doc = doc.expect("set above");
+    if let Some(lt) = app
+        .store
+        .labels_and_tags(std::slice::from_ref(&id))
+        .await
+        .map_err(ApiError::internal)?
+        .remove(&id)
+    {
+        (doc.labels, doc.tags) = (lt.labels, lt.tags);
+    }
+    Ok(Json(doc))
+}
+
+/// Add and remove a workflow's tags (removed first), as OSMO's `workflow tag`.
+#[utoipa::path(post, path = "/api/workflow/{id}/tag",
+    params(("id" = String, Path), ("add" = Option<Vec<String>>, Query), ("remove" = Option<Vec<String>>, Query)),
+    responses((status = 200, body = TagsDoc), (status = 400, body = ErrorResponse),
+              (status = 401, body = ErrorResponse),
+              (status = 403, body = ErrorResponse, description = "another user's workflow"),
+              (status = 404, body = ErrorResponse)))]
+async fn tag(
+    State(app): State<AppState>,
+    Path(id): Path<String>,
+    RawQuery(raw): RawQuery,
+    Extension(caller): Extension<Caller>,
+) -> ApiResult<Json<TagsDoc>> {
+    let params = params(&raw)?;
+    let (add, remove) = (param_list(&params, "add"), param_list(&params, "remove"));
+    if let Some(bad) = add.iter().find(|t| !super::labels::is_name(t)) {
+        return Err(ApiError::bad_request(format!(
+            "tag `{bad}` may hold letters, digits, -, _ and . (at most 63, starting and ending with a letter or digit)"
+        )));
+    }
+    let row = app
+        .store
+        .get_workflow(&id)
+        .await
+        .map_err(ApiError::internal)?
+        .ok_or_else(|| ApiError::unknown_workflow(&id))?;
+    if !caller.may_act_on(&row.submitted_by) {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            format!(
+                "{id} is {}'s workflow; only they or an admin may tag it",
+                row.submitted_by
+            ),
+        ));
+    }
+    let tags = app
+        .store
+        .change_tags(&id, &add, &remove)
+        .await
+        .map_err(ApiError::internal)?;
+    Ok(Json(TagsDoc { tags }))
+}
+
+/// Every tag in use (OSMO lists the tags its admins set; here any tag may be used).
+#[utoipa::path(get, path = "/api/tag",
+    responses((status = 200, body = TagsDoc), (status = 401, body = ErrorResponse)))]
+async fn tags(State(app): State<AppState>) -> ApiResult<Json<TagsDoc>> {
+    let tags = app.store.tags_in_use().await.map_err(ApiError::internal)?;
+    Ok(Json(TagsDoc { tags }))
 }
 
 /// Cancel a workflow: every unfinished group ends FAILED_CANCELED.

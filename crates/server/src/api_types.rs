@@ -129,6 +129,12 @@ pub struct WorkflowDoc {
     /// Where the workflow's document is (`/api/workflow/<id>`), as OSMO's `overview`.
     #[serde(default)]
     pub overview: String,
+    /// Labels set at submit (`--label`).
+    #[serde(default)]
+    pub labels: std::collections::BTreeMap<String, String>,
+    /// Tags (`workflow tag`).
+    #[serde(default)]
+    pub tags: Vec<String>,
     pub groups: Vec<GroupDoc>,
 }
 
@@ -148,12 +154,22 @@ pub struct WorkflowSummaryDoc {
     pub overview: String,
     pub submit_time: Option<String>,
     pub end_time: Option<String>,
+    #[serde(default)]
+    pub labels: std::collections::BTreeMap<String, String>,
+    #[serde(default)]
+    pub tags: Vec<String>,
 }
 
 /// `GET /api/workflow`.
 #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct WorkflowListDoc {
     pub workflows: Vec<WorkflowSummaryDoc>,
+}
+
+/// `POST /api/workflow/{id}/tag` and `GET /api/tag`.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct TagsDoc {
+    pub tags: Vec<String>,
 }
 
 /// `POST /api/workflow/{id}/cancel`.

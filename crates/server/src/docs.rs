@@ -96,6 +96,9 @@ pub fn workflow_doc(row: &DocMeta, engine: &WorkflowState, verbose: bool) -> Wor
         canceled_by,
         cancel_message,
         overview: format!("/api/workflow/{}", row.id),
+        // Filled by the API from the store (they are not the engine's).
+        labels: Default::default(),
+        tags: Vec::new(),
         groups,
     }
 }
@@ -146,6 +149,8 @@ pub fn summary_doc(row: &osmo_store::WorkflowSummary) -> WorkflowSummaryDoc {
         overview: format!("/api/workflow/{}", row.id),
         submit_time: rfc3339(Some(row.submitted_at as u64)),
         end_time: rfc3339(row.finished_at.map(|t| t as u64)),
+        labels: Default::default(),
+        tags: Vec::new(),
     }
 }
 

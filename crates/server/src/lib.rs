@@ -12,6 +12,7 @@ mod core;
 mod devices;
 mod docs;
 mod events;
+mod labels;
 mod launch;
 mod manager;
 mod metrics;

@@ -41,6 +41,7 @@ struct Submit {
     workflow: Box<Workflow>,
     source: String,
     rendered: String,
+    labels: std::collections::BTreeMap<String, String>,
     reply: oneshot::Sender<anyhow::Result<String>>,
 }
 
@@ -53,6 +54,7 @@ pub enum Request {
         workflow: Box<Workflow>,
         source: String,
         rendered: String,
+        labels: std::collections::BTreeMap<String, String>,
         reply: oneshot::Sender<anyhow::Result<String>>,
     },
     Cancel {
@@ -219,15 +221,15 @@ impl Manager {
             };
             tokio::select! {
                 request = requests.recv() => match request {
-                    Some(Request::Submit { pool, priority, submitted_by, workflow, source, rendered, reply }) => {
+                    Some(Request::Submit { pool, priority, submitted_by, workflow, source, rendered, labels, reply }) => {
                         // Group commit: the submits waiting behind this one go in
                         // its transaction; the first other request is served after.
-                        let mut submits = vec![Submit { pool, priority, submitted_by, workflow, source, rendered, reply }];
+                        let mut submits = vec![Submit { pool, priority, submitted_by, workflow, source, rendered, labels, reply }];
                         let mut other = None;
                         while submits.len() < MAX_SUBMITS {
                             match requests.try_recv() {
-                                Ok(Request::Submit { pool, priority, submitted_by, workflow, source, rendered, reply }) => {
-                                    submits.push(Submit { pool, priority, submitted_by, workflow, source, rendered, reply });
+                                Ok(Request::Submit { pool, priority, submitted_by, workflow, source, rendered, labels, reply }) => {
+                                    submits.push(Submit { pool, priority, submitted_by, workflow, source, rendered, labels, reply });
                                 }
                                 Ok(request) => {
                                     other = Some(request);
@@ -278,6 +280,7 @@ impl Manager {
                 workflow,
                 source,
                 rendered,
+                labels,
                 reply,
             } => {
                 self.submit(vec![Submit {
@@ -287,6 +290,7 @@ impl Manager {
                     workflow,
                     source,
                     rendered,
+                    labels,
                     reply,
                 }])
                 .await;
@@ -349,6 +353,7 @@ impl Manager {
                 spec_source: s.source,
                 spec_rendered: s.rendered,
                 submitted_at: now as i64,
+                labels: s.labels,
             });
             pending.push((
                 Some((workflow, rules)),
@@ -472,6 +477,15 @@ impl Manager {
             spec_source: row.spec_source.clone(),
             spec_rendered: row.spec_rendered.clone(),
             submitted_at: now as i64,
+            // The same job run again: its labels go with it.
+            labels: self
+                .store
+                .labels_and_tags(std::slice::from_ref(&id))
+                .await
+                .map_err(|e| other(&e))?
+                .remove(&id)
+                .map(|lt| lt.labels)
+                .unwrap_or_default(),
         };
         let mut made: Option<(WorkflowState, Vec<Command>)> = None;
         let new_id = self

@@ -28,6 +28,7 @@ fn commit_event(c: &mut Criterion) {
                 spec_source: "workflow:\n  name: bench\n".into(),
                 spec_rendered: "workflow:\n  name: bench\n".into(),
                 submitted_at: 0,
+                labels: Default::default(),
             },
             |_| Initial {
                 state: "{}".into(),

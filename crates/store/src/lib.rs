@@ -83,8 +83,15 @@ pub enum Backend {
     Postgres,
 }
 
+/// A workflow's labels and tags ([`Store::labels_and_tags`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LabelsAndTags {
+    pub labels: std::collections::BTreeMap<String, String>,
+    pub tags: Vec<String>,
+}
+
 /// A workflow about to be submitted; [`Store::insert_workflow`] gives it its id.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NewWorkflow {
     /// The workflow's name; the id is `<name>-<N>`.
     pub name: String,
@@ -100,6 +107,9 @@ pub struct NewWorkflow {
     pub spec_rendered: String,
     /// Submission time, milliseconds since the Unix epoch.
     pub submitted_at: i64,
+    /// Its labels (`key → value`), as the submitter set them.
+    #[serde(default)]
+    pub labels: std::collections::BTreeMap<String, String>,
 }
 
 /// The first state of a workflow, made by the caller once its id is known.
@@ -247,6 +257,24 @@ pub struct ListFilter {
     /// Submitted before this time (ms since the epoch).
     #[serde(default)]
     pub submitted_before: Option<i64>,
+    /// Every selector matches one of the workflow's labels.
+    #[serde(default)]
+    pub labels: Vec<LabelSelector>,
+    /// The workflow has none of these label keys.
+    #[serde(default)]
+    pub no_labels: Vec<String>,
+    /// The workflow has every one of these tags.
+    #[serde(default)]
+    pub tags: Vec<String>,
+}
+
+/// `key` with a value matching any of `values`, each literal characters and
+/// `*` (any run of characters). Label values are `[A-Za-z0-9._-]` only (the
+/// API checks), so a pattern needs no other escaping.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LabelSelector {
+    pub key: String,
+    pub values: Vec<String>,
 }
 
 /// A committed event.
@@ -515,6 +543,16 @@ impl Store {
                 .bind(&initial.state)
                 .execute(&mut *tx)
                 .await?;
+                for (key, value) in &new.labels {
+                    sqlx::query(
+                        "INSERT INTO workflow_labels (workflow_id, key, value) VALUES ($1, $2, $3)",
+                    )
+                    .bind(&id)
+                    .bind(key)
+                    .bind(value)
+                    .execute(&mut *tx)
+                    .await?;
+                }
                 ids.push(id);
             }
             tx.commit().await?;
@@ -721,6 +759,35 @@ impl Store {
                 }
                 q.push(")");
             }
+            for selector in &filter.labels {
+                q.push(" AND EXISTS (SELECT 1 FROM workflow_labels l WHERE l.workflow_id = workflows.id AND l.key = ")
+                    .push_bind(&selector.key)
+                    .push(" AND (");
+                for (i, value) in selector.values.iter().enumerate() {
+                    if i > 0 {
+                        q.push(" OR ");
+                    }
+                    // Case-sensitive on both: GLOB (`*`) on SQLite, LIKE (`%`, `_` escaped) on PostgreSQL.
+                    match backend {
+                        Backend::Sqlite => q.push("l.value GLOB ").push_bind(value.clone()),
+                        Backend::Postgres => q
+                            .push("l.value LIKE ")
+                            .push_bind(value.replace('_', "\\_").replace('*', "%"))
+                            .push(" ESCAPE '\\'"),
+                    };
+                }
+                q.push("))");
+            }
+            for key in &filter.no_labels {
+                q.push(" AND NOT EXISTS (SELECT 1 FROM workflow_labels l WHERE l.workflow_id = workflows.id AND l.key = ")
+                    .push_bind(key)
+                    .push(")");
+            }
+            for tag in &filter.tags {
+                q.push(" AND EXISTS (SELECT 1 FROM workflow_tags t WHERE t.workflow_id = workflows.id AND t.tag = ")
+                    .push_bind(tag)
+                    .push(")");
+            }
             if let Some(after) = filter.submitted_after {
                 q.push(" AND submitted_at >= ").push_bind(after);
             }
@@ -732,6 +799,98 @@ impl Store {
                 .push(" OFFSET ")
                 .push_bind(to_i64(filter.offset));
             Ok(q.build_query_as().fetch_all(pool).await?)
+        })
+    }
+
+    /// The labels and tags of these workflows (those with none are left out).
+    pub async fn labels_and_tags(
+        &self,
+        ids: &[String],
+    ) -> Result<std::collections::HashMap<String, LabelsAndTags>> {
+        let mut out: std::collections::HashMap<String, LabelsAndTags> = Default::default();
+        if ids.is_empty() {
+            return Ok(out);
+        }
+        with_pool!(self, pool => {
+            let mut q = sqlx::QueryBuilder::new(
+                "SELECT workflow_id, key, value FROM workflow_labels WHERE workflow_id IN (",
+            );
+            let mut list = q.separated(", ");
+            for id in ids {
+                list.push_bind(id);
+            }
+            q.push(")");
+            let rows: Vec<(String, String, String)> = q.build_query_as().fetch_all(pool).await?;
+            for (id, key, value) in rows {
+                out.entry(id).or_default().labels.insert(key, value);
+            }
+            let mut q = sqlx::QueryBuilder::new(
+                "SELECT workflow_id, tag FROM workflow_tags WHERE workflow_id IN (",
+            );
+            let mut list = q.separated(", ");
+            for id in ids {
+                list.push_bind(id);
+            }
+            q.push(") ORDER BY tag");
+            let rows: Vec<(String, String)> = q.build_query_as().fetch_all(pool).await?;
+            for (id, tag) in rows {
+                out.entry(id).or_default().tags.push(tag);
+            }
+            Ok(out)
+        })
+    }
+
+    /// Removes then adds tags of workflow `id` (one transaction); its tags after.
+    /// An unknown workflow is [`Error::UnknownWorkflow`].
+    pub async fn change_tags(
+        &self,
+        id: &str,
+        add: &[String],
+        remove: &[String],
+    ) -> Result<Vec<String>> {
+        with_pool!(self, pool => {
+            let mut tx = pool.begin().await?;
+            let known: Option<(String,)> = sqlx::query_as("SELECT id FROM workflows WHERE id = $1")
+                .bind(id)
+                .fetch_optional(&mut *tx)
+                .await?;
+            if known.is_none() {
+                return Err(Error::UnknownWorkflow(id.to_string()));
+            }
+            for tag in remove {
+                sqlx::query("DELETE FROM workflow_tags WHERE workflow_id = $1 AND tag = $2")
+                    .bind(id)
+                    .bind(tag)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            for tag in add {
+                sqlx::query(
+                    "INSERT INTO workflow_tags (workflow_id, tag) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+                )
+                .bind(id)
+                .bind(tag)
+                .execute(&mut *tx)
+                .await?;
+            }
+            let tags: Vec<(String,)> =
+                sqlx::query_as("SELECT tag FROM workflow_tags WHERE workflow_id = $1 ORDER BY tag")
+                    .bind(id)
+                    .fetch_all(&mut *tx)
+                    .await?;
+            tx.commit().await?;
+            Ok(tags.into_iter().map(|(t,)| t).collect())
+        })
+    }
+
+    /// Every tag in use, each once, sorted.
+    pub async fn tags_in_use(&self) -> Result<Vec<String>> {
+        with_pool!(self, pool => {
+            let rows: Vec<(String,)> =
+                sqlx::query_as("SELECT DISTINCT tag FROM workflow_tags ORDER BY tag")
+                    .fetch_all(pool)
+                    .await?;
+            Ok(rows.into_iter().map(|(t,)| t).collect())
         })
     }
 
@@ -1014,6 +1173,7 @@ mod tests {
                 spec_source: String::new(),
                 spec_rendered: String::new(),
                 submitted_at: 0,
+                labels: Default::default(),
             },
             |_| Initial {
                 state: String::new(),

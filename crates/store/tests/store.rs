@@ -10,8 +10,8 @@ use std::io::Write;
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use osmo_store::{
-    Backend, Commit, DEFAULT_LIST_LIMIT, Error, Initial, ListFilter, LogBatch, LogLine, NewEvent,
-    NewWorkflow, Snapshot, Store,
+    Backend, Commit, DEFAULT_LIST_LIMIT, Error, Initial, LabelSelector, ListFilter, LogBatch,
+    LogLine, NewEvent, NewWorkflow, Snapshot, Store,
 };
 use serde_json::{Value, json};
 use sqlx::Connection;
@@ -103,6 +103,7 @@ macro_rules! on_both {
 on_both!(
     ids_count_up_per_name,
     a_batch_of_inserts_is_one_transaction_with_ids_in_order,
+    labels_and_tags_filter_lists,
     concurrent_inserts_get_distinct_ids,
     commit_appends_events_and_snapshots_now_and_then,
     one_commit_serves_many_workflows_and_a_retry_writes_nothing_twice,
@@ -135,6 +136,7 @@ fn new_wf(name: &str, at: i64) -> NewWorkflow {
         spec_source: format!("workflow:\n  name: {name}\n"),
         spec_rendered: format!("workflow:\n  name: {name}\n  # rendered\n"),
         submitted_at: at,
+        labels: Default::default(),
     }
 }
 
@@ -247,6 +249,114 @@ async fn a_batch_of_inserts_is_one_transaction_with_ids_in_order(url: String) {
             "{id} stored"
         );
     }
+}
+
+async fn labels_and_tags_filter_lists(url: String) {
+    let store = open(&url).await;
+    let labeled = |name: &str, labels: &[(&str, &str)]| NewWorkflow {
+        labels: labels
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+        ..new_wf(name, 100)
+    };
+    let ids = store
+        .insert_workflows(
+            vec![
+                labeled("a", &[("project", "sim_x"), ("team", "Robotics_a")]),
+                labeled("b", &[("project", "hil_y")]),
+                labeled("c", &[]),
+            ],
+            |_, id| initial(id),
+        )
+        .await
+        .unwrap();
+    let list = |labels: Vec<(&str, Vec<&str>)>, no_labels: Vec<&str>, tags: Vec<&str>| {
+        let filter = ListFilter {
+            labels: labels
+                .into_iter()
+                .map(|(key, values)| LabelSelector {
+                    key: key.into(),
+                    values: values.into_iter().map(String::from).collect(),
+                })
+                .collect(),
+            no_labels: no_labels.into_iter().map(String::from).collect(),
+            tags: tags.into_iter().map(String::from).collect(),
+            ..ListFilter::default()
+        };
+        let store = &store;
+        async move {
+            let mut names: Vec<String> = store
+                .list_workflows(&filter)
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|w| w.name)
+                .collect();
+            names.sort();
+            names
+        }
+    };
+    assert_eq!(
+        list(vec![("project", vec!["sim_x"])], vec![], vec![]).await,
+        ["a"]
+    );
+    assert_eq!(
+        list(vec![("project", vec!["sim_*", "hil_*"])], vec![], vec![]).await,
+        ["a", "b"]
+    );
+    // `_` is a character, not a wildcard; case matters.
+    assert!(
+        list(vec![("project", vec!["sim__"])], vec![], vec![])
+            .await
+            .is_empty()
+    );
+    assert!(
+        list(vec![("team", vec!["robotics_a"])], vec![], vec![])
+            .await
+            .is_empty()
+    );
+    assert_eq!(
+        list(vec![("team", vec!["Robotics_*"])], vec![], vec![]).await,
+        ["a"]
+    );
+    assert_eq!(list(vec![], vec!["project"], vec![]).await, ["c"]);
+    assert_eq!(
+        list(
+            vec![("project", vec!["*"]), ("team", vec!["*"])],
+            vec![],
+            vec![]
+        )
+        .await,
+        ["a"],
+        "every selector must match"
+    );
+
+    let tags = store
+        .change_tags(&ids[1], &["gold".into(), "v2".into()], &[])
+        .await
+        .unwrap();
+    assert_eq!(tags, ["gold", "v2"]);
+    let tags = store
+        .change_tags(&ids[1], &["v3".into()], &["v2".into(), "absent".into()])
+        .await
+        .unwrap();
+    assert_eq!(tags, ["gold", "v3"]);
+    store
+        .change_tags(&ids[2], &["gold".into()], &[])
+        .await
+        .unwrap();
+    assert_eq!(list(vec![], vec![], vec!["gold"]).await, ["b", "c"]);
+    assert_eq!(list(vec![], vec![], vec!["gold", "v3"]).await, ["b"]);
+    assert_eq!(store.tags_in_use().await.unwrap(), ["gold", "v3"]);
+    assert!(matches!(
+        store.change_tags("ghost-1", &["x".into()], &[]).await,
+        Err(osmo_store::Error::UnknownWorkflow(_))
+    ));
+    let found = store.labels_and_tags(&ids).await.unwrap();
+    assert_eq!(found[&ids[0]].labels["team"], "Robotics_a");
+    assert_eq!(found[&ids[1]].tags, ["gold", "v3"]);
+    assert!(found[&ids[2]].labels.is_empty());
 }
 
 async fn ids_count_up_per_name(url: String) {

@@ -49,6 +49,16 @@ pub struct ListArgs {
     /// Only workflows submitted before this day (YYYY-MM-DD, in your time zone).
     #[arg(long, value_name = "DATE", value_parser = local_day)]
     pub submitted_before: Option<jiff::Timestamp>,
+    /// Only workflows with a label matching KEY=SELECTOR: a value, `*` wildcards, or
+    /// `(a|b)` alternatives (`project=(sim_*|hil_*)`); repeat to require all.
+    #[arg(long = "label", value_name = "KEY=SELECTOR")]
+    pub labels: Vec<String>,
+    /// Only workflows without this label key (repeatable).
+    #[arg(long = "no-label", value_name = "KEY")]
+    pub no_labels: Vec<String>,
+    /// Only workflows with these tags (all of them; several after one flag).
+    #[arg(long, value_name = "TAG", num_args = 1..)]
+    pub tags: Vec<String>,
     /// `desc`: newest first (the default); `asc`: newest last.
     #[arg(long, short = 'o', value_enum, default_value_t = Order::Desc)]
     pub order: Order,
@@ -103,6 +113,9 @@ pub fn run(args: ListArgs) -> anyhow::Result<Outcome> {
             .collect(),
         submitted_after: args.submitted_after.map(utc),
         submitted_before: args.submitted_before.map(utc),
+        labels: args.labels,
+        no_labels: args.no_labels,
+        tags: args.tags,
     };
     let mut answer = client.list(&filter)?;
     if args.order == Order::Asc

@@ -11,6 +11,7 @@ mod restart;
 mod run;
 mod spec;
 mod submit;
+mod tag;
 mod validate;
 mod view;
 
@@ -46,6 +47,8 @@ pub enum WorkflowCommand {
     Events(events::EventsArgs),
     /// Run a failed or canceled workflow again: only its groups that did not complete.
     Restart(restart::RestartArgs),
+    /// Add or remove tags of workflows, or list the tags in use.
+    Tag(tag::TagArgs),
 }
 
 impl WorkflowCommand {
@@ -68,6 +71,7 @@ pub fn run(command: WorkflowCommand) -> anyhow::Result<Outcome> {
         WorkflowCommand::Spec(args) => spec::run(args),
         WorkflowCommand::Events(args) => events::run(args),
         WorkflowCommand::Restart(args) => restart::run(args),
+        WorkflowCommand::Tag(args) => tag::run(args),
     }
 }
 

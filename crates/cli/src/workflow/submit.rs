@@ -55,6 +55,10 @@ pub struct SubmitArgs {
     /// repeatable): `--set-env WANDB_MODE=offline SEED=7`.
     #[arg(long, value_name = "NAME=VALUE", value_parser = super::key_value, num_args = 1..)]
     pub set_env: Vec<(String, String)>,
+    /// Label the workflow (repeatable): `--label team=robotics --label stage=eval`;
+    /// `workflow list --label` selects by them.
+    #[arg(long = "label", value_name = "KEY=VALUE", value_parser = super::key_value)]
+    pub labels: Vec<(String, String)>,
     /// Scheduling priority (the service's default is NORMAL).
     #[arg(long, value_enum, ignore_case = true)]
     pub priority: Option<Priority>,
@@ -103,6 +107,11 @@ pub fn run(args: SubmitArgs) -> anyhow::Result<Outcome> {
         validation_only: args.validation_only,
         env_vars: args
             .set_env
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect(),
+        labels: args
+            .labels
             .iter()
             .map(|(k, v)| format!("{k}={v}"))
             .collect(),
@@ -188,6 +197,11 @@ fn resubmit(args: SubmitArgs, id: &str) -> anyhow::Result<Outcome> {
         priority: args.priority.map(|p| p.as_str().to_string()),
         env_vars: args
             .set_env
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect(),
+        labels: args
+            .labels
             .iter()
             .map(|(k, v)| format!("{k}={v}"))
             .collect(),

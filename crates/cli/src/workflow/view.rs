@@ -22,6 +22,13 @@ pub fn workflow_text(doc: &WorkflowDoc, clock: &Clock) -> String {
             doc.submitted_by
         ),
     );
+    if !doc.labels.is_empty() {
+        let labels: Vec<String> = doc.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        field("Labels", labels.join(", "));
+    }
+    if !doc.tags.is_empty() {
+        field("Tags", doc.tags.join(", "));
+    }
     if doc.start_time.is_some() {
         field("Started", clock.time(doc.start_time.as_deref()));
     }
@@ -251,6 +258,8 @@ mod tests {
             canceled_by: None,
             cancel_message: None,
             overview: String::new(),
+            labels: Default::default(),
+            tags: Vec::new(),
             groups,
         }
     }
@@ -310,6 +319,8 @@ mod tests {
                     overview: String::new(),
                     submit_time: Some("2026-03-01T10:00:00Z".into()),
                     end_time: None,
+                    labels: Default::default(),
+                    tags: Vec::new(),
                 },
                 WorkflowSummaryDoc {
                     name: "wf-1".into(),
@@ -321,6 +332,8 @@ mod tests {
                     overview: String::new(),
                     submit_time: Some("2026-03-01T09:00:00Z".into()),
                     end_time: Some("2026-03-01T09:00:05Z".into()),
+                    labels: Default::default(),
+                    tags: Vec::new(),
                 },
             ],
         };
