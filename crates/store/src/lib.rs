@@ -850,11 +850,14 @@ impl Store {
     ) -> Result<Vec<String>> {
         with_pool!(self, pool => {
             let mut tx = pool.begin().await?;
-            let known: Option<(String,)> = sqlx::query_as("SELECT id FROM workflows WHERE id = $1")
+            // A write first (a no-op one): on SQLite the transaction takes the write lock,
+            // waiting its turn, instead of failing to upgrade a read ("database is locked").
+            let known = sqlx::query("UPDATE workflows SET updated_at = updated_at WHERE id = $1")
                 .bind(id)
-                .fetch_optional(&mut *tx)
-                .await?;
-            if known.is_none() {
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+            if known == 0 {
                 return Err(Error::UnknownWorkflow(id.to_string()));
             }
             for tag in remove {

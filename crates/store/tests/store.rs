@@ -104,6 +104,7 @@ on_both!(
     ids_count_up_per_name,
     a_batch_of_inserts_is_one_transaction_with_ids_in_order,
     labels_and_tags_filter_lists,
+    concurrent_tag_changes_and_inserts_all_succeed,
     concurrent_inserts_get_distinct_ids,
     commit_appends_events_and_snapshots_now_and_then,
     one_commit_serves_many_workflows_and_a_retry_writes_nothing_twice,
@@ -249,6 +250,47 @@ async fn a_batch_of_inserts_is_one_transaction_with_ids_in_order(url: String) {
             "{id} stored"
         );
     }
+}
+
+async fn concurrent_tag_changes_and_inserts_all_succeed(url: String) {
+    let store = open(&url).await;
+    let id = insert(&store, "tagged", 1).await;
+    let mut jobs = Vec::new();
+    for j in 0..8 {
+        let (store, id) = (store.clone(), id.clone());
+        jobs.push(tokio::spawn(async move {
+            for i in 0..20 {
+                if j % 2 == 0 {
+                    store
+                        .change_tags(
+                            &id,
+                            &[format!("t{j}-{i}")],
+                            &[format!("t{j}-{}", i.max(1) - 1)],
+                        )
+                        .await
+                        .map(|_| ())
+                } else {
+                    store
+                        .insert_workflow(new_wf("other", i), initial)
+                        .await
+                        .map(|_| ())
+                }
+                .unwrap_or_else(|e| panic!("job {j}, step {i}: {e}"));
+            }
+        }));
+    }
+    for job in jobs {
+        job.await.unwrap();
+    }
+    assert_eq!(
+        store
+            .labels_and_tags(std::slice::from_ref(&id))
+            .await
+            .unwrap()[&id]
+            .tags
+            .len(),
+        4
+    );
 }
 
 async fn labels_and_tags_filter_lists(url: String) {
