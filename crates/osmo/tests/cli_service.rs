@@ -486,6 +486,20 @@ fn pool_task_resource_profile_and_version_describe_a_running_workflow() {
     assert_eq!(out.code, 0, "{out:#?}");
 }
 
+/// The names `osmo workflow list ARGS` shows, in its order.
+fn listed(service: &Service, args: &[&str]) -> Vec<String> {
+    let mut all = vec!["workflow", "list", "-t", "json"];
+    all.extend_from_slice(args);
+    let out = service.osmo(&all);
+    assert_eq!(out.code, 0, "{out:#?}");
+    out.json()["workflows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| w["name"].as_str().unwrap().to_string())
+        .collect()
+}
+
 #[test]
 fn submit_and_list_take_osmos_options() {
     let service = Service::start();
@@ -524,18 +538,7 @@ fn submit_and_list_take_osmos_options() {
     let out = service.osmo(&["workflow", "submit", &spec, "--set", "a=2"]);
     assert_eq!(out.code, 0, "{out:#?}");
 
-    let names = |args: &[&str]| -> Vec<String> {
-        let mut all = vec!["workflow", "list", "-t", "json"];
-        all.extend_from_slice(args);
-        let out = service.osmo(&all);
-        assert_eq!(out.code, 0, "{out:#?}");
-        out.json()["workflows"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|w| w["name"].as_str().unwrap().to_string())
-            .collect()
-    };
+    let names = |args: &[&str]| listed(&service, args);
     assert_eq!(names(&[]), ["env-2-0-1", "env-1-2-1"]);
     assert_eq!(names(&["--order", "asc"]), ["env-1-2-1", "env-2-0-1"]);
     assert_eq!(names(&["--priority", "low"]), ["env-1-2-1"]);
@@ -612,18 +615,7 @@ fn labels_select_workflows_and_tags_are_added_and_removed() {
         "{out:#?}"
     );
 
-    let names = |args: &[&str]| -> Vec<String> {
-        let mut all = vec!["workflow", "list", "-t", "json", "--order", "asc"];
-        all.extend_from_slice(args);
-        let out = service.osmo(&all);
-        assert_eq!(out.code, 0, "{out:#?}");
-        out.json()["workflows"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|w| w["name"].as_str().unwrap().to_string())
-            .collect()
-    };
+    let names = |args: &[&str]| listed(&service, &[&["--order", "asc"], args].concat());
     assert_eq!(
         names(&["--label", "project=(sim_*|hil_*)"]),
         ["labeled-1", "labeled-2"]

@@ -33,6 +33,21 @@ const MAX_BATCH: usize = 4096;
 /// Submits stored in one transaction at most.
 const MAX_SUBMITS: usize = 256;
 
+/// Gives `workflow` the pool's default timeouts where it sets none; the
+/// pool's retry rules.
+fn with_pool_defaults(workflow: &mut Workflow, pool: &osmo_spec::config::PoolConfig) -> Rules {
+    if workflow.timeout.exec.is_none() {
+        workflow.timeout.exec = pool.default_exec_timeout;
+    }
+    if workflow.timeout.queue.is_none() {
+        workflow.timeout.queue = pool.default_queue_timeout;
+    }
+    Rules {
+        max_retry_per_task: pool.max_retry_per_task,
+        default_exit_actions: pool.default_exit_actions.clone(),
+    }
+}
+
 /// A submit waiting for its transaction.
 struct Submit {
     pool: String,
@@ -335,16 +350,7 @@ impl Manager {
         for s in submits {
             let pool_config = self.config.pools.get(&s.pool).cloned().unwrap_or_default();
             let mut workflow = *s.workflow;
-            if workflow.timeout.exec.is_none() {
-                workflow.timeout.exec = pool_config.default_exec_timeout;
-            }
-            if workflow.timeout.queue.is_none() {
-                workflow.timeout.queue = pool_config.default_queue_timeout;
-            }
-            let rules = Rules {
-                max_retry_per_task: pool_config.max_retry_per_task,
-                default_exit_actions: pool_config.default_exit_actions.clone(),
-            };
+            let rules = with_pool_defaults(&mut workflow, &pool_config);
             news.push(osmo_store::NewWorkflow {
                 name: workflow.name.clone(),
                 pool: s.pool.clone(),
@@ -454,16 +460,7 @@ impl Manager {
                 "the workflow file no longer loads in pool {pool}:\n{d}"
             ))
         })?;
-        if workflow.timeout.exec.is_none() {
-            workflow.timeout.exec = pool_config.default_exec_timeout;
-        }
-        if workflow.timeout.queue.is_none() {
-            workflow.timeout.queue = pool_config.default_queue_timeout;
-        }
-        let rules = Rules {
-            max_retry_per_task: pool_config.max_retry_per_task,
-            default_exit_actions: pool_config.default_exit_actions.clone(),
-        };
+        let rules = with_pool_defaults(&mut workflow, &pool_config);
         let now = now_ms();
         // Checked before anything is stored.
         WorkflowState::restart_of(id.clone(), workflow.clone(), rules.clone(), now, &previous)

@@ -74,6 +74,20 @@ pub struct SubmitArgs {
     pub format: FormatArgs,
 }
 
+/// What goes with the file: priority, the dry-run flags, `--set-env`, `--label`.
+/// (Resubmitting by ID refuses the dry-run flags before it gets here.)
+fn options(args: &SubmitArgs) -> SubmitOptions {
+    let pairs =
+        |items: &[(String, String)]| items.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    SubmitOptions {
+        priority: args.priority.map(|p| p.as_str().to_string()),
+        dry_run: args.dry_run,
+        validation_only: args.validation_only,
+        env_vars: pairs(&args.set_env),
+        labels: pairs(&args.labels),
+    }
+}
+
 /// The caller's default pool as the service keeps it, else `default`.
 fn default_pool(client: &crate::client::Client) -> String {
     client
@@ -101,21 +115,7 @@ pub fn run(args: SubmitArgs) -> anyhow::Result<Outcome> {
     }
     let file = read_spec(&args.file)?;
     let client = args.service.client()?;
-    let options = SubmitOptions {
-        priority: args.priority.map(|p| p.as_str().to_string()),
-        dry_run: args.dry_run,
-        validation_only: args.validation_only,
-        env_vars: args
-            .set_env
-            .iter()
-            .map(|(k, v)| format!("{k}={v}"))
-            .collect(),
-        labels: args
-            .labels
-            .iter()
-            .map(|(k, v)| format!("{k}={v}"))
-            .collect(),
-    };
+    let options = options(&args);
     let pool = match args.pool {
         Some(pool) => pool,
         None => default_pool(&client),
@@ -193,20 +193,7 @@ fn resubmit(args: SubmitArgs, id: &str) -> anyhow::Result<Outcome> {
         );
     }
     let client = args.service.client()?;
-    let options = SubmitOptions {
-        priority: args.priority.map(|p| p.as_str().to_string()),
-        env_vars: args
-            .set_env
-            .iter()
-            .map(|(k, v)| format!("{k}={v}"))
-            .collect(),
-        labels: args
-            .labels
-            .iter()
-            .map(|(k, v)| format!("{k}={v}"))
-            .collect(),
-        ..SubmitOptions::default()
-    };
+    let options = options(&args);
     let pool = match &args.pool {
         Some(pool) => pool.clone(),
         None => default_pool(&client),
