@@ -460,7 +460,7 @@ async fn submit(
         }));
     }
     let (reply, answer) = oneshot::channel();
-    let request = Request::Submit {
+    let request = Request::Submit(crate::manager::Submit {
         pool,
         priority,
         submitted_by: caller.user.clone(),
@@ -469,7 +469,7 @@ async fn submit(
         rendered,
         labels,
         reply,
-    };
+    });
     app.requests
         .send(request)
         .await

@@ -48,30 +48,21 @@ fn with_pool_defaults(workflow: &mut Workflow, pool: &osmo_spec::config::PoolCon
     }
 }
 
-/// A submit waiting for its transaction.
-struct Submit {
-    pool: String,
-    priority: Priority,
-    submitted_by: String,
-    workflow: Box<Workflow>,
-    source: String,
-    rendered: String,
-    labels: std::collections::BTreeMap<String, String>,
-    reply: oneshot::Sender<anyhow::Result<String>>,
+/// A submit: what the API checked, and where the new workflow's ID goes.
+pub struct Submit {
+    pub pool: String,
+    pub priority: Priority,
+    pub submitted_by: String,
+    pub workflow: Box<Workflow>,
+    pub source: String,
+    pub rendered: String,
+    pub labels: std::collections::BTreeMap<String, String>,
+    pub reply: oneshot::Sender<anyhow::Result<String>>,
 }
 
 /// Requests from the API that change state.
 pub enum Request {
-    Submit {
-        pool: String,
-        priority: Priority,
-        submitted_by: String,
-        workflow: Box<Workflow>,
-        source: String,
-        rendered: String,
-        labels: std::collections::BTreeMap<String, String>,
-        reply: oneshot::Sender<anyhow::Result<String>>,
-    },
+    Submit(Submit),
     Cancel {
         id: String,
         by: String,
@@ -236,16 +227,14 @@ impl Manager {
             };
             tokio::select! {
                 request = requests.recv() => match request {
-                    Some(Request::Submit { pool, priority, submitted_by, workflow, source, rendered, labels, reply }) => {
+                    Some(Request::Submit(first)) => {
                         // Group commit: the submits waiting behind this one go in
                         // its transaction; the first other request is served after.
-                        let mut submits = vec![Submit { pool, priority, submitted_by, workflow, source, rendered, labels, reply }];
+                        let mut submits = vec![first];
                         let mut other = None;
                         while submits.len() < MAX_SUBMITS {
                             match requests.try_recv() {
-                                Ok(Request::Submit { pool, priority, submitted_by, workflow, source, rendered, labels, reply }) => {
-                                    submits.push(Submit { pool, priority, submitted_by, workflow, source, rendered, labels, reply });
-                                }
+                                Ok(Request::Submit(more)) => submits.push(more),
                                 Ok(request) => {
                                     other = Some(request);
                                     break;
@@ -288,28 +277,7 @@ impl Manager {
 
     async fn handle_request(&mut self, request: Request) {
         match request {
-            Request::Submit {
-                pool,
-                priority,
-                submitted_by,
-                workflow,
-                source,
-                rendered,
-                labels,
-                reply,
-            } => {
-                self.submit(vec![Submit {
-                    pool,
-                    priority,
-                    submitted_by,
-                    workflow,
-                    source,
-                    rendered,
-                    labels,
-                    reply,
-                }])
-                .await;
-            }
+            Request::Submit(submit) => self.submit(vec![submit]).await,
             Request::Cancel {
                 id,
                 by,
