@@ -23,6 +23,11 @@ import tempfile
 import time
 import urllib.request
 
+# The server's data directory lives outside /tmp, as its default (./osmo-data)
+# does: a task's /tmp is private, so a data directory below /tmp makes every
+# attempt build its output's path inside the task's /tmp as mount points.
+DATA_PARENT = "/var/tmp"
+
 SPEC = """workflow:
   name: wide
   tasks:
@@ -123,7 +128,7 @@ def main():
     print(f"machine: {cpus} CPUs; osmo {osmo}")
     print(f"{'tasks':>7} {'osmo s':>8} {'tasks/s':>9} {'xargs s':>8} {'xargs/s':>9} "
           f"{'ratio':>6} {'per-task vs first':>18}")
-    with tempfile.TemporaryDirectory(prefix="osmo-bench-") as work:
+    with tempfile.TemporaryDirectory(prefix="osmo-bench-", dir=DATA_PARENT) as work:
         server = Server(osmo, work, f"    max_tasks_per_workflow: {max(sizes)}\n")
         first_cost = None
         try:

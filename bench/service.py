@@ -27,6 +27,11 @@ import time
 import urllib.request
 from datetime import datetime, timezone
 
+# The server's data directory lives outside /tmp, as its default (./osmo-data)
+# does: a task's /tmp is private, so a data directory below /tmp makes every
+# attempt build its output's path inside the task's /tmp as mount points.
+DATA_PARENT = "/var/tmp"
+
 
 def free_port():
     with socket.socket() as s:
@@ -54,7 +59,7 @@ def ts(text):
 
 class Server:
     def __init__(self, osmo, pool_extra=""):
-        self.dir = tempfile.TemporaryDirectory(prefix="osmo-bench-")
+        self.dir = tempfile.TemporaryDirectory(prefix="osmo-bench-", dir=DATA_PARENT)
         work = self.dir.name
         self.url = f"http://127.0.0.1:{free_port()}"
         config = os.path.join(work, "config.yaml")

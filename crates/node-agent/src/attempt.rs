@@ -165,7 +165,7 @@ pub(crate) fn spawn(shared: Arc<Shared>, launch: Launch) {
 }
 
 fn run(shared: Arc<Shared>, launch: Launch, gate: Arc<Gate>, stop: StopHandle) {
-    let scratch = shared.scratch.join(launch.key.file_stem());
+    let scratch = shared.scratch.take();
     let mut spec = launch.attempt_spec(scratch.clone());
     let supervisor = AttemptSupervisor {
         shared: shared.clone(),
@@ -201,7 +201,7 @@ fn run(shared: Arc<Shared>, launch: Launch, gate: Arc<Gate>, stop: StopHandle) {
     }
     // Reported first: the scratch space's removal is off the attempt's critical path.
     finish(&shared, &launch.key, outcome.codes);
-    let _ = std::fs::remove_dir_all(&scratch);
+    shared.scratch.give_back(scratch);
 }
 
 fn finish(shared: &Shared, key: &AttemptKey, codes: Vec<ReportedCode>) {

@@ -10,9 +10,11 @@
 //! nothing lingers.
 
 mod attempt;
+mod hosts;
 mod log_outbox;
 mod network;
 mod results;
+mod scratch;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -49,7 +51,7 @@ pub(crate) struct Shared {
     attempts: Mutex<HashMap<AttemptKey, AttemptHandle>>,
     outbox: mpsc::UnboundedSender<FromAgent>,
     results: ResultStore,
-    scratch: PathBuf,
+    scratch: scratch::ScratchPool,
     node: String,
     /// The workflows' networks, and where their files live.
     networks: Arc<network::Networks>,
@@ -76,7 +78,7 @@ async fn serve(args: AgentArgs) -> anyhow::Result<()> {
         attempts: Mutex::new(HashMap::new()),
         outbox: tx,
         results: ResultStore::open(args.state_dir.join("results"))?,
-        scratch: args.state_dir.join("scratch"),
+        scratch: scratch::ScratchPool::new(args.state_dir.join("scratch")),
         node: osmo_proto::hostname(),
         networks: Arc::default(),
         state_dir: args.state_dir.clone(),

@@ -26,6 +26,8 @@ use std::time::Duration;
 
 use osmo_runtime::TaskNetwork;
 
+use crate::hosts::HostsFile;
+
 /// Addresses of the veth pairs: a /30 per workflow out of this /10.
 const POOL_BASE: u32 = u32::from_be_bytes([100, 64, 0, 0]);
 const POOL_MASK: &str = "100.64.0.0/10";
@@ -58,7 +60,8 @@ pub struct WorkflowNet {
     name: String,
     slot: u32,
     dir: PathBuf,
-    names: Mutex<Vec<String>>,
+    /// The names and their `/etc/hosts`; None until the network is made.
+    hosts: Arc<Mutex<Option<HostsFile>>>,
     /// Attempts using it (changed under `Networks::state`).
     users: Mutex<usize>,
     stop: Arc<AtomicBool>,
@@ -115,7 +118,7 @@ impl Networks {
         *net.users.lock().unwrap_or_else(|e| e.into_inner()) += 1;
         let spec = TaskNetwork {
             netns: PathBuf::from(format!("/run/netns/{}", net.name)),
-            hosts: net.dir.join("hosts"),
+            hosts: net.hosts_path(),
             resolv: net.dir.join("resolv.conf"),
         };
         Ok((net, spec))
@@ -340,7 +343,7 @@ impl WorkflowNet {
             name: name.clone(),
             slot,
             dir: state_dir.join("net").join(&name),
-            names: Mutex::new(Vec::new()),
+            hosts: Arc::new(Mutex::new(None)),
             users: Mutex::new(0),
             stop: Arc::new(AtomicBool::new(false)),
         };
@@ -361,7 +364,7 @@ impl WorkflowNet {
                 format!("nameserver {RESOLVER}\noptions ndots:0\n"),
             )
             .map_err(|e| e.to_string())?;
-            net.write_hosts(&[])?;
+            net.reset_names()?;
             net.serve(server_port)
         })();
         if let Err(e) = made {
@@ -371,36 +374,28 @@ impl WorkflowNet {
         Ok(net)
     }
 
-    fn write_hosts(&self, names: &[String]) -> Result<(), String> {
-        let mut text = String::from("127.0.0.1 localhost\n::1 localhost ip6-localhost\n");
-        for (i, name) in names.iter().enumerate() {
-            text.push_str(&format!("{} {name}\n", task_address(i)));
-        }
-        // Replaced whole (a rename), so a task never reads half a file.
-        let tmp = self.dir.join("hosts.new");
-        std::fs::write(&tmp, text).map_err(|e| e.to_string())?;
-        std::fs::rename(&tmp, self.dir.join("hosts")).map_err(|e| e.to_string())
+    fn hosts_path(&self) -> PathBuf {
+        self.dir.join("hosts")
     }
 
-    /// For another workflow: no names of the last one.
+    fn lock_hosts(&self) -> std::sync::MutexGuard<'_, Option<HostsFile>> {
+        self.hosts.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A new `/etc/hosts` with no names (for a new network, or another workflow).
     fn reset_names(&self) -> Result<(), String> {
-        let mut known = self.names.lock().unwrap_or_else(|e| e.into_inner());
-        known.clear();
-        self.write_hosts(&known)
+        let path = self.hosts_path();
+        let fresh = HostsFile::create(&path)
+            .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+        *self.lock_hosts() = Some(fresh);
+        Ok(())
     }
 
     fn add_names(&self, names: &[String]) -> Result<(), String> {
-        let mut known = self.names.lock().unwrap_or_else(|e| e.into_inner());
-        let before = known.len();
-        for n in names {
-            if !known.contains(n) {
-                known.push(n.clone());
-            }
+        match self.lock_hosts().as_mut() {
+            Some(hosts) => hosts.add(names.iter().map(String::as_str)),
+            None => Err("the network's names are not set up".into()),
         }
-        if known.len() != before {
-            self.write_hosts(&known)?;
-        }
-        Ok(())
     }
 
     /// Sockets inside the namespace (made by a thread that enters it):
@@ -417,8 +412,8 @@ impl WorkflowNet {
         udp.set_read_timeout(Some(WAKE_EVERY))
             .map_err(|e| e.to_string())?;
         let stop = self.stop.clone();
-        let dir = self.dir.clone();
-        std::thread::spawn(move || resolve(udp, &dir, &stop));
+        let hosts = self.hosts.clone();
+        std::thread::spawn(move || resolve(udp, &hosts, &stop));
         if let (Some(listener), Some(port)) = (tcp, server_port) {
             let stop = self.stop.clone();
             accept_timeout(&listener, WAKE_EVERY)?;
@@ -463,16 +458,9 @@ fn in_netns<T: Send + 'static>(
     .map_err(|_| "the network thread panicked".to_string())?
 }
 
-/// The address of the `index`th name a workflow's network learned: one of
-/// its loopback's (all of 127/8 is local there), `127.1.0.1` onwards.
-fn task_address(index: usize) -> Ipv4Addr {
-    let n = index as u32 + 1;
-    Ipv4Addr::new(127, 1, (n >> 8) as u8, (n & 0xff) as u8)
-}
-
 /// The workflow's resolver: its tasks' names are their loopback addresses;
 /// other names go to the host's resolver, answered back as they come.
-fn resolve(socket: UdpSocket, dir: &Path, stop: &AtomicBool) {
+fn resolve(socket: UdpSocket, hosts: &Mutex<Option<HostsFile>>, stop: &AtomicBool) {
     let upstream = upstream_resolver();
     let mut buf = [0u8; 1500];
     while !stop.load(Ordering::SeqCst) {
@@ -480,9 +468,8 @@ fn resolve(socket: UdpSocket, dir: &Path, stop: &AtomicBool) {
             continue;
         };
         let query = &buf[..n];
-        let known = std::fs::read_to_string(dir.join("hosts")).unwrap_or_default();
         let answer = match dns::question(query) {
-            Some((name, qtype)) => match hosts_address(&known, &name) {
+            Some((name, qtype)) => match address_of(hosts, &name) {
                 Some(ip) => Some(dns::answer(query, qtype, ip)),
                 None => upstream.and_then(|up| relay(query, up)),
             },
@@ -494,14 +481,10 @@ fn resolve(socket: UdpSocket, dir: &Path, stop: &AtomicBool) {
     }
 }
 
-/// The IPv4 address `hosts` gives `name`.
-fn hosts_address(hosts: &str, name: &str) -> Option<Ipv4Addr> {
-    let name = name.trim_end_matches('.');
-    hosts.lines().find_map(|l| {
-        let mut words = l.split_whitespace();
-        let ip: Ipv4Addr = words.next()?.parse().ok()?;
-        words.any(|n| n.eq_ignore_ascii_case(name)).then_some(ip)
-    })
+/// The address the workflow's network gave the task `name`.
+fn address_of(hosts: &Mutex<Option<HostsFile>>, name: &str) -> Option<Ipv4Addr> {
+    let hosts = hosts.lock().unwrap_or_else(|e| e.into_inner());
+    hosts.as_ref()?.address(name)
 }
 
 /// The first `nameserver` of the host's `/etc/resolv.conf`.
@@ -677,23 +660,5 @@ mod dns {
             assert_eq!(u16::from_be_bytes([aaaa[6], aaaa[7]]), 0, "no AAAA");
             assert_eq!(question(&[0; 5]), None);
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn hosts_names_match_whole_names() {
-        let hosts = "127.0.0.1 localhost\n127.1.0.1 server\n127.1.0.2 client\n";
-        assert_eq!(hosts_address(hosts, "server."), Some(task_address(0)));
-        assert_eq!(
-            hosts_address(hosts, "CLIENT"),
-            Some(Ipv4Addr::new(127, 1, 0, 2))
-        );
-        assert_eq!(hosts_address(hosts, "serv"), None);
-        assert_eq!(hosts_address(hosts, "127.1.0.1"), None);
-        assert_eq!(task_address(300), Ipv4Addr::new(127, 1, 1, 45));
     }
 }

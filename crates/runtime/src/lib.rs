@@ -85,6 +85,7 @@ use osmo_spec::codes::ReportedCode;
 pub use plan::ROOT_ENV as SANDBOX_ROOT_ENV;
 /// A task file's bytes (base64 decoded when it says so); a bad one is 257.
 pub use plan::decode_file as file_contents;
+pub use plan::recycle_scratch;
 
 /// One attempt of one task, with tokens (`{{output}}`, ...) already replaced.
 #[derive(Debug, Clone, Default, PartialEq)]

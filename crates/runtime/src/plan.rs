@@ -56,16 +56,21 @@ impl Layout {
         let upper = scratch.join("upper");
         let tmp = upper.join("tmp");
         let work = scratch.join("work");
-        for dir in [&upper, &work] {
-            if dir.exists() {
-                // A leftover of an earlier run with this scratch directory.
-                fs::remove_dir_all(dir).map_err(io(format!("clear {}", dir.display())))?;
+        // A directory `recycle_scratch` readied is taken as it is: creating
+        // inodes is most of an attempt's file-system cost on a busy disk.
+        let ready = untouched(&upper, &tmp) && is_empty(&tmp) && is_empty(&work);
+        if !ready {
+            for dir in [&upper, &work] {
+                if dir.exists() {
+                    // A leftover of an earlier run with this scratch directory.
+                    fs::remove_dir_all(dir).map_err(io(format!("clear {}", dir.display())))?;
+                }
             }
-        }
-        for (dir, mode) in [(&upper, 0o755), (&tmp, 0o1777), (&work, 0o700)] {
-            fs::create_dir(dir).map_err(io(format!("create {}", dir.display())))?;
-            fs::set_permissions(dir, fs::Permissions::from_mode(mode))
-                .map_err(io(format!("set the mode of {}", dir.display())))?;
+            for (dir, mode) in [(&upper, 0o755), (&tmp, 0o1777), (&work, 0o700)] {
+                fs::create_dir(dir).map_err(io(format!("create {}", dir.display())))?;
+                fs::set_permissions(dir, fs::Permissions::from_mode(mode))
+                    .map_err(io(format!("set the mode of {}", dir.display())))?;
+            }
         }
         let opaque_tmp = cpath(&tmp).is_ok_and(|c| {
             // SAFETY: setxattr with a NUL-terminated path and name and a 1-byte value.
@@ -88,6 +93,70 @@ impl Layout {
             opaque_tmp,
         })
     }
+}
+
+/// Readies the scratch directory of an attempt that has ended for another
+/// attempt, when the task left nothing in it: its upper layer holds only
+/// `/tmp`, and that only directories (mount points made for the attempt's
+/// own directories). Those and overlayfs's work files are removed, and
+/// [`Layout::create`] takes the rest as it is. False: something was
+/// written; the caller removes the directory.
+pub fn recycle_scratch(scratch: &Path) -> bool {
+    let upper = scratch.join("upper");
+    let tmp = upper.join("tmp");
+    let work = scratch.join("work");
+    if !untouched(&upper, &tmp) || !only_directories(&tmp, 16) {
+        return false;
+    }
+    let children = |dir: &Path| -> std::io::Result<Vec<PathBuf>> {
+        fs::read_dir(dir)?.map(|e| Ok(e?.path())).collect()
+    };
+    let clear = |dir: &Path| -> std::io::Result<()> {
+        children(dir)?.iter().try_for_each(fs::remove_dir_all)
+    };
+    clear(&tmp).is_ok() && clear(&work).is_ok()
+}
+
+/// The upper layer holds only `tmp`, both as [`Layout::create`] made them
+/// (a task that changed `/tmp`'s mode or owner leaves a layer not to reuse).
+fn untouched(upper: &Path, tmp: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let as_made = |dir: &Path, mode: u32| {
+        fs::symlink_metadata(dir)
+            .is_ok_and(|m| m.is_dir() && m.mode() & 0o7777 == mode && (m.uid(), m.gid()) == owner())
+    };
+    only_entry(upper, "tmp") && as_made(upper, 0o755) && as_made(tmp, 0o1777)
+}
+
+/// Who owns what this process creates.
+fn owner() -> (u32, u32) {
+    // SAFETY: geteuid and getegid have no preconditions.
+    unsafe { (libc::geteuid(), libc::getegid()) }
+}
+
+/// `dir` exists and holds exactly `name`.
+fn only_entry(dir: &Path, name: &str) -> bool {
+    let Ok(mut entries) = fs::read_dir(dir) else {
+        return false;
+    };
+    matches!(entries.next(), Some(Ok(e)) if e.file_name() == name) && entries.next().is_none()
+}
+
+fn is_empty(dir: &Path) -> bool {
+    fs::read_dir(dir).is_ok_and(|mut e| e.next().is_none())
+}
+
+/// Everything below `dir` is a directory (within `depth` levels).
+fn only_directories(dir: &Path, depth: u32) -> bool {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return false;
+    };
+    depth > 0
+        && entries.into_iter().all(|e| {
+            e.is_ok_and(|e| {
+                e.file_type().is_ok_and(|t| t.is_dir()) && only_directories(&e.path(), depth - 1)
+            })
+        })
 }
 
 /// Descriptors the plan refers to (owned by the controller).

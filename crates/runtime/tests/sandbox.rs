@@ -862,3 +862,49 @@ fn a_restart_before_the_command_started_waits_at_the_barrier_again() {
     assert_eq!(rec.count(&Event::Started), 1);
     assert_eq!(rec.lines(Stream::Stdout), ["once"]);
 }
+
+#[test]
+fn a_recycled_scratch_directory_gives_the_next_attempt_a_fresh_root() {
+    let etc = format!("/etc/{}", unique("left"));
+    // An attempt that only read: its scratch directory is readied for reuse.
+    let reader = Fixture::new("reader", &["sh", "-c", "ls /tmp > /dev/null"]);
+    let (o, _) = reader.run();
+    assert_eq!(codes(&o), user(0));
+    assert!(osmo_runtime::recycle_scratch(&reader.spec.scratch_dir));
+
+    // The next attempt in it writes /tmp and /etc and changes /tmp's mode:
+    // it finds /tmp empty, and leaves a directory that is not reused.
+    let mut writer = Fixture::new(
+        "writer",
+        &[
+            "sh",
+            "-c",
+            &format!(
+                "stat -c %a /tmp; ls -A /tmp | grep -v '^osmo-runtime-test-' | wc -l; \
+                 echo x > /tmp/x; echo y > {etc}; chmod 700 /tmp"
+            ),
+        ],
+    );
+    writer.spec.scratch_dir = reader.spec.scratch_dir.clone();
+    let (o, rec) = writer.run();
+    assert_eq!(codes(&o), user(0), "{:?}", rec.events());
+    assert_eq!(rec.lines(Stream::Stdout), ["1777", "0"]);
+    assert!(
+        !osmo_runtime::recycle_scratch(&writer.spec.scratch_dir),
+        "a scratch directory the task wrote to must not be reused"
+    );
+
+    // Made again from scratch, the next attempt sees none of it.
+    let mut next = Fixture::new(
+        "next",
+        &[
+            "sh",
+            "-c",
+            &format!("stat -c %a /tmp; test ! -e /tmp/x && test ! -e {etc}"),
+        ],
+    );
+    next.spec.scratch_dir = reader.spec.scratch_dir.clone();
+    let (o, rec) = next.run();
+    assert_eq!(codes(&o), user(0), "{:?}", rec.events());
+    assert_eq!(rec.lines(Stream::Stdout), ["1777"]);
+}
