@@ -110,6 +110,17 @@ def run_osmo(server, n, timeout):
     return time.perf_counter() - t0, status
 
 
+def why_failed(server, n):
+    """The first failed task of the last workflow, as the service explains it."""
+    rows = get(f"{server.url}/api/workflow?name=wide&limit=1")["workflows"]
+    doc = get(f"{server.url}/api/workflow/{rows[0]['name']}?verbose=true")
+    for group in doc["groups"]:
+        for task in group["tasks"]:
+            if task["status"] != "COMPLETED":
+                return json.dumps(task)[:2000]
+    return doc.get("failure_message") or "no task failed"
+
+
 def run_xargs(n, cpus):
     t0 = time.perf_counter()
     subprocess.run(f"seq {n} | xargs -P{cpus} -n1 true", shell=True, check=True)
@@ -136,7 +147,8 @@ def main():
                 base = run_xargs(n, cpus)
                 took, status = run_osmo(server, n, args.timeout)
                 if status != "COMPLETED":
-                    raise SystemExit(f"the workflow of {n} tasks ended {status}")
+                    raise SystemExit(f"the workflow of {n} tasks ended {status}: "
+                                     f"{why_failed(server, n)}")
                 cost = took / n
                 first_cost = first_cost or cost
                 print(f"{n:>7} {took:>8.2f} {n / took:>9.0f} {base:>8.2f} {n / base:>9.0f} "

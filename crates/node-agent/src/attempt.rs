@@ -176,7 +176,10 @@ fn run(shared: Arc<Shared>, launch: Launch, gate: Arc<Gate>, stop: StopHandle) {
     };
     // The workflow's own network, when the pool gives it one and it can be made.
     let mut joined = None;
-    if let Some(names) = &launch.network {
+    if launch.network.is_some() && launch.runtime == osmo_spec::config::RuntimeKind::Docker {
+        // The Docker runtime puts the container in its workflow's network.
+        spec.container_network = true;
+    } else if let Some(names) = &launch.network {
         let port = launch
             .environment
             .get("OSMO_URL")

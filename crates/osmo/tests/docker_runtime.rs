@@ -398,3 +398,70 @@ fn an_unreachable_daemon_is_a_backend_error() {
         "the agent waited for the daemon: {text}"
     );
 }
+
+/// The networks osmo made that the daemon still has.
+fn osmo_networks() -> Vec<String> {
+    let out = Command::new("docker")
+        .args(["network", "ls", "-q", "--filter", "label=osmo.workflow"])
+        .output()
+        .expect("the docker CLI runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .map(String::from)
+        .collect()
+}
+
+#[test]
+fn each_workflow_has_its_network_where_task_names_resolve() {
+    let Some(_lock) = docker_test("each_workflow_has_its_network_where_task_names_resolve") else {
+        return;
+    };
+    let server = Server::start(DOCKER_POOL);
+    // A server and a client, twice at once: both servers listen on one port,
+    // each client finds its own by `{{host:server}}` (DNS, as nslookup asks)
+    // and reaches the service through OSMO_URL.
+    let spec = r#"
+workflow:
+  name: pair
+  groups:
+  - name: g
+    tasks:
+    - name: server
+      image: busybox
+      command: [sh, -c, 'echo "pong from $OSMO_WORKFLOW_ID" | nc -l -p 18080']
+    - name: client
+      image: busybox
+      lead: true
+      command:
+      - sh
+      - -c
+      - |
+        nslookup {{host:server}} > {{output}}/dns || exit 3
+        for i in $(seq 200); do
+          echo ping | nc {{host:server}} 18080 > {{output}}/reply && [ -s {{output}}/reply ] && break
+          sleep 0.05
+        done
+        wget -q -O {{output}}/health "$OSMO_URL/api/health" || exit 4
+"#;
+    let ids = [server.submit(spec), server.submit(spec)];
+    for id in &ids {
+        let doc = server.wait_finished(id, Duration::from_secs(120));
+        assert_eq!(doc["status"], "COMPLETED", "{doc:#}");
+        let out = server.data_dir().join(format!("runs/{id}/client/0/output"));
+        let read = |f: &str| std::fs::read_to_string(out.join(f)).unwrap_or_default();
+        assert_eq!(read("reply").trim(), format!("pong from {id}"));
+        assert!(read("dns").contains("Address"), "{}", read("dns"));
+        assert!(!read("health").is_empty(), "the service was not reached");
+    }
+    assert_no_container_left();
+    wait_for(
+        Duration::from_secs(10),
+        "the workflows' networks to be removed",
+        || osmo_networks().is_empty().then_some(()),
+    );
+}

@@ -123,6 +123,7 @@ impl Launch {
             run_as: self.run_as,
             // The backend that runs it decides (the node agent's network).
             network: None,
+            container_network: false,
         }
     }
 }

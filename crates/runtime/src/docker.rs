@@ -17,8 +17,8 @@
 //!    sandbox), `docker-init` as PID 1 (so `kill -9 $$` ends the command with
 //!    137), the memory limit (without swap) and CPUs, the output directory
 //!    read-write and the input directories read-only at their host paths, the
-//!    host's network (so `{{host:TASK}}` = 127.0.0.1 reaches the other tasks
-//!    of the group); the task's files are copied into it before it starts;
+//!    workflow's network (see [`crate::docker_network`]; with `network:
+//!    host`, the host's); the task's files are copied into it before it starts;
 //! 4. runs each preflight test in a short-lived container of the same make;
 //! 5. waits at the group barrier, starts the container, relays its output
 //!    line by line, waits for it; `OOMKilled` → 3004;
@@ -30,6 +30,7 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use crate::docker_network;
 use crate::env::task_environment;
 use crate::{AttemptSpec, Outcome, StopHandle, Stream, Supervisor, expand_env_refs};
 use bollard::Docker;
@@ -73,6 +74,7 @@ pub fn run_attempt(spec: &AttemptSpec, sup: &dyn Supervisor, stop: &StopHandle) 
         stop,
         codes: Vec::new(),
         created: Vec::new(),
+        network: None,
     };
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -161,6 +163,8 @@ struct Run<'a> {
     codes: Vec<ReportedCode>,
     /// Containers to remove at the end.
     created: Vec<String>,
+    /// The workflow's network the containers join; None: the host's.
+    network: Option<String>,
 }
 
 impl Run<'_> {
@@ -236,7 +240,10 @@ impl Run<'_> {
 
     async fn attempt(&mut self, docker: &Docker) -> Result<(), End> {
         self.ensure_image(docker).await?;
-        let env = task_environment(self.spec);
+        let mut env = task_environment(self.spec);
+        if self.spec.container_network {
+            self.join_network(docker, &mut env).await?;
+        }
         let argv = |words: &[String]| -> Vec<String> {
             words.iter().map(|a| expand_env_refs(a, &env)).collect()
         };
@@ -434,11 +441,15 @@ impl Run<'_> {
                 memory_swap: memory,
                 nano_cpus,
                 binds: Some(binds),
-                network_mode: Some("host".into()),
+                network_mode: Some(self.network.clone().unwrap_or_else(|| "host".into())),
                 auto_remove: Some(false),
                 device_requests: gpu_request(&self.spec.gpus),
                 ..Default::default()
             }),
+            networking_config: self
+                .network
+                .as_deref()
+                .map(|n| docker_network::endpoint(n, &self.spec.task)),
             ..Default::default()
         };
         let options = || CreateContainerOptions {
@@ -446,13 +457,26 @@ impl Run<'_> {
             ..Default::default()
         };
         let mut created = docker.create_container(Some(options()), body.clone()).await;
-        if let Err(DockerError::DockerResponseServerError {
-            status_code: 409, ..
-        }) = created
-        {
-            // A container of this name is left from an earlier run of this attempt.
-            remove(docker, &name).await;
-            created = docker.create_container(Some(options()), body).await;
+        match &created {
+            Err(DockerError::DockerResponseServerError {
+                status_code: 409, ..
+            }) => {
+                // A container of this name is left from an earlier run of this attempt.
+                remove(docker, &name).await;
+                created = docker.create_container(Some(options()), body).await;
+            }
+            Err(DockerError::DockerResponseServerError {
+                status_code: 404,
+                message,
+            }) if self.network.is_some() && message.contains("network") => {
+                // The last sibling removed the network as this attempt joined it.
+                let made_again = docker_network::ensure(docker, &self.spec.workflow_id).await;
+                created = match made_again {
+                    Ok(_) => docker.create_container(Some(options()), body).await,
+                    Err(e) => Err(e),
+                };
+            }
+            _ => {}
         }
         let id = created
             .map_err(|e| {
@@ -636,6 +660,37 @@ impl Run<'_> {
     }
 
     /// Kills and removes every container of the attempt.
+    /// Makes the workflow's network if missing; `OSMO_URL` then names the
+    /// service as the container reaches it.
+    async fn join_network(
+        &mut self,
+        docker: &Docker,
+        env: &mut std::collections::BTreeMap<String, String>,
+    ) -> Result<(), End> {
+        let gateway = docker_network::ensure(docker, &self.spec.workflow_id)
+            .await
+            .map_err(|e| {
+                End::from_docker(
+                    e,
+                    "make the workflow's network",
+                    well_known::BACKEND_ERROR,
+                    CodeSource::Service,
+                )
+            })?;
+        self.network = Some(docker_network::name(&self.spec.workflow_id));
+        if let (Some(gateway), Some(url)) = (gateway, env.get("OSMO_URL")) {
+            match docker_network::url_inside(url, gateway) {
+                Ok(inside) => {
+                    env.insert("OSMO_URL".into(), inside);
+                }
+                Err(e) => self.osmo(&format!(
+                    "osmo in the container cannot reach the service: {e}"
+                )),
+            }
+        }
+        Ok(())
+    }
+
     async fn cleanup(&mut self, docker: &Docker) {
         for id in std::mem::take(&mut self.created) {
             let _ = docker
@@ -649,6 +704,9 @@ impl Run<'_> {
             if !remove(docker, &id).await {
                 LEFTOVERS.lock().unwrap().push(id);
             }
+        }
+        if self.network.take().is_some() {
+            docker_network::release(docker, &self.spec.workflow_id).await;
         }
     }
 }
@@ -694,10 +752,11 @@ async fn remove_leftovers(docker: &Docker) {
             LEFTOVERS.lock().unwrap().push(id);
         }
     }
+    docker_network::remove_leftovers(docker).await;
 }
 
 /// A name Docker accepts: `[a-zA-Z0-9][a-zA-Z0-9_.-]*`, other characters as `_`.
-fn container_name(raw: &str) -> String {
+pub(crate) fn container_name(raw: &str) -> String {
     let mut out: String = raw
         .chars()
         .map(|c| {

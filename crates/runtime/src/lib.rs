@@ -66,6 +66,8 @@ mod child;
 mod controller;
 #[cfg(feature = "docker")]
 pub mod docker;
+#[cfg(feature = "docker")]
+pub mod docker_network;
 pub mod env;
 mod error;
 pub mod gpu;
@@ -133,6 +135,10 @@ pub struct AttemptSpec {
     pub run_as: Option<(u32, u32)>,
     /// The network the task joins on the host sandbox (None: the host's).
     pub network: Option<TaskNetwork>,
+    /// With Docker: the container joins its workflow's network (made when
+    /// missing), where the other containers find it by its task name; false:
+    /// the host's network.
+    pub container_network: bool,
 }
 
 /// A network namespace shared by a workflow's tasks (SEMANTICS §6): ports

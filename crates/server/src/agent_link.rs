@@ -93,9 +93,9 @@ impl super::backend::Backend for AgentLink {
         AgentLink::set_ready(self, conn)
     }
 
-    /// On the host sandbox each workflow has a network of its own where its
-    /// tasks' names resolve (the node agent's `network`): the task's name.
-    /// Containers and `network: host` share this machine's: loopback.
+    /// Each workflow has a network of its own where its tasks' names resolve
+    /// (on the host sandbox the node agent's `network`, with Docker a network
+    /// of the daemon's): the task's name. `network: host`: loopback.
     fn task_host(&self, pool: &osmo_spec::config::PoolConfig, _: &str, task: &str) -> String {
         if gives_networks(pool) {
             task.to_string()
@@ -314,6 +314,5 @@ pub fn socket_path(data_dir: &Path) -> PathBuf {
 
 /// Whether the node agent gives `pool`'s workflows networks of their own.
 pub fn gives_networks(pool: &osmo_spec::config::PoolConfig) -> bool {
-    pool.runtime == osmo_spec::config::RuntimeKind::Sandbox
-        && pool.network == osmo_spec::config::NetworkMode::Workflow
+    pool.network == osmo_spec::config::NetworkMode::Workflow
 }
