@@ -660,3 +660,33 @@ fn labels_select_workflows_and_tags_are_added_and_removed() {
         "{out:#?}"
     );
 }
+
+#[test]
+fn labels_of_the_file_are_kept_and_submit_labels_override_them() {
+    let service = Service::start();
+    let spec = service.spec(
+        "filelabels.yaml",
+        "workflow:\n  name: filelabels\n  labels:\n    project: sim_c\n    team: file\n  tasks:\n  - {name: t, image: ubuntu, command: [\"true\"]}\n",
+    );
+    let out = service.osmo(&["workflow", "submit", &spec, "--label", "team=cli"]);
+    assert_eq!(out.code, 0, "{out:#?}");
+    let out = service.osmo(&["workflow", "query", "filelabels-1"]);
+    assert!(
+        out.stdout.contains("Labels      : project=sim_c, team=cli"),
+        "{out:#?}"
+    );
+    assert_eq!(
+        listed(&service, &["--label", "project=sim_c"]),
+        ["filelabels-1"]
+    );
+    // Together over the limit: refused, nothing submitted.
+    let many: Vec<String> = (0..15).map(|i| format!("k{i}=v")).collect();
+    let mut args = vec!["workflow", "submit", spec.as_str()];
+    for label in &many {
+        args.extend(["--label", label.as_str()]);
+    }
+    let out = service.osmo(&args);
+    assert_ne!(out.code, 0, "{out:#?}");
+    assert!(out.stderr.contains("at most 16 labels, not 17"), "{out:#?}");
+    assert_eq!(listed(&service, &[]), ["filelabels-1"]);
+}

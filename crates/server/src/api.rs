@@ -450,6 +450,17 @@ async fn submit(
             task.environment.insert(name.clone(), value.clone());
         }
     }
+    // The file's `labels:`, with the submit's `--label`s over them (as OSMO).
+    let mut labels = labels;
+    for (key, value) in &workflow.labels {
+        labels.entry(key.clone()).or_insert_with(|| value.clone());
+    }
+    if labels.len() > osmo_spec::labels::MAX_LABELS {
+        return Err(ApiError::bad_request(format!(
+            "{} (the file's labels and the submit's together)",
+            osmo_spec::labels::count_error(labels.len())
+        )));
+    }
     if dry_run || validation_only {
         return Ok(Json(SubmitResponse {
             name: workflow.name.clone(),

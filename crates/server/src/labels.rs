@@ -7,39 +7,11 @@ use std::collections::BTreeMap;
 
 use osmo_store::LabelSelector;
 
-pub const MAX_LABELS: usize = 16;
+pub use osmo_spec::labels::{MAX_LABELS, is_key, is_name};
+use osmo_spec::labels::{count_error, key_error, value_error};
+
 /// Patterns one selector may expand to.
 const MAX_PATTERNS: usize = 32;
-
-/// `[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?`: a label value, a key's
-/// name part, and a tag.
-pub fn is_name(text: &str) -> bool {
-    let b = text.as_bytes();
-    let edge = |c: &u8| c.is_ascii_alphanumeric();
-    !b.is_empty()
-        && b.len() <= 63
-        && b.first().is_some_and(edge)
-        && b.last().is_some_and(edge)
-        && b.iter()
-            .all(|c| c.is_ascii_alphanumeric() || b"-_.".contains(c))
-}
-
-/// `[prefix/]name`, the prefix a DNS subdomain.
-pub fn is_key(key: &str) -> bool {
-    match key.split_once('/') {
-        None => is_name(key),
-        Some((prefix, name)) => {
-            is_name(name)
-                && prefix.len() <= 253
-                && prefix.split('.').all(|part| {
-                    is_name(part)
-                        && part
-                            .bytes()
-                            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-')
-                })
-        }
-    }
-}
 
 /// `KEY=VALUE` items into labels; the first bad one is the error.
 pub fn parse_labels(items: &[String]) -> Result<BTreeMap<String, String>, String> {
@@ -49,22 +21,15 @@ pub fn parse_labels(items: &[String]) -> Result<BTreeMap<String, String>, String
             return Err(format!("label `{item}` must look like KEY=VALUE"));
         };
         if !is_key(key) {
-            return Err(format!(
-                "label key `{key}` is not a Kubernetes label key ([prefix/]name: letters, digits, -, _ and ., at most 63)"
-            ));
+            return Err(key_error(key));
         }
         if !is_name(value) {
-            return Err(format!(
-                "label value `{value}` of `{key}` is not a Kubernetes label value (letters, digits, -, _ and ., at most 63, starting and ending with a letter or digit)"
-            ));
+            return Err(value_error(key, value));
         }
         labels.insert(key.to_string(), value.to_string());
     }
     if labels.len() > MAX_LABELS {
-        return Err(format!(
-            "a workflow may have at most {MAX_LABELS} labels, not {}",
-            labels.len()
-        ));
+        return Err(count_error(labels.len()));
     }
     Ok(labels)
 }

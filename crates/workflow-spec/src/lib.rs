@@ -25,6 +25,7 @@ pub mod codes;
 pub mod config;
 mod de;
 mod error;
+pub mod labels;
 mod load_config;
 mod local_files;
 pub mod model;

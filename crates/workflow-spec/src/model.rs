@@ -18,6 +18,9 @@ use crate::codes::ExitActions;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Workflow {
     pub name: String,
+    /// `labels:` of the file; the submit's `--label`s override them.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
     pub resources: BTreeMap<String, Resource>,
     pub timeout: Timeouts,
     /// In file order. Plain `tasks:` become one group per task named `<task>-group`.

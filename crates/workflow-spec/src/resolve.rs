@@ -55,6 +55,7 @@ pub(crate) fn workflow(
         .collect();
     Some(Workflow {
         name: draft.name?,
+        labels: draft.labels,
         resources,
         timeout: draft.timeout,
         groups,

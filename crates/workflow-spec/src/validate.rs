@@ -50,6 +50,8 @@ pub(crate) struct ResourceDraft {
 
 pub(crate) struct WorkflowDraft {
     pub name: Option<String>,
+    /// `labels:` of the file (OSMO's), checked.
+    pub labels: BTreeMap<String, String>,
     pub resources: BTreeMap<String, ResourceDraft>,
     /// False when `resources` could not be read (already reported).
     pub resources_readable: bool,
@@ -109,9 +111,34 @@ fn workflow(raw: &RawWorkflow, mark: Mark, report: &mut Report) -> WorkflowDraft
     if let Some(pool) = &raw.pool {
         check::text(pool, "`pool`", report);
     }
-    if let Some(labels) = raw.labels.as_ref().and_then(|l| l.value.as_ref()) {
-        for (key, value) in &labels.0 {
-            check::text(value, &format!("label `{}`", key.text), report);
+    let mut labels = BTreeMap::new();
+    if let Some(Checked {
+        value: Some(entries),
+        mark: labels_mark,
+    }) = &raw.labels
+    {
+        for (key, value) in &entries.0 {
+            let Some(text) = check::text(value, &format!("label `{}`", key.text), report) else {
+                continue;
+            };
+            if !crate::labels::is_key(&key.text) {
+                report.error(key.mark, crate::labels::key_error(&key.text), None);
+            } else if !crate::labels::is_name(&text) {
+                report.error(
+                    value.mark,
+                    crate::labels::value_error(&key.text, &text),
+                    None,
+                );
+            } else {
+                labels.insert(key.text.clone(), text);
+            }
+        }
+        if entries.0.len() > crate::labels::MAX_LABELS {
+            report.error(
+                *labels_mark,
+                crate::labels::count_error(entries.0.len()),
+                None,
+            );
         }
     }
     let resources = match &raw.resources {
@@ -179,6 +206,7 @@ fn workflow(raw: &RawWorkflow, mark: Mark, report: &mut Report) -> WorkflowDraft
     let resources_readable = raw.resources.as_ref().is_none_or(|r| r.value.is_some());
     WorkflowDraft {
         name,
+        labels,
         resources,
         resources_readable,
         timeout,

@@ -563,3 +563,32 @@ fn a_workflow_larger_than_the_pool_allows_is_refused_with_the_limit() {
         "at least 10,000 by default"
     );
 }
+
+#[test]
+fn labels_of_the_file_are_kubernetes_labels() {
+    assert_eq!(
+        errors(
+            "workflow:\n  name: wf\n  labels:\n    project: sim a\n    bad key: x\n    team: robotics\n  tasks:\n  - {name: t, image: ubuntu, command: [sh]}\n"
+        ),
+        [
+            "4:14: label value `sim a` of `project` is not a Kubernetes label value (letters, digits, -, _ and ., at most 63, starting and ending with a letter or digit)",
+            "5:5: label key `bad key` is not a Kubernetes label key ([prefix/]name: letters, digits, -, _ and ., at most 63)",
+        ]
+    );
+    let many: String = (0..17).map(|i| format!("    k{i}: v\n")).collect();
+    assert_eq!(
+        errors(&format!(
+            "workflow:\n  name: wf\n  labels:\n{many}  tasks:\n  - {{name: t, image: ubuntu, command: [sh]}}\n"
+        )),
+        ["4:5: a workflow may have at most 16 labels, not 17"]
+    );
+    let ok = load(
+        "workflow:\n  name: wf\n  labels: {project: sim_a, example.com/team: robotics}\n  tasks:\n  - {name: t, image: ubuntu, command: [sh]}\n",
+        "wf.yaml",
+        &Values::default(),
+        None,
+    )
+    .unwrap();
+    assert_eq!(ok.labels["project"], "sim_a");
+    assert_eq!(ok.labels["example.com/team"], "robotics");
+}

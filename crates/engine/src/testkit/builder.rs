@@ -229,6 +229,7 @@ impl WorkflowBuilder {
         }
         Workflow {
             name: self.name,
+            labels: BTreeMap::new(),
             resources: BTreeMap::from([("default".to_string(), Resource::default())]),
             timeout: self.timeout,
             groups,
