@@ -50,10 +50,15 @@ struct Service {
 
 impl Service {
     fn start() -> Service {
+        Service::start_with("")
+    }
+
+    /// A service whose configuration has `extra` after its one local pool.
+    fn start_with(extra: &str) -> Service {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(
             dir.path().join("pools.yaml"),
-            "pools:\n  default:\n    backend: local\n",
+            format!("pools:\n  default:\n    backend: local\n{extra}"),
         )
         .unwrap();
         let port = std::net::TcpListener::bind("127.0.0.1:0")
@@ -689,4 +694,33 @@ fn labels_of_the_file_are_kept_and_submit_labels_override_them() {
     assert_ne!(out.code, 0, "{out:#?}");
     assert!(out.stderr.contains("at most 16 labels, not 17"), "{out:#?}");
     assert_eq!(listed(&service, &[]), ["filelabels-1"]);
+}
+
+#[test]
+fn only_the_tags_the_admin_allows_may_be_set() {
+    let service = Service::start_with("workflow_tags: [gold, v2]\n");
+    let spec = service.spec(
+        "tagged.yaml",
+        "workflow:\n  name: tagged\n  tasks:\n  - {name: t, image: ubuntu, command: [\"true\"]}\n",
+    );
+    assert_eq!(service.osmo(&["workflow", "submit", &spec]).code, 0);
+    let out = service.osmo(&["workflow", "tag"]);
+    assert!(
+        out.stdout.contains("- gold") && out.stdout.contains("- v2"),
+        "{out:#?}"
+    );
+    let out = service.osmo(&[
+        "workflow", "tag", "-w", "tagged-1", "--add", "gold", "silver",
+    ]);
+    assert_ne!(out.code, 0, "{out:#?}");
+    assert!(
+        out.stderr
+            .contains("users may set only the tags the admin allows: gold, v2"),
+        "{out:#?}"
+    );
+    // Refused whole: not even the allowed one was set.
+    assert!(listed(&service, &["--tags", "gold"]).is_empty());
+    let out = service.osmo(&["workflow", "tag", "-w", "tagged-1", "--add", "gold"]);
+    assert_eq!(out.code, 0, "{out:#?}");
+    assert_eq!(listed(&service, &["--tags", "gold"]), ["tagged-1"]);
 }

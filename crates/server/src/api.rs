@@ -785,6 +785,20 @@ async fn tag(
             "tag `{bad}` may hold letters, digits, -, _ and . (at most 63, starting and ending with a letter or digit)"
         )));
     }
+    if let Some(allowed) = &app.config.workflow_tags
+        && let Some(bad) = add.iter().find(|t| !allowed.contains(t))
+    {
+        return Err(ApiError::bad_request(if allowed.is_empty() {
+            format!(
+                "tag `{bad}` cannot be set: the admin has set no workflow tags (`workflow_tags` of the server's configuration)"
+            )
+        } else {
+            format!(
+                "tag `{bad}` cannot be set: users may set only the tags the admin allows: {}",
+                allowed.join(", ")
+            )
+        }));
+    }
     let row = app
         .store
         .get_workflow(&id)
@@ -808,10 +822,16 @@ async fn tag(
     Ok(Json(TagsDoc { tags }))
 }
 
-/// Every tag in use (OSMO lists the tags its admins set; here any tag may be used).
+/// The tags users may set: the admin's `workflow_tags`, as OSMO; without
+/// that list any tag may be set, and these are the tags in use.
 #[utoipa::path(get, path = "/api/tag",
     responses((status = 200, body = TagsDoc), (status = 401, body = ErrorResponse)))]
 async fn tags(State(app): State<AppState>) -> ApiResult<Json<TagsDoc>> {
+    if let Some(allowed) = &app.config.workflow_tags {
+        return Ok(Json(TagsDoc {
+            tags: allowed.clone(),
+        }));
+    }
     let tags = app.store.tags_in_use().await.map_err(ApiError::internal)?;
     Ok(Json(TagsDoc { tags }))
 }

@@ -92,6 +92,7 @@ pub fn load_config(path: Option<&std::path::Path>) -> anyhow::Result<ServiceConf
                 pools,
                 auth: Default::default(),
                 rate_limit: Default::default(),
+                workflow_tags: None,
             }
         }
         Some(path) => {

@@ -18,6 +18,10 @@ pub struct ServiceConfig {
     /// Requests each client (address) may make (`rate_limit:`).
     #[serde(default)]
     pub rate_limit: RateLimit,
+    /// The tags users may put on workflows (`workflow_tags:`, set by the
+    /// admin, as OSMO's workflow configuration); None: any tag.
+    #[serde(default)]
+    pub workflow_tags: Option<Vec<String>>,
 }
 
 /// A token bucket per client address: `requests_per_second` refill, up to

@@ -90,11 +90,25 @@ pub fn load_config(source: &str, file: &str) -> Result<ServiceConfig, Diagnostic
             }
         }
     }
+    let mut workflow_tags = None;
+    if let Some(list) = raw.as_ref().and_then(|r| r.workflow_tags.as_ref()) {
+        for tag in list.value.iter().flatten() {
+            if tag.is_scalar() && !crate::labels::is_name(&tag.text) {
+                report.error(
+                    tag.mark,
+                    "a workflow tag holds letters, digits, -, _ and . (at most 63, starting and ending with a letter or digit)",
+                    Some(tag.text.clone()),
+                );
+            }
+        }
+        workflow_tags = check::strings(list, "`workflow_tags`", &mut report);
+    }
     report.finish()?;
     Ok(ServiceConfig {
         pools,
         auth,
         rate_limit,
+        workflow_tags,
     })
 }
 

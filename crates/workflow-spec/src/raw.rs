@@ -141,6 +141,7 @@ pub(crate) struct RawConfig {
     pub pools: Option<Checked<Entries<Checked<RawPool>>>>,
     pub auth: Option<Scalar>,
     pub rate_limit: Option<Checked<RawRateLimit>>,
+    pub workflow_tags: Option<Checked<Vec<Scalar>>>,
 }
 
 #[derive(Debug, Deserialize)]

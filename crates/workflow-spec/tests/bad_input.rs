@@ -173,3 +173,37 @@ pools:
             .contains("the file is empty")
     );
 }
+
+#[test]
+fn service_config_workflow_tags() {
+    let config = load_config(
+        "pools: {default: {}}\nworkflow_tags: [gold, v2]\n",
+        "c.yaml",
+    )
+    .unwrap();
+    assert_eq!(
+        config.workflow_tags,
+        Some(vec!["gold".to_string(), "v2".to_string()])
+    );
+    assert_eq!(
+        load_config("pools: {default: {}}\n", "c.yaml")
+            .unwrap()
+            .workflow_tags,
+        None
+    );
+    let err = load_config(
+        "pools: {default: {}}\nworkflow_tags: [gold, 'bad tag']\n",
+        "c.yaml",
+    )
+    .unwrap_err();
+    let got: Vec<String> = err
+        .iter()
+        .map(|d| format!("{}:{}: {}", d.line, d.column, d.message))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            "2:23: a workflow tag holds letters, digits, -, _ and . (at most 63, starting and ending with a letter or digit)"
+        ]
+    );
+}

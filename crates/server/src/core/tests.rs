@@ -21,6 +21,7 @@ fn setup(cpus: f64) -> Setup {
         pools: BTreeMap::from([("default".to_string(), PoolConfig::default())]),
         auth: Default::default(),
         rate_limit: Default::default(),
+        workflow_tags: None,
     });
     let backend = Arc::new(FakeBackend::with_cpus(cpus));
     let backends: HashMap<String, Arc<dyn Backend>> =
