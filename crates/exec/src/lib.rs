@@ -16,7 +16,7 @@ use reqwest::StatusCode;
 use reqwest::blocking::Client;
 
 use osmo_proto::exec::{
-    ControlReply, ExitedBody, PhaseBody, ReleaseReply, TOKEN_ENV, TOKEN_HEADER,
+    ControlReply, ExitedBody, HostsReply, PhaseBody, ReleaseReply, TOKEN_ENV, TOKEN_HEADER,
 };
 use osmo_proto::{AttemptKey, Launch, LogLine, Phase, Stream};
 
@@ -48,6 +48,9 @@ fn terminated() -> bool {
 /// How long the server may be away before exec gives up on reaching it.
 const SERVER_PATIENCE: Duration = Duration::from_secs(600);
 const LOG_EVERY: Duration = Duration::from_millis(200);
+/// How long a step waits for its siblings to say where they run (a group's
+/// steps start together; one that never starts must not hold the rest).
+const HOSTS_PATIENCE: Duration = Duration::from_secs(120);
 
 struct Api {
     http: Client,
@@ -291,6 +294,12 @@ pub fn run(args: ExecArgs) -> anyhow::Result<()> {
         .split(',')
         .filter_map(|g| g.trim().parse().ok())
         .collect();
+    // `{{host:TASK}}` is `$(OSMO_HOST_<TASK>)` here: where each sibling runs.
+    for (task, node) in group_hosts(&api) {
+        launch
+            .environment
+            .insert(osmo_proto::exec::host_var(&task), node);
+    }
 
     let stop = StopHandle::new();
     let done = Arc::new(AtomicBool::new(false));
@@ -352,6 +361,27 @@ pub fn run(args: ExecArgs) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// Where the tasks of this attempt's group run, once all have started
+/// (their steps start together); what is known when they take too long.
+fn group_hosts(api: &Api) -> std::collections::BTreeMap<String, String> {
+    let start = Instant::now();
+    let mut known = std::collections::BTreeMap::new();
+    while start.elapsed() < HOSTS_PATIENCE && !terminated() {
+        let reply = api
+            .get("/hosts?wait_ms=20000")
+            .send()
+            .and_then(|r| r.error_for_status())
+            .and_then(|r| r.json::<HostsReply>());
+        match reply {
+            Ok(reply) if reply.complete => return reply.hosts,
+            Ok(reply) => known = reply.hosts,
+            Err(_) => std::thread::sleep(Duration::from_millis(500)),
+        }
+    }
+    eprintln!("osmo exec: not every task of the group told where it runs; going on with {known:?}");
+    known
 }
 
 /// The attempt's launch; None when the server says the attempt is over.

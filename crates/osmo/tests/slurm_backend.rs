@@ -399,3 +399,60 @@ fn a_server_restart_adopts_a_running_group_job() {
     let attempts: usize = doc["groups"][0]["tasks"].as_array().unwrap().len();
     assert_eq!(attempts, 2, "no task ran twice: {doc:#}");
 }
+
+#[test]
+fn host_tokens_name_the_node_each_task_runs_on() {
+    if !have_slurm("host_tokens_name_the_node_each_task_runs_on") {
+        return;
+    }
+    let server = Server::start(slurm_pool());
+    // A server and a client in one group (one job, a step each): the client
+    // reaches the server by `{{host:server}}`, the node Slurm put it on.
+    let spec = r#"
+workflow:
+  name: slurm-hosts
+  groups:
+  - name: g
+    tasks:
+    - name: server
+      image: ubuntu
+      command:
+      - python3
+      - -c
+      - |
+        import socket
+        s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind(("0.0.0.0", 18431)); s.listen()
+        c, _ = s.accept(); c.sendall(b"pong\n"); c.close()
+    - name: client
+      image: ubuntu
+      lead: true
+      command:
+      - python3
+      - -c
+      - |
+        import socket, sys, time
+        host = sys.argv[1]
+        for _ in range(400):
+            try:
+                c = socket.create_connection((host, 18431), timeout=5)
+                break
+            except OSError:
+                time.sleep(0.05)
+        print("host", host, "reply", c.makefile().readline().strip())
+      - "{{host:server}}"
+"#;
+    let id = server.submit(spec);
+    let doc = server.wait_finished(&id, Duration::from_secs(120));
+    assert_eq!(doc["status"], "COMPLETED", "{doc:#}");
+    let node = task(&doc, "server", 0)["node_name"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(!node.is_empty(), "{doc:#}");
+    let logs = wait_for(Duration::from_secs(10), "the client's line", || {
+        let (status, body) = server.get(&format!("/api/workflow/{id}/logs"));
+        (status == 200 && body.contains("reply pong")).then_some(body)
+    });
+    assert!(logs.contains(&format!("host {node} reply pong")), "{logs}");
+}

@@ -34,6 +34,20 @@ pub struct ReleaseQuery {
     pub wait_ms: Option<u64>,
 }
 
+/// Where each task of the attempt's group runs: its name → the Slurm node
+/// (`{{host:TASK}}` on Slurm is `$(OSMO_HOST_<TASK>)`, see [`host_var`]).
+/// `complete`: every sibling has told its node; false: ask again.
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct HostsReply {
+    pub hosts: std::collections::BTreeMap<String, String>,
+    pub complete: bool,
+}
+
+/// The environment variable that holds where `task` runs on Slurm.
+pub fn host_var(task: &str) -> String {
+    format!("OSMO_HOST_{task}")
+}
+
 /// `go`: true to run the command, false to give up; null: ask again.
 #[derive(Debug, Serialize, Deserialize)]
 pub struct ReleaseReply {

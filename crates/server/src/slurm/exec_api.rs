@@ -9,6 +9,7 @@ pub(super) fn router(shared: Arc<Shared>) -> Router {
         .route("/api/exec/{stem}/phase", post(phase))
         .route("/api/exec/{stem}/logs", post(logs))
         .route("/api/exec/{stem}/release", get(release))
+        .route("/api/exec/{stem}/hosts", get(hosts))
         .route("/api/exec/{stem}/control", get(control))
         .route("/api/exec/{stem}/run-stopped", post(run_stopped))
         .route("/api/exec/{stem}/exited", post(exited))
@@ -65,6 +66,8 @@ async fn fetch_launch(
     job.started = true;
     if let Some(node) = query.node.filter(|n| !n.is_empty()) {
         job.node = Some(node);
+        // Siblings waiting in `/hosts` learn where this one runs.
+        shared.changed.notify_waiters();
     }
     shared.emit(FromAgent::Phase {
         key: job.key.clone(),
@@ -139,6 +142,47 @@ async fn release(
     })
     .await;
     Json(ReleaseReply { go }).into_response()
+}
+
+/// Where the tasks of the attempt's group run, once each has fetched its
+/// launch (and so told its node); what is known so far after the wait.
+async fn hosts(
+    State(shared): State<Arc<Shared>>,
+    UrlPath(stem): UrlPath<String>,
+    Query(query): Query<ReleaseQuery>,
+    headers: HeaderMap,
+) -> Response {
+    if !authorized(&shared, &headers) {
+        return unauthorized();
+    }
+    let known = |inner: &Inner| {
+        let job = inner.jobs.get(&stem)?;
+        let group = (&job.key.workflow_id, job.key.attempt.task.group);
+        let mut reply = osmo_proto::exec::HostsReply {
+            complete: true,
+            ..Default::default()
+        };
+        let siblings = inner.jobs.values().filter(|j| {
+            (&j.key.workflow_id, j.key.attempt.task.group) == group && !j.reported && !j.stopped
+        });
+        for sibling in siblings {
+            match (&sibling.launch, &sibling.node) {
+                (Some(launch), Some(node)) => {
+                    reply.hosts.insert(launch.task.clone(), node.clone());
+                }
+                _ => reply.complete = false,
+            }
+        }
+        Some(reply)
+    };
+    let complete = long_poll(&shared, query.wait_ms, |inner| {
+        known(inner).filter(|r| r.complete)
+    })
+    .await;
+    match complete.or_else(|| known(&shared.inner.lock().unwrap())) {
+        Some(reply) => Json(reply).into_response(),
+        None => (StatusCode::NOT_FOUND, "no such attempt").into_response(),
+    }
 }
 
 /// Waits until `check` finds an answer in the jobs' state (checked again at

@@ -86,11 +86,12 @@ impl Backend for SlurmLink {
         self.shared.ready.store(true, Ordering::SeqCst);
     }
 
-    /// Until a group is allocated whole (gang allocation), its tasks' nodes are
-    /// not known when they launch: loopback, right when Slurm places the
-    /// group's jobs on one node (the test cluster's case), wrong otherwise.
-    fn task_host(&self, _: &PoolConfig, _: &str, _: &str) -> String {
-        "127.0.0.1".to_string()
+    /// The node `task` runs on, which Slurm decides after the launch: a
+    /// reference `$(OSMO_HOST_<task>)` that `osmo exec` sets, in every step
+    /// of the group, to the node each sibling told the server (`/hosts`),
+    /// and that commands and arguments expand as any `$(VAR)`.
+    fn task_host(&self, _: &PoolConfig, _: &str, task: &str) -> String {
+        format!("$({})", osmo_proto::exec::host_var(task))
     }
 
     /// Slurm places jobs itself: the pool's `cpu_capacity` and
