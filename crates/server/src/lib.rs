@@ -24,6 +24,7 @@ mod scheduler;
 pub mod slurm;
 mod task_bin;
 mod tls;
+mod ui;
 
 pub mod api_types;
 pub mod machine;
@@ -225,6 +226,7 @@ pub async fn start(opts: ServerOptions) -> anyhow::Result<RunningServer> {
     if let Some(exec) = slurm_router {
         app = app.merge(exec);
     }
+    app = app.merge(ui::router());
     let limiter = rate_limit::Limiter::new(config_rate_limit);
     let app = app
         .layer(axum::middleware::from_fn_with_state(
