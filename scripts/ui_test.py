@@ -127,7 +127,9 @@ def main():
     url = f"http://127.0.0.1:{port}"
     config = os.path.join(work, "config.yaml")
     with open(config, "w") as f:
-        f.write("pools:\n  default:\n    backend: local\n")
+        f.write("pools:\n  default:\n    backend: local\n"
+                "    default_exit_actions: {RESCHEDULE: '2010-2012,3001'}\n"
+                "    preflight:\n    - {name: disk-check, command: [sh, -c, 'test -d /']}\n")
     log = open(os.path.join(shots, "server.log"), "w")
     server = subprocess.Popen([os.path.abspath(args.osmo), "server", "--config", config,
                                "--data-dir", os.path.join(work, "data"), "--listen", f"127.0.0.1:{port}"],
@@ -203,7 +205,10 @@ def main():
         # Pools.
         driver.get(url + "/pools")
         wait.until(EC.presence_of_element_located((By.CSS_SELECTOR, "tr[data-pool='default']")))
-        Check.that("local" in driver.find_element(By.ID, "pools").text, "the pools page shows the pool")
+        pools = driver.find_element(By.ID, "pools").text
+        Check.that("local" in pools, "the pools page shows the pool")
+        Check.that("RESCHEDULE 2010-2012,3001" in pools and "disk-check" in pools,
+                   "the pools page shows the default exit actions and preflight tests")
         driver.save_screenshot(os.path.join(shots, "pools.png"))
 
         # A phone's width.

@@ -88,6 +88,11 @@ pub async fn pools(
                 "resource_usage": gpus.usage(),
                 "cpu": {"used": cpu_used, "capacity": cpu_cap, "waiting_groups": waiting},
                 "memory": {"used_bytes": u.map_or(0, |u| u.memory_used_bytes)},
+                // Ours, beside OSMO's: what a task of this pool gets when its file says nothing.
+                "runtime": pool.runtime,
+                "max_retry_per_task": pool.max_retry_per_task,
+                "default_exit_actions": pool.default_exit_actions,
+                "preflight": pool.preflight,
             }]
         }));
     }

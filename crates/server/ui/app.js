@@ -378,7 +378,8 @@ async function poolsPage() {
   document.title = "Pools · osmo";
   const body = el("tbody");
   main.replaceChildren(el("h1", {}, "Pools"), el("div", { class: "scroll" }, el("table", { id: "pools" },
-    el("thead", {}, el("tr", {}, ["Pool", "Backend", "Status", "CPUs used", "CPU capacity", "Groups waiting", "GPUs used / quota"].map((h) => el("th", {}, h)))),
+    el("thead", {}, el("tr", {}, ["Pool", "Backend", "Status", "CPUs used", "CPU capacity", "Groups waiting", "GPUs used / quota",
+      "Retries", "Default exit actions", "Preflight tests"].map((h) => el("th", {}, h)))),
     body)));
   const load = async () => {
     const doc = await json("/api/pool");
@@ -390,10 +391,20 @@ async function poolsPage() {
       el("td", {}, p.cpu ? p.cpu.used : "–"),
       el("td", {}, p.cpu ? p.cpu.capacity : "–"),
       el("td", {}, p.cpu ? p.cpu.waiting_groups : "–"),
-      el("td", {}, p.resource_usage ? `${p.resource_usage.quota_used} / ${p.resource_usage.quota_limit}` : "–"))));
+      el("td", {}, p.resource_usage ? `${p.resource_usage.quota_used} / ${p.resource_usage.quota_limit}` : "–"),
+      el("td", {}, p.max_retry_per_task ?? "–"),
+      el("td", { class: "codes" }, exitActions(p.default_exit_actions)),
+      el("td", { class: "codes" }, (p.preflight || []).map((t) => `${t.name}: ${(t.command || []).join(" ")}`).join("; ") || "none"))));
   };
   await load();
   every(load);
+}
+
+// A pool's default exit actions (`{rules: [{action, codes: {text}}]}`) as `RESCHEDULE 2010-2012,3001`.
+function exitActions(actions) {
+  const rules = (actions && actions.rules) || [];
+  if (!rules.length) return "none";
+  return rules.map((r) => `${r.action} ${(r.codes && r.codes.text) || ""}`).join("; ");
 }
 
 function loginPage() {
