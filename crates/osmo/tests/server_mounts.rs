@@ -45,3 +45,30 @@ fn an_allowed_volume_mount_is_mounted_and_others_are_refused() {
         "{body}"
     );
 }
+
+/// Removes a file when dropped.
+struct Removed(std::path::PathBuf);
+
+impl Drop for Removed {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+#[test]
+fn a_server_binary_in_tmp_leaves_the_tasks_tmp_theirs() {
+    // Run from a copy directly in /tmp: tasks find `osmo`, and their /tmp
+    // stays their own and writable (the binary's directory used to be bound
+    // over it read-only).
+    let exe = Removed(std::path::PathBuf::from(format!(
+        "/tmp/osmo-test-bin-{}",
+        std::process::id()
+    )));
+    std::fs::copy(OSMO, &exe.0).unwrap();
+    let server = Server::start_from(local_pool(), &exe.0);
+    let id = server.submit(
+        "workflow:\n  name: intmp\n  tasks:\n  - name: t\n    image: ubuntu\n    command: [sh, /tmp/run.sh]\n    files:\n    - path: /tmp/run.sh\n      contents: |\n        echo hi > /tmp/out && cat /tmp/out && osmo --version\n",
+    );
+    let doc = server.wait_finished(&id, Duration::from_secs(30));
+    assert_eq!(doc["status"], "COMPLETED", "{doc:#}\n{}", server.log());
+}

@@ -24,7 +24,8 @@ pub struct LaunchBuilder {
     /// Where tasks reach this server (`OSMO_URL` in their environment), so
     /// that the `osmo` CLI works inside them.
     task_url: Option<String>,
-    /// The directory of this `osmo` binary, added to a task's default `PATH`.
+    /// A directory holding only this `osmo` binary (`task_bin::exe_dir`),
+    /// added to a task's default `PATH`.
     osmo_dir: Option<String>,
     /// Where containers find `osmo` first: a wrapper that explains an image
     /// without glibc (see `task_bin`).
@@ -39,7 +40,12 @@ impl LaunchBuilder {
         config: Arc<ServiceConfig>,
         task_url: Option<String>,
     ) -> LaunchBuilder {
-        let exe = std::env::current_exe().ok();
+        let exe = std::env::current_exe().ok().and_then(|exe| {
+            let dir = crate::task_bin::exe_dir(&data_dir, &exe)
+                .map_err(|e| tracing::warn!("no osmo binary for tasks: {e:#}"))
+                .ok()?;
+            Some(dir.join("osmo"))
+        });
         let osmo_dir = exe
             .as_ref()
             .and_then(|exe| exe.parent().map(|d| d.to_string_lossy().into_owned()));
@@ -165,8 +171,8 @@ impl LaunchBuilder {
                 .insert("OSMO_TOKEN".into(), tokens.token(engine.id()));
         }
         if let Some(dir) = &self.osmo_dir {
-            // The binary's directory, read-only at its path: visible even when it
-            // lies under /tmp, which the sandbox replaces with the task's own.
+            // A directory of the data dir with only the binary, read-only at its
+            // path (the data dir itself is hidden from tasks).
             input_dirs.push(PathBuf::from(dir));
             let mut path = format!("{}:{dir}", osmo_runtime::env::DEFAULT_PATH);
             if pool.runtime == osmo_spec::config::RuntimeKind::Docker

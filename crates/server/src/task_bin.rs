@@ -9,6 +9,23 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 
+/// A directory of the data dir holding only this binary, as `osmo`, for
+/// tasks to find on their `PATH`: binding the binary's own directory would
+/// show tasks whatever else lies there, and where that is `/tmp` it would
+/// cover the task's own writable `/tmp` with the host's, read-only. A hard
+/// link (a copy across file systems), made again at each server start.
+pub fn exe_dir(data_dir: &Path, exe: &Path) -> anyhow::Result<PathBuf> {
+    let dir = data_dir.join("task-exe");
+    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let target = dir.join("osmo");
+    let _ = std::fs::remove_file(&target);
+    if std::fs::hard_link(exe, &target).is_err() {
+        std::fs::copy(exe, &target)
+            .with_context(|| format!("cannot copy {} to {}", exe.display(), target.display()))?;
+    }
+    Ok(dir)
+}
+
 /// Writes `DATA_DIR/task-bin/osmo` (once per server start) for `exe`;
 /// returns the directory.
 pub fn prepare(data_dir: &Path, exe: &Path) -> anyhow::Result<PathBuf> {

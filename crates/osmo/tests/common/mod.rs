@@ -16,6 +16,8 @@ pub struct Server {
     pub port: u16,
     child: Option<Child>,
     client: reqwest::blocking::Client,
+    /// The binary it runs (`OSMO` unless a test gives another).
+    pub exe: PathBuf,
 }
 
 fn free_port() -> u16 {
@@ -48,6 +50,10 @@ impl Server {
 
     /// A server whose config, log and data dir are in `dir`.
     pub fn start_in(config: &str, dir: tempfile::TempDir) -> Server {
+        Server::start_with(config, dir, std::path::Path::new(OSMO))
+    }
+
+    fn start_with(config: &str, dir: tempfile::TempDir, exe: &std::path::Path) -> Server {
         std::fs::write(dir.path().join("config.yaml"), config).unwrap();
         let port = free_port();
         let mut server = Server {
@@ -55,6 +61,7 @@ impl Server {
             url: format!("http://127.0.0.1:{port}"),
             port,
             child: None,
+            exe: exe.to_path_buf(),
             client: reqwest::blocking::Client::builder()
                 .timeout(Duration::from_secs(10))
                 // A fresh connection per request: no race with a server closing an idle one.
@@ -64,6 +71,11 @@ impl Server {
         };
         server.spawn();
         server
+    }
+
+    /// A server run from `exe` (a copy of the binary elsewhere).
+    pub fn start_from(config: &str, exe: &std::path::Path) -> Server {
+        Server::start_with(config, tempfile::tempdir().unwrap(), exe)
     }
 
     /// The server process's pid, while it runs.
@@ -82,7 +94,7 @@ impl Server {
             .append(true)
             .open(self.dir.path().join("server.log"))
             .unwrap();
-        let child = Command::new(OSMO)
+        let child = Command::new(&self.exe)
             .args(["server", "--config"])
             .arg(self.dir.path().join("config.yaml"))
             .arg("--data-dir")
