@@ -303,7 +303,7 @@ impl Client {
         url
     }
 
-    /// `GET /api/workflow/{id}/spec?rendered=`: the workflow file as submitted.
+    /// `GET /api/workflow/{id}/spec?rendered=`: the workflow file, rendered or as submitted.
     pub fn spec(&self, id: &str, rendered: bool) -> anyhow::Result<String> {
         let mut url = self.endpoint(&["api", "workflow", id, "spec"]);
         if rendered {

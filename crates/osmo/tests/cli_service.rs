@@ -724,3 +724,16 @@ fn only_the_tags_the_admin_allows_may_be_set() {
     assert_eq!(out.code, 0, "{out:#?}");
     assert_eq!(listed(&service, &["--tags", "gold"]), ["tagged-1"]);
 }
+
+#[test]
+fn spec_is_rendered_unless_the_template_is_asked_for() {
+    let service = Service::start();
+    let source = "default-values: {n: 2}\nworkflow:\n  name: templated\n  tasks:\n  - {name: t, image: ubuntu, command: [sh, -c, 'echo {{ n }}']}\n";
+    let spec = service.spec("templated.yaml", source);
+    assert_eq!(service.osmo(&["workflow", "submit", &spec]).code, 0);
+    let rendered = service.osmo(&["workflow", "spec", "templated-1"]);
+    assert!(rendered.stdout.contains("echo 2"), "{rendered:#?}");
+    assert!(!rendered.stdout.contains("{{ n }}"), "{rendered:#?}");
+    let template = service.osmo(&["workflow", "spec", "templated-1", "--template"]);
+    assert_eq!(template.stdout, source, "{template:#?}");
+}

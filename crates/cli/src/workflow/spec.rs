@@ -1,4 +1,5 @@
-//! `osmo workflow spec ID`: `GET /api/workflow/{id}/spec`.
+//! `osmo workflow spec ID`: `GET /api/workflow/{id}/spec`. As OSMO's CLI:
+//! the rendered file, or with `--template` the file as written.
 
 use serde_json::json;
 
@@ -12,8 +13,11 @@ pub struct SpecArgs {
     /// The workflow ID.
     #[arg(value_name = "ID")]
     pub id: String,
-    /// Print the file after Jinja rendering, not as written.
-    #[arg(long)]
+    /// Print the file as written (its Jinja template), not as rendered.
+    #[arg(long, conflicts_with = "rendered")]
+    pub template: bool,
+    /// The rendered file (the default; kept for scripts that ask for it).
+    #[arg(long, hide = true)]
     pub rendered: bool,
     #[command(flatten)]
     pub service: ServiceArgs,
@@ -23,9 +27,10 @@ pub struct SpecArgs {
 
 pub fn run(args: SpecArgs) -> anyhow::Result<Outcome> {
     let client = args.service.client()?;
-    let text = client.spec(&args.id, args.rendered)?;
+    let rendered = !args.template;
+    let text = client.spec(&args.id, rendered)?;
     if args.format.json() {
-        print_json(&json!({"name": args.id, "rendered": args.rendered, "spec": text}))?;
+        print_json(&json!({"name": args.id, "rendered": rendered, "spec": text}))?;
     } else {
         print!(
             "{text}{}",
