@@ -9,8 +9,9 @@ It submits three workflows (a DAG whose task is rescheduled once by its exit
 code, one that runs until canceled, one that fails), then in the browser:
 opens the list, follows a workflow, sees the rescheduled task's two attempts
 with their codes and rule, reads its logs (and searches them), cancels the
-running workflow with its button, opens the pools, and looks at the list at a
-phone's width. Each page is screenshot into DIR. Fails on any step that does
+running workflow with its button, restarts the failed one with its button,
+opens the pools, looks at the list at a phone's width, and logs in to a server
+with `auth: tokens`. Each page is screenshot into DIR. Fails on any step that does
 not show what it should, and on any error in the browser's console.
 """
 
@@ -201,6 +202,14 @@ def main():
         wait.until(lambda d: "FAILED_CANCELED" in d.find_element(By.ID, "main").text)
         Check.that(_status(url, ids["sleeper"]) == "FAILED_CANCELED", "the cancel button canceled it")
         driver.save_screenshot(os.path.join(shots, "canceled.png"))
+
+        # Restart the failed workflow with its button: a new workflow, shown at once.
+        driver.get(url + "/workflows/" + ids["failing"])
+        wait.until(EC.element_to_be_clickable((By.ID, "restart"))).click()
+        wait.until(lambda d: "/workflows/" in d.current_url and ids["failing"] not in d.current_url)
+        restarted = driver.current_url.rsplit("/", 1)[-1]
+        wait.until(lambda d: restarted in d.find_element(By.TAG_NAME, "h1").text)
+        Check.that(restarted.startswith("ui-failing-"), f"the restart button made {restarted} and shows it")
 
         # Pools.
         driver.get(url + "/pools")
