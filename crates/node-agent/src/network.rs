@@ -15,7 +15,7 @@
 //! host's network, as before, and their log says so.
 
 use std::collections::HashMap;
-use std::io::{Read, Write};
+use std::io::Write;
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
@@ -518,7 +518,7 @@ fn forward(listener: TcpListener, port: u16, stop: &AtomicBool) {
             let _ = inside.set_read_timeout(None);
             std::thread::spawn(move || {
                 if let Ok(outside) = TcpStream::connect((Ipv4Addr::LOCALHOST, port)) {
-                    pipe(inside, outside);
+                    osmo_runtime::relay::pipe(inside, outside);
                 }
             });
         }
@@ -548,29 +548,6 @@ fn accept_timeout(listener: &TcpListener, every: Duration) -> Result<(), String>
         ));
     }
     Ok(())
-}
-
-fn pipe(a: TcpStream, b: TcpStream) {
-    let (Ok(a2), Ok(b2)) = (a.try_clone(), b.try_clone()) else {
-        return;
-    };
-    let copy = |mut from: TcpStream, mut to: TcpStream| {
-        let mut buf = [0u8; 16 * 1024];
-        loop {
-            match from.read(&mut buf) {
-                Ok(0) | Err(_) => break,
-                Ok(n) => {
-                    if to.write_all(&buf[..n]).is_err() {
-                        break;
-                    }
-                }
-            }
-        }
-        let _ = to.shutdown(std::net::Shutdown::Write);
-    };
-    let up = std::thread::spawn(move || copy(a, b2));
-    copy(b, a2);
-    let _ = up.join();
 }
 
 /// FNV-1a of a workflow ID: short, stable interface names.

@@ -11,7 +11,6 @@
 //! inside a container reaches the service.
 
 use std::collections::{HashMap, HashSet};
-use std::io::{Read, Write};
 use std::net::{Ipv4Addr, TcpListener, TcpStream};
 use std::sync::Mutex;
 
@@ -168,30 +167,12 @@ fn forward(gateway: Ipv4Addr, port: u16) -> Result<(), String> {
         for inside in listener.incoming().flatten() {
             std::thread::spawn(move || {
                 if let Ok(outside) = TcpStream::connect((Ipv4Addr::LOCALHOST, port)) {
-                    pipe(inside, outside);
+                    crate::relay::pipe(inside, outside);
                 }
             });
         }
     });
     Ok(())
-}
-
-fn pipe(a: TcpStream, b: TcpStream) {
-    let (Ok(a2), Ok(b2)) = (a.try_clone(), b.try_clone()) else {
-        return;
-    };
-    let copy = |mut from: TcpStream, mut to: TcpStream| {
-        let mut buf = [0u8; 16 * 1024];
-        while let Ok(n) = from.read(&mut buf) {
-            if n == 0 || to.write_all(&buf[..n]).is_err() {
-                break;
-            }
-        }
-        let _ = to.shutdown(std::net::Shutdown::Write);
-    };
-    let up = std::thread::spawn(move || copy(a, b2));
-    copy(b, a2);
-    let _ = up.join();
 }
 
 #[cfg(test)]

@@ -74,6 +74,7 @@ pub mod gpu;
 mod mountinfo;
 mod plan;
 pub mod policy;
+pub mod relay;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
