@@ -208,7 +208,9 @@ impl Core {
     /// reached it, and fail with 3001 what it lost.
     /// Only the pools of `backend` are reconciled; `None`: queued in the backend.
     fn reconcile(&mut self, backend: BackendKind, running: Vec<(AttemptKey, Option<Phase>)>) {
-        let running: HashMap<AttemptKey, Option<Phase>> = running.into_iter().collect();
+        let mut running: HashMap<AttemptKey, Option<Phase>> = running.into_iter().collect();
+        let first = self.reconciled.insert(backend);
+        let mut refused = Vec::new();
         for (key, phase) in &running {
             // An attempt the server no longer expects (its workflow finished, or
             // it is not the task's current unfinished attempt) must not linger.
@@ -224,8 +226,13 @@ impl Core {
                         current.retry_id == key.attempt.retry_id && !current.status.is_finished()
                     }
             });
+            // After the first reconcile everything running here was launched
+            // by this core: a claim of another attempt (one still queued, say)
+            // would hold resources the scheduler never gave it.
+            let expected = expected.filter(|_| first || self.launched.contains_key(key));
             let Some(active) = expected else {
                 self.send_to_backend(backend, ToAgent::Stop { key: key.clone() });
+                refused.push(key.clone());
                 continue;
             };
             if !self.launched.contains_key(key) {
@@ -272,6 +279,10 @@ impl Core {
                 self.link_for(key)
                     .send(ToAgent::Release { key: key.clone() });
             }
+        }
+        // What was refused is judged as if the backend had not named it.
+        for key in refused {
+            running.remove(&key);
         }
         let mut lost = Vec::new();
         let mut requeue = Vec::new();

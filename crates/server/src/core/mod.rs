@@ -133,6 +133,10 @@ pub struct Core {
     /// The GPU devices of the pools whose backend lets the core pick them.
     devices: HashMap<String, DeviceSet>,
     /// Attempts handed to a backend and not yet exited, with their pool.
+    /// Backends that have reconciled once: only the first reconcile after a
+    /// start adopts attempts this core did not launch (they ran before the
+    /// restart); later, such a claim is a backend's mistake and is stopped.
+    reconciled: std::collections::HashSet<BackendKind>,
     launched: HashMap<AttemptKey, String>,
     timers: BinaryHeap<Reverse<Timer>>,
     node: String,
@@ -184,6 +188,7 @@ impl Core {
             schedulers,
             devices,
             launched: HashMap::new(),
+            reconciled: Default::default(),
             timers: BinaryHeap::new(),
             node: crate::proto::hostname(),
             batch: Batch::default(),
