@@ -737,3 +737,24 @@ fn spec_is_rendered_unless_the_template_is_asked_for() {
     let template = service.osmo(&["workflow", "spec", "templated-1", "--template"]);
     assert_eq!(template.stdout, source, "{template:#?}");
 }
+
+#[test]
+fn the_readme_example_runs_end_to_end() {
+    // README's first command: `osmo workflow run examples/pipeline.yaml`. Its
+    // workers reach the trainer by `{{host:trainer}}` in the workflow's network.
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/pipeline.yaml");
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let out = osmo(&[
+        "workflow",
+        "run",
+        example,
+        "--data-dir",
+        data.to_str().unwrap(),
+    ]);
+    assert_eq!(out.code, 0, "{out:#?}");
+    let text = &out.stdout;
+    assert!(text.contains("worker 0 sent statistics"), "{text}");
+    assert!(text.contains("test MSE"), "{text}");
+    assert!(text.contains("COMPLETED in"), "{text}");
+}
