@@ -782,7 +782,8 @@ async fn tag(
     let (add, remove) = (param_list(&params, "add"), param_list(&params, "remove"));
     if let Some(bad) = add.iter().find(|t| !super::labels::is_name(t)) {
         return Err(ApiError::bad_request(format!(
-            "tag `{bad}` may hold letters, digits, -, _ and . (at most 63, starting and ending with a letter or digit)"
+            "tag `{bad}` may hold {}",
+            osmo_spec::labels::TAG_SYNTAX
         )));
     }
     if let Some(allowed) = &app.config.workflow_tags

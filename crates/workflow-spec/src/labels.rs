@@ -47,6 +47,10 @@ pub fn value_error(key: &str, value: &str) -> String {
     )
 }
 
+/// What a tag may hold (tags have a label value's syntax).
+pub const TAG_SYNTAX: &str =
+    "letters, digits, -, _ and . (at most 63, starting and ending with a letter or digit)";
+
 pub fn count_error(count: usize) -> String {
     format!("a workflow may have at most {MAX_LABELS} labels, not {count}")
 }

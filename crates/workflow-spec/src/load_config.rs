@@ -96,7 +96,7 @@ pub fn load_config(source: &str, file: &str) -> Result<ServiceConfig, Diagnostic
             if tag.is_scalar() && !crate::labels::is_name(&tag.text) {
                 report.error(
                     tag.mark,
-                    "a workflow tag holds letters, digits, -, _ and . (at most 63, starting and ending with a letter or digit)",
+                    format!("a workflow tag holds {}", crate::labels::TAG_SYNTAX),
                     Some(tag.text.clone()),
                 );
             }

@@ -94,6 +94,15 @@ fn many_errors_are_capped() {
     assert_eq!(err.0[200].message, "800 more errors not shown");
 }
 
+/// A configuration's diagnostics as `LINE:COL: MESSAGE`.
+fn config_errors(config: &str) -> Vec<String> {
+    load_config(config, "config.yaml")
+        .unwrap_err()
+        .iter()
+        .map(|d| format!("{}:{}: {}", d.line, d.column, d.message))
+        .collect()
+}
+
 #[test]
 fn service_config_errors_are_all_reported() {
     let config = "\
@@ -110,13 +119,8 @@ pools:
     default_exec_timeout: 2h
     colour: red
 ";
-    let err = load_config(config, "config.yaml").unwrap_err();
-    let got: Vec<String> = err
-        .iter()
-        .map(|d| format!("{}:{}: {}", d.line, d.column, d.message))
-        .collect();
     assert_eq!(
-        got,
+        config_errors(config),
         [
             "3:14: unknown backend for pool `default`; expected `local` or `slurm`",
             "5:25: `max_retry_per_task` of pool `default` must be a non-negative integer",
@@ -191,17 +195,8 @@ fn service_config_workflow_tags() {
             .workflow_tags,
         None
     );
-    let err = load_config(
-        "pools: {default: {}}\nworkflow_tags: [gold, 'bad tag']\n",
-        "c.yaml",
-    )
-    .unwrap_err();
-    let got: Vec<String> = err
-        .iter()
-        .map(|d| format!("{}:{}: {}", d.line, d.column, d.message))
-        .collect();
     assert_eq!(
-        got,
+        config_errors("pools: {default: {}}\nworkflow_tags: [gold, 'bad tag']\n"),
         [
             "2:23: a workflow tag holds letters, digits, -, _ and . (at most 63, starting and ending with a letter or digit)"
         ]
