@@ -26,6 +26,7 @@ pub fn run_attempt(spec: &AttemptSpec, sup: &dyn Supervisor, stop: &StopHandle) 
         codes: Vec::new(),
         running: false,
         stopping: None,
+        entry: None,
     };
     let env = task_environment(spec);
     let argv: Vec<String> = spec
@@ -98,6 +99,8 @@ struct Run<'a> {
     running: bool,
     /// The running command is being stopped for a restart in place, for this reason.
     stopping: Option<String>,
+    /// How to enter the sandbox, published once its set-up is done.
+    entry: Option<crate::enter::SandboxEntry>,
 }
 
 /// Sends one byte to the init; false when it is gone.
@@ -412,6 +415,15 @@ impl Run<'_> {
             }
         };
         stop.attach(pid);
+        self.entry = Some(crate::enter::SandboxEntry {
+            init: pid,
+            env: env.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+            // As the plan has it: only a root runtime changes users.
+            // SAFETY: geteuid has no preconditions.
+            run_as: spec.run_as.filter(|_| unsafe { libc::geteuid() } == 0),
+            task: spec.task.clone(),
+            hosts: spec.network.as_ref().map(|n| n.hosts.clone()),
+        });
 
         // Our copies of the child's ends must go, or we never see EOF.
         let Channels {
@@ -655,7 +667,14 @@ impl Run<'_> {
                 self.codes.push(code);
                 true
             }
-            msg::READY => self.pass_barrier(go, stop),
+            msg::READY => {
+                // Set up: from now on a command may enter it (never before,
+                // while its root is still the host's).
+                if let Some(entry) = self.entry.take() {
+                    stop.set_entry(Some(crate::enter::Entry::Sandbox(entry)));
+                }
+                self.pass_barrier(go, stop)
+            }
             msg::STARTED => {
                 self.running = true;
                 self.sup.started();

@@ -588,6 +588,13 @@ impl Run<'_> {
         })?;
         if stream == Stream::Stdout {
             self.sup.started();
+            // `docker exec` needs a running container: from now until it ends.
+            self.stop.set_entry(Some(crate::enter::Entry::Container(
+                crate::enter::ContainerEntry {
+                    id: id.to_string(),
+                    network: self.network.clone(),
+                },
+            )));
         }
         let logs = async {
             let mut out = LineSplitter::default();
@@ -692,6 +699,7 @@ impl Run<'_> {
     }
 
     async fn cleanup(&mut self, docker: &Docker) {
+        self.stop.set_entry(None);
         for id in std::mem::take(&mut self.created) {
             let _ = docker
                 .kill_container(

@@ -67,7 +67,10 @@ mod controller;
 #[cfg(feature = "docker")]
 pub mod docker;
 #[cfg(feature = "docker")]
+pub mod docker_exec;
+#[cfg(feature = "docker")]
 pub mod docker_network;
+pub mod enter;
 pub mod env;
 mod error;
 pub mod gpu;
@@ -277,6 +280,8 @@ struct StopState {
     restart: Option<String>,
     /// An eventfd the runner polls, poked by [`StopHandle::restart`].
     wake: Option<libc::c_int>,
+    /// How to reach into the attempt, once it is set up and while it lasts.
+    entry: Option<enter::Entry>,
 }
 
 impl StopHandle {
@@ -339,6 +344,20 @@ impl StopHandle {
     }
 
     fn detach(&self) {
-        self.lock().pid = None;
+        let mut state = self.lock();
+        state.pid = None;
+        state.entry = None;
+    }
+
+    /// How to reach into the running attempt (`osmo workflow exec`,
+    /// `port-forward`): None before its set-up is done and after it ended.
+    pub fn entry(&self) -> Option<enter::Entry> {
+        self.lock().entry.clone()
+    }
+
+    /// Published by the runtime once the attempt is set up; None withdraws it.
+    pub fn set_entry(&self, entry: Option<enter::Entry>) {
+        let mut state = self.lock();
+        state.entry = entry.filter(|_| !state.stopped);
     }
 }
