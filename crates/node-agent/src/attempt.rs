@@ -13,6 +13,9 @@ use osmo_proto::{AttemptKey, FromAgent, Launch, LogLine, Phase, Stream};
 pub(crate) struct AttemptHandle {
     gate: Arc<Gate>,
     stop: StopHandle,
+    /// Its group's and task's names (the key holds their indices).
+    pub group: String,
+    pub task: String,
 }
 
 /// The barrier gate: set once, to go (true) or abort (false).
@@ -31,6 +34,11 @@ struct GateState {
 impl AttemptHandle {
     pub fn phase(&self) -> Phase {
         self.gate.lock().phase.unwrap_or(Phase::Initializing)
+    }
+
+    /// How to enter it (`osmo workflow exec`, `port-forward`) while it runs.
+    pub fn entry(&self) -> Option<osmo_runtime::enter::Entry> {
+        self.stop.entry()
     }
 
     pub fn release(&self) {
@@ -143,6 +151,8 @@ pub(crate) fn spawn(shared: Arc<Shared>, launch: Launch) {
         AttemptHandle {
             gate: gate.clone(),
             stop: stop.clone(),
+            group: launch.group.clone(),
+            task: launch.task.clone(),
         },
     );
     shared.set_phase(&launch.key, Phase::Initializing);

@@ -10,6 +10,7 @@
 //! nothing lingers.
 
 mod attempt;
+pub mod entry_server;
 mod hosts;
 mod log_outbox;
 mod network;
@@ -83,6 +84,8 @@ async fn serve(args: AgentArgs) -> anyhow::Result<()> {
         networks: Arc::default(),
         state_dir: args.state_dir.clone(),
     });
+    entry_server::listen(shared.clone())
+        .context("cannot listen for exec and port-forward sessions")?;
     let mut shutting_down = false;
     let mut gone_since = Instant::now();
     let started = osmo_proto::now_ms();
