@@ -355,6 +355,31 @@ impl Client {
         self.json(self.http.post(url.clone()).json(body), &url)
     }
 
+    /// The handshake of a WebSocket on `router` (`ws://HOST:PORT`, from a
+    /// router ticket) at `segments`, showing who asks as every request does.
+    pub fn websocket_request(
+        &self,
+        router: &str,
+        segments: &[&str],
+    ) -> anyhow::Result<tokio_tungstenite::tungstenite::handshake::client::Request> {
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+        let mut url = Url::parse(router)
+            .with_context(|| format!("the service named a router that is not a URL: {router}"))?;
+        url.path_segments_mut()
+            .map_err(|_| anyhow::anyhow!("the service named a router without a path: {router}"))?
+            .pop_if_empty()
+            .extend(segments);
+        let mut request = url.as_str().into_client_request()?;
+        let headers = request.headers_mut();
+        if let Some(user) = &self.user {
+            headers.insert("x-osmo-user", user.parse()?);
+        }
+        if let Some(token) = &self.token {
+            headers.insert("authorization", format!("Bearer {token}").parse()?);
+        }
+        Ok(request)
+    }
+
     pub fn health(&self) -> anyhow::Result<()> {
         let url = self.endpoint(&["api", "health"]);
         self.send(self.http.get(url.clone()), &url).map(|_| ())

@@ -21,6 +21,8 @@ pub enum Outcome {
     Success,
     /// Exit [`FAILURE`]: the command already told the user why.
     Failure,
+    /// Exit with a command's own code (`osmo workflow exec`, as ssh does).
+    Code(u8),
 }
 
 impl Outcome {
@@ -28,6 +30,7 @@ impl Outcome {
         match self {
             Outcome::Success => SUCCESS,
             Outcome::Failure => FAILURE,
+            Outcome::Code(code) => code,
         }
     }
 

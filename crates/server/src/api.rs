@@ -48,6 +48,8 @@ pub struct AppState {
     pub requests: mpsc::Sender<Request>,
     pub config: Arc<ServiceConfig>,
     pub profiles: super::profile::Profiles,
+    /// Keys of `exec` and `port-forward` sessions waiting for their WebSocket.
+    pub exec: Arc<super::exec_router::Sessions>,
 }
 
 pub fn router(state: AppState) -> Router {
@@ -66,6 +68,26 @@ pub fn router(state: AppState) -> Router {
         .route(
             "/api/pool/{pool}/workflow/{id}/restart",
             post(restart_in_pool),
+        )
+        .route(
+            "/api/workflow/{id}/exec/task/{task}",
+            post(super::exec_router::exec_start),
+        )
+        .route(
+            "/api/workflow/{id}/portforward/{task}",
+            post(super::exec_router::port_forward_start),
+        )
+        .route(
+            "/api/router/exec/{id}/client/{key}",
+            get(super::exec_router::exec_socket),
+        )
+        .route(
+            "/api/router/portforward/{id}/client/{key}",
+            get(super::exec_router::port_forward_socket),
+        )
+        .route(
+            "/api/router/version",
+            get(super::exec_router::router_version),
         )
         .route("/api/health", get(health))
         .route("/metrics", get(metrics))
@@ -90,7 +112,8 @@ pub fn router(state: AppState) -> Router {
 #[derive(OpenApi)]
 #[openapi(
     info(title = "osmo", description = "OSMO workflow service"),
-    paths(submit, list, query, cancel, tag, tags, restart, logs, spec, events, health),
+    paths(submit, list, query, cancel, tag, tags, restart, logs, spec, events, health,
+        super::exec_router::exec_start, super::exec_router::port_forward_start),
     components(schemas(
         SubmitRequest,
         SubmitResponse,
@@ -102,7 +125,8 @@ pub fn router(state: AppState) -> Router {
         WorkflowListDoc,
         WorkflowSummaryDoc,
         CancelResponse,
-        TagsDoc
+        TagsDoc,
+        RouterTicket
     )),
     modifiers(&RateLimited)
 )]
@@ -162,6 +186,10 @@ pub struct ApiError {
 }
 
 impl ApiError {
+    pub(super) fn with_status(status: StatusCode, error: impl Into<String>) -> ApiError {
+        ApiError::new(status, error)
+    }
+
     fn new(status: StatusCode, error: impl Into<String>) -> ApiError {
         ApiError {
             status,
@@ -180,14 +208,14 @@ impl ApiError {
         ApiError::new(StatusCode::NOT_FOUND, error)
     }
 
-    fn internal(error: impl std::fmt::Display) -> ApiError {
+    pub(super) fn internal(error: impl std::fmt::Display) -> ApiError {
         ApiError::new(
             StatusCode::INTERNAL_SERVER_ERROR,
             format!("server error: {error}"),
         )
     }
 
-    fn unknown_workflow(id: &str) -> ApiError {
+    pub(super) fn unknown_workflow(id: &str) -> ApiError {
         ApiError::new(
             StatusCode::NOT_FOUND,
             format!("workflow {id} is not known; `osmo workflow list` shows the workflows"),
@@ -213,12 +241,12 @@ impl IntoResponse for ApiError {
 pub(super) type ApiResult<T> = Result<T, ApiError>;
 
 /// Query parameters as pairs; repeated keys (`statuses=A&statuses=B`) are kept.
-fn params(raw: &Option<String>) -> ApiResult<Vec<(String, String)>> {
+pub(super) fn params(raw: &Option<String>) -> ApiResult<Vec<(String, String)>> {
     serde_urlencoded::from_str(raw.as_deref().unwrap_or(""))
         .map_err(|e| ApiError::bad_request(format!("cannot read the query string: {e}")))
 }
 
-fn param<'a>(params: &'a [(String, String)], key: &str) -> Option<&'a str> {
+pub(super) fn param<'a>(params: &'a [(String, String)], key: &str) -> Option<&'a str> {
     params
         .iter()
         .find(|(k, _)| k == key)
@@ -235,7 +263,7 @@ fn whole_values(params: &[(String, String)], key: &str) -> Vec<String> {
 }
 
 /// Values of a repeatable parameter; each may also be a comma-separated list.
-fn param_list(params: &[(String, String)], key: &str) -> Vec<String> {
+pub(super) fn param_list(params: &[(String, String)], key: &str) -> Vec<String> {
     params
         .iter()
         .filter(|(k, _)| k == key)
@@ -246,7 +274,7 @@ fn param_list(params: &[(String, String)], key: &str) -> Vec<String> {
         .collect()
 }
 
-fn flag(params: &[(String, String)], key: &str) -> ApiResult<bool> {
+pub(super) fn flag(params: &[(String, String)], key: &str) -> ApiResult<bool> {
     match param(params, key).map(str::to_ascii_lowercase).as_deref() {
         None | Some("false") | Some("0") | Some("no") => Ok(false),
         Some("true") | Some("1") | Some("yes") => Ok(true),
@@ -902,7 +930,12 @@ async fn restart_in_pool(
 }
 
 /// 403 unless `caller` may change workflow `id` (404 when there is none).
-async fn owned_by_caller(app: &AppState, id: &str, caller: &Caller, what: &str) -> ApiResult<()> {
+pub(super) async fn owned_by_caller(
+    app: &AppState,
+    id: &str,
+    caller: &Caller,
+    what: &str,
+) -> ApiResult<()> {
     if caller.admin {
         return Ok(());
     }

@@ -178,3 +178,15 @@ pub struct CancelResponse {
     pub name: String,
     pub status: String,
 }
+
+/// Where and with what to open an exec or port-forward WebSocket (OSMO's
+/// router ticket): `{router_address}/api/router/…/client/{key}`.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct RouterTicket {
+    /// `ws://HOST:PORT` (or `wss://`): this server, as the client reached it.
+    pub router_address: String,
+    /// One-time key, valid for a minute.
+    pub key: String,
+    /// Sent back as the `Cookie` header by OSMO's CLI; not needed here.
+    pub cookie: String,
+}

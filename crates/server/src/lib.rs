@@ -12,6 +12,7 @@ mod core;
 mod devices;
 mod docs;
 mod events;
+mod exec_router;
 mod labels;
 mod launch;
 mod manager;
@@ -222,6 +223,10 @@ pub async fn start(opts: ServerOptions) -> anyhow::Result<RunningServer> {
         requests: requests_tx,
         config,
         profiles: Default::default(),
+        exec: Arc::new(exec_router::Sessions::new(
+            data_dir.join("agent").join("exec.sock"),
+            tls.is_some(),
+        )),
     });
     if let Some(exec) = slurm_router {
         app = app.merge(exec);

@@ -3,9 +3,11 @@
 
 mod cancel;
 mod events;
+mod exec;
 mod explain;
 mod list;
 mod logs;
+mod port_forward;
 mod query;
 mod restart;
 mod run;
@@ -49,6 +51,10 @@ pub enum WorkflowCommand {
     Restart(restart::RestartArgs),
     /// Add or remove tags of workflows, or list the tags in use.
     Tag(tag::TagArgs),
+    /// Run a command (a shell by default) inside a running task.
+    Exec(exec::ExecArgs),
+    /// Forward local TCP ports to ports of a running task.
+    PortForward(port_forward::PortForwardArgs),
 }
 
 impl WorkflowCommand {
@@ -72,6 +78,8 @@ pub fn run(command: WorkflowCommand) -> anyhow::Result<Outcome> {
         WorkflowCommand::Events(args) => events::run(args),
         WorkflowCommand::Restart(args) => restart::run(args),
         WorkflowCommand::Tag(args) => tag::run(args),
+        WorkflowCommand::Exec(args) => exec::run(args),
+        WorkflowCommand::PortForward(args) => port_forward::run(args),
     }
 }
 
