@@ -465,3 +465,80 @@ workflow:
         || osmo_networks().is_empty().then_some(()),
     );
 }
+
+#[test]
+fn exec_and_port_forward_reach_into_the_container() {
+    let Some(_lock) = docker_test("exec_and_port_forward_reach_into_the_container") else {
+        return;
+    };
+    let server = Server::start(DOCKER_POOL);
+    let id = server.submit(
+        r#"
+workflow:
+  name: enter
+  tasks:
+  - name: web
+    image: busybox
+    command: [sh, -c, 'while true; do echo "pong from $OSMO_WORKFLOW_ID" | nc -l -p 18090; done']
+    files:
+    - path: /opt/note
+      contents: secret of the container
+"#,
+    );
+    wait_for(Duration::from_secs(60), "the task to run", || {
+        (task(&server.workflow(&id), "web", 0)["status"] == "RUNNING").then_some(())
+    });
+    let out = Command::new(OSMO)
+        .args(["workflow", "exec", &id, "web", "--entry"])
+        .arg("cat /opt/note; echo id=$OSMO_WORKFLOW_ID; exit 5")
+        .env("OSMO_URL", &server.url)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(5),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("secret of the container"), "{text}");
+    assert!(
+        text.contains(&format!("id={id}")),
+        "the container's environment: {text}"
+    );
+
+    // A port of the container, in its workflow's network, from a local port.
+    let local = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut forward = Command::new(OSMO)
+        .args(["workflow", "port-forward", &id, "web", "--port"])
+        .arg(format!("{local}:18090"))
+        .env("OSMO_URL", &server.url)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut said = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(forward.stdout.take().unwrap()),
+        &mut said,
+    )
+    .unwrap();
+    assert!(said.contains("Forwarding"), "{said}");
+    let reply = wait_for(Duration::from_secs(30), "the container to answer", || {
+        let conn = std::net::TcpStream::connect(("127.0.0.1", local)).ok()?;
+        conn.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+        let mut line = String::new();
+        std::io::BufRead::read_line(&mut std::io::BufReader::new(conn), &mut line).ok()?;
+        (!line.is_empty()).then_some(line)
+    });
+    assert_eq!(reply.trim(), format!("pong from {id}"));
+    forward.kill().unwrap();
+    forward.wait().unwrap();
+    server.post(&format!("/api/workflow/{id}/cancel"), "");
+    server.wait_finished(&id, Duration::from_secs(60));
+    assert_no_container_left();
+}
