@@ -292,6 +292,47 @@ fn port_forward_reaches_each_workflows_own_port() {
     }
 }
 
+/// OSMO's own scenario tests (`exec_workflow.yaml`, `portforward_workflow.yaml`)
+/// run the CLI inside the task against itself; the same, without apt.
+#[test]
+fn a_task_can_exec_into_and_forward_to_itself() {
+    let server = Server::start(local_pool());
+    let id = server.submit(
+        r#"
+workflow:
+  name: self
+  tasks:
+  - name: task1
+    image: ubuntu
+    command: [bash, -c]
+    args:
+    - |
+      set -ex
+      python3 /opt/listen.py &
+      while ! osmo workflow query {{workflow_id}} | grep -q RUNNING; do sleep 0.1; done
+      echo 'echo via-exec > /tmp/file.txt' | osmo workflow exec {{workflow_id}} task1 --entry sh
+      grep -q via-exec /tmp/file.txt
+      osmo workflow port-forward {{workflow_id}} task1 --port 8080:12345 > /tmp/pf.log &
+      until grep -q Forwarding /tmp/pf.log; do sleep 0.1; done
+      python3 -c "import socket; c = socket.create_connection(('localhost', 8080)); c.sendall(b'via-port-forward'); c.close()"
+      wait %1
+      grep -q via-port-forward /tmp/pf.txt
+    files:
+    - path: /opt/listen.py
+      contents: |
+        import socket
+        s = socket.socket()
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind(("0.0.0.0", 12345))
+        s.listen()
+        c, _ = s.accept()
+        open("/tmp/pf.txt", "wb").write(c.makefile("rb").read())
+"#,
+    );
+    let doc = server.wait_finished(&id, Duration::from_secs(60));
+    assert_eq!(doc["status"], "COMPLETED", "{doc:#}\n{}", server.log());
+}
+
 fn walk_find(dir: &std::path::Path, name: &str) -> Option<std::path::PathBuf> {
     for entry in std::fs::read_dir(dir).ok()?.flatten() {
         let path = entry.path();
