@@ -45,6 +45,7 @@ fn call(
     let url = format!("{}{path}", server.url);
     let mut request = match method {
         "GET" => client.get(url),
+        "PATCH" => client.patch(url).header("content-type", "application/json"),
         _ => client.post(url).header("content-type", "application/json"),
     };
     if let Some(t) = token {
@@ -162,6 +163,33 @@ fn tokens_decide_who_may_do_what() {
         (doc["status"] != "RUNNING" && doc["status"] != "PENDING").then_some(doc)
     });
     assert_eq!(doc["status"], "FAILED_CANCELED", "{doc:#}");
+
+    // Another user's task cannot be entered; only an admin changes the label policy.
+    let (status, body) = call(
+        &server,
+        "POST",
+        &format!("/api/workflow/{id}/exec/task/t"),
+        Some(&bob),
+        None,
+    );
+    assert_eq!(status, 403, "{body}");
+    let policy = r#"{"configs_dict": {"labels_config": {"pod_label_prefix": "example.com/"}}}"#;
+    let (status, body) = call(
+        &server,
+        "PATCH",
+        "/api/configs/workflow",
+        Some(&alice),
+        Some(policy.into()),
+    );
+    assert_eq!(status, 403, "{body}");
+    let (status, body) = call(
+        &server,
+        "PATCH",
+        "/api/configs/workflow",
+        Some(&admin),
+        Some(policy.into()),
+    );
+    assert_eq!(status, 200, "{body}");
 
     // Only hashes are stored.
     let db = std::fs::read(server.data_dir().join("osmo.db")).unwrap();

@@ -50,6 +50,8 @@ pub struct AppState {
     pub profiles: super::profile::Profiles,
     /// Keys of `exec` and `port-forward` sessions waiting for their WebSocket.
     pub exec: Arc<super::exec_router::Sessions>,
+    /// The workflow configuration (label policy) now.
+    pub workflow_config: super::workflow_config::WorkflowConfig,
 }
 
 pub fn router(state: AppState) -> Router {
@@ -89,6 +91,10 @@ pub fn router(state: AppState) -> Router {
             "/api/router/version",
             get(super::exec_router::router_version),
         )
+        .route(
+            "/api/configs/workflow",
+            get(super::workflow_config::get_config).patch(super::workflow_config::patch_config),
+        )
         .route("/api/health", get(health))
         .route("/metrics", get(metrics))
         .route("/api/task", get(tasks))
@@ -113,7 +119,8 @@ pub fn router(state: AppState) -> Router {
 #[openapi(
     info(title = "osmo", description = "OSMO workflow service"),
     paths(submit, list, query, cancel, tag, tags, restart, logs, spec, events, health,
-        super::exec_router::exec_start, super::exec_router::port_forward_start),
+        super::exec_router::exec_start, super::exec_router::port_forward_start,
+        super::workflow_config::get_config, super::workflow_config::patch_config),
     components(schemas(
         SubmitRequest,
         SubmitResponse,
@@ -126,7 +133,9 @@ pub fn router(state: AppState) -> Router {
         WorkflowSummaryDoc,
         CancelResponse,
         TagsDoc,
-        RouterTicket
+        RouterTicket,
+        WorkflowConfigDoc,
+        super::workflow_config::ConfigPatch
     )),
     modifiers(&RateLimited)
 )]
@@ -489,12 +498,18 @@ async fn submit(
             osmo_spec::labels::count_error(labels.len())
         )));
     }
+    // The administrators' label policy: warnings, or a refusal before anything is stored.
+    let warnings = app
+        .workflow_config
+        .labels()
+        .judge(&labels)
+        .map_err(ApiError::bad_request)?;
     if dry_run || validation_only {
         return Ok(Json(SubmitResponse {
             name: workflow.name.clone(),
             overview: String::new(),
             spec: dry_run.then_some(rendered),
-            warnings: Vec::new(),
+            warnings,
             logs: validation_only.then(|| "Workflow validation succeeded.".to_string()),
         }));
     }
@@ -521,7 +536,7 @@ async fn submit(
         overview: format!("/api/workflow/{id}"),
         name: id,
         spec: None,
-        warnings: Vec::new(),
+        warnings,
         logs: None,
     }))
 }
@@ -790,6 +805,7 @@ async fn query(
     {
         (doc.labels, doc.tags) = (lt.labels, lt.tags);
     }
+    doc.warnings = app.workflow_config.labels().warnings(&doc.labels);
     Ok(Json(doc))
 }
 

@@ -132,6 +132,9 @@ pub struct WorkflowDoc {
     /// Labels set at submit (`--label`).
     #[serde(default)]
     pub labels: std::collections::BTreeMap<String, String>,
+    /// What its labels break in the label policy of now (OSMO's `warnings`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
     /// Tags (`workflow tag`).
     #[serde(default)]
     pub tags: Vec<String>,
@@ -189,4 +192,13 @@ pub struct RouterTicket {
     pub key: String,
     /// Sent back as the `Cookie` header by OSMO's CLI; not needed here.
     pub cookie: String,
+}
+
+/// OSMO's workflow configuration, as far as this server has it.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct WorkflowConfigDoc {
+    /// The label policy: `{policy: [{key, allow_list, enforcement: off|warn|enforce,
+    /// assert_message}], pod_label_prefix}`.
+    #[schema(value_type = Object)]
+    pub labels_config: osmo_spec::labels::LabelsConfig,
 }

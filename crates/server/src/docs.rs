@@ -98,6 +98,7 @@ pub fn workflow_doc(row: &DocMeta, engine: &WorkflowState, verbose: bool) -> Wor
         overview: format!("/api/workflow/{}", row.id),
         // Filled by the API from the store (they are not the engine's).
         labels: Default::default(),
+        warnings: Vec::new(),
         tags: Vec::new(),
         groups,
     }

@@ -26,6 +26,7 @@ pub mod slurm;
 mod task_bin;
 mod tls;
 mod ui;
+mod workflow_config;
 
 pub mod api_types;
 pub mod machine;
@@ -218,7 +219,9 @@ pub async fn start(opts: ServerOptions) -> anyhow::Result<RunningServer> {
         store.clone(),
         auth::TaskTokens::load(&data_dir)?,
     );
+    let workflow_config = workflow_config::WorkflowConfig::load(&store).await?;
     let mut app = api::router(api::AppState {
+        workflow_config,
         store,
         requests: requests_tx,
         config,

@@ -897,6 +897,47 @@ impl Store {
         })
     }
 
+    /// A configuration changed through the API: its JSON document, if any.
+    pub async fn service_config(&self, name: &str) -> Result<Option<String>> {
+        with_pool!(self, pool => {
+            let row: Option<(String,)> =
+                sqlx::query_as("SELECT body FROM service_configs WHERE name = $1")
+                    .bind(name)
+                    .fetch_optional(pool)
+                    .await?;
+            Ok(row.map(|(body,)| body))
+        })
+    }
+
+    /// Replaces a configuration's JSON document, saying who and why.
+    pub async fn put_service_config(
+        &self,
+        name: &str,
+        body: &str,
+        description: &str,
+        by: &str,
+        at_ms: i64,
+    ) -> Result<()> {
+        with_pool!(self, pool => {
+            sqlx::query(
+                "INSERT INTO service_configs (name, body, description, updated_by, updated_at) \
+                 VALUES ($1, $2, $3, $4, $5) \
+                 ON CONFLICT (name) DO UPDATE SET body = excluded.body, \
+                 description = excluded.description, updated_by = excluded.updated_by, \
+                 updated_at = excluded.updated_at",
+            )
+            .bind(name)
+            .bind(body)
+            .bind(description)
+            .bind(by)
+            .bind(at_ms)
+            .execute(pool)
+            .await
+            .map(|_| ())?
+        });
+        Ok(())
+    }
+
     /// Keeps an API token, by its hash (the token itself is never stored).
     pub async fn add_token(&self, hash: &str, user: &str, role: &str, at_ms: i64) -> Result<()> {
         with_pool!(self, pool => {

@@ -118,9 +118,19 @@ fn workflow(raw: &RawWorkflow, mark: Mark, report: &mut Report) -> WorkflowDraft
     }) = &raw.labels
     {
         for (key, value) in &entries.0 {
-            let Some(text) = check::text(value, &format!("label `{}`", key.text), report) else {
+            if !value.is_scalar() {
+                report.error(
+                    value.mark,
+                    format!(
+                        "label values must be strings: `{}` is {}",
+                        key.text,
+                        value.describe()
+                    ),
+                    None,
+                );
                 continue;
-            };
+            }
+            let text = value.text.clone();
             if !crate::labels::is_key(&key.text) {
                 report.error(key.mark, crate::labels::key_error(&key.text), None);
             } else if !crate::labels::is_name(&text) {

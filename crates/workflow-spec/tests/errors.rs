@@ -571,8 +571,8 @@ fn labels_of_the_file_are_kubernetes_labels() {
             "workflow:\n  name: wf\n  labels:\n    project: sim a\n    bad key: x\n    team: robotics\n  tasks:\n  - {name: t, image: ubuntu, command: [sh]}\n"
         ),
         [
-            "4:14: label value `sim a` of `project` is not a Kubernetes label value (letters, digits, -, _ and ., at most 63, starting and ending with a letter or digit)",
-            "5:5: label key `bad key` is not a Kubernetes label key ([prefix/]name: letters, digits, -, _ and ., at most 63)",
+            "4:14: label value `sim a` of `project` is not a valid non-empty Kubernetes label value (letters, digits, -, _ and ., at most 63, starting and ending with a letter or digit)",
+            "5:5: label key `bad key` is not a valid Kubernetes label key ([prefix/]name: letters, digits, -, _ and ., at most 63)",
         ]
     );
     let many: String = (0..17).map(|i| format!("    k{i}: v\n")).collect();

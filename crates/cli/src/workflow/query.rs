@@ -35,6 +35,10 @@ pub fn run(args: QueryArgs) -> anyhow::Result<Outcome> {
     } else {
         let doc: WorkflowDoc = typed(&answer, "workflow document")?;
         print!("{}", workflow_text(&doc, &Clock::system()));
+        // What its labels break in the label policy of now.
+        for warning in &doc.warnings {
+            eprintln!("warning: {warning}");
+        }
     }
     Ok(Outcome::Success)
 }

@@ -259,6 +259,7 @@ mod tests {
             cancel_message: None,
             overview: String::new(),
             labels: Default::default(),
+            warnings: Vec::new(),
             tags: Vec::new(),
             groups,
         }
