@@ -713,6 +713,8 @@ impl Run<'_> {
                     }]);
                     return self.pass_barrier(go, stop);
                 }
+                // The sandbox stands until the go socket closes: the last checkpoint now.
+                self.sup.run_ended();
                 // The init waits for a next run: closing the socket ends it.
                 *go = None;
                 let detail = if libc::WIFSIGNALED(value) {

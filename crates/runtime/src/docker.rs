@@ -280,6 +280,8 @@ impl Run<'_> {
                 detail: None,
             }]);
         };
+        // The container stands (stopped): the last checkpoint of its output now.
+        self.sup.run_ended();
         let detail = if code > 128 && code < 160 {
             format!("command killed by signal {} (exit code {code})", code - 128)
         } else {

@@ -64,6 +64,8 @@
 mod cgroup;
 mod child;
 mod controller;
+pub mod data;
+mod data_run;
 #[cfg(feature = "docker")]
 pub mod docker;
 #[cfg(feature = "docker")]
@@ -84,6 +86,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 pub use controller::run_attempt;
+pub use data_run::run_with_data;
 pub use env::expand_env_refs;
 use osmo_spec::codes::ReportedCode;
 /// Set in the controller's environment to `tmpfs` or `readonly` to skip the
@@ -143,6 +146,15 @@ pub struct AttemptSpec {
     /// missing), where the other containers find it by its task name; false:
     /// the host's network.
     pub container_network: bool,
+    /// URL inputs, downloaded into their input directories before the
+    /// command (see [`run_with_data`]).
+    pub downloads: Vec<data::Transfer>,
+    /// Outputs, uploaded from their directory after the command whatever its exit code.
+    pub uploads: Vec<data::Transfer>,
+    /// Paths in the task uploaded while the command runs and once as it ends.
+    pub checkpoints: Vec<data::Checkpoint>,
+    /// Values never shown in the task's log lines (its credentials' secrets).
+    pub secrets: Vec<String>,
 }
 
 /// A network namespace shared by a workflow's tasks (SEMANTICS §6): ports
@@ -236,6 +248,9 @@ pub trait Supervisor: Send + Sync {
     fn setup_done(&self) -> bool;
     /// The user command was executed (again, after a restart in place).
     fn started(&self);
+    /// The command ended and its sandbox still stands (its last checkpoint
+    /// is taken here). Blocks the sandbox's teardown while it runs.
+    fn run_ended(&self) {}
     /// A run of the command was stopped for a restart in place
     /// ([`StopHandle::restart`]) and ended with `codes`; the attempt goes on:
     /// [`Supervisor::setup_done`] is called again before the next run.
