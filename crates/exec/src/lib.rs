@@ -337,7 +337,8 @@ pub fn run(args: ExecArgs) -> anyhow::Result<()> {
         logs: logs.clone(),
         barrier: launch.barrier,
     };
-    let outcome = osmo_runtime::for_kind(launch.runtime).run_attempt(&spec, &supervisor, &stop);
+    let runtime = osmo_runtime::for_kind(launch.runtime);
+    let outcome = osmo_runtime::run_with_data(runtime, &spec, &supervisor, &stop);
     let _ = std::fs::remove_dir_all(&scratch);
     done.store(true, Ordering::SeqCst);
     let _ = helper.join();

@@ -208,7 +208,8 @@ fn run(shared: Arc<Shared>, launch: Launch, gate: Arc<Gate>, stop: StopHandle) {
             ),
         }
     }
-    let outcome = osmo_runtime::for_kind(launch.runtime).run_attempt(&spec, &supervisor, &stop);
+    let runtime = osmo_runtime::for_kind(launch.runtime);
+    let outcome = osmo_runtime::run_with_data(runtime, &spec, &supervisor, &stop);
     if let Some(net) = joined {
         shared.networks.leave(&launch.key.workflow_id, &net);
     }

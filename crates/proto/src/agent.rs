@@ -86,6 +86,17 @@ pub struct Launch {
     /// tasks, `{{host:TASK}}`) resolve; None: the host's network.
     #[serde(default)]
     pub network: Option<Vec<String>>,
+    /// URL inputs to download, outputs and checkpoints to upload (see
+    /// `osmo_runtime::run_with_data`), with the credentials that open them.
+    #[serde(default)]
+    pub downloads: Vec<osmo_runtime::data::Transfer>,
+    #[serde(default)]
+    pub uploads: Vec<osmo_runtime::data::Transfer>,
+    #[serde(default)]
+    pub checkpoints: Vec<osmo_runtime::data::Checkpoint>,
+    /// Values masked in the task's log lines.
+    #[serde(default)]
+    pub secrets: Vec<String>,
 }
 
 fn yes() -> bool {
@@ -124,6 +135,10 @@ impl Launch {
             // The backend that runs it decides (the node agent's network).
             network: None,
             container_network: false,
+            downloads: self.downloads.clone(),
+            uploads: self.uploads.clone(),
+            checkpoints: self.checkpoints.clone(),
+            secrets: self.secrets.clone(),
         }
     }
 }

@@ -50,6 +50,8 @@ pub struct AppState {
     pub profiles: super::profile::Profiles,
     /// Keys of `exec` and `port-forward` sessions waiting for their WebSocket.
     pub exec: Arc<super::exec_router::Sessions>,
+    /// Users' credentials.
+    pub vault: super::credentials::Vault,
     /// The workflow configuration (label policy) now.
     pub workflow_config: super::workflow_config::WorkflowConfig,
 }
@@ -91,6 +93,11 @@ pub fn router(state: AppState) -> Router {
             "/api/router/version",
             get(super::exec_router::router_version),
         )
+        .route("/api/credentials", get(super::credentials::list))
+        .route(
+            "/api/credentials/{name}",
+            post(super::credentials::set).delete(super::credentials::delete),
+        )
         .route(
             "/api/configs/workflow",
             get(super::workflow_config::get_config).patch(super::workflow_config::patch_config),
@@ -120,7 +127,8 @@ pub fn router(state: AppState) -> Router {
     info(title = "osmo", description = "OSMO workflow service"),
     paths(submit, list, query, cancel, tag, tags, restart, logs, spec, events, health,
         super::exec_router::exec_start, super::exec_router::port_forward_start,
-        super::workflow_config::get_config, super::workflow_config::patch_config),
+        super::workflow_config::get_config, super::workflow_config::patch_config,
+        super::credentials::set, super::credentials::list, super::credentials::delete),
     components(schemas(
         SubmitRequest,
         SubmitResponse,
@@ -135,6 +143,10 @@ pub fn router(state: AppState) -> Router {
         TagsDoc,
         RouterTicket,
         WorkflowConfigDoc,
+        super::credentials::CredentialRequest,
+        super::credentials::GenericCredential,
+        super::credentials::CredentialSummary,
+        super::credentials::CredentialList,
         super::workflow_config::ConfigPatch
     )),
     modifiers(&RateLimited)
@@ -497,6 +509,19 @@ async fn submit(
             "{} (the file's labels and the submit's together)",
             osmo_spec::labels::count_error(labels.len())
         )));
+    }
+    // A task's credentials must be the submitter's: said now, not when it starts.
+    for task in workflow.groups.iter().flat_map(|g| &g.tasks) {
+        if let Some(name) = task
+            .credentials
+            .keys()
+            .find(|name| app.vault.get(&caller.user, name).is_none())
+        {
+            return Err(ApiError::bad_request(format!(
+                "task `{}` asks for credential `{name}`, which {} has not set (`osmo credential set {name} ...`)",
+                task.name, caller.user
+            )));
+        }
     }
     // The administrators' label policy: warnings, or a refusal before anything is stored.
     let warnings = app

@@ -32,6 +32,8 @@ pub struct LaunchBuilder {
     container_bin: Option<String>,
     /// With `auth: tokens`, what mints each workflow's task token (`OSMO_TOKEN`).
     task_tokens: Option<crate::auth::TaskTokens>,
+    /// Users' credentials: a task's `credentials:` and its data URLs' keys.
+    vault: crate::credentials::Vault,
 }
 
 impl LaunchBuilder {
@@ -39,6 +41,7 @@ impl LaunchBuilder {
         data_dir: PathBuf,
         config: Arc<ServiceConfig>,
         task_url: Option<String>,
+        vault: crate::credentials::Vault,
     ) -> LaunchBuilder {
         let exe = std::env::current_exe().ok().and_then(|exe| {
             let dir = crate::task_bin::exe_dir(&data_dir, &exe)
@@ -59,6 +62,7 @@ impl LaunchBuilder {
             .then(|| crate::auth::TaskTokens::load(&data_dir))
             .and_then(|t| t.map_err(|e| tracing::error!("no task tokens: {e:#}")).ok());
         LaunchBuilder {
+            vault,
             container_bin,
             task_tokens,
             runs: data_dir.join("runs"),
@@ -99,6 +103,7 @@ impl LaunchBuilder {
         engine: &WorkflowState,
         pool: &PoolConfig,
         key: AttemptKey,
+        user: &str,
         host_of: &dyn Fn(&str) -> String,
     ) -> anyhow::Result<Launch> {
         let workflow = engine.workflow();
@@ -113,6 +118,7 @@ impl LaunchBuilder {
             .with_context(|| format!("cannot create the output directory {}", output.display()))?;
         let mut inputs = Vec::new();
         let mut input_dirs = Vec::new();
+        let mut downloads = Vec::new();
         for (i, input) in spec.inputs.iter().enumerate() {
             match input {
                 Input::Task { task: upstream, .. } => {
@@ -133,8 +139,8 @@ impl LaunchBuilder {
                     inputs.push((upstream.clone(), path_text(&dir)));
                     input_dirs.push(dir);
                 }
-                Input::Url { url, .. } => {
-                    // URL inputs are not fetched by the local backend yet: an empty directory stands in.
+                Input::Url { url, regex } => {
+                    // Downloaded here by the runtime before the command (`run_with_data`).
                     let dir = output
                         .parent()
                         .expect("output has a parent")
@@ -142,6 +148,8 @@ impl LaunchBuilder {
                         .join(i.to_string());
                     std::fs::create_dir_all(&dir)?;
                     inputs.push((url.clone(), path_text(&dir)));
+                    // Its URL once the task's tokens are substituted (below).
+                    downloads.push((i, regex.clone(), dir.clone()));
                     input_dirs.push(dir);
                 }
             }
@@ -159,6 +167,18 @@ impl LaunchBuilder {
             uuid: format!("{}-{}-{}", engine.id(), spec.name, retry_id),
         };
         let mut task = spec.substituted(&tokens);
+        let downloads: Vec<osmo_runtime::data::Transfer> = downloads
+            .into_iter()
+            .filter_map(|(i, regex, dir)| match &task.inputs[i] {
+                Input::Url { url, .. } => Some(osmo_runtime::data::Transfer {
+                    credential: self.vault.data_for(user, url),
+                    url: url.clone(),
+                    regex,
+                    dir,
+                }),
+                Input::Task { .. } => None,
+            })
+            .collect();
         // `osmo` inside the task talks to the service that launched it (as in OSMO).
         if let Some(url) = &self.task_url {
             task.environment
@@ -183,6 +203,14 @@ impl LaunchBuilder {
             }
             task.environment.entry("PATH".into()).or_insert(path);
         }
+        let (mut secrets, uploads, checkpoints) =
+            self.data_and_credentials(&mut task, user, &output)?;
+        secrets.extend(
+            downloads
+                .iter()
+                .filter_map(|t| t.credential.as_ref())
+                .map(|c| c.access_key.clone()),
+        );
         let resource = workflow.resources.get(&task.resource);
         let memory_limit_bytes = resource.and_then(|r| r.memory_bytes);
         let cpu = resource.map(|r| r.cpu);
@@ -228,7 +256,93 @@ impl LaunchBuilder {
             network: (pool.backend == osmo_spec::config::BackendKind::Local
                 && crate::agent_link::gives_networks(pool))
             .then_some(group_hosts),
+            downloads,
+            uploads,
+            checkpoints,
+            secrets,
         })
+    }
+
+    /// The task's `credentials:` put in its environment or files, its
+    /// outputs and checkpoints with the keys of their URLs, and every secret
+    /// given, to be masked in its logs.
+    #[allow(clippy::type_complexity)]
+    fn data_and_credentials(
+        &self,
+        task: &mut osmo_spec::model::Task,
+        user: &str,
+        output: &Path,
+    ) -> anyhow::Result<(
+        Vec<String>,
+        Vec<osmo_runtime::data::Transfer>,
+        Vec<osmo_runtime::data::Checkpoint>,
+    )> {
+        let mut secrets = Vec::new();
+        for (name, target) in &task.credentials {
+            let credential = self.vault.get(user, name).with_context(|| {
+                format!(
+                    "credential `{name}` is not set for {user} (`osmo credential set {name} ...`)"
+                )
+            })?;
+            secrets.extend(credential.payload.values().cloned());
+            match target {
+                // `NAME: {ENV: key}`: each variable holds one of its values.
+                serde_json::Value::Object(map) => {
+                    for (env, key) in map {
+                        let key = key.as_str().unwrap_or_default();
+                        let value = credential.payload.get(key).with_context(|| {
+                            format!("credential `{name}` has no `{key}` (for ${env})")
+                        })?;
+                        task.environment.insert(env.clone(), value.clone());
+                    }
+                }
+                // `NAME: /path`: a file per key in that directory.
+                serde_json::Value::String(dir) => {
+                    for (key, value) in &credential.payload {
+                        task.files.push(osmo_spec::model::File {
+                            path: format!("{}/{key}", dir.trim_end_matches('/')),
+                            contents: value.clone(),
+                            base64: false,
+                        });
+                    }
+                }
+                other => anyhow::bail!("credential `{name}`: `{other}` is not a path or a map"),
+            }
+        }
+        let with_key = |url: &str| self.vault.data_for(user, url);
+        let uploads = task
+            .outputs
+            .iter()
+            .map(|o| osmo_runtime::data::Transfer {
+                url: o.url.clone(),
+                regex: o.regex.clone(),
+                dir: output.to_path_buf(),
+                credential: with_key(&o.url),
+            })
+            .collect::<Vec<_>>();
+        let checkpoints = task
+            .checkpoint
+            .iter()
+            .map(|c| osmo_runtime::data::Checkpoint {
+                path: PathBuf::from(&c.path),
+                url: c.url.clone(),
+                regex: c.regex.clone(),
+                every: c
+                    .frequency
+                    .as_deref()
+                    .and_then(|f| osmo_spec::units::parse_duration(f).ok())
+                    .unwrap_or(std::time::Duration::from_secs(600)),
+                credential: with_key(&c.url),
+            })
+            .collect::<Vec<_>>();
+        for c in uploads
+            .iter()
+            .filter_map(|t| t.credential.as_ref())
+            .chain(checkpoints.iter().filter_map(|c| c.credential.as_ref()))
+        {
+            secrets.push(c.access_key.clone());
+        }
+        Ok((secrets, uploads, checkpoints))
     }
 }
 

@@ -9,6 +9,7 @@ mod api;
 pub mod auth;
 pub mod backend;
 mod core;
+mod credentials;
 mod devices;
 mod docs;
 mod events;
@@ -197,6 +198,9 @@ pub async fn start(opts: ServerOptions) -> anyhow::Result<RunningServer> {
         };
         backends.insert(name.clone(), backend);
     }
+    let vault = credentials::Vault::load(&data_dir, &store)
+        .await
+        .context("cannot open the credentials")?;
     let manager = manager::Manager::new(
         store.clone(),
         config.clone(),
@@ -204,6 +208,7 @@ pub async fn start(opts: ServerOptions) -> anyhow::Result<RunningServer> {
         link_tx,
         data_dir.clone(),
         Some(exec_url(local_addr, tls.is_some())),
+        vault.clone(),
     )
     .await?;
     let (requests_tx, requests_rx) = mpsc::channel(256);
@@ -221,6 +226,7 @@ pub async fn start(opts: ServerOptions) -> anyhow::Result<RunningServer> {
     );
     let workflow_config = workflow_config::WorkflowConfig::load(&store).await?;
     let mut app = api::router(api::AppState {
+        vault,
         workflow_config,
         store,
         requests: requests_tx,

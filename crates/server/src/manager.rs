@@ -164,8 +164,9 @@ impl Manager {
         inbox: mpsc::UnboundedSender<LinkEvent>,
         data_dir: PathBuf,
         task_url: Option<String>,
+        vault: crate::credentials::Vault,
     ) -> anyhow::Result<Manager> {
-        let core = Core::new(config.clone(), backends, inbox, data_dir, task_url);
+        let core = Core::new(config.clone(), backends, inbox, data_dir, task_url, vault);
         let mut manager = Manager {
             store,
             config,

@@ -897,6 +897,59 @@ impl Store {
         })
     }
 
+    /// Every credential, sealed: (user, name, type, profile, sealed payload).
+    pub async fn credentials(&self) -> Result<Vec<(String, String, String, String, String)>> {
+        with_pool!(self, pool => {
+            Ok(sqlx::query_as(
+                "SELECT username, name, cred_type, profile, sealed FROM credentials ORDER BY username, name",
+            )
+            .fetch_all(pool)
+            .await?)
+        })
+    }
+
+    /// Sets (or replaces) a user's credential.
+    pub async fn put_credential(
+        &self,
+        user: &str,
+        name: &str,
+        cred_type: &str,
+        profile: &str,
+        sealed: &str,
+        at_ms: i64,
+    ) -> Result<()> {
+        with_pool!(self, pool => {
+            sqlx::query(
+                "INSERT INTO credentials (username, name, cred_type, profile, sealed, updated_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6) \
+                 ON CONFLICT (username, name) DO UPDATE SET cred_type = excluded.cred_type, \
+                 profile = excluded.profile, sealed = excluded.sealed, updated_at = excluded.updated_at",
+            )
+            .bind(user)
+            .bind(name)
+            .bind(cred_type)
+            .bind(profile)
+            .bind(sealed)
+            .bind(at_ms)
+            .execute(pool)
+            .await
+            .map(|_| ())?
+        });
+        Ok(())
+    }
+
+    /// Removes a user's credential; false when there was none.
+    pub async fn delete_credential(&self, user: &str, name: &str) -> Result<bool> {
+        with_pool!(self, pool => {
+            let done = sqlx::query("DELETE FROM credentials WHERE username = $1 AND name = $2")
+                .bind(user)
+                .bind(name)
+                .execute(pool)
+                .await?;
+            Ok(done.rows_affected() > 0)
+        })
+    }
+
     /// A configuration changed through the API: its JSON document, if any.
     pub async fn service_config(&self, name: &str) -> Result<Option<String>> {
         with_pool!(self, pool => {

@@ -262,11 +262,13 @@ impl Core {
                     .cloned()
                     .unwrap_or_default();
                 let backend = self.link_for(key);
-                match self
-                    .launches
-                    .build(&active.engine, &pool_config, key.clone(), &|task| {
-                        backend.task_host(&pool_config, &key.workflow_id, task)
-                    }) {
+                match self.launches.build(
+                    &active.engine,
+                    &pool_config,
+                    key.clone(),
+                    &active.submitted_by,
+                    &|task| backend.task_host(&pool_config, &key.workflow_id, task),
+                ) {
                     Ok(launch) => {
                         self.link_for(key).send(ToAgent::Launch(Box::new(launch)));
                     }

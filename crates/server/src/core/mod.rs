@@ -153,6 +153,7 @@ impl Core {
         inbox: mpsc::UnboundedSender<LinkEvent>,
         data_dir: PathBuf,
         task_url: Option<String>,
+        vault: crate::credentials::Vault,
     ) -> Core {
         let schedulers = config
             .pools
@@ -183,7 +184,7 @@ impl Core {
             backends,
             by_kind,
             inbox,
-            launches: LaunchBuilder::new(data_dir, config, task_url),
+            launches: LaunchBuilder::new(data_dir, config, task_url, vault),
             active: HashMap::new(),
             schedulers,
             devices,
@@ -576,11 +577,13 @@ impl Core {
             let pool_config = self.config.pools.get(&pool).cloned().unwrap_or_default();
             let attempt_key = key(&workflow_id, attempt);
             let backend = self.link_of(&pool);
-            match self
-                .launches
-                .build(&active.engine, &pool_config, attempt_key.clone(), &|task| {
-                    backend.task_host(&pool_config, &workflow_id, task)
-                }) {
+            match self.launches.build(
+                &active.engine,
+                &pool_config,
+                attempt_key.clone(),
+                &active.submitted_by,
+                &|task| backend.task_host(&pool_config, &workflow_id, task),
+            ) {
                 Ok(mut launch) => {
                     if let Some(d) = self.devices.get_mut(&pool) {
                         launch.gpus = d.take(&workflow_id, attempt.task, launch.gpu);

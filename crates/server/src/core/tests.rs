@@ -27,7 +27,14 @@ fn setup(cpus: f64) -> Setup {
     let backends: HashMap<String, Arc<dyn Backend>> =
         HashMap::from([("default".to_string(), backend.clone() as Arc<dyn Backend>)]);
     let (tx, inbox) = mpsc::unbounded_channel();
-    let core = Core::new(config, backends, tx, dir.path().to_path_buf(), None);
+    let core = Core::new(
+        config,
+        backends,
+        tx,
+        dir.path().to_path_buf(),
+        None,
+        crate::credentials::Vault::empty(),
+    );
     Setup {
         core,
         backend,

@@ -919,6 +919,10 @@ mod tests {
             hidden_paths: vec![],
             run_as: None,
             network: None,
+            downloads: vec![],
+            uploads: vec![],
+            checkpoints: vec![],
+            secrets: vec![],
         })
     }
 
