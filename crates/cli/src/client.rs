@@ -380,6 +380,12 @@ impl Client {
         Ok(request)
     }
 
+    /// `DELETE /{segments…}`: the JSON answer as received.
+    pub fn delete(&self, segments: &[&str]) -> anyhow::Result<Value> {
+        let url = self.endpoint(segments);
+        self.json(self.http.delete(url.clone()), &url)
+    }
+
     pub fn health(&self) -> anyhow::Result<()> {
         let url = self.endpoint(&["api", "health"]);
         self.send(self.http.get(url.clone()), &url).map(|_| ())

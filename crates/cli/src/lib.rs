@@ -12,6 +12,7 @@
 mod client;
 mod codes;
 mod completion;
+mod credential;
 pub mod exit;
 mod login;
 mod output;
@@ -81,6 +82,9 @@ pub enum Command {
     Profile(profile::ProfileCommand),
     /// This client's version and the service's.
     Version(version::VersionArgs),
+    /// Your credentials: object store keys for data URLs, and secrets for tasks.
+    #[command(subcommand)]
+    Credential(credential::CredentialCommand),
     /// Internal: the node agent the service starts for the local backend.
     #[command(hide = true)]
     Agent(osmo_agent::AgentArgs),
@@ -133,6 +137,7 @@ pub fn run(cli: Cli) -> anyhow::Result<Outcome> {
         Command::Task(command) => task::run(command),
         Command::Profile(command) => profile::run(command),
         Command::Version(args) => version::run(args),
+        Command::Credential(command) => credential::run(command),
         Command::Agent(args) => {
             init_tracing("warn");
             osmo_agent::run(args)?;

@@ -256,6 +256,56 @@ pub(crate) fn is_base64(text: &str) -> bool {
         && (padding == 0 || (data + padding).is_multiple_of(4))
 }
 
+/// A data URL (`s3://`, `gs://`, `azure://`, `file://`, and for inputs
+/// `https://`), with the scheme checked here and the rest by the store.
+pub(crate) fn data_url(
+    s: &Scalar,
+    what: &str,
+    written: bool,
+    report: &mut Report,
+) -> Option<String> {
+    let url = text(s, what, report)?;
+    let scheme = url
+        .split_once("://")
+        .map(|(scheme, _)| scheme.to_ascii_lowercase());
+    let readable = ["s3", "gs", "azure", "file", "http", "https"];
+    let ok = match scheme.as_deref() {
+        Some("http" | "https") => !written,
+        Some(scheme) => readable.contains(&scheme),
+        None => false,
+    };
+    if ok {
+        return Some(url);
+    }
+    let expected = if written {
+        "s3://BUCKET/PATH, gs://BUCKET/PATH, azure://ACCOUNT/CONTAINER/PATH or file:///PATH (https:// is read, not written)"
+    } else {
+        "s3://BUCKET/PATH, gs://BUCKET/PATH, azure://ACCOUNT/CONTAINER/PATH, https://HOST/FILE or file:///PATH"
+    };
+    report.error(
+        s.mark,
+        format!("{what} `{url}` is not a data URL: expected {expected}"),
+        None,
+    );
+    None
+}
+
+/// A regular expression (a data transfer's file filter).
+pub(crate) fn regex(s: &Scalar, what: &str, report: &mut Report) -> Option<String> {
+    let text = text(s, what, report)?;
+    match regex::Regex::new(&text) {
+        Ok(_) => Some(text),
+        Err(e) => {
+            report.error(
+                s.mark,
+                format!("{what} `{text}` is not a regular expression: {e}"),
+                None,
+            );
+            None
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

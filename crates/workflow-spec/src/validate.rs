@@ -481,7 +481,10 @@ fn task(raw: &RawTask, mark: Mark, report: &mut Report) -> TaskDraft {
     let mut task_inputs = Vec::new();
     for item in list_items(&raw.inputs) {
         let Some(input) = &item.value else { continue };
-        let regex = check::opt_text(input.regex.as_ref(), &what("regex"), report);
+        let regex = input
+            .regex
+            .as_ref()
+            .and_then(|r| check::regex(r, &what("regex"), report));
         if let Some(dataset) = &input.dataset {
             report.error(
                 dataset.mark,
@@ -512,7 +515,7 @@ fn task(raw: &RawTask, mark: Mark, report: &mut Report) -> TaskDraft {
                 inputs.push(Input::Task { task: upstream, regex });
             }
             (None, Some(u)) => {
-                if let Some(url) = check::text(u, "an input's `url`", report) {
+                if let Some(url) = check::data_url(u, "an input's `url`", false, report) {
                     texts.push((url.clone(), u.mark));
                     inputs.push(Input::Url { url, regex });
                 }
@@ -535,10 +538,13 @@ fn task(raw: &RawTask, mark: Mark, report: &mut Report) -> TaskDraft {
             item.mark,
             report,
         )
-        .and_then(|u| check::text(u, "an output's `url`", report)) else {
+        .and_then(|u| check::data_url(u, "an output's `url`", true, report)) else {
             continue;
         };
-        let regex = check::opt_text(output.regex.as_ref(), &what("regex"), report);
+        let regex = output
+            .regex
+            .as_ref()
+            .and_then(|r| check::regex(r, &what("regex"), report));
         outputs.push(Output { url, regex });
     }
 
@@ -591,12 +597,15 @@ fn task(raw: &RawTask, mark: Mark, report: &mut Report) -> TaskDraft {
         let path = required(c.path.as_ref(), "path", &owner, item.mark, report)
             .and_then(|p| check::text(p, "a checkpoint's `path`", report));
         let url = required(c.url.as_ref(), "url", &owner, item.mark, report)
-            .and_then(|u| check::text(u, "a checkpoint's `url`", report));
+            .and_then(|u| check::data_url(u, "a checkpoint's `url`", true, report));
         let frequency = c.frequency.as_ref().and_then(|f| {
             check::duration(f, "checkpoint `frequency`", report)?;
             Some(f.text.clone())
         });
-        let regex = check::opt_text(c.regex.as_ref(), &what("regex"), report);
+        let regex = c
+            .regex
+            .as_ref()
+            .and_then(|r| check::regex(r, &what("regex"), report));
         if let (Some(path), Some(url)) = (path, url) {
             checkpoint.push(Checkpoint {
                 path,
