@@ -758,3 +758,36 @@ fn the_readme_example_runs_end_to_end() {
     assert!(text.contains("test MSE"), "{text}");
     assert!(text.contains("COMPLETED in"), "{text}");
 }
+
+#[test]
+fn the_data_example_publishes_trains_checkpoints_and_uploads() {
+    // examples/data-pipeline.yaml with its store a directory (file://).
+    let example = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../examples/data-pipeline.yaml"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    let url = format!("storage_url=file://{}", store.display());
+    let data = dir.path().join("data");
+    let out = osmo(&[
+        "workflow",
+        "run",
+        example,
+        "--data-dir",
+        data.to_str().unwrap(),
+        "--set",
+        &url,
+    ]);
+    assert_eq!(out.code, 0, "{out:#?}");
+    let id = "data-pipeline-1";
+    let model = std::fs::read_to_string(store.join(format!("model/{id}/model.json"))).unwrap();
+    assert!(model.contains("\"rows\": 5000"), "{model}");
+    assert!(store.join(format!("dataset/{id}/train.csv")).exists());
+    let checkpoint =
+        std::fs::read_to_string(store.join(format!("checkpoints/{id}/latest.json"))).unwrap();
+    assert!(
+        checkpoint.contains("\"epoch\": 19"),
+        "the last checkpoint: {checkpoint}"
+    );
+}
