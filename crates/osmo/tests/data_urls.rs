@@ -444,3 +444,46 @@ fn the_data_example_runs_against_the_store() {
         assert!(log.contains(line), "`{line}` in {log}");
     }
 }
+
+/// `inputs: [{task: WF:TASK}]`: another workflow's completed task's output,
+/// copied in (no object store needed).
+#[test]
+fn an_input_can_be_another_workflows_task() {
+    let server = Server::start(POOL);
+    let first = server.submit(
+        "workflow:\n  name: first\n  tasks:\n  - {name: train, image: ubuntu, command: [sh, -c, 'echo weights > {{output}}/model']}\n",
+    );
+    let doc = server.wait_finished(&first, Duration::from_secs(60));
+    assert_eq!(doc["status"], "COMPLETED", "{doc:#}");
+    let spec = |input: &str| {
+        format!(
+            "workflow:\n  name: second\n  tasks:\n  - name: eval\n    image: ubuntu\n    command: [sh, -c, 'cat {{{{input:0}}}}/model > {{{{output}}}}/seen']\n    inputs: [{{task: '{input}'}}]\n"
+        )
+    };
+    let id = server.submit(&spec(&format!("{first}:train")));
+    let doc = server.wait_finished(&id, Duration::from_secs(60));
+    assert_eq!(
+        doc["status"],
+        "COMPLETED",
+        "{doc:#}\n{}",
+        logs(&server, &id)
+    );
+    assert_eq!(output_file(&server, &id, "eval", 0, "seen"), "weights\n");
+
+    let refused = |input: &str, words: &str| {
+        let body = serde_json::json!({"file": spec(input)}).to_string();
+        let (status, text) = server.post("/api/pool/default/workflow", body);
+        assert_eq!(status, 400, "{text}");
+        assert!(text.contains(words), "{text}");
+    };
+    refused("nosuch-9:train", "workflow nosuch-9 is not known");
+    refused(&format!("{first}:other"), "has no task `other`");
+    let failed = server.submit(
+        "workflow:\n  name: broken\n  tasks:\n  - {name: train, image: ubuntu, command: [sh, -c, 'exit 3']}\n",
+    );
+    server.wait_finished(&failed, Duration::from_secs(60));
+    refused(
+        &format!("{failed}:train"),
+        "only a COMPLETED task's output can be read",
+    );
+}

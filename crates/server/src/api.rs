@@ -52,6 +52,8 @@ pub struct AppState {
     pub exec: Arc<super::exec_router::Sessions>,
     /// Users' credentials.
     pub vault: super::credentials::Vault,
+    /// Where attempts' outputs live (`RUNS/WF/TASK/RETRY/output`).
+    pub runs_dir: std::path::PathBuf,
     /// The workflow configuration (label policy) now.
     pub workflow_config: super::workflow_config::WorkflowConfig,
 }
@@ -510,6 +512,7 @@ async fn submit(
             osmo_spec::labels::count_error(labels.len())
         )));
     }
+    resolve_other_workflows(&app, &caller, &mut workflow).await?;
     // A task's credentials must be the submitter's: said now, not when it starts.
     for task in workflow.groups.iter().flat_map(|g| &g.tasks) {
         if let Some(name) = task
@@ -564,6 +567,75 @@ async fn submit(
         warnings,
         logs: None,
     }))
+}
+
+/// Inputs from another workflow's task (`task: wf-3:train`): that task must
+/// have completed in a workflow the caller may read; its output is then read
+/// as a `file://` URL (copied into the input when the task starts).
+async fn resolve_other_workflows(
+    app: &AppState,
+    caller: &Caller,
+    workflow: &mut osmo_spec::model::Workflow,
+) -> ApiResult<()> {
+    use osmo_spec::model::{Input, OTHER_WORKFLOW_TASK};
+    for task in workflow.groups.iter_mut().flat_map(|g| g.tasks.iter_mut()) {
+        for input in task.inputs.iter_mut() {
+            let Input::Url { url, .. } = input else {
+                continue;
+            };
+            let Some((other, name)) = url
+                .strip_prefix(OTHER_WORKFLOW_TASK)
+                .and_then(|rest| rest.split_once('/'))
+                .map(|(w, t)| (w.to_string(), t.to_string()))
+            else {
+                continue;
+            };
+            let refuse = |why: String| {
+                ApiError::bad_request(format!(
+                    "task `{}` takes input `{other}:{name}`, but {why}",
+                    task.name
+                ))
+            };
+            let Some(row) = app
+                .store
+                .get_workflow(&other)
+                .await
+                .map_err(ApiError::internal)?
+            else {
+                return Err(refuse(format!("workflow {other} is not known")));
+            };
+            if !caller.may_act_on(&row.submitted_by) {
+                return Err(refuse(format!(
+                    "workflow {other} belongs to {}",
+                    row.submitted_by
+                )));
+            }
+            let stored = Persisted::from_json(row.state.clone()).map_err(ApiError::internal)?;
+            let doc = docs::workflow_doc(&DocMeta::of(&row), &stored.engine, false);
+            let Some(done) = doc
+                .groups
+                .iter()
+                .flat_map(|g| &g.tasks)
+                .find(|t| t.name == name)
+            else {
+                return Err(refuse(format!("workflow {other} has no task `{name}`")));
+            };
+            if done.status != "COMPLETED" {
+                return Err(refuse(format!(
+                    "its task `{name}` is {}: only a COMPLETED task's output can be read",
+                    done.status
+                )));
+            }
+            let dir = app
+                .runs_dir
+                .join(&other)
+                .join(&name)
+                .join(done.retry_id.to_string())
+                .join("output");
+            *url = format!("file://{}", dir.display());
+        }
+    }
+    Ok(())
 }
 
 /// List workflows, newest first.

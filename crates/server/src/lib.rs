@@ -227,6 +227,7 @@ pub async fn start(opts: ServerOptions) -> anyhow::Result<RunningServer> {
     let workflow_config = workflow_config::WorkflowConfig::load(&store).await?;
     let mut app = api::router(api::AppState {
         vault,
+        runs_dir: data_dir.join("runs"),
         workflow_config,
         store,
         requests: requests_tx,

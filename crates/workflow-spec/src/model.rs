@@ -113,6 +113,10 @@ pub struct File {
     pub base64: bool,
 }
 
+/// How an input from another workflow's task (`task: wf-3:train`) is kept
+/// until the service resolves it at submit: `osmo-task://wf-3/train`.
+pub const OTHER_WORKFLOW_TASK: &str = "osmo-task://";
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Input {

@@ -503,12 +503,21 @@ fn task(raw: &RawTask, mark: Mark, report: &mut Report) -> TaskDraft {
         match (&input.task, &input.url) {
             (Some(t), None) => {
                 let Some(upstream) = check::text(t, "an input's `task`", report) else { continue };
-                if upstream.contains(':') {
-                    report.error(
-                        t.mark,
-                        format!("input `{upstream}` names a task of another workflow; only tasks of this workflow can be inputs"),
-                        None,
-                    );
+                if let Some((workflow, task)) = upstream.split_once(':') {
+                    // Another workflow's task (`wf-3:train`, as OSMO has it): its
+                    // output once it completed, which the service resolves at submit.
+                    if workflow.is_empty() || task.is_empty() || task.contains(':') {
+                        report.error(
+                            t.mark,
+                            format!("input `{upstream}` must be WORKFLOW_ID:TASK (another workflow's task) or a task of this workflow"),
+                            None,
+                        );
+                    } else {
+                        inputs.push(Input::Url {
+                            url: format!("{}{workflow}/{task}", crate::model::OTHER_WORKFLOW_TASK),
+                            regex,
+                        });
+                    }
                     continue;
                 }
                 task_inputs.push((upstream.clone(), t.mark));

@@ -192,12 +192,12 @@ fn tasks() {
             &["7:15: task `t` uses resource `big`, which is not defined in `resources` (defined: `default`)"],
         ),
         (
-            task_with("inputs: [{task: a, url: s3://x}, {regex: x}, {task: 'wf-1:a'}, {dataset: {name: d}}]"),
+            task_with("inputs: [{task: a, url: s3://x}, {regex: x}, {task: 'wf-1:'}, {dataset: {name: d}}]"),
             &[
                 "7:14: an input of task `t` needs exactly one of `task` (a task of this workflow) or `url`",
                 "7:38: an input of task `t` needs exactly one of `task` (a task of this workflow) or `url`",
-                "7:57: input `wf-1:a` names a task of another workflow; only tasks of this workflow can be inputs",
-                "7:78: task `t` takes a `dataset` input, which needs OSMO's dataset service; osmo has none: use `url:` (or `task:`) instead",
+                "7:57: input `wf-1:` must be WORKFLOW_ID:TASK (another workflow's task) or a task of this workflow",
+                "7:77: task `t` takes a `dataset` input, which needs OSMO's dataset service; osmo has none: use `url:` (or `task:`) instead",
             ],
         ),
         (
