@@ -21,6 +21,12 @@ use tokio::io::AsyncWriteExt;
 
 /// Files moved at once.
 const CONCURRENCY: usize = 8;
+/// A large file goes up in parts of this size, this many at once: memory
+/// per file is bounded by their product whatever the file's size.
+const PART_BYTES: usize = 32 << 20;
+const PARTS_IN_FLIGHT: usize = 4;
+/// Bytes read from a file at once.
+const READ_BYTES: usize = 2 << 20;
 
 /// A data credential (OSMO's DATA credential): for the URLs under `endpoint`.
 #[derive(Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -135,7 +141,9 @@ fn open(
     let fail = |e: object_store::Error| format!("cannot open {url}: {e}");
     match parsed.scheme() {
         "s3" => {
-            let mut b = object_store::aws::AmazonS3Builder::from_env().with_bucket_name(&host);
+            let mut b = object_store::aws::AmazonS3Builder::from_env()
+                .with_bucket_name(&host)
+                .with_unsigned_payload(true);
             if let Some(c) = credential {
                 b = b
                     .with_access_key_id(&c.access_key_id)
@@ -220,7 +228,7 @@ pub fn download(t: &Transfer, log: &dyn Fn(&str)) -> Result<Moved, String> {
         let mut wanted = Vec::new();
         if single_file {
             let name = prefix.filename().unwrap_or("download").to_string();
-            wanted.push((prefix.clone(), name));
+            wanted.push((prefix.clone(), name, None));
         } else {
             let mut listing = store.list(Some(&prefix));
             while let Some(meta) = listing.next().await {
@@ -229,7 +237,7 @@ pub fn download(t: &Transfer, log: &dyn Fn(&str)) -> Result<Moved, String> {
                     continue;
                 };
                 if keep.as_ref().is_none_or(|r| r.is_match(&rel)) {
-                    wanted.push((meta.location, rel));
+                    wanted.push((meta.location, rel, Some(meta.size)));
                 }
             }
             // The URL names one object, not a prefix.
@@ -237,14 +245,14 @@ pub fn download(t: &Transfer, log: &dyn Fn(&str)) -> Result<Moved, String> {
                 && let Ok(meta) = store.head(&prefix).await
             {
                 let name = meta.location.filename().unwrap_or("object").to_string();
-                wanted.push((meta.location, name));
+                wanted.push((meta.location, name, Some(meta.size)));
             }
         }
         let results: Vec<Result<u64, String>> = futures_util::stream::iter(wanted)
-            .map(|(location, rel)| {
+            .map(|(location, rel, size)| {
                 let store = store.clone();
                 let dest = t.dir.join(&rel);
-                async move { fetch(store.as_ref(), &location, &dest).await }
+                async move { fetch(store.as_ref(), &location, size, &dest).await }
             })
             .buffer_unordered(CONCURRENCY)
             .collect()
@@ -264,35 +272,55 @@ pub fn download(t: &Transfer, log: &dyn Fn(&str)) -> Result<Moved, String> {
     Ok(moved)
 }
 
-/// One object streamed to a file.
-async fn fetch(store: &dyn ObjectStore, location: &StorePath, dest: &Path) -> Result<u64, String> {
+/// One object streamed to a file: a large one as ranges fetched several at
+/// once (in order, so memory holds at most [`PARTS_IN_FLIGHT`] parts).
+async fn fetch(
+    store: &dyn ObjectStore,
+    location: &StorePath,
+    size: Option<u64>,
+    dest: &Path,
+) -> Result<u64, String> {
     if let Some(parent) = dest.parent() {
         tokio::fs::create_dir_all(parent)
             .await
             .map_err(|e| format!("cannot create {}: {e}", parent.display()))?;
     }
-    let got = store
-        .get(location)
-        .await
-        .map_err(|e| format!("cannot read {location}: {e}"))?;
-    let mut file = tokio::fs::File::create(dest)
+    let file = tokio::fs::File::create(dest)
         .await
         .map_err(|e| format!("cannot write {}: {e}", dest.display()))?;
-    let mut stream = got.into_stream();
+    // Large writes: each write of a tokio file is a trip to a blocking thread.
+    let mut file = tokio::io::BufWriter::with_capacity(READ_BYTES, file);
+    let write_failed = |e: std::io::Error| format!("cannot write {}: {e}", dest.display());
+    let read_failed = |e: object_store::Error| format!("cannot read {location}: {e}");
     let mut bytes = 0;
-    while let Some(chunk) = stream
-        .try_next()
-        .await
-        .map_err(|e| format!("reading {location} broke off: {e}"))?
-    {
-        bytes += chunk.len() as u64;
-        file.write_all(&chunk)
-            .await
-            .map_err(|e| format!("cannot write {}: {e}", dest.display()))?;
+    match size {
+        Some(size) if size > 2 * PART_BYTES as u64 => {
+            let ranges = (0..size)
+                .step_by(PART_BYTES)
+                .map(|start| start..(start + PART_BYTES as u64).min(size));
+            let mut parts = futures_util::stream::iter(ranges)
+                .map(|range| store.get_range(location, range))
+                .buffered(PARTS_IN_FLIGHT);
+            while let Some(part) = parts.next().await {
+                let part = part.map_err(read_failed)?;
+                bytes += part.len() as u64;
+                file.write_all(&part).await.map_err(write_failed)?;
+            }
+        }
+        _ => {
+            let got = store.get(location).await.map_err(read_failed)?;
+            let mut stream = got.into_stream();
+            while let Some(chunk) = stream
+                .try_next()
+                .await
+                .map_err(|e| format!("reading {location} broke off: {e}"))?
+            {
+                bytes += chunk.len() as u64;
+                file.write_all(&chunk).await.map_err(write_failed)?;
+            }
+        }
     }
-    file.flush()
-        .await
-        .map_err(|e| format!("cannot write {}: {e}", dest.display()))?;
+    file.flush().await.map_err(write_failed)?;
     Ok(bytes)
 }
 
@@ -375,11 +403,15 @@ async fn put(
     source: &Path,
     location: StorePath,
 ) -> Result<u64, String> {
-    let mut file = tokio::fs::File::open(source)
+    let file = tokio::fs::File::open(source)
         .await
         .map_err(|e| format!("cannot read {}: {e}", source.display()))?;
-    let mut writer = object_store::buffered::BufWriter::new(store, location.clone());
-    let bytes = tokio::io::copy(&mut file, &mut writer)
+    let mut writer =
+        object_store::buffered::BufWriter::with_capacity(store, location.clone(), PART_BYTES)
+            .with_max_concurrency(PARTS_IN_FLIGHT);
+    // Large reads: each read of a tokio file is a trip to a blocking thread.
+    let mut file = tokio::io::BufReader::with_capacity(READ_BYTES, file);
+    let bytes = tokio::io::copy_buf(&mut file, &mut writer)
         .await
         .map_err(|e| format!("cannot upload {} to {location}: {e}", source.display()))?;
     writer
