@@ -149,6 +149,11 @@ impl Client {
         })
     }
 
+    /// Act as `user` (shown as `x-osmo-user`, as OSMO's dev login does).
+    pub fn set_user(&mut self, user: &str) {
+        self.user = Some(user.to_string());
+    }
+
     /// The service's address as given, without a trailing `/`.
     pub fn url(&self) -> &str {
         self.base.as_str().trim_end_matches('/')

@@ -17,6 +17,9 @@ pub struct Login {
     pub url: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token: Option<String>,
+    /// `--method dev`: the user name shown to a server without tokens.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub username: Option<String>,
 }
 
 fn path() -> Option<PathBuf> {
@@ -48,15 +51,46 @@ pub struct LoginArgs {
     /// A token from `osmo token create` (servers with `auth: tokens`).
     #[arg(long, env = "OSMO_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
+    /// How to log in, as OSMO's CLI: `token` (with --token), or `dev` (a server
+    /// without tokens, as --username) [default: token when --token is given, else dev].
+    #[arg(long, value_enum)]
+    pub method: Option<Method>,
+    /// `--method dev`: the user name to act as [default: OSMO_USER, USER].
+    #[arg(long)]
+    pub username: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Method {
+    Token,
+    Dev,
 }
 
 pub fn login(args: LoginArgs) -> anyhow::Result<Outcome> {
+    let token = args.token.filter(|t| !t.is_empty());
+    let method = args.method.unwrap_or(if token.is_some() {
+        Method::Token
+    } else {
+        Method::Dev
+    });
+    if method == Method::Token && token.is_none() {
+        anyhow::bail!(
+            "--method token needs --token TOKEN (from `osmo token create` on the server)"
+        );
+    }
     let login = Login {
         url: args.url.trim_end_matches('/').to_string(),
-        token: args.token.filter(|t| !t.is_empty()),
+        token: token.filter(|_| method == Method::Token),
+        username: args
+            .username
+            .filter(|u| !u.is_empty())
+            .filter(|_| method == Method::Dev),
     };
     // Checked before it is kept: a reachable service that takes the token.
-    let client = Client::with_token(&login.url, login.token.clone())?;
+    let mut client = Client::with_token(&login.url, login.token.clone())?;
+    if let Some(user) = &login.username {
+        client.set_user(user);
+    }
     client.health()?;
     client
         .list(&Default::default())

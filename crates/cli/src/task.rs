@@ -39,6 +39,9 @@ pub struct TaskListArgs {
     #[arg(long, short = 'c', value_name = "N", default_value_t = 100,
           value_parser = clap::value_parser!(u32).range(1..=1000))]
     pub count: u32,
+    /// Also what each task asked for: CPUs, GPUs, memory and storage.
+    #[arg(long, short = 'v')]
+    pub verbose: bool,
     #[command(flatten)]
     pub service: ServiceArgs,
     #[command(flatten)]
@@ -66,15 +69,19 @@ pub fn run(command: TaskCommand) -> anyhow::Result<Outcome> {
     if args.format.json() {
         print_json(&answer)?;
     } else {
-        print!("{}", tasks_text(&answer, &Clock::system()));
+        print!("{}", tasks_text(&answer, &Clock::system(), args.verbose));
     }
     Ok(Outcome::Success)
 }
 
-fn tasks_text(answer: &Value, clock: &Clock) -> String {
-    let mut t = table([
+fn tasks_text(answer: &Value, clock: &Clock, verbose: bool) -> String {
+    let mut header = vec![
         "Workflow", "Task", "Retry", "Status", "Pool", "Node", "GPUs", "Start",
-    ]);
+    ];
+    if verbose {
+        header.extend(["CPU", "GPU", "Memory", "Storage"]);
+    }
+    let mut t = table(header);
     let tasks = answer["tasks"]
         .as_array()
         .map(Vec::as_slice)
@@ -87,7 +94,7 @@ fn tasks_text(answer: &Value, clock: &Clock) -> String {
             .flatten()
             .map(|g| g.to_string())
             .collect();
-        t.add_row([
+        let mut row = vec![
             text("workflow_id"),
             text("task_name"),
             task["retry_id"].to_string(),
@@ -100,7 +107,17 @@ fn tasks_text(answer: &Value, clock: &Clock) -> String {
                 gpus.join(",")
             },
             clock.time(task["start_time"].as_str()),
-        ]);
+        ];
+        if verbose {
+            for k in ["cpu", "gpu", "memory", "storage"] {
+                row.push(match &task[k] {
+                    Value::Null => "-".to_string(),
+                    Value::String(s) => s.clone(),
+                    v => v.to_string(),
+                });
+            }
+        }
+        t.add_row(row);
     }
     let mut out = table_text(&t);
     if tasks.is_empty() {
@@ -119,9 +136,16 @@ mod tests {
     fn a_task_row_names_its_workflow_node_and_gpus() {
         let answer = serde_json::json!({"more_entries": true, "tasks": [{
             "workflow_id": "train-3", "task_name": "worker", "retry_id": 1, "status": "RUNNING",
-            "pool": "gpu", "node": "n7", "gpus": [0, 2], "start_time": "2026-11-25T11:20:02.123"
+            "pool": "gpu", "node": "n7", "gpus": [0, 2], "start_time": "2026-11-25T11:20:02.123",
+            "cpu": 4, "gpu": 2, "memory": 8589934592u64, "storage": null
         }]});
-        let text = tasks_text(&answer, &Clock::fixed_utc("2026-11-25T12:00:00Z"));
+        let text = tasks_text(&answer, &Clock::fixed_utc("2026-11-25T12:00:00Z"), false);
+        assert!(!text.contains("Memory"), "{text}");
+        let verbose = tasks_text(&answer, &Clock::fixed_utc("2026-11-25T12:00:00Z"), true);
+        assert!(
+            verbose.contains("Memory") && verbose.contains("8589934592"),
+            "{verbose}"
+        );
         assert!(
             text.contains("train-3") && text.contains("n7") && text.contains("0,2"),
             "{text}"
@@ -131,7 +155,8 @@ mod tests {
         assert_eq!(
             tasks_text(
                 &serde_json::json!({"tasks": []}),
-                &Clock::fixed_utc("2026-11-25T12:00:00Z")
+                &Clock::fixed_utc("2026-11-25T12:00:00Z"),
+                false
             ),
             "No tasks.\n"
         );

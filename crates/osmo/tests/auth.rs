@@ -7,7 +7,7 @@ mod common;
 use std::process::Command;
 use std::time::Duration;
 
-use common::{OSMO, Server, wait_for};
+use common::{OSMO, Server, local_pool, wait_for};
 use serde_json::Value;
 
 const AUTH_POOL: &str = "auth: tokens\npools:\n  default:\n    backend: local\n";
@@ -274,4 +274,50 @@ fn a_server_without_auth_keeps_to_loopback() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("without authentication"), "{err}");
     assert!(err.contains("--insecure"), "{err}");
+}
+
+#[test]
+fn the_cli_logs_in_as_a_dev_user_on_a_server_without_tokens() {
+    // OSMO's `osmo login URL --method dev --username NAME`: no token, the name is shown.
+    let server = Server::start(local_pool());
+    let home = tempfile::tempdir().unwrap();
+    let osmo = |args: &[&str]| {
+        Command::new(OSMO)
+            .args(args)
+            .env("XDG_CONFIG_HOME", home.path())
+            .env_remove("OSMO_URL")
+            .env_remove("OSMO_TOKEN")
+            .env_remove("OSMO_USER")
+            .output()
+            .unwrap()
+    };
+    let missing = osmo(&["login", &server.url, "--method", "token"]);
+    assert!(!missing.status.success(), "token without --token");
+    let ok = osmo(&[
+        "login",
+        &server.url,
+        "--method",
+        "dev",
+        "--username",
+        "carol",
+    ]);
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    let spec = home.path().join("wf.yaml");
+    std::fs::write(
+        &spec,
+        "workflow:\n  name: dev\n  tasks:\n  - {name: t, image: ubuntu, command: ['true']}\n",
+    )
+    .unwrap();
+    let submitted = osmo(&["workflow", "submit", spec.to_str().unwrap()]);
+    assert!(
+        submitted.status.success(),
+        "{}",
+        String::from_utf8_lossy(&submitted.stderr)
+    );
+    let doc = server.get_json("/api/workflow/dev-1");
+    assert_eq!(doc["submitted_by"], "carol", "{doc:#}");
 }

@@ -97,14 +97,25 @@ impl ServiceArgs {
     pub fn client(&self) -> anyhow::Result<Client> {
         let env_token = std::env::var("OSMO_TOKEN").ok().filter(|t| !t.is_empty());
         let login = crate::login::load();
-        match (&self.url, login) {
+        // `--method dev`'s user name, unless OSMO_USER says otherwise.
+        let dev_user = login
+            .as_ref()
+            .and_then(|l| l.username.clone())
+            .filter(|_| std::env::var("OSMO_USER").map_or(true, |u| u.is_empty()));
+        let client = match (&self.url, login) {
             (Some(url), Some(login)) if login.url == url.trim_end_matches('/') => {
                 Client::with_token(url, env_token.or(login.token))
             }
             (Some(url), _) => Client::with_token(url, env_token),
             (None, Some(login)) => Client::with_token(&login.url, env_token.or(login.token)),
             (None, None) => Client::with_token(DEFAULT_URL, env_token),
-        }
+        };
+        client.map(|mut c| {
+            if let Some(user) = &dev_user {
+                c.set_user(user);
+            }
+            c
+        })
     }
 }
 

@@ -40,6 +40,9 @@ pub struct PortForwardArgs {
     /// The local address to listen on.
     #[arg(long, default_value = "localhost")]
     pub host: String,
+    /// UDP instead of TCP (OSMO's flag): this service forwards TCP only, and says so.
+    #[arg(long)]
+    pub udp: bool,
     /// Seconds to wait for each connection to the service.
     #[arg(long, value_name = "SECONDS", default_value_t = 60)]
     pub connect_timeout: u64,
@@ -103,7 +106,7 @@ pub fn run(args: PortForwardArgs) -> anyhow::Result<Outcome> {
         ],
         &[
             ("task_ports", task_ports.join(",")),
-            ("use_udp", "false".into()),
+            ("use_udp", args.udp.to_string()),
         ],
     )?;
     let tickets: Vec<RouterTicket> = typed(&answer, "list of router tickets")?;
