@@ -11,7 +11,7 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{OSMO, Server, local_pool, task, wait_for};
+use common::{OSMO, Server, free_port, local_pool, task, wait_for};
 
 /// A task that waits until an exec'd command leaves a file in its `/tmp`,
 /// then copies it to its output and ends.
@@ -230,14 +230,6 @@ workflow:
             c.sendall(("%s got %s\n" % (os.environ["OSMO_WORKFLOW_ID"], line)).encode())
             c.close()
 "#;
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 /// Sends a line to the forwarded port and reads the answer (None: no answer yet).
 fn ask(port: u16, line: &str) -> Option<String> {

@@ -116,6 +116,16 @@ fn size(bytes: f64) -> String {
     }
 }
 
+/// The files moved, or the first failure.
+fn total(results: Vec<Result<u64, String>>) -> Result<Moved, String> {
+    let mut moved = Moved::default();
+    for r in results {
+        moved.bytes += r?;
+        moved.files += 1;
+    }
+    Ok(moved)
+}
+
 /// Checks a data URL as a submit would: a scheme this runtime reads, and
 /// (for writes) one it can write.
 pub fn check_url(url: &str, for_upload: bool) -> Result<(), String> {
@@ -257,12 +267,7 @@ pub fn download(t: &Transfer, log: &dyn Fn(&str)) -> Result<Moved, String> {
             .buffer_unordered(CONCURRENCY)
             .collect()
             .await;
-        let mut moved = Moved::default();
-        for r in results {
-            moved.bytes += r?;
-            moved.files += 1;
-        }
-        Ok::<_, String>(moved)
+        total(results)
     })?;
     log(&format!(
         "downloaded {}: {}",
@@ -381,12 +386,7 @@ pub fn upload(t: &Transfer, log: &dyn Fn(&str)) -> Result<Moved, String> {
             .buffer_unordered(CONCURRENCY)
             .collect()
             .await;
-        let mut moved = Moved::default();
-        for r in results {
-            moved.bytes += r?;
-            moved.files += 1;
-        }
-        Ok::<_, String>(moved)
+        total(results)
     })?;
     log(&format!(
         "uploaded to {}: {}",

@@ -398,12 +398,7 @@ async fn submit(
         // OSMO's resubmit of an earlier workflow by its ID (no body): its file
         // as it was rendered, so it runs as it ran.
         Some(id) => {
-            let row = app
-                .store
-                .get_workflow(id)
-                .await
-                .map_err(ApiError::internal)?
-                .ok_or_else(|| ApiError::unknown_workflow(id))?;
+            let row = workflow_row(&app, id).await?;
             SubmitRequest {
                 file: row.spec_rendered,
                 file_name: Some(format!("{id}.yaml")),
@@ -851,13 +846,17 @@ async fn metrics(State(app): State<AppState>) -> Response {
         .into_response()
 }
 
-async fn load(app: &AppState, id: &str) -> ApiResult<(osmo_store::WorkflowRow, Persisted)> {
-    let row = app
-        .store
+/// A workflow's stored row; 404 when there is none.
+pub(super) async fn workflow_row(app: &AppState, id: &str) -> ApiResult<osmo_store::WorkflowRow> {
+    app.store
         .get_workflow(id)
         .await
-        .map_err(ApiError::internal)?;
-    let row = row.ok_or_else(|| ApiError::unknown_workflow(id))?;
+        .map_err(ApiError::internal)?
+        .ok_or_else(|| ApiError::unknown_workflow(id))
+}
+
+async fn load(app: &AppState, id: &str) -> ApiResult<(osmo_store::WorkflowRow, Persisted)> {
+    let row = workflow_row(app, id).await?;
     let doc = Persisted::from_json(row.state.clone()).map_err(ApiError::internal)?;
     Ok((row, doc))
 }
@@ -1052,12 +1051,7 @@ pub(super) async fn owned_by_caller(
     if caller.admin {
         return Ok(());
     }
-    let row = app
-        .store
-        .get_workflow(id)
-        .await
-        .map_err(ApiError::internal)?
-        .ok_or_else(|| ApiError::unknown_workflow(id))?;
+    let row = workflow_row(app, id).await?;
     if caller.may_act_on(&row.submitted_by) {
         return Ok(());
     }

@@ -151,6 +151,21 @@ impl Sessions {
         }
     }
 
+    /// A new key for `kind` on `attempt`, waiting for its WebSocket.
+    fn issue(&self, attempt: &Attempt, kind: Kind) -> ApiResult<String> {
+        let key = new_key()?;
+        self.insert(
+            key.clone(),
+            Waiting {
+                workflow: attempt.workflow.clone(),
+                attempt: attempt.clone(),
+                kind,
+                expires: Instant::now() + KEY_LIFETIME,
+            },
+        )?;
+        Ok(key)
+    }
+
     /// The key's session, once: None when unknown, expired or of another workflow.
     fn take(&self, workflow: &str, key: &str) -> Option<Waiting> {
         let mut map = self.lock();
@@ -192,12 +207,7 @@ async fn running_attempt(app: &AppState, id: &str, task: &str) -> ApiResult<Atte
     };
     let Some(doc) = doc else {
         // Not running here: finished, or not known at all.
-        let row = app
-            .store
-            .get_workflow(id)
-            .await
-            .map_err(ApiError::internal)?
-            .ok_or_else(|| ApiError::unknown_workflow(id))?;
+        let row = super::api::workflow_row(app, id).await?;
         return Err(ApiError::with_status(
             StatusCode::CONFLICT,
             format!("workflow {id} is {}: its tasks no longer run", row.status),
@@ -276,16 +286,7 @@ pub(crate) async fn exec_start(
     let tty = param(&params, "tty").is_none() || flag(&params, "tty")?;
     owned_by_caller(&app, &id, &caller, "exec into").await?;
     let attempt = running_attempt(&app, &id, &task).await?;
-    let key = new_key()?;
-    app.exec.insert(
-        key.clone(),
-        Waiting {
-            workflow: id,
-            attempt,
-            kind: Kind::Exec { entry, tty },
-            expires: Instant::now() + KEY_LIFETIME,
-        },
-    )?;
+    let key = app.exec.issue(&attempt, Kind::Exec { entry, tty })?;
     Ok(Json(ticket(&headers, &app.exec, key)))
 }
 
@@ -334,16 +335,7 @@ pub(crate) async fn port_forward_start(
     let attempt = running_attempt(&app, &id, &task).await?;
     let mut tickets = Vec::with_capacity(ports.len());
     for port in ports {
-        let key = new_key()?;
-        app.exec.insert(
-            key.clone(),
-            Waiting {
-                workflow: id.clone(),
-                attempt: attempt.clone(),
-                kind: Kind::PortControl { port },
-                expires: Instant::now() + KEY_LIFETIME,
-            },
-        )?;
+        let key = app.exec.issue(&attempt, Kind::PortControl { port })?;
         tickets.push(ticket(&headers, &app.exec, key));
     }
     Ok(Json(tickets))
