@@ -487,3 +487,41 @@ fn an_input_can_be_another_workflows_task() {
         "only a COMPLETED task's output can be read",
     );
 }
+
+#[test]
+fn checkpoints_are_uploaded_while_the_command_runs_and_as_it_ends() {
+    let server = Server::start(POOL);
+    let store = server.dir.path().join("store");
+    let id = server.submit(&format!(
+        r#"
+workflow:
+  name: ckpt
+  tasks:
+  - name: t
+    image: ubuntu
+    command: [sh, -c]
+    args: ["mkdir -p /tmp/ck; for i in 1 2 3 4 5 6 7 8; do echo $i > /tmp/ck/step; sleep 0.25; done"]
+    checkpoint:
+    - path: /tmp/ck
+      url: file://{}/ck
+      frequency: 300ms
+"#,
+        store.display()
+    ));
+    let doc = server.wait_finished(&id, Duration::from_secs(60));
+    assert_eq!(doc["status"], "COMPLETED", "{doc:#}");
+    let log = logs(&server, &id);
+    let ended = log
+        .find("command exited")
+        .expect("the command's end is logged");
+    let while_running = log[..ended].matches("checkpoint: uploaded").count();
+    assert!(
+        while_running >= 2,
+        "periodic checkpoints while it ran: {log}"
+    );
+    // The last one, taken as the command ended, has its last write.
+    assert_eq!(
+        std::fs::read_to_string(store.join("ck/step")).unwrap(),
+        "8\n"
+    );
+}
