@@ -218,7 +218,9 @@ mod tests {
         let tokens = TaskTokens::load(dir.path()).unwrap();
         let t = tokens.token("train-3");
         assert_eq!(tokens.workflow_of(&t), Some("train-3"));
-        let forged = format!("{}0", &t[..t.len() - 1]);
+        // The last digit changed (to another one: a token ending in 0 made this pass for a forgery).
+        let last = if t.ends_with('0') { '1' } else { '0' };
+        let forged = format!("{}{last}", &t[..t.len() - 1]);
         assert_eq!(tokens.workflow_of(&forged), None);
         assert_eq!(tokens.workflow_of("osmowf_train-3"), None);
         // Another server's secret: not ours.
