@@ -616,7 +616,8 @@ fn labels_select_workflows_and_tags_are_added_and_removed() {
     let out = service.osmo(&["workflow", "submit", &spec, "--label", "project=has space"]);
     assert_ne!(out.code, 0);
     assert!(
-        out.stderr.contains("not a valid non-empty Kubernetes label value"),
+        out.stderr
+            .contains("not a valid non-empty Kubernetes label value"),
         "{out:#?}"
     );
 
