@@ -37,7 +37,7 @@ mkdir "$DATA/store" "$DATA/store/osmo-test"
 "$S3S" --host 127.0.0.1 --port "$PORT" --access-key "$KEY_ID" --secret-key "$SECRET" \
     "$DATA/store" >"$DATA/server.log" 2>&1 &
 SERVER=$!
-trap 'kill $SERVER 2>/dev/null; wait $SERVER 2>/dev/null; rm -rf "$DATA"' EXIT
+trap 'kill $SERVER 2>/dev/null; wait $SERVER 2>/dev/null || true; rm -rf "$DATA"' EXIT
 
 for _ in $(seq 100); do
     if (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null; then
