@@ -118,15 +118,16 @@ impl Sessions {
         self.waiting.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn insert(&self, key: String, waiting: Waiting) -> Result<(), ApiError> {
+    fn insert(&self, key: String, waiting: Waiting) -> Result<(), Refused> {
         let mut map = self.lock();
         let now = Instant::now();
         map.retain(|_, w| w.expires > now);
         if map.len() >= MAX_WAITING {
-            return Err(ApiError::with_status(
-                StatusCode::TOO_MANY_REQUESTS,
-                "too many exec and port-forward sessions are waiting to be opened; try again soon",
-            ));
+            return Err(Refused::Full);
+        }
+        if map.contains_key(&key) {
+            // A key announced by a client may not replace a waiting one (another's).
+            return Err(Refused::Taken);
         }
         map.insert(key, waiting);
         drop(map);
@@ -171,6 +172,32 @@ impl Sessions {
         let mut map = self.lock();
         let w = map.remove(key)?;
         (w.workflow == workflow && w.expires > Instant::now()).then_some(w)
+    }
+}
+
+/// Why a key was not taken.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Refused {
+    /// [`MAX_WAITING`] keys wait already.
+    Full,
+    /// This key waits already.
+    Taken,
+}
+
+impl Refused {
+    fn reason(self) -> &'static str {
+        match self {
+            Refused::Full => {
+                "too many exec and port-forward sessions are waiting to be opened; try again soon"
+            }
+            Refused::Taken => "this key is already waiting: announce a new one",
+        }
+    }
+}
+
+impl From<Refused> for ApiError {
+    fn from(r: Refused) -> ApiError {
+        ApiError::with_status(StatusCode::TOO_MANY_REQUESTS, r.reason())
     }
 }
 
@@ -441,8 +468,8 @@ async fn control(
             kind: Kind::PortData { port },
             expires: Instant::now() + KEY_LIFETIME,
         };
-        if sessions.insert(key, waiting).is_err() {
-            let _ = client.send(close(1013, "too many waiting sessions")).await;
+        if let Err(refused) = sessions.insert(key, waiting) {
+            let _ = client.send(close(1013, refused.reason())).await;
             return;
         }
     }
@@ -536,4 +563,41 @@ fn to_client(msg: tungstenite::Message) -> Option<ws::Message> {
         tungstenite::Message::Text(t) => ws::Message::Text(t.as_str().into()),
         _ => return None,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn waiting(workflow: &str) -> Waiting {
+        Waiting {
+            workflow: workflow.into(),
+            attempt: Attempt {
+                workflow: workflow.into(),
+                group: "g".into(),
+                task: "t".into(),
+                retry: 0,
+            },
+            kind: Kind::PortData { port: 80 },
+            expires: Instant::now() + KEY_LIFETIME,
+        }
+    }
+
+    #[test]
+    fn a_key_is_taken_once_by_its_own_workflow_and_never_replaced() {
+        let sessions = Sessions::new("/nonexistent".into(), false);
+        sessions.insert("k".into(), waiting("wf-1")).unwrap();
+        // Another client announcing the same key does not replace it.
+        assert_eq!(
+            sessions.insert("k".into(), waiting("wf-2")).unwrap_err(),
+            Refused::Taken
+        );
+        assert!(
+            sessions.take("wf-2", "k").is_none(),
+            "not another workflow's"
+        );
+        sessions.insert("k".into(), waiting("wf-1")).unwrap();
+        assert!(sessions.take("wf-1", "k").is_some());
+        assert!(sessions.take("wf-1", "k").is_none(), "once");
+    }
 }
