@@ -199,20 +199,25 @@ fn tokens_decide_who_may_do_what() {
     }
 }
 
+/// `osmo` with its own config home and nothing from the environment that
+/// would stand in for a login (address, token, user).
+fn cli_at_home(home: &std::path::Path, args: &[&str]) -> std::process::Output {
+    Command::new(OSMO)
+        .args(args)
+        .env("XDG_CONFIG_HOME", home)
+        .env_remove("OSMO_URL")
+        .env_remove("OSMO_TOKEN")
+        .env_remove("OSMO_USER")
+        .output()
+        .unwrap()
+}
+
 #[test]
 fn the_cli_logs_in_with_a_token() {
     let server = Server::start(AUTH_POOL);
     let alice = token(&server, "alice", "user");
     let home = tempfile::tempdir().unwrap();
-    let osmo = |args: &[&str]| {
-        Command::new(OSMO)
-            .args(args)
-            .env("XDG_CONFIG_HOME", home.path())
-            .env_remove("OSMO_URL")
-            .env_remove("OSMO_TOKEN")
-            .output()
-            .unwrap()
-    };
+    let osmo = |args: &[&str]| cli_at_home(home.path(), args);
     let refused = osmo(&["login", &server.url, "--token", "osmo_wrong"]);
     assert!(!refused.status.success());
     assert!(
@@ -281,16 +286,7 @@ fn the_cli_logs_in_as_a_dev_user_on_a_server_without_tokens() {
     // OSMO's `osmo login URL --method dev --username NAME`: no token, the name is shown.
     let server = Server::start(local_pool());
     let home = tempfile::tempdir().unwrap();
-    let osmo = |args: &[&str]| {
-        Command::new(OSMO)
-            .args(args)
-            .env("XDG_CONFIG_HOME", home.path())
-            .env_remove("OSMO_URL")
-            .env_remove("OSMO_TOKEN")
-            .env_remove("OSMO_USER")
-            .output()
-            .unwrap()
-    };
+    let osmo = |args: &[&str]| cli_at_home(home.path(), args);
     let missing = osmo(&["login", &server.url, "--method", "token"]);
     assert!(!missing.status.success(), "token without --token");
     let ok = osmo(&[

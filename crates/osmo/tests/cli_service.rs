@@ -739,20 +739,27 @@ fn spec_is_rendered_unless_the_template_is_asked_for() {
     assert_eq!(template.stdout, source, "{template:#?}");
 }
 
+/// `osmo workflow run examples/NAME` with its data dir in `dir`.
+fn run_example(name: &str, dir: &std::path::Path, extra: &[&str]) -> Output {
+    let example = format!("{}/../../examples/{name}", env!("CARGO_MANIFEST_DIR"));
+    let data = dir.join("data");
+    let mut args = vec![
+        "workflow",
+        "run",
+        &example,
+        "--data-dir",
+        data.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    osmo(&args)
+}
+
 #[test]
 fn the_readme_example_runs_end_to_end() {
     // README's first command: `osmo workflow run examples/pipeline.yaml`. Its
     // workers reach the trainer by `{{host:trainer}}` in the workflow's network.
-    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/pipeline.yaml");
     let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    let out = osmo(&[
-        "workflow",
-        "run",
-        example,
-        "--data-dir",
-        data.to_str().unwrap(),
-    ]);
+    let out = run_example("pipeline.yaml", dir.path(), &[]);
     assert_eq!(out.code, 0, "{out:#?}");
     let text = &out.stdout;
     assert!(text.contains("worker 0 sent statistics"), "{text}");
@@ -763,23 +770,10 @@ fn the_readme_example_runs_end_to_end() {
 #[test]
 fn the_data_example_publishes_trains_checkpoints_and_uploads() {
     // examples/data-pipeline.yaml with its store a directory (file://).
-    let example = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../examples/data-pipeline.yaml"
-    );
     let dir = tempfile::tempdir().unwrap();
     let store = dir.path().join("store");
     let url = format!("storage_url=file://{}", store.display());
-    let data = dir.path().join("data");
-    let out = osmo(&[
-        "workflow",
-        "run",
-        example,
-        "--data-dir",
-        data.to_str().unwrap(),
-        "--set",
-        &url,
-    ]);
+    let out = run_example("data-pipeline.yaml", dir.path(), &["--set", &url]);
     assert_eq!(out.code, 0, "{out:#?}");
     let id = "data-pipeline-1";
     let model = std::fs::read_to_string(store.join(format!("model/{id}/model.json"))).unwrap();
