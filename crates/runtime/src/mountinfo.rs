@@ -1,7 +1,11 @@
 //! `/proc/self/mountinfo`, read by the controller before it forks (the child
 //! must not allocate, so it gets a finished list of mounts to bind).
 
+use std::fs::File;
+use std::io::{Read, Seek};
+use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 /// One line of mountinfo, the fields we use.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -14,8 +18,47 @@ pub(crate) struct MountEntry {
     pub super_options: String,
 }
 
-pub(crate) fn read() -> std::io::Result<Vec<MountEntry>> {
-    Ok(parse(&std::fs::read_to_string("/proc/self/mountinfo")?))
+/// This process's mount table, read again only when it has changed.
+///
+/// Every attempt asks for it, and the kernel formats the whole table for each
+/// read (a path walk per mount), so it is kept with an open descriptor of the
+/// file: the kernel marks such a descriptor (`POLLPRI`) at every mount or
+/// unmount in this namespace, and a poll that returns at once says whether the
+/// copy is still true. The sandboxes' own mounts are in their namespaces.
+pub(crate) fn read() -> std::io::Result<Arc<Vec<MountEntry>>> {
+    static CACHE: Mutex<Option<(File, Arc<Vec<MountEntry>>)>> = Mutex::new(None);
+    let mut cache = CACHE.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some((file, entries)) = cache.as_mut()
+        && !changed(file)?
+    {
+        return Ok(entries.clone());
+    }
+    let mut file = match cache.take() {
+        Some((file, _)) => file,
+        None => File::open("/proc/self/mountinfo")?,
+    };
+    // Poll once before reading, so a change during the read marks it again.
+    changed(&file)?;
+    file.rewind()?;
+    let mut text = String::new();
+    file.read_to_string(&mut text)?;
+    let entries = Arc::new(parse(&text));
+    *cache = Some((file, entries.clone()));
+    Ok(entries)
+}
+
+/// Whether the mount table changed since `file` was last polled.
+fn changed(file: &File) -> std::io::Result<bool> {
+    let mut pfd = libc::pollfd {
+        fd: file.as_raw_fd(),
+        events: libc::POLLPRI,
+        revents: 0,
+    };
+    // SAFETY: poll of one live descriptor, no waiting.
+    match unsafe { libc::poll(&mut pfd, 1, 0) } {
+        n if n < 0 => Err(std::io::Error::last_os_error()),
+        _ => Ok(pfd.revents & (libc::POLLPRI | libc::POLLERR) != 0),
+    }
 }
 
 pub(crate) fn parse(text: &str) -> Vec<MountEntry> {
@@ -85,6 +128,7 @@ pub(crate) fn submounts(entries: &[MountEntry], skip: &[&Path]) -> Vec<PathBuf> 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::ptr;
 
     const SAMPLE: &str = "\
 22 1 254:0 / / rw,relatime - ext4 /dev/vda rw
@@ -99,6 +143,38 @@ mod tests {
 31 22 0:26 /data /my\\040data rw - ext4 /dev/vdb rw
 32 22 0:27 / /scratch/a rw - tmpfs tmpfs rw
 ";
+
+    #[test]
+    fn the_kept_table_is_read_again_after_a_mount() {
+        let before = read().unwrap();
+        assert!(
+            Arc::ptr_eq(&before, &read().unwrap()),
+            "unchanged: the same copy"
+        );
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let target = std::ffi::CString::new(dir.path().as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: valid NUL-terminated strings.
+        let r = unsafe {
+            libc::mount(
+                c"tmpfs".as_ptr(),
+                target.as_ptr(),
+                c"tmpfs".as_ptr(),
+                0,
+                ptr::null(),
+            )
+        };
+        assert_eq!(r, 0, "mount: {}", std::io::Error::last_os_error());
+        let during = read().unwrap();
+        // SAFETY: as above.
+        unsafe { libc::umount2(target.as_ptr(), libc::MNT_DETACH) };
+        let canonical = dir.path().canonicalize().unwrap();
+        assert!(during.iter().any(|e| e.mount_point == canonical));
+        assert!(!read().unwrap().iter().any(|e| e.mount_point == canonical));
+    }
 
     #[test]
     fn parses_fields_and_escapes() {
