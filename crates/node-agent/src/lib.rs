@@ -67,6 +67,11 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
         args.state_dir.join("agent.pid"),
         std::process::id().to_string(),
     )?;
+    // From this thread, which lives as long as the agent: the sandboxes'
+    // inits are its children.
+    if let Err(e) = osmo_runtime::spawner::start(std::path::Path::new("/proc/self/exe")) {
+        eprintln!("osmo agent: no sandbox spawner ({e}); sandboxes are forked directly");
+    }
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;

@@ -12,6 +12,8 @@ pub static malloc_conf: &[u8; 60] =
     b"background_thread:true,dirty_decay_ms:1000,muzzy_decay_ms:0\0";
 
 fn main() -> std::process::ExitCode {
+    // The agent's sandbox spawner: before anything else (it stays small).
+    osmo_runtime::spawner::serve_if_asked();
     // The template renderer runs as a resource-limited child of this binary.
     if std::env::args_os()
         .nth(1)

@@ -18,6 +18,7 @@ use std::ffi::{CStr, CString};
 use std::ptr;
 
 use libc::{c_char, c_int, c_uint, c_ulong, c_void, pid_t};
+use serde::{Deserialize, Serialize};
 
 /// Message kinds, init → controller. `index` and `value` depend on the kind.
 pub(crate) mod msg {
@@ -79,7 +80,10 @@ pub(crate) const ROOT_OVERLAY_TMPFS: u32 = 1;
 pub(crate) const ROOT_READONLY_BIND: u32 = 2;
 
 /// A program to execute: the paths to try in order (the `PATH` search is
-/// done beforehand) and its argv.
+/// done beforehand) and its argv. Sent to the spawner as its strings; the
+/// pointer array is rebuilt where it is received.
+#[derive(Serialize, Deserialize)]
+#[serde(from = "ExecStrings", into = "ExecStrings")]
 pub(crate) struct ExecPlan {
     pub candidates: Vec<CString>,
     /// Owns the strings `argv` points to.
@@ -88,13 +92,82 @@ pub(crate) struct ExecPlan {
     pub argv: Vec<*const c_char>,
 }
 
+#[derive(Serialize, Deserialize)]
+struct ExecStrings {
+    candidates: Vec<CString>,
+    argv: Vec<CString>,
+}
+
+impl ExecPlan {
+    pub fn new(candidates: Vec<CString>, argv: Vec<CString>) -> ExecPlan {
+        ExecPlan {
+            candidates,
+            argv: null_terminated(&argv),
+            _argv_store: argv,
+        }
+    }
+}
+
+impl From<ExecStrings> for ExecPlan {
+    fn from(w: ExecStrings) -> ExecPlan {
+        ExecPlan::new(w.candidates, w.argv)
+    }
+}
+
+impl Clone for ExecPlan {
+    fn clone(&self) -> ExecPlan {
+        ExecPlan::new(self.candidates.clone(), self._argv_store.clone())
+    }
+}
+
+impl From<ExecPlan> for ExecStrings {
+    fn from(p: ExecPlan) -> ExecStrings {
+        ExecStrings {
+            candidates: p.candidates,
+            argv: p._argv_store,
+        }
+    }
+}
+
+/// The pointers of `strings`, then a null (their heap buffers do not move
+/// when the vector that owns them does).
+fn null_terminated(strings: &[CString]) -> Vec<*const c_char> {
+    let mut ptrs: Vec<*const c_char> = strings.iter().map(|c| c.as_ptr()).collect();
+    ptrs.push(ptr::null());
+    ptrs
+}
+
 /// A null-terminated `envp` with its strings.
+#[derive(Serialize, Deserialize)]
+#[serde(from = "Vec<CString>", into = "Vec<CString>")]
 pub(crate) struct EnvBlock {
     pub _store: Vec<CString>,
     pub envp: Vec<*const c_char>,
 }
 
+impl From<Vec<CString>> for EnvBlock {
+    fn from(store: Vec<CString>) -> EnvBlock {
+        EnvBlock {
+            envp: null_terminated(&store),
+            _store: store,
+        }
+    }
+}
+
+impl Clone for EnvBlock {
+    fn clone(&self) -> EnvBlock {
+        EnvBlock::from(self._store.clone())
+    }
+}
+
+impl From<EnvBlock> for Vec<CString> {
+    fn from(b: EnvBlock) -> Vec<CString> {
+        b._store
+    }
+}
+
 /// One mount of the set-up, in the host's view (targets are below the new root).
+#[derive(Serialize, Deserialize)]
 pub(crate) struct Step {
     /// Directories to create first (parents first); existing ones are fine.
     pub mkdirs: Vec<CString>,
@@ -111,7 +184,7 @@ pub(crate) struct Step {
 }
 
 /// Which roots a step is for.
-#[derive(Clone, Copy, PartialEq, Eq)]
+#[derive(Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) enum When {
     Always,
     /// The read-only bind of `/` has it already.
@@ -120,6 +193,7 @@ pub(crate) enum When {
     ReadOnlyRoot,
 }
 
+#[derive(Serialize, Deserialize)]
 pub(crate) struct RootPlan {
     pub newroot: CString,
     /// Mount data of the overlay with its upper and work directories on disk
@@ -138,12 +212,14 @@ pub(crate) struct RootPlan {
     pub overlay_tmpfs: Option<CString>,
 }
 
+#[derive(Serialize, Deserialize)]
 pub(crate) struct FilePlan {
     pub path: CString,
     pub parents: Vec<CString>,
     pub data: Vec<u8>,
 }
 
+#[derive(Serialize, Deserialize)]
 pub(crate) struct PreflightPlan {
     pub exec: ExecPlan,
     /// Write end of this test's output pipe (stdout and stderr).
@@ -151,6 +227,7 @@ pub(crate) struct PreflightPlan {
 }
 
 /// Everything the init needs, prepared before the fork.
+#[derive(Serialize, Deserialize)]
 pub(crate) struct ChildPlan {
     pub devnull: c_int,
     pub status: c_int,
@@ -177,6 +254,42 @@ pub(crate) struct ChildPlan {
     pub run_as: Option<(libc::uid_t, libc::gid_t)>,
     /// A network namespace to join first, or -1.
     pub netns: c_int,
+    /// The stack the init's children run on until they execute (see [`spawn`]).
+    #[serde(skip, default = "spawn_stack")]
+    pub spawn_stack: Vec<u8>,
+}
+
+/// Bytes of [`ChildPlan::spawn_stack`]: the child runs a few system calls.
+const SPAWN_STACK: usize = 64 * 1024;
+
+pub(crate) fn spawn_stack() -> Vec<u8> {
+    vec![0; SPAWN_STACK]
+}
+
+impl ChildPlan {
+    /// Every descriptor of the plan through `map` (they are numbered anew
+    /// where the plan is received with them).
+    pub fn map_fds(&mut self, map: impl Fn(c_int) -> c_int) {
+        let opt = |fd: c_int| if fd < 0 { fd } else { map(fd) };
+        for fd in [
+            &mut self.devnull,
+            &mut self.status,
+            &mut self.go,
+            &mut self.stdout,
+            &mut self.stderr,
+        ] {
+            *fd = map(*fd);
+        }
+        self.cgroup_procs = opt(self.cgroup_procs);
+        self.netns = opt(self.netns);
+        for t in &mut self.preflight {
+            t.out = map(t.out);
+        }
+        for fd in &mut self.keep_fds {
+            *fd = map(*fd);
+        }
+        self.keep_fds.sort_unstable();
+    }
 }
 
 /// `fork` as the bare system call, with extra clone flags (namespaces).
@@ -369,9 +482,52 @@ unsafe fn exec(plan: &ExecPlan, envp: *const *const c_char) -> c_int {
     if denied { libc::EACCES } else { result }
 }
 
-/// Forks a child that runs `plan` with stdin from /dev/null and the given
+/// What [`spawn`] hands its child, which shares the init's memory until it
+/// executes: the child reads the plan and writes `exec_err` in place.
+struct SpawnArgs<'a> {
+    p: &'a ChildPlan,
+    plan: &'a ExecPlan,
+    out: c_int,
+    err: c_int,
+    new_session: bool,
+    /// 0 once the child has executed; else the errno that stopped it.
+    exec_err: c_int,
+}
+
+/// The child of [`spawn`], on its own stack in the init's memory (the init
+/// is suspended until this executes or exits, as with `vfork`).
+extern "C" fn spawn_child(arg: *mut c_void) -> c_int {
+    // SAFETY: `arg` is the SpawnArgs of the suspended caller; only system
+    // calls follow, and every signal's disposition is the default (the init
+    // reset them), so no handler can run on the shared memory.
+    unsafe {
+        let a = &mut *(arg as *mut SpawnArgs<'_>);
+        // The init blocks SIGCHLD (it reads it from a signalfd); the task must not inherit that.
+        let mut none: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut none);
+        libc::sigprocmask(libc::SIG_SETMASK, &none, ptr::null_mut());
+        if a.new_session {
+            libc::setsid();
+        }
+        a.exec_err = if libc::dup2(a.p.devnull, 0) < 0
+            || libc::dup2(a.out, 1) < 0
+            || libc::dup2(a.err, 2) < 0
+        {
+            errno()
+        } else {
+            exec(a.plan, a.p.env.envp.as_ptr())
+        };
+        libc::_exit(127)
+    }
+}
+
+/// Starts a child that runs `plan` with stdin from /dev/null and the given
 /// stdout and stderr. Returns its pid and 0, or the errno of a failed exec
 /// (the child has then exited with 127 and must still be reaped).
+///
+/// The child shares the init's memory until it executes (`CLONE_VM |
+/// CLONE_VFORK`, as `posix_spawn` does): nothing is copied, where a fork
+/// would copy the page tables of the init (a copy of the controller's).
 unsafe fn spawn(
     p: &ChildPlan,
     plan: &ExecPlan,
@@ -379,62 +535,33 @@ unsafe fn spawn(
     err: c_int,
     new_session: bool,
 ) -> Result<(pid_t, c_int), (u32, c_int)> {
-    unsafe {
-        let mut fds: [c_int; 2] = [-1, -1];
-        if libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) != 0 {
-            return Err((step::PIPE, errno()));
-        }
-        let pid = raw_fork(0);
-        if pid < 0 {
-            let e = errno();
-            libc::close(fds[0]);
-            libc::close(fds[1]);
-            return Err((step::FORK, e));
-        }
-        if pid == 0 {
-            libc::close(fds[0]);
-            // The init blocks SIGCHLD (it reads it from a signalfd); the task must not inherit that.
-            let mut none: libc::sigset_t = std::mem::zeroed();
-            libc::sigemptyset(&mut none);
-            libc::sigprocmask(libc::SIG_SETMASK, &none, ptr::null_mut());
-            if new_session {
-                libc::setsid();
-            }
-            let e =
-                if libc::dup2(p.devnull, 0) < 0 || libc::dup2(out, 1) < 0 || libc::dup2(err, 2) < 0
-                {
-                    errno()
-                } else {
-                    exec(plan, p.env.envp.as_ptr())
-                };
-            libc::write(
-                fds[1],
-                &e as *const c_int as *const c_void,
-                std::mem::size_of::<c_int>(),
-            );
-            libc::_exit(127);
-        }
-        libc::close(fds[1]);
-        let mut code: c_int = 0;
-        let n = loop {
-            let n = libc::read(
-                fds[0],
-                &mut code as *mut c_int as *mut c_void,
-                std::mem::size_of::<c_int>(),
-            );
-            if n < 0 && errno() == libc::EINTR {
-                continue;
-            }
-            break n;
-        };
-        libc::close(fds[0]);
-        let exec_err = if n == std::mem::size_of::<c_int>() as isize {
-            code
-        } else {
-            0
-        };
-        Ok((pid, exec_err))
+    let mut args = SpawnArgs {
+        p,
+        plan,
+        out,
+        err,
+        new_session,
+        exec_err: 0,
+    };
+    let stack = p.spawn_stack.as_ptr() as usize + p.spawn_stack.len();
+    // The stack grows down from its 16-byte aligned top.
+    let top = (stack & !15) as *mut c_void;
+    // SAFETY: the stack is ours and unused while the child runs (the caller
+    // is suspended until it executes or exits); `args` outlives it.
+    let pid = unsafe {
+        libc::clone(
+            spawn_child,
+            top,
+            libc::CLONE_VM | libc::CLONE_VFORK | libc::SIGCHLD,
+            &mut args as *mut SpawnArgs<'_> as *mut c_void,
+        )
+    };
+    if pid < 0 {
+        return Err((step::FORK, errno()));
     }
+    // The child wrote this before it exited, and is gone from our memory.
+    let exec_err = unsafe { ptr::read_volatile(&args.exec_err) };
+    Ok((pid, exec_err))
 }
 
 /// Reaps children (as PID 1, orphans too) until `pid` ends; its wait status.

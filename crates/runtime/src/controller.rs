@@ -848,10 +848,14 @@ impl StatusReader {
     }
 }
 
-/// Forks the sandbox's init into new PID and mount namespaces. Signals are
+/// Forks the sandbox's init into new PID and mount namespaces: through the
+/// spawner when there is one (see `spawner.rs`), else here. Signals are
 /// blocked around the fork so that no handler of this process runs in the
 /// child before it resets them.
 fn fork_init(prepared: &Prepared) -> Result<libc::pid_t, c_int> {
+    if let Some(forked) = crate::spawner::fork_init(&prepared.plan) {
+        return forked;
+    }
     // SAFETY: sigset manipulation on locals; the child branch only runs the
     // async-signal-safe sandbox_init over data prepared before the fork.
     unsafe {

@@ -80,6 +80,7 @@ mod mountinfo;
 mod plan;
 pub mod policy;
 pub mod relay;
+pub mod spawner;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;

@@ -223,8 +223,6 @@ pub(crate) fn exec_plan(argv: &[String], path_var: &str) -> Result<ExecPlan, Pre
         .iter()
         .map(|a| cstring(&format!("argument {a:?}"), a.as_str()))
         .collect::<Result<_, _>>()?;
-    let mut ptrs: Vec<*const libc::c_char> = store.iter().map(|c| c.as_ptr()).collect();
-    ptrs.push(std::ptr::null());
     let candidates = match argv.first() {
         None => Vec::new(),
         Some(cmd) if cmd.is_empty() => Vec::new(),
@@ -237,11 +235,7 @@ pub(crate) fn exec_plan(argv: &[String], path_var: &str) -> Result<ExecPlan, Pre
             })
             .collect::<Result<_, _>>()?,
     };
-    Ok(ExecPlan {
-        candidates,
-        _argv_store: store,
-        argv: ptrs,
-    })
+    Ok(ExecPlan::new(candidates, store))
 }
 
 fn env_block(env: &BTreeMap<String, String>) -> Result<EnvBlock, PrepareError> {
@@ -255,12 +249,7 @@ fn env_block(env: &BTreeMap<String, String>) -> Result<EnvBlock, PrepareError> {
             format!("{k}={v}"),
         )?);
     }
-    let mut envp: Vec<*const libc::c_char> = store.iter().map(|c| c.as_ptr()).collect();
-    envp.push(std::ptr::null());
-    Ok(EnvBlock {
-        _store: store,
-        envp,
-    })
+    Ok(EnvBlock::from(store))
 }
 
 pub fn decode_file(f: &osmo_spec::model::File) -> Result<Vec<u8>, ReportedCode> {
@@ -341,7 +330,7 @@ fn bind_step(
 
 /// The argument and environment areas of this process (fields 48–51 of
 /// `/proc/self/stat`), read once; zeros when unknown or implausible.
-fn scrub_ranges() -> [(usize, usize); 2] {
+pub(crate) fn scrub_ranges() -> [(usize, usize); 2] {
     static RANGES: std::sync::OnceLock<[(usize, usize); 2]> = std::sync::OnceLock::new();
     *RANGES.get_or_init(|| {
         let parse = || -> Option<[(usize, usize); 2]> {
@@ -666,6 +655,7 @@ pub(crate) fn build(
         scrub: scrub_ranges(),
         run_as,
         netns: netns_fd,
+        spawn_stack: crate::child::spawn_stack(),
     };
     Ok(Prepared {
         _netns: netns,

@@ -1,0 +1,117 @@
+//! The agent's sandbox spawner: the inits it forks are the agent's children,
+//! a spawner that dies costs no task, and it does not outlive its agent.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+
+/// The processes whose parent is `parent`, as (pid, name).
+fn children(parent: i32) -> Vec<(i32, String)> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        // "pid (name) state ppid ...": the name may hold spaces and parentheses.
+        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
+            continue;
+        };
+        let ppid = stat[close + 1..]
+            .split_whitespace()
+            .nth(1)
+            .and_then(|p| p.parse::<i32>().ok());
+        if ppid == Some(parent) && alive(pid) {
+            found.push((pid, stat[open + 1..close].to_string()));
+        }
+    }
+    found
+}
+
+fn named(parent: i32, name: &str) -> Vec<i32> {
+    children(parent)
+        .into_iter()
+        .filter(|(_, n)| n == name)
+        .map(|(pid, _)| pid)
+        .collect()
+}
+
+const WAITS_FOR_GO: &str = r#"
+workflow:
+  name: waits
+  tasks:
+  - name: long
+    image: ubuntu
+    command: [sh, -c, 'while [ ! -e {{output}}/go ]; do sleep 0.02; done; echo done']
+"#;
+
+const QUICK: &str = r#"
+workflow:
+  name: quick
+  tasks:
+  - name: a
+    image: ubuntu
+    command: ["true"]
+  - name: b
+    image: ubuntu
+    command: [sh, -c, 'echo from b']
+"#;
+
+#[test]
+fn the_spawner_forks_inits_as_the_agents_children_and_its_death_costs_no_task() {
+    let server = Server::start(local_pool());
+    let id = server.submit(WAITS_FOR_GO);
+    wait_for(Duration::from_secs(20), "the task to run", || {
+        (task(&server.workflow(&id), "long", 0)["status"] == "RUNNING").then_some(())
+    });
+    let agent = server.agent_pid().expect("the agent wrote its pid");
+    let spawners = named(agent, "osmo-spawner");
+    assert_eq!(spawners.len(), 1, "one spawner: {:?}", children(agent));
+    assert_eq!(
+        named(agent, "osmo-init").len(),
+        1,
+        "the init is the agent's child (forked by the spawner as a sibling): {:?}",
+        children(agent)
+    );
+
+    // The spawner dies: the running task goes on, and later sandboxes are forked directly.
+    // SAFETY: signalling a process of this test's server.
+    unsafe { libc::kill(spawners[0], libc::SIGKILL) };
+    wait_for(Duration::from_secs(10), "the spawner to be gone", || {
+        named(agent, "osmo-spawner").is_empty().then_some(())
+    });
+    let quick = server.submit(QUICK);
+    let doc = server.wait_finished(&quick, Duration::from_secs(30));
+    assert_eq!(doc["status"], "COMPLETED", "{doc:#}\n{}", server.log());
+    let output = server
+        .data_dir()
+        .join("runs")
+        .join(&id)
+        .join("long")
+        .join("0")
+        .join("output");
+    std::fs::write(output.join("go"), "").unwrap();
+    let doc = server.wait_finished(&id, Duration::from_secs(30));
+    assert_eq!(doc["status"], "COMPLETED", "{doc:#}\n{}", server.log());
+    assert_eq!(server.agent_pid(), Some(agent), "the same agent throughout");
+}
+
+#[test]
+fn the_spawner_ends_with_its_agent() {
+    let server = Server::start(local_pool());
+    let id = server.submit(QUICK);
+    let doc = server.wait_finished(&id, Duration::from_secs(30));
+    assert_eq!(doc["status"], "COMPLETED", "{doc:#}\n{}", server.log());
+    let agent = server.agent_pid().expect("the agent wrote its pid");
+    let spawner = named(agent, "osmo-spawner");
+    assert_eq!(spawner.len(), 1, "one spawner: {:?}", children(agent));
+    // SAFETY: signalling a process of this test's server.
+    unsafe { libc::kill(agent, libc::SIGKILL) };
+    wait_for(Duration::from_secs(10), "the spawner to end", || {
+        (!alive(spawner[0])).then_some(())
+    });
+}

@@ -1,0 +1,312 @@
+//! The sandbox spawner: this binary started once more as a small,
+//! single-threaded process that forks each sandbox's init for the
+//! controller.
+//!
+//! Why: a fork copies the page tables of the process that forks, and the
+//! init lives as long as its attempt, so every page the controller's
+//! threads write afterwards is copied again on the write (copy on write),
+//! and the init's exit tears its copy down. Forked from the agent, a busy
+//! process of many threads, that was about a seventh of all the CPU time of
+//! a workflow of trivial tasks; forked from the spawner, whose memory is a
+//! few pages of heap, it is next to nothing.
+//!
+//! How: the controller sends the finished [`ChildPlan`] (postcard) and the
+//! descriptors it names (`SCM_RIGHTS`) over a socket; the spawner forks the
+//! init with `CLONE_PARENT`, so the init is the controller's child as before
+//! (it waits for and reaps it, and the init dies with the agent through
+//! `PR_SET_PDEATHSIG`), and answers the pid or the errno of the fork.
+//!
+//! Without a spawner (a program that did not [`start`] one: tests,
+//! benches), or once it has failed, the controller forks the init itself.
+
+use std::io::{self, IoSlice, IoSliceMut, Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::net::UnixStream;
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
+
+use libc::{c_int, pid_t};
+use nix::sys::socket::{ControlMessage, ControlMessageOwned, MsgFlags, recvmsg, sendmsg};
+
+use crate::child::{self, ChildPlan};
+
+/// The argument that makes this binary the spawner ([`serve_if_asked`]).
+pub const SPAWNER_ARG: &str = "__osmo-sandbox-spawner";
+
+/// The spawner's end of the socket, as it finds it.
+const SOCKET_FD: RawFd = 3;
+
+/// Descriptors one plan may hand over (`SCM_RIGHTS` carries at most 253).
+const MAX_FDS: usize = 200;
+
+struct Spawner {
+    socket: UnixStream,
+    process: Child,
+}
+
+static SPAWNER: Mutex<Option<Spawner>> = Mutex::new(None);
+
+fn spawner() -> std::sync::MutexGuard<'static, Option<Spawner>> {
+    SPAWNER.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Starts the spawner from `exe` (this program's binary, which must call
+/// [`serve_if_asked`] first thing in `main`). Call it from the thread that
+/// lives as long as the process: the inits are that thread's children and
+/// are killed when it ends.
+pub fn start(exe: &Path) -> io::Result<()> {
+    let (ours, theirs) = UnixStream::pair()?;
+    let theirs_fd = theirs.as_raw_fd();
+    let mut command = Command::new(exe);
+    command
+        .arg0("osmo-spawner")
+        .arg(SPAWNER_ARG)
+        // Nothing of the agent's environment; the sandboxes get theirs from the plan.
+        .env_clear()
+        .stdin(Stdio::null())
+        .stdout(Stdio::null());
+    // SAFETY: dup2 and prctl only, between fork and exec.
+    unsafe {
+        command.pre_exec(move || {
+            if libc::dup2(theirs_fd, SOCKET_FD) < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            // Gone with the agent (the agent's end closing would also end it).
+            libc::prctl(
+                libc::PR_SET_PDEATHSIG,
+                libc::SIGKILL as libc::c_ulong,
+                0,
+                0,
+                0,
+            );
+            Ok(())
+        });
+    }
+    let process = command.spawn()?;
+    drop(theirs);
+    *spawner() = Some(Spawner {
+        socket: ours,
+        process,
+    });
+    Ok(())
+}
+
+/// Forks the init of `plan` through the spawner: `None` when there is no
+/// spawner (the caller forks it itself), else the init's pid or the errno
+/// that stopped it.
+pub(crate) fn fork_init(plan: &ChildPlan) -> Option<Result<pid_t, c_int>> {
+    let mut guard = spawner();
+    let spawner = guard.as_mut()?;
+    let payload = match postcard::to_allocvec(plan) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("osmo: cannot encode a sandbox's plan for the spawner: {e}");
+            return Some(Err(libc::EINVAL));
+        }
+    };
+    let failed = |guard: &mut Option<Spawner>, what: &str, e: io::Error| {
+        eprintln!(
+            "osmo: the sandbox spawner failed ({what}: {e}); sandboxes are forked directly from now on"
+        );
+        if let Some(mut s) = guard.take() {
+            let _ = s.process.kill();
+            let _ = s.process.wait();
+        }
+    };
+    if let Err(e) = send_plan(&spawner.socket, &payload, &plan.keep_fds) {
+        // Nothing was forked: the caller may fork it itself.
+        failed(&mut guard, "sending a plan", e);
+        return None;
+    }
+    let mut reply = [0u8; 4];
+    match (&spawner.socket).read_exact(&mut reply) {
+        Ok(()) => {
+            let n = i32::from_ne_bytes(reply);
+            Some(if n > 0 { Ok(n) } else { Err(-n) })
+        }
+        Err(e) => {
+            // Whether it forked is unknown: this attempt fails, the next ones fork directly.
+            failed(&mut guard, "reading its answer", e);
+            Some(Err(libc::EIO))
+        }
+    }
+}
+
+/// One request: the payload's length and the descriptors' count, with the
+/// descriptors, then the payload.
+fn send_plan(socket: &UnixStream, payload: &[u8], fds: &[RawFd]) -> io::Result<()> {
+    if fds.len() > MAX_FDS {
+        return Err(io::Error::other(format!(
+            "{} descriptors, more than {MAX_FDS}",
+            fds.len()
+        )));
+    }
+    let len = u32::try_from(payload.len()).map_err(io::Error::other)?;
+    let mut header = [0u8; 8];
+    header[..4].copy_from_slice(&len.to_ne_bytes());
+    header[4..].copy_from_slice(&(fds.len() as u32).to_ne_bytes());
+    let rights = [ControlMessage::ScmRights(fds)];
+    let sent = sendmsg::<()>(
+        socket.as_raw_fd(),
+        &[IoSlice::new(&header)],
+        &rights,
+        MsgFlags::MSG_NOSIGNAL,
+        None,
+    )?;
+    let mut socket = socket;
+    socket.write_all(&header[sent..])?;
+    socket.write_all(payload)
+}
+
+/// In the spawner, from `main` before anything else: serves the controller
+/// and exits when it is gone. Elsewhere: returns at once.
+pub fn serve_if_asked() {
+    if std::env::args_os().nth(1).is_some_and(|a| a == SPAWNER_ARG) {
+        std::process::exit(serve());
+    }
+}
+
+fn serve() -> i32 {
+    // SAFETY: naming this thread; the controller put its socket at this
+    // number before executing us.
+    let socket = unsafe {
+        libc::prctl(
+            libc::PR_SET_NAME,
+            c"osmo-spawner".as_ptr() as libc::c_ulong,
+            0,
+            0,
+            0,
+        );
+        UnixStream::from_raw_fd(SOCKET_FD)
+    };
+    loop {
+        let (len, fds) = match receive_header(&socket) {
+            Ok(Some(h)) => h,
+            // The controller is gone.
+            Ok(None) => return 0,
+            Err(e) => {
+                eprintln!("osmo-spawner: {e}");
+                return 1;
+            }
+        };
+        let mut payload = vec![0u8; len];
+        if let Err(e) = (&socket).read_exact(&mut payload) {
+            eprintln!("osmo-spawner: {e}");
+            return 1;
+        }
+        let answer = match postcard::from_bytes::<ChildPlan>(&payload) {
+            Ok(mut plan) => {
+                let sent = plan.keep_fds.clone();
+                plan.map_fds(|fd| {
+                    sent.iter()
+                        .position(|&s| s == fd)
+                        .and_then(|i| fds.get(i))
+                        .map_or(-1, |f| f.as_raw_fd())
+                });
+                plan.scrub = crate::plan::scrub_ranges();
+                match fork(&plan) {
+                    Ok(pid) => pid,
+                    Err(errno) => -errno,
+                }
+            }
+            Err(_) => -libc::EINVAL,
+        };
+        // Our copies of the descriptors go; the init has its own.
+        drop(fds);
+        if let Err(e) = (&socket).write_all(&answer.to_ne_bytes()) {
+            eprintln!("osmo-spawner: {e}");
+            return 1;
+        }
+    }
+}
+
+/// The next request's payload length and descriptors; `None` at EOF.
+fn receive_header(socket: &UnixStream) -> io::Result<Option<(usize, Vec<OwnedFd>)>> {
+    let mut header = [0u8; 8];
+    let mut space = nix::cmsg_space!([RawFd; MAX_FDS]);
+    let (got, fds) = {
+        let mut iov = [IoSliceMut::new(&mut header)];
+        let msg = recvmsg::<()>(
+            socket.as_raw_fd(),
+            &mut iov,
+            Some(&mut space),
+            MsgFlags::MSG_CMSG_CLOEXEC,
+        )?;
+        let mut fds = Vec::new();
+        for cmsg in msg.cmsgs()? {
+            if let ControlMessageOwned::ScmRights(received) = cmsg {
+                // SAFETY: descriptors the kernel just gave us, owned by nobody else.
+                fds.extend(
+                    received
+                        .into_iter()
+                        .map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }),
+                );
+            }
+        }
+        (msg.bytes, fds)
+    };
+    if got == 0 {
+        return Ok(None);
+    }
+    (&*socket).read_exact(&mut header[got..])?;
+    let len = u32::from_ne_bytes([header[0], header[1], header[2], header[3]]) as usize;
+    let count = u32::from_ne_bytes([header[4], header[5], header[6], header[7]]) as usize;
+    if count != fds.len() {
+        return Err(io::Error::other(format!(
+            "{count} descriptors announced, {} received",
+            fds.len()
+        )));
+    }
+    Ok(Some((len, fds)))
+}
+
+/// Forks the init as a sibling (`CLONE_PARENT`): the controller's child.
+fn fork(plan: &ChildPlan) -> Result<pid_t, c_int> {
+    // SAFETY: as the controller's own fork (`controller::fork_init`): the
+    // child runs the async-signal-safe sandbox_init over the decoded plan.
+    unsafe {
+        let mut all: libc::sigset_t = std::mem::zeroed();
+        let mut old: libc::sigset_t = std::mem::zeroed();
+        libc::sigfillset(&mut all);
+        libc::pthread_sigmask(libc::SIG_SETMASK, &all, &mut old);
+        let pid = child::raw_fork(
+            (libc::CLONE_PARENT | libc::CLONE_NEWPID | libc::CLONE_NEWNS) as libc::c_ulong,
+        );
+        if pid == 0 {
+            child::sandbox_init(plan);
+        }
+        let err = io::Error::last_os_error().raw_os_error().unwrap_or(0);
+        libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut());
+        if pid < 0 { Err(err) } else { Ok(pid) }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::ffi::{CStr, CString};
+
+    use crate::child::{EnvBlock, ExecPlan};
+
+    fn strings(ptrs: &[*const libc::c_char]) -> Vec<String> {
+        let (last, rest) = ptrs.split_last().unwrap();
+        assert!(last.is_null(), "null-terminated");
+        rest.iter()
+            // SAFETY: pointers into the plan's own live strings.
+            .map(|&p| unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned())
+            .collect()
+    }
+
+    #[test]
+    fn a_plan_crosses_with_its_pointer_arrays_rebuilt() {
+        let c = |s: &str| CString::new(s).unwrap();
+        let exec = ExecPlan::new(vec![c("/bin/sh")], vec![c("sh"), c("-c"), c("true")]);
+        let env = EnvBlock::from(vec![c("A=1"), c("PATH=/bin")]);
+        let bytes = postcard::to_allocvec(&(exec, env)).unwrap();
+        let (exec, env): (ExecPlan, EnvBlock) = postcard::from_bytes(&bytes).unwrap();
+        assert_eq!(exec.candidates, [c("/bin/sh")]);
+        assert_eq!(strings(&exec.argv), ["sh", "-c", "true"]);
+        assert_eq!(strings(&env.envp), ["A=1", "PATH=/bin"]);
+    }
+}
