@@ -78,6 +78,7 @@ pub(crate) mod step {
 pub(crate) const ROOT_OVERLAY_DISK: u32 = 0;
 pub(crate) const ROOT_OVERLAY_TMPFS: u32 = 1;
 pub(crate) const ROOT_READONLY_BIND: u32 = 2;
+pub(crate) const ROOT_OVERLAY_MEMORY: u32 = 3;
 
 /// A program to execute: the paths to try in order (the `PATH` search is
 /// done beforehand) and its argv. Sent to the spawner as its strings; the
@@ -210,6 +211,16 @@ pub(crate) struct RootPlan {
     pub tmpfs_tmp: CString,
     pub tmpfs_work: CString,
     pub overlay_tmpfs: Option<CString>,
+    /// The task runs as a user other than root, so all it can write in the
+    /// root are the world-writable directories: its writable layer goes in
+    /// memory (a tmpfs of its own, counted in its memory cgroup), with `/tmp`
+    /// bound from `disk_tmp` on disk. On this layer overlayfs's set-up (a work
+    /// directory and test files at each mount) makes no inodes on the disk.
+    pub memory_upper: bool,
+    /// `upper/tmp` of the scratch directory, on disk: the task's `/tmp`.
+    pub disk_tmp: CString,
+    /// `/tmp` below the new root.
+    pub root_tmp: CString,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -610,6 +621,13 @@ unsafe fn setup_root(p: &ChildPlan) -> bool {
         // Keep the new root out of recursive binds of the host mounts above it.
         let _ = unsafe { mount(None, target, None, libc::MS_UNBINDABLE, None) };
     };
+    // Else (or when that fails) the writable layer on disk, as for a task that runs as root.
+    if r.memory_upper && unsafe { overlay_in_memory(r) }.is_ok() {
+        unbindable(&r.tmpfs_dir);
+        unbindable(&r.newroot);
+        unsafe { send(p.status, msg::ROOT_MODE, ROOT_OVERLAY_MEMORY, 0) };
+        return true;
+    }
     let on_disk = |data: &CStr| unsafe { mount(Some(c"osmo"), &r.newroot, overlay, 0, Some(data)) };
     let disk = match (&r.overlay_disk, &r.overlay_disk_plain) {
         (Some(volatile), Some(plain)) => match on_disk(volatile) {
@@ -626,43 +644,15 @@ unsafe fn setup_root(p: &ChildPlan) -> bool {
         }
         Err(e) => e,
     };
-    let tmpfs_err =
-        match unsafe { mkdirs(std::slice::from_ref(&r.tmpfs_dir), 0o700) }.and_then(|()| unsafe {
-            mount(
-                Some(c"osmo-upper"),
-                &r.tmpfs_dir,
-                Some(c"tmpfs"),
-                libc::MS_NOSUID | libc::MS_NODEV,
-                Some(c"mode=0700"),
-            )
-        }) {
-            Err(e) => e,
-            Ok(()) => {
-                // (Not unbindable yet: overlayfs clones the upper layer's mount.)
-                let made = unsafe { mkdirs(std::slice::from_ref(&r.tmpfs_upper), 0o755) }
-                    .and_then(|()| unsafe { mkdirs(std::slice::from_ref(&r.tmpfs_tmp), 0o755) })
-                    .and_then(|()| unsafe { opaque_tmp(&r.tmpfs_tmp) })
-                    .and_then(|()| unsafe { mkdirs(std::slice::from_ref(&r.tmpfs_work), 0o700) })
-                    .and_then(|()| match &r.overlay_tmpfs {
-                        Some(data) => unsafe {
-                            mount(Some(c"osmo"), &r.newroot, overlay, 0, Some(data))
-                        },
-                        None => Err(libc::EINVAL),
-                    });
-                match made {
-                    Ok(()) => {
-                        unbindable(&r.tmpfs_dir);
-                        unbindable(&r.newroot);
-                        unsafe { send(p.status, msg::ROOT_MODE, ROOT_OVERLAY_TMPFS, disk_err) };
-                        return true;
-                    }
-                    Err(e) => {
-                        unsafe { libc::umount2(r.tmpfs_dir.as_ptr(), libc::MNT_DETACH) };
-                        e
-                    }
-                }
-            }
-        };
+    let tmpfs_err = match unsafe { overlay_on_tmpfs(r, true) } {
+        Ok(()) => {
+            unbindable(&r.tmpfs_dir);
+            unbindable(&r.newroot);
+            unsafe { send(p.status, msg::ROOT_MODE, ROOT_OVERLAY_TMPFS, disk_err) };
+            return true;
+        }
+        Err(e) => e,
+    };
     unsafe {
         if let Err(e) = mount(
             Some(c"/"),
@@ -684,6 +674,81 @@ unsafe fn setup_root(p: &ChildPlan) -> bool {
         );
     }
     false
+}
+
+/// The overlay root in memory with `/tmp` from the disk ([`RootPlan::memory_upper`]).
+/// On an error nothing stays mounted.
+unsafe fn overlay_in_memory(r: &RootPlan) -> Result<(), c_int> {
+    const OPEN_TREE_CLONE: c_uint = 1;
+    const MOVE_MOUNT_F_EMPTY_PATH: c_uint = 4;
+    unsafe {
+        // A bind of the disk's `/tmp`, made before the overlay covers the
+        // scratch directory it is in, and attached below the new root after.
+        let tree = libc::syscall(
+            libc::SYS_open_tree,
+            libc::AT_FDCWD,
+            r.disk_tmp.as_ptr(),
+            OPEN_TREE_CLONE | libc::O_CLOEXEC as c_uint,
+        ) as c_int;
+        if tree < 0 {
+            return Err(errno());
+        }
+        let made = overlay_on_tmpfs(r, false).and_then(|()| {
+            if libc::syscall(
+                libc::SYS_move_mount,
+                tree,
+                c"".as_ptr(),
+                libc::AT_FDCWD,
+                r.root_tmp.as_ptr(),
+                MOVE_MOUNT_F_EMPTY_PATH,
+            ) == 0
+            {
+                Ok(())
+            } else {
+                let e = errno();
+                libc::umount2(r.newroot.as_ptr(), libc::MNT_DETACH);
+                libc::umount2(r.tmpfs_dir.as_ptr(), libc::MNT_DETACH);
+                Err(e)
+            }
+        });
+        libc::close(tree);
+        made
+    }
+}
+
+/// Mounts the overlay root with its upper and work directories on a tmpfs
+/// of its own, with an opaque (private) `/tmp` in the upper layer when
+/// `private_tmp`. On an error nothing stays mounted.
+unsafe fn overlay_on_tmpfs(r: &RootPlan, private_tmp: bool) -> Result<(), c_int> {
+    unsafe {
+        mkdirs(std::slice::from_ref(&r.tmpfs_dir), 0o700)?;
+        mount(
+            Some(c"osmo-upper"),
+            &r.tmpfs_dir,
+            Some(c"tmpfs"),
+            libc::MS_NOSUID | libc::MS_NODEV,
+            Some(c"mode=0700"),
+        )?;
+        // (Not unbindable yet: overlayfs clones the upper layer's mount.)
+        let made = mkdirs(std::slice::from_ref(&r.tmpfs_upper), 0o755)
+            .and_then(|()| {
+                if private_tmp {
+                    mkdirs(std::slice::from_ref(&r.tmpfs_tmp), 0o755)
+                        .and_then(|()| opaque_tmp(&r.tmpfs_tmp))
+                } else {
+                    Ok(())
+                }
+            })
+            .and_then(|()| mkdirs(std::slice::from_ref(&r.tmpfs_work), 0o700))
+            .and_then(|()| match &r.overlay_tmpfs {
+                Some(data) => mount(Some(c"osmo"), &r.newroot, Some(c"overlay"), 0, Some(data)),
+                None => Err(libc::EINVAL),
+            });
+        if made.is_err() {
+            libc::umount2(r.tmpfs_dir.as_ptr(), libc::MNT_DETACH);
+        }
+        made
+    }
 }
 
 unsafe fn write_files(p: &ChildPlan) {

@@ -17,8 +17,9 @@ use crate::child::{ChildPlan, EnvBlock, ExecPlan, FilePlan, PreflightPlan, RootP
 use crate::error::PrepareError;
 use crate::mountinfo;
 
-/// Environment variable of the controller that forces a weaker root:
-/// `tmpfs` (overlay with its upper layer on a tmpfs) or `readonly`.
+/// Environment variable of the controller that forces a kind of root:
+/// `disk` (the writable layer on disk, also for a task that does not run as
+/// root), `tmpfs` (overlay with its upper layer on a tmpfs) or `readonly`.
 pub const ROOT_ENV: &str = "OSMO_SANDBOX_ROOT";
 
 /// The per-attempt directories in the scratch directory. The scratch
@@ -600,6 +601,10 @@ pub(crate) fn build(
         tmpfs_work: cpath(&layout.ovl.join("work")).map_err(init)?,
         overlay_tmpfs: overlay_data(&tmpfs_upper, &layout.ovl.join("work"))
             .filter(|_| forced != "readonly"),
+        // `OSMO_SANDBOX_ROOT=disk` keeps every writable layer on disk.
+        memory_upper: run_as.is_some_and(|(uid, _)| uid != 0) && forced.is_empty(),
+        disk_tmp: cpath(&layout.upper.join("tmp")).map_err(init)?,
+        root_tmp: cpath(&layout.root.join("tmp")).map_err(init)?,
     };
 
     let preflight = tests

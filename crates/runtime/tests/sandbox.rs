@@ -297,6 +297,55 @@ fn the_host_file_system_is_not_modified() {
 }
 
 #[test]
+fn a_task_that_is_not_root_writes_its_root_to_memory_and_its_tmp_to_disk() {
+    let var_tmp = format!("/var/tmp/{}", unique("in-memory"));
+    let mut f = Fixture::new(
+        "layers",
+        &[
+            "sh",
+            "-c",
+            &format!(
+                "id -u && echo d > /tmp/on-disk && echo m > {var_tmp} && cat /tmp/on-disk {var_tmp}"
+            ),
+        ],
+    );
+    f.spec.run_as = Some((65534, 65534));
+    let (o, rec) = f.run();
+    assert_eq!(codes(&o), user(0), "{:?}", rec.events());
+    assert_eq!(rec.lines(Stream::Stdout), ["65534", "d", "m"]);
+    // The scratch directory is left as the attempt left it (removing it is the caller's).
+    let scratch = &f.spec.scratch_dir;
+    assert_eq!(
+        std::fs::read_to_string(scratch.join("upper/tmp/on-disk")).unwrap(),
+        "d\n",
+        "/tmp is the scratch directory's, on disk"
+    );
+    assert!(
+        !scratch.join("upper/var").exists(),
+        "the rest of the writable layer is not on disk"
+    );
+    assert!(
+        !Path::new(&var_tmp).exists(),
+        "{var_tmp} leaked to the host"
+    );
+}
+
+#[test]
+fn a_task_that_runs_as_root_keeps_its_whole_writable_layer_on_disk() {
+    let var_tmp = format!("/var/tmp/{}", unique("on-disk"));
+    let f = Fixture::new("layers", &["sh", "-c", &format!("echo r > {var_tmp}")]);
+    let (o, rec) = f.run();
+    assert_eq!(codes(&o), user(0), "{:?}", rec.events());
+    let name = Path::new(&var_tmp).file_name().unwrap();
+    let upper = f.spec.scratch_dir.join("upper/var/tmp").join(name);
+    assert_eq!(std::fs::read_to_string(upper).unwrap(), "r\n");
+    assert!(
+        !Path::new(&var_tmp).exists(),
+        "{var_tmp} leaked to the host"
+    );
+}
+
+#[test]
 fn output_is_writable_and_inputs_are_read_only() {
     let mut f = Fixture::new("t", &["sh", "-c"]);
     let input = f._dir.path().join("input");
