@@ -141,7 +141,7 @@ impl Supervisor for AttemptSupervisor {
     }
 }
 
-/// Starts the attempt on a thread of its own.
+/// Starts the attempt on a thread of its own (a kept one, see [`crate::workers`]).
 pub(crate) fn spawn(shared: Arc<Shared>, launch: Launch) {
     let gate = Arc::new(Gate::default());
     gate.set_phase(Phase::Initializing);
@@ -157,12 +157,10 @@ pub(crate) fn spawn(shared: Arc<Shared>, launch: Launch) {
     );
     shared.set_phase(&launch.key, Phase::Initializing);
     let key = launch.key.clone();
-    let spawned = std::thread::Builder::new()
-        .name(format!("attempt-{}", key.file_stem()))
-        .spawn({
-            let shared = shared.clone();
-            move || run(shared, launch, gate, stop)
-        });
+    let spawned = shared.workers.run({
+        let shared = shared.clone();
+        move || run(shared, launch, gate, stop)
+    });
     if let Err(e) = spawned {
         let detail = format!("the agent could not start a thread: {e}");
         let code = ReportedCode {

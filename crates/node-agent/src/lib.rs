@@ -16,6 +16,7 @@ mod log_outbox;
 mod network;
 mod results;
 mod scratch;
+mod workers;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -57,6 +58,8 @@ pub(crate) struct Shared {
     /// The workflows' networks, and where their files live.
     networks: Arc<network::Networks>,
     state_dir: PathBuf,
+    /// The threads attempts run on.
+    workers: workers::Workers,
 }
 
 /// Runs the agent until it has no task and its server has been gone a while.
@@ -88,6 +91,7 @@ async fn serve(args: AgentArgs) -> anyhow::Result<()> {
         node: osmo_proto::hostname(),
         networks: Arc::default(),
         state_dir: args.state_dir.clone(),
+        workers: workers::Workers::default(),
     });
     entry_server::listen(shared.clone())
         .context("cannot listen for exec and port-forward sessions")?;
