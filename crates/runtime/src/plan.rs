@@ -160,6 +160,18 @@ fn only_directories(dir: &Path, depth: u32) -> bool {
         })
 }
 
+/// The topmost directory above `path` (not `/`) that others may not search
+/// (no `o+x`), if any.
+fn closed_ancestor(path: &Path) -> Option<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    path.ancestors()
+        .skip(1)
+        .filter(|a| a.parent().is_some())
+        .filter(|a| fs::metadata(a).is_ok_and(|m| m.permissions().mode() & 0o001 == 0))
+        .last()
+        .map(Path::to_path_buf)
+}
+
 /// Descriptors the plan refers to (owned by the controller).
 pub(crate) struct PlanFds {
     pub devnull: c_int,
@@ -524,12 +536,26 @@ pub(crate) fn build(
         .hidden_paths
         .iter()
         .filter_map(|p| fs::canonicalize(p).ok())
+        .filter(|p| p.is_dir())
+        // A task that is not root could not pass a closed directory above it
+        // anyway: hiding that one instead makes the paths bound in below
+        // (its output in the data directory) reachable to it.
+        .map(|p| match run_as {
+            Some((uid, _)) if uid != 0 => closed_ancestor(&p).unwrap_or(p),
+            _ => p,
+        })
         // `/tmp` is the task's own already: nothing of the host's is under it.
-        .filter(|p| p.is_dir() && p.parent().is_some() && !p.starts_with("/tmp"))
+        .filter(|p| p.parent().is_some() && !p.starts_with("/tmp"))
         .collect();
     hidden.sort_by_key(|p| p.components().count());
-    hidden.dedup();
-    for dir in hidden {
+    // One below another is hidden with it (and could not be mounted on in it).
+    let mut outermost: Vec<PathBuf> = Vec::new();
+    for p in hidden {
+        if !outermost.iter().any(|o| p.starts_with(o)) {
+            outermost.push(p);
+        }
+    }
+    for dir in outermost {
         steps.push(Step {
             mkdirs: vec![],
             source: Some(c"hidden".into()),

@@ -331,6 +331,50 @@ fn a_task_that_is_not_root_writes_its_root_to_memory_and_its_tmp_to_disk() {
 }
 
 #[test]
+fn a_task_that_is_not_root_reaches_its_output_in_a_hidden_dir_below_a_closed_one() {
+    // The server's data directory in a directory only root may search
+    // (Python's and mktemp's temporary directories are 0700), hidden from
+    // the task, with the task's output below it.
+    let closed = tempfile::Builder::new()
+        .prefix("osmo-closed-")
+        .tempdir_in("/var/tmp")
+        .unwrap();
+    std::fs::set_permissions(
+        closed.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o700),
+    )
+    .unwrap();
+    let data = closed.path().join("data");
+    std::fs::create_dir_all(data.join("runs")).unwrap();
+    std::fs::write(data.join("secret"), "s").unwrap();
+    let mut f = Fixture::new(
+        "closed",
+        &[
+            "sh",
+            "-c",
+            "echo ok > \"$OUT/part\" && ls \"$(dirname \"$OUT\")\"",
+        ],
+    );
+    f.spec.output_dir = data.join("runs/output");
+    f.spec.hidden_paths = vec![data.clone()];
+    f.spec.run_as = Some((65534, 65534));
+    f.spec
+        .environment
+        .insert("OUT".into(), f.spec.output_dir.display().to_string());
+    let (o, rec) = f.run();
+    assert_eq!(codes(&o), user(0), "{:?}", rec.events());
+    assert_eq!(
+        rec.lines(Stream::Stdout),
+        ["output"],
+        "only its output, nothing else of the data dir"
+    );
+    assert_eq!(
+        std::fs::read_to_string(data.join("runs/output/part")).unwrap(),
+        "ok\n"
+    );
+}
+
+#[test]
 fn a_task_that_runs_as_root_keeps_its_whole_writable_layer_on_disk() {
     let var_tmp = format!("/var/tmp/{}", unique("on-disk"));
     let f = Fixture::new("layers", &["sh", "-c", &format!("echo r > {var_tmp}")]);
