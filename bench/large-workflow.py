@@ -26,7 +26,7 @@ import urllib.request
 # The server's data directory lives outside /tmp, as its default (./osmo-data)
 # does: a task's /tmp is private, so a data directory below /tmp makes every
 # attempt build its output's path inside the task's /tmp as mount points.
-DATA_PARENT = "/var/tmp"
+DATA_PARENT = os.environ.get("OSMO_BENCH_DIR", "/var/tmp")
 
 SPEC = """workflow:
   name: wide
