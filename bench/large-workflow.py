@@ -9,7 +9,9 @@ For each size it prints the time from submit to the workflow's end, the tasks
 per second, the xargs baseline measured just before, their ratio (target: at
 least 0.6) and the cost per task relative to the smallest size (target: at
 most 1.5 at 10,000). The server runs with its embedded SQLite store in a
-temporary directory; it is stopped at the end. Needs root (the sandbox).
+temporary directory under /var/tmp (OSMO_BENCH_DIR=DIR puts it in DIR, a
+tmpfs say, to see what the disk costs); it is stopped at the end. Needs root
+(the sandbox).
 """
 
 import argparse
