@@ -7,39 +7,6 @@ use std::time::Duration;
 
 use common::*;
 
-/// The processes whose parent is `parent`, as (pid, name).
-fn children(parent: i32) -> Vec<(i32, String)> {
-    let mut found = Vec::new();
-    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
-            continue;
-        };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-            continue;
-        };
-        // "pid (name) state ppid ...": the name may hold spaces and parentheses.
-        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
-            continue;
-        };
-        let ppid = stat[close + 1..]
-            .split_whitespace()
-            .nth(1)
-            .and_then(|p| p.parse::<i32>().ok());
-        if ppid == Some(parent) && alive(pid) {
-            found.push((pid, stat[open + 1..close].to_string()));
-        }
-    }
-    found
-}
-
-fn named(parent: i32, name: &str) -> Vec<i32> {
-    children(parent)
-        .into_iter()
-        .filter(|(_, n)| n == name)
-        .map(|(pid, _)| pid)
-        .collect()
-}
-
 const WAITS_FOR_GO: &str = r#"
 workflow:
   name: waits
@@ -69,10 +36,10 @@ fn the_spawner_forks_inits_as_the_agents_children_and_its_death_costs_no_task() 
         (task(&server.workflow(&id), "long", 0)["status"] == "RUNNING").then_some(())
     });
     let agent = server.agent_pid().expect("the agent wrote its pid");
-    let spawners = named(agent, "osmo-spawner");
+    let spawners = children_named(agent, "osmo-spawner");
     assert_eq!(spawners.len(), 1, "one spawner: {:?}", children(agent));
     assert_eq!(
-        named(agent, "osmo-init").len(),
+        children_named(agent, "osmo-init").len(),
         1,
         "the init is the agent's child (forked by the spawner as a sibling): {:?}",
         children(agent)
@@ -82,7 +49,9 @@ fn the_spawner_forks_inits_as_the_agents_children_and_its_death_costs_no_task() 
     // SAFETY: signalling a process of this test's server.
     unsafe { libc::kill(spawners[0], libc::SIGKILL) };
     wait_for(Duration::from_secs(10), "the spawner to be gone", || {
-        named(agent, "osmo-spawner").is_empty().then_some(())
+        children_named(agent, "osmo-spawner")
+            .is_empty()
+            .then_some(())
     });
     let quick = server.submit(QUICK);
     let doc = server.wait_finished(&quick, Duration::from_secs(30));
@@ -107,7 +76,7 @@ fn the_spawner_ends_with_its_agent() {
     let doc = server.wait_finished(&id, Duration::from_secs(30));
     assert_eq!(doc["status"], "COMPLETED", "{doc:#}\n{}", server.log());
     let agent = server.agent_pid().expect("the agent wrote its pid");
-    let spawner = named(agent, "osmo-spawner");
+    let spawner = children_named(agent, "osmo-spawner");
     assert_eq!(spawner.len(), 1, "one spawner: {:?}", children(agent));
     // SAFETY: signalling a process of this test's server.
     unsafe { libc::kill(agent, libc::SIGKILL) };

@@ -160,28 +160,6 @@ workflow:
     exitActions: {RESCHEDULE: "2002,3001"}
 "#;
 
-/// The processes whose parent is `parent` and whose name is `comm`.
-fn children_named(parent: i32, comm: &str) -> Vec<i32> {
-    let mut found = Vec::new();
-    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
-            continue;
-        };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-            continue;
-        };
-        // pid (comm) state ppid …
-        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
-            continue;
-        };
-        let ppid = stat[close + 1..].split_whitespace().nth(1);
-        if &stat[open + 1..close] == comm && ppid == Some(&parent.to_string()) {
-            found.push(pid);
-        }
-    }
-    found
-}
-
 #[test]
 fn a_killed_sandbox_init_ends_the_attempt_2002_and_its_exit_action_applies() {
     let server = Server::start(local_pool());

@@ -222,6 +222,40 @@ pub fn alive(pid: i32) -> bool {
     }
 }
 
+/// The live processes whose parent is `parent`, as (pid, name).
+pub fn children(parent: i32) -> Vec<(i32, String)> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        // "pid (name) state ppid ...": the name may hold spaces and parentheses.
+        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
+            continue;
+        };
+        let ppid = stat[close + 1..]
+            .split_whitespace()
+            .nth(1)
+            .and_then(|p| p.parse::<i32>().ok());
+        if ppid == Some(parent) && alive(pid) {
+            found.push((pid, stat[open + 1..close].to_string()));
+        }
+    }
+    found
+}
+
+/// The live processes whose parent is `parent` and whose name is `name`.
+pub fn children_named(parent: i32, name: &str) -> Vec<i32> {
+    children(parent)
+        .into_iter()
+        .filter(|(_, n)| n == name)
+        .map(|(pid, _)| pid)
+        .collect()
+}
+
 pub fn task<'a>(doc: &'a Value, name: &str, retry_id: u64) -> &'a Value {
     doc["groups"]
         .as_array()
