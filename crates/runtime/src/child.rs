@@ -83,8 +83,8 @@ pub(crate) const ROOT_OVERLAY_MEMORY: u32 = 3;
 /// A program to execute: the paths to try in order (the `PATH` search is
 /// done beforehand) and its argv. Sent to the spawner as its strings; the
 /// pointer array is rebuilt where it is received.
-#[derive(Serialize, Deserialize)]
-#[serde(from = "ExecStrings", into = "ExecStrings")]
+#[derive(Deserialize)]
+#[serde(from = "ExecStrings")]
 pub(crate) struct ExecPlan {
     pub candidates: Vec<CString>,
     /// Owns the strings `argv` points to.
@@ -93,10 +93,21 @@ pub(crate) struct ExecPlan {
     pub argv: Vec<*const c_char>,
 }
 
-#[derive(Serialize, Deserialize)]
+#[derive(Deserialize)]
 struct ExecStrings {
     candidates: Vec<CString>,
     argv: Vec<CString>,
+}
+
+/// Serialized as [`ExecStrings`], borrowed (no copy of the strings per attempt).
+impl Serialize for ExecPlan {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let mut st = s.serialize_struct("ExecStrings", 2)?;
+        st.serialize_field("candidates", &self.candidates)?;
+        st.serialize_field("argv", &self._argv_store)?;
+        st.end()
+    }
 }
 
 impl ExecPlan {
@@ -115,21 +126,6 @@ impl From<ExecStrings> for ExecPlan {
     }
 }
 
-impl Clone for ExecPlan {
-    fn clone(&self) -> ExecPlan {
-        ExecPlan::new(self.candidates.clone(), self._argv_store.clone())
-    }
-}
-
-impl From<ExecPlan> for ExecStrings {
-    fn from(p: ExecPlan) -> ExecStrings {
-        ExecStrings {
-            candidates: p.candidates,
-            argv: p._argv_store,
-        }
-    }
-}
-
 /// The pointers of `strings`, then a null (their heap buffers do not move
 /// when the vector that owns them does).
 fn null_terminated(strings: &[CString]) -> Vec<*const c_char> {
@@ -138,9 +134,9 @@ fn null_terminated(strings: &[CString]) -> Vec<*const c_char> {
     ptrs
 }
 
-/// A null-terminated `envp` with its strings.
-#[derive(Serialize, Deserialize)]
-#[serde(from = "Vec<CString>", into = "Vec<CString>")]
+/// A null-terminated `envp` with its strings (sent as the strings).
+#[derive(Deserialize)]
+#[serde(from = "Vec<CString>")]
 pub(crate) struct EnvBlock {
     pub _store: Vec<CString>,
     pub envp: Vec<*const c_char>,
@@ -155,15 +151,9 @@ impl From<Vec<CString>> for EnvBlock {
     }
 }
 
-impl Clone for EnvBlock {
-    fn clone(&self) -> EnvBlock {
-        EnvBlock::from(self._store.clone())
-    }
-}
-
-impl From<EnvBlock> for Vec<CString> {
-    fn from(b: EnvBlock) -> Vec<CString> {
-        b._store
+impl Serialize for EnvBlock {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self._store.serialize(s)
     }
 }
 
