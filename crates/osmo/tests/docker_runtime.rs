@@ -143,14 +143,7 @@ workflow:
         t["exit_code"], 137,
         "kill -9 $$ ends the command with 137: {doc:#}"
     );
-    let ok = server
-        .data_dir()
-        .join("runs")
-        .join(&id)
-        .join("t")
-        .join("0")
-        .join("output")
-        .join("ok");
+    let ok = server.output_dir(&id, "t", 0).join("ok");
     assert!(ok.exists(), "the checks passed: {doc:#}");
     let (status, logs) = server.get(&format!("/api/workflow/{id}/logs?task_name=t"));
     assert_eq!(status, 200, "{logs}");

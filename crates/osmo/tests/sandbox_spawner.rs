@@ -56,13 +56,7 @@ fn the_spawner_forks_inits_as_the_agents_children_and_its_death_costs_no_task() 
     let quick = server.submit(QUICK);
     let doc = server.wait_finished(&quick, Duration::from_secs(30));
     assert_eq!(doc["status"], "COMPLETED", "{doc:#}\n{}", server.log());
-    let output = server
-        .data_dir()
-        .join("runs")
-        .join(&id)
-        .join("long")
-        .join("0")
-        .join("output");
+    let output = server.output_dir(&id, "long", 0);
     std::fs::write(output.join("go"), "").unwrap();
     let doc = server.wait_finished(&id, Duration::from_secs(30));
     assert_eq!(doc["status"], "COMPLETED", "{doc:#}\n{}", server.log());

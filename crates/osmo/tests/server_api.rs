@@ -452,13 +452,7 @@ fn the_task_list_shows_running_tasks_and_a_finished_workflow_on_request() {
     assert_eq!(running[0]["memory"], 2.0);
     let summary = server.get_json("/api/task?statuses=RUNNING&summary=true");
     assert_eq!(summary["summaries"][0]["cpu"], 1.0, "{summary}");
-    std::fs::write(
-        server
-            .data_dir()
-            .join(format!("runs/{id}/slow/0/output/go")),
-        "",
-    )
-    .unwrap();
+    std::fs::write(server.output_dir(&id, "slow", 0).join("go"), "").unwrap();
     server.wait_finished(&id, std::time::Duration::from_secs(30));
     assert!(
         server.get_json("/api/task").as_object().unwrap()["tasks"]
@@ -489,11 +483,7 @@ fn logs_follow_a_running_workflow_until_it_ends() {
     assert!(first.ends_with("[t retry-0][stdout] first"), "{first}");
     let doc = server.workflow(&id);
     assert_eq!(doc["status"], "RUNNING", "{doc:#}");
-    std::fs::write(
-        server.data_dir().join(format!("runs/{id}/t/0/output/go")),
-        "",
-    )
-    .unwrap();
+    std::fs::write(server.output_dir(&id, "t", 0).join("go"), "").unwrap();
     let rest: Vec<String> = lines.map(Result::unwrap).collect();
     assert!(
         rest.iter().any(|l| l.ends_with("[stdout] second")),

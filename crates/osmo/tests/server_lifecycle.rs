@@ -36,13 +36,7 @@ workflow:
         Some(agent),
         "the restarted server reuses the running agent"
     );
-    let output = server
-        .data_dir()
-        .join("runs")
-        .join(&id)
-        .join("long")
-        .join("0")
-        .join("output");
+    let output = server.output_dir(&id, "long", 0);
     std::fs::write(output.join("go"), "ok\n").unwrap();
     let doc = server.wait_finished(&id, Duration::from_secs(30));
     assert_eq!(doc["status"], "COMPLETED", "{doc:#}\n{}", server.log());

@@ -197,6 +197,16 @@ impl Server {
             .len()
     }
 
+    /// Where the service keeps the output of `task`'s attempt `retry_id`.
+    pub fn output_dir(&self, id: &str, task: &str, retry_id: u32) -> PathBuf {
+        self.data_dir()
+            .join("runs")
+            .join(id)
+            .join(task)
+            .join(retry_id.to_string())
+            .join("output")
+    }
+
     pub fn agent_pid(&self) -> Option<i32> {
         std::fs::read_to_string(self.data_dir().join("agent").join("agent.pid"))
             .ok()?
