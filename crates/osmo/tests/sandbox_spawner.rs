@@ -78,3 +78,49 @@ fn the_spawner_ends_with_its_agent() {
         (!alive(spawner[0])).then_some(())
     });
 }
+
+/// The mount points of `pid`'s mount namespace that hold namespaces (as
+/// `ip netns` makes them).
+fn namespace_handles(pid: i32) -> Vec<String> {
+    let table = std::fs::read_to_string(format!("/proc/{pid}/mountinfo")).unwrap();
+    table
+        .lines()
+        .filter_map(|line| {
+            let (left, right) = line.split_once(" - ")?;
+            let point = left.split(' ').nth(4)?;
+            (right.starts_with("nsfs ") || point == "/run/netns").then(|| point.to_string())
+        })
+        .collect()
+}
+
+#[test]
+fn sandboxes_copy_no_network_namespace_handles_of_the_host() {
+    let server = Server::start(local_pool());
+    let id = server.submit(WAITS_FOR_GO);
+    wait_for(Duration::from_secs(20), "the task to run", || {
+        (task(&server.workflow(&id), "long", 0)["status"] == "RUNNING").then_some(())
+    });
+    let agent = server.agent_pid().expect("the agent wrote its pid");
+    // The workflow's network, made after the spawner started: a handle on the host.
+    let host = namespace_handles(agent);
+    let spawner = children_named(agent, "osmo-spawner");
+    let init = children_named(agent, "osmo-init");
+    let seen: Vec<(i32, Vec<String>)> = spawner
+        .iter()
+        .chain(&init)
+        .map(|&pid| (pid, namespace_handles(pid)))
+        .collect();
+    let output = server.output_dir(&id, "long", 0);
+    std::fs::write(output.join("go"), "").unwrap();
+    let doc = server.wait_finished(&id, Duration::from_secs(30));
+    assert_eq!(doc["status"], "COMPLETED", "{doc:#}\n{}", server.log());
+    if !host.iter().any(|p| p.starts_with("/run/netns/osmo-")) {
+        eprintln!("skipped: no workflow network here (not root, or no `ip`): {host:?}");
+        return;
+    }
+    assert_eq!(spawner.len(), 1, "{:?}", children(agent));
+    assert_eq!(init.len(), 1, "{:?}", children(agent));
+    for (pid, handles) in seen {
+        assert_eq!(handles, Vec::<String>::new(), "in {pid}");
+    }
+}

@@ -22,43 +22,74 @@ pub(crate) struct MountEntry {
 ///
 /// Every attempt asks for it, and the kernel formats the whole table for each
 /// read (a path walk per mount), so it is kept with an open descriptor of the
-/// file: the kernel marks such a descriptor (`POLLPRI`) at every mount or
-/// unmount in this namespace, and a poll that returns at once says whether the
-/// copy is still true. The sandboxes' own mounts are in their namespaces.
+/// file ([`Watched`]). The sandboxes' own mounts are in their namespaces.
 pub(crate) fn read() -> std::io::Result<Arc<Vec<MountEntry>>> {
-    static CACHE: Mutex<Option<(File, Arc<Vec<MountEntry>>)>> = Mutex::new(None);
+    static CACHE: Mutex<Option<(Watched, Arc<Vec<MountEntry>>)>> = Mutex::new(None);
     let mut cache = CACHE.lock().unwrap_or_else(|e| e.into_inner());
-    if let Some((file, entries)) = cache.as_mut()
-        && !changed(file)?
+    if let Some((table, entries)) = cache.as_mut()
+        && !table.changed()?
     {
         return Ok(entries.clone());
     }
-    let mut file = match cache.take() {
-        Some((file, _)) => file,
-        None => File::open("/proc/self/mountinfo")?,
+    let mut table = match cache.take() {
+        Some((table, _)) => table,
+        None => Watched::open()?,
     };
-    // Poll once before reading, so a change during the read marks it again.
-    changed(&file)?;
-    file.rewind()?;
-    let mut text = String::new();
-    file.read_to_string(&mut text)?;
-    let entries = Arc::new(parse(&text));
-    *cache = Some((file, entries.clone()));
+    let entries = Arc::new(table.read()?);
+    *cache = Some((table, entries.clone()));
     Ok(entries)
 }
 
-/// Whether the mount table changed since `file` was last polled.
-fn changed(file: &File) -> std::io::Result<bool> {
-    let mut pfd = libc::pollfd {
-        fd: file.as_raw_fd(),
-        events: libc::POLLPRI,
-        revents: 0,
-    };
-    // SAFETY: poll of one live descriptor, no waiting.
-    match unsafe { libc::poll(&mut pfd, 1, 0) } {
-        n if n < 0 => Err(std::io::Error::last_os_error()),
-        _ => Ok(pfd.revents & (libc::POLLPRI | libc::POLLERR) != 0),
+/// This process's mount table, open: the kernel marks such a descriptor
+/// (`POLLPRI`) at every mount or unmount in the namespace, so a poll that
+/// returns at once says whether a copy read before is still true.
+pub(crate) struct Watched {
+    file: File,
+}
+
+impl Watched {
+    pub(crate) fn open() -> std::io::Result<Watched> {
+        Ok(Watched {
+            file: File::open("/proc/self/mountinfo")?,
+        })
     }
+
+    /// Whether the mount table changed since the last poll or read.
+    pub(crate) fn changed(&self) -> std::io::Result<bool> {
+        let mut pfd = libc::pollfd {
+            fd: self.file.as_raw_fd(),
+            events: libc::POLLPRI,
+            revents: 0,
+        };
+        // SAFETY: poll of one live descriptor, no waiting.
+        match unsafe { libc::poll(&mut pfd, 1, 0) } {
+            n if n < 0 => Err(std::io::Error::last_os_error()),
+            _ => Ok(pfd.revents & (libc::POLLPRI | libc::POLLERR) != 0),
+        }
+    }
+
+    /// The whole table as it is now.
+    pub(crate) fn read(&mut self) -> std::io::Result<Vec<MountEntry>> {
+        // Poll once before reading, so a change during the read marks it again.
+        self.changed()?;
+        self.file.rewind()?;
+        let mut text = String::new();
+        self.file.read_to_string(&mut text)?;
+        Ok(parse(&text))
+    }
+}
+
+/// Whether a mount holds a namespace rather than files: an `nsfs` handle
+/// (`ip netns`'s `/run/netns/NAME`, Docker's), or the directory `ip netns`
+/// mounts on itself to hold them. No task has a use for one (and a task
+/// running as root could enter another workflow's network through it), and
+/// there is one per workflow network on the node: a sandbox that copied them
+/// would cost more with every workflow that runs.
+pub(crate) fn is_namespace_handle(e: &MountEntry) -> bool {
+    e.fstype == "nsfs"
+        || ["/run/netns", "/var/run/netns"]
+            .iter()
+            .any(|d| e.mount_point == Path::new(d))
 }
 
 pub(crate) fn parse(text: &str) -> Vec<MountEntry> {
@@ -105,11 +136,13 @@ fn unescape(s: &str) -> String {
 
 /// The host mounts that the overlay root does not show (an overlay's lower
 /// layer is one file system, without what is mounted on it): every mount
-/// point other than `/`, except those under `skip`, reduced to the topmost
-/// ones (a recursive bind brings the ones below along).
+/// point other than `/`, except those under `skip` and the namespace handles
+/// ([`is_namespace_handle`]), reduced to the topmost ones (a recursive bind
+/// brings the ones below along).
 pub(crate) fn submounts(entries: &[MountEntry], skip: &[&Path]) -> Vec<PathBuf> {
     let mut points: Vec<PathBuf> = entries
         .iter()
+        .filter(|e| !is_namespace_handle(e))
         .map(|e| e.mount_point.clone())
         .filter(|p| p.is_absolute() && p != Path::new("/"))
         .filter(|p| !skip.iter().any(|s| p.starts_with(s)))
@@ -142,6 +175,9 @@ mod tests {
 30 29 0:25 / /tmp/sub rw - tmpfs tmpfs rw
 31 22 0:26 /data /my\\040data rw - ext4 /dev/vdb rw
 32 22 0:27 / /scratch/a rw - tmpfs tmpfs rw
+33 22 254:0 /run/netns /run/netns rw shared:1 - ext4 /dev/vda rw
+34 33 0:4 net:[4026532275] /run/netns/osmo-1 rw shared:1 - nsfs nsfs rw
+35 22 0:4 net:[4026532276] /run/docker/netns/c0ffee rw - nsfs nsfs rw
 ";
 
     #[test]
@@ -179,7 +215,7 @@ mod tests {
     #[test]
     fn parses_fields_and_escapes() {
         let entries = parse(SAMPLE);
-        assert_eq!(entries.len(), 11);
+        assert_eq!(entries.len(), 14);
         assert_eq!(entries[6].fstype, "cgroup");
         assert_eq!(entries[6].super_options, "rw,memory");
         assert_eq!(entries[9].mount_point, PathBuf::from("/my data"));
@@ -187,7 +223,7 @@ mod tests {
     }
 
     #[test]
-    fn submounts_are_the_topmost_outside_the_skipped_trees() {
+    fn submounts_are_the_topmost_outside_the_skipped_trees_and_the_namespace_handles() {
         let entries = parse(SAMPLE);
         let got = submounts(
             &entries,
@@ -198,5 +234,19 @@ mod tests {
             .map(PathBuf::from)
             .collect();
         assert_eq!(got, want);
+        let handles: Vec<&Path> = entries
+            .iter()
+            .filter(|e| is_namespace_handle(e))
+            .map(|e| e.mount_point.as_path())
+            .collect();
+        assert_eq!(
+            handles,
+            [
+                "/run/netns",
+                "/run/netns/osmo-1",
+                "/run/docker/netns/c0ffee"
+            ]
+            .map(Path::new)
+        );
     }
 }

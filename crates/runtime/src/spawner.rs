@@ -16,6 +16,13 @@
 //! (it waits for and reaps it, and the init dies with the agent through
 //! `PR_SET_PDEATHSIG`), and answers the pid or the errno of the fork.
 //!
+//! The spawner has a mount namespace of its own, which each sandbox's
+//! namespace copies: the host's, receiving the host's later mounts (a
+//! slave), less the namespace handles no task sees (`/run/netns/NAME`, one
+//! per workflow network: [`mountinfo::is_namespace_handle`]). Each copied
+//! mount is made, walked and torn down again by every sandbox, so without
+//! them the cost of a sandbox does not grow with the workflows that run.
+//!
 //! Without a spawner (a program that did not [`start`] one: tests,
 //! benches), or once it has failed, the controller forks the init itself.
 
@@ -25,12 +32,14 @@ use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
+use std::ptr;
 use std::sync::Mutex;
 
 use libc::{c_int, pid_t};
 use nix::sys::socket::{ControlMessage, ControlMessageOwned, MsgFlags, recvmsg, sendmsg};
 
 use crate::child::{self, ChildPlan};
+use crate::mountinfo::{self, Watched};
 
 /// The argument that makes this binary the spawner ([`serve_if_asked`]).
 pub const SPAWNER_ARG: &str = "__osmo-sandbox-spawner";
@@ -181,6 +190,7 @@ fn serve() -> i32 {
         );
         UnixStream::from_raw_fd(SOCKET_FD)
     };
+    let mut mounts = own_mount_namespace();
     loop {
         let (len, fds) = match receive_header(&socket) {
             Ok(Some(h)) => h,
@@ -206,6 +216,11 @@ fn serve() -> i32 {
                         .map_or(-1, |f| f.as_raw_fd())
                 });
                 plan.scrub = crate::plan::scrub_ranges();
+                if let Some(table) = mounts.as_mut()
+                    && table.changed().unwrap_or(true)
+                {
+                    prune_namespace_handles(table);
+                }
                 match fork(&plan) {
                     Ok(pid) => pid,
                     Err(errno) => -errno,
@@ -219,6 +234,73 @@ fn serve() -> i32 {
             eprintln!("osmo-spawner: {e}");
             return 1;
         }
+    }
+}
+
+/// Moves the spawner into a mount namespace of its own (see the module's
+/// comment) and returns its table, watched for the host's new mounts; `None`
+/// where it cannot (not root): the sandboxes then copy the host's.
+fn own_mount_namespace() -> Option<Watched> {
+    // SAFETY: this process is single-threaded; mount(2) with static strings.
+    let own = unsafe {
+        libc::unshare(libc::CLONE_NEWNS) == 0
+            && libc::mount(
+                ptr::null(),
+                c"/".as_ptr(),
+                ptr::null(),
+                libc::MS_REC | libc::MS_SLAVE,
+                ptr::null(),
+            ) == 0
+    };
+    if !own {
+        let e = io::Error::last_os_error();
+        if e.raw_os_error() != Some(libc::EPERM) {
+            eprintln!("osmo-spawner: sandboxes copy the host's whole mount table: {e}");
+        }
+        return None;
+    }
+    let mut table = match Watched::open() {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("osmo-spawner: cannot read its mount table: {e}");
+            return None;
+        }
+    };
+    prune_namespace_handles(&mut table);
+    Some(table)
+}
+
+/// Detaches the namespace handles that have appeared in the spawner's
+/// namespace (all of them at its start, then those the host mounted since
+/// where they propagate). Our own unmounts mark the table changed once
+/// more: the next check reads it again and finds nothing to do.
+fn prune_namespace_handles(table: &mut Watched) {
+    let entries = match table.read() {
+        Ok(e) => e,
+        Err(e) => {
+            eprintln!("osmo-spawner: cannot read its mount table: {e}");
+            return;
+        }
+    };
+    let mut handles: Vec<&Path> = entries
+        .iter()
+        .filter(|e| mountinfo::is_namespace_handle(e))
+        .map(|e| e.mount_point.as_path())
+        .collect();
+    handles.sort();
+    handles.dedup();
+    let mut detached: Vec<&Path> = Vec::new();
+    for path in handles {
+        if detached.iter().any(|d| path.starts_with(d)) {
+            continue;
+        }
+        let Ok(c) = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()) else {
+            continue;
+        };
+        // Mounts stacked on one point go one by one.
+        // SAFETY: umount2 of a NUL-terminated path.
+        while unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) } == 0 {}
+        detached.push(path);
     }
 }
 
