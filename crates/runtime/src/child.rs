@@ -857,23 +857,31 @@ pub(crate) unsafe fn sandbox_init(p: &ChildPlan) -> ! {
             if !wanted {
                 continue;
             }
-            let done = mkdirs(&s.mkdirs, 0o755)
-                .and_then(|()| {
-                    mount(
-                        s.source.as_deref(),
-                        &s.target,
-                        s.fstype.as_deref(),
-                        s.flags,
-                        s.data.as_deref(),
-                    )
-                })
-                .and_then(|()| {
-                    if s.readonly {
-                        make_readonly(&s.target)
-                    } else {
-                        Ok(())
-                    }
-                });
+            let mount_step = || {
+                mount(
+                    s.source.as_deref(),
+                    &s.target,
+                    s.fstype.as_deref(),
+                    s.flags,
+                    s.data.as_deref(),
+                )
+            };
+            // The mount point is made only where it is missing: most are
+            // host paths the root shows already, and each `mkdir` that finds
+            // one there costs a lookup through the overlay per level.
+            let done = match mount_step() {
+                Err(libc::ENOENT) if !s.mkdirs.is_empty() => {
+                    mkdirs(&s.mkdirs, 0o755).and_then(|()| mount_step())
+                }
+                other => other,
+            }
+            .and_then(|()| {
+                if s.readonly {
+                    make_readonly(&s.target)
+                } else {
+                    Ok(())
+                }
+            });
             if let Err(e) = done {
                 if s.optional {
                     send(p.status, msg::STEP_SKIPPED, i as u32, e);
