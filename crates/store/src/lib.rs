@@ -322,6 +322,13 @@ pub struct LogBatch {
 #[derive(Debug, Clone)]
 pub struct Store {
     pool: Pool,
+    /// Where the server's own writes go (its commits and submits): for a
+    /// SQLite file, a connection of its own. SQLite drops a connection's page
+    /// cache whenever another connection has written, so commits that took
+    /// any connection of the pool read back the pages the last commit had
+    /// written; on one connection they find them in its cache. Elsewhere the
+    /// pool itself.
+    writer: Pool,
 }
 
 #[derive(Debug, Clone)]
@@ -335,6 +342,16 @@ enum Pool {
 macro_rules! with_pool {
     ($store:expr, $pool:ident => $body:expr) => {
         match &$store.pool {
+            Pool::Sqlite($pool) => $body,
+            Pool::Postgres($pool) => $body,
+        }
+    };
+}
+
+/// [`with_pool!`] for the store's own writes ([`Store::writer`]).
+macro_rules! with_writer {
+    ($store:expr, $pool:ident => $body:expr) => {
+        match &$store.writer {
             Pool::Sqlite($pool) => $body,
             Pool::Postgres($pool) => $body,
         }
@@ -417,7 +434,7 @@ impl Store {
             url: redact(url),
             cause,
         };
-        let pool = match backend_of(url) {
+        let (pool, writer) = match backend_of(url) {
             Some(Backend::Sqlite) => {
                 let in_memory = url.contains(":memory:") || url.contains("mode=memory");
                 let options = SqliteConnectOptions::from_str(url)
@@ -426,18 +443,37 @@ impl Store {
                     .synchronous(SqliteSynchronous::Full)
                     .busy_timeout(Duration::from_secs(30))
                     .foreign_keys(true);
-                let mut pool = SqlitePoolOptions::new();
+                // A connection is checked by using it: a ping before each
+                // transaction would cost a round trip to its thread.
+                let options_of_pool = SqlitePoolOptions::new().test_before_acquire(false);
                 // A memory database lives and dies with its one connection.
-                pool = if in_memory {
-                    pool.max_connections(1)
+                let (pool, writer) = if in_memory {
+                    let pool = options_of_pool
+                        .max_connections(1)
                         .idle_timeout(None)
                         .max_lifetime(None)
+                        .connect_with(options)
+                        .await
+                        .map_err(open_err)?;
+                    (pool.clone(), pool)
                 } else {
-                    pool.max_connections(8)
+                    let pool = options_of_pool
+                        .clone()
+                        .max_connections(8)
+                        .connect_with(options.clone())
+                        .await
+                        .map_err(open_err)?;
+                    let writer = options_of_pool
+                        .max_connections(1)
+                        .idle_timeout(None)
+                        .max_lifetime(None)
+                        .connect_with(options)
+                        .await
+                        .map_err(open_err)?;
+                    (pool, writer)
                 };
-                let pool = pool.connect_with(options).await.map_err(open_err)?;
-                SQLITE_MIGRATIONS.run(&pool).await?;
-                Pool::Sqlite(pool)
+                SQLITE_MIGRATIONS.run(&writer).await?;
+                (Pool::Sqlite(pool), Pool::Sqlite(writer))
             }
             Some(Backend::Postgres) => {
                 let pool = PgPoolOptions::new()
@@ -447,11 +483,11 @@ impl Store {
                     .await
                     .map_err(open_err)?;
                 POSTGRES_MIGRATIONS.run(&pool).await?;
-                Pool::Postgres(pool)
+                (Pool::Postgres(pool.clone()), Pool::Postgres(pool))
             }
             None => return Err(Error::UnsupportedUrl(redact(url))),
         };
-        Ok(Store { pool })
+        Ok(Store { pool, writer })
     }
 
     /// Which database this store talks to.
@@ -497,7 +533,7 @@ impl Store {
     where
         F: FnMut(usize, &str) -> Initial,
     {
-        with_pool!(self, pool => {
+        with_writer!(self, pool => {
             let mut tx = pool.begin().await?;
             let mut ids = Vec::with_capacity(news.len());
             for (i, new) in news.into_iter().enumerate() {
@@ -589,7 +625,7 @@ impl Store {
     }
 
     async fn commit_tx(&self, batch: &[Commit], logs: &[LogBatch]) -> Result<()> {
-        with_pool!(self, pool => {
+        with_writer!(self, pool => {
             let mut tx = pool.begin().await?;
             for c in batch {
                 // The write comes first, as in `insert_workflow`.
@@ -641,22 +677,20 @@ impl Store {
             }
             for log in logs {
                 if let Some((source, seq)) = &log.source {
-                    let stored: Option<(i64,)> =
-                        sqlx::query_as("SELECT seq FROM log_cursors WHERE source = $1")
-                            .bind(source)
-                            .fetch_optional(&mut *tx)
-                            .await?;
-                    if stored.is_some_and(|(done,)| done >= to_i64(*seq)) {
-                        continue;
-                    }
-                    sqlx::query(
+                    // One statement: the cursor moves only forward, and a
+                    // batch it does not move was stored before.
+                    let moved = sqlx::query(
                         "INSERT INTO log_cursors (source, seq) VALUES ($1, $2) \
-                         ON CONFLICT (source) DO UPDATE SET seq = $2",
+                         ON CONFLICT (source) DO UPDATE SET seq = excluded.seq \
+                         WHERE log_cursors.seq < excluded.seq",
                     )
                     .bind(source)
                     .bind(to_i64(*seq))
                     .execute(&mut *tx)
                     .await?;
+                    if moved.rows_affected() == 0 {
+                        continue;
+                    }
                 }
                 for chunk in log.lines.chunks(ROWS_PER_INSERT) {
                     let mut q = sqlx::QueryBuilder::new(
