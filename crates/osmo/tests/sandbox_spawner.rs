@@ -28,14 +28,19 @@ workflow:
     command: [sh, -c, 'echo from b']
 "#;
 
-#[test]
-fn the_spawner_forks_inits_as_the_agents_children_and_its_death_costs_no_task() {
-    let server = Server::start(local_pool());
+/// Submits [`WAITS_FOR_GO`] and waits for its task to run: its id, and the agent's pid.
+fn run_until_go(server: &Server) -> (String, i32) {
     let id = server.submit(WAITS_FOR_GO);
     wait_for(Duration::from_secs(20), "the task to run", || {
         (task(&server.workflow(&id), "long", 0)["status"] == "RUNNING").then_some(())
     });
-    let agent = server.agent_pid().expect("the agent wrote its pid");
+    (id, server.agent_pid().expect("the agent wrote its pid"))
+}
+
+#[test]
+fn the_spawner_forks_inits_as_the_agents_children_and_its_death_costs_no_task() {
+    let server = Server::start(local_pool());
+    let (id, agent) = run_until_go(&server);
     let spawners = children_named(agent, "osmo-spawner");
     assert_eq!(spawners.len(), 1, "one spawner: {:?}", children(agent));
     assert_eq!(
@@ -96,11 +101,7 @@ fn namespace_handles(pid: i32) -> Vec<String> {
 #[test]
 fn sandboxes_copy_no_network_namespace_handles_of_the_host() {
     let server = Server::start(local_pool());
-    let id = server.submit(WAITS_FOR_GO);
-    wait_for(Duration::from_secs(20), "the task to run", || {
-        (task(&server.workflow(&id), "long", 0)["status"] == "RUNNING").then_some(())
-    });
-    let agent = server.agent_pid().expect("the agent wrote its pid");
+    let (id, agent) = run_until_go(&server);
     // The workflow's network, made after the spawner started: a handle on the host.
     let host = namespace_handles(agent);
     let spawner = children_named(agent, "osmo-spawner");

@@ -446,31 +446,24 @@ impl Store {
                 // A connection is checked by using it: a ping before each
                 // transaction would cost a round trip to its thread.
                 let options_of_pool = SqlitePoolOptions::new().test_before_acquire(false);
-                // A memory database lives and dies with its one connection.
-                let (pool, writer) = if in_memory {
-                    let pool = options_of_pool
-                        .max_connections(1)
-                        .idle_timeout(None)
-                        .max_lifetime(None)
-                        .connect_with(options)
-                        .await
-                        .map_err(open_err)?;
-                    (pool.clone(), pool)
+                // One connection kept for good: the writer's, which is also the
+                // whole pool of a memory database (it lives and dies with it).
+                let writer = options_of_pool
+                    .clone()
+                    .max_connections(1)
+                    .idle_timeout(None)
+                    .max_lifetime(None)
+                    .connect_with(options.clone())
+                    .await
+                    .map_err(open_err)?;
+                let pool = if in_memory {
+                    writer.clone()
                 } else {
-                    let pool = options_of_pool
-                        .clone()
+                    options_of_pool
                         .max_connections(8)
-                        .connect_with(options.clone())
-                        .await
-                        .map_err(open_err)?;
-                    let writer = options_of_pool
-                        .max_connections(1)
-                        .idle_timeout(None)
-                        .max_lifetime(None)
                         .connect_with(options)
                         .await
-                        .map_err(open_err)?;
-                    (pool, writer)
+                        .map_err(open_err)?
                 };
                 SQLITE_MIGRATIONS.run(&writer).await?;
                 (Pool::Sqlite(pool), Pool::Sqlite(writer))
