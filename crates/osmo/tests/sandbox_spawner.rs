@@ -125,3 +125,87 @@ fn sandboxes_copy_no_network_namespace_handles_of_the_host() {
         assert_eq!(handles, Vec::<String>::new(), "in {pid}");
     }
 }
+
+/// `mount(2)` for the test's own set-up; panics with the error.
+fn mount(source: &str, target: &std::path::Path, fstype: &str, flags: libc::c_ulong) {
+    let c = |s: &str| std::ffi::CString::new(s).unwrap();
+    let (source, target, fstype) = (c(source), c(target.to_str().unwrap()), c(fstype));
+    // SAFETY: NUL-terminated strings that live across the call.
+    let r = unsafe {
+        libc::mount(
+            source.as_ptr(),
+            target.as_ptr(),
+            fstype.as_ptr(),
+            flags,
+            std::ptr::null(),
+        )
+    };
+    assert_eq!(
+        r,
+        0,
+        "mount {target:?}: {}",
+        std::io::Error::last_os_error()
+    );
+}
+
+/// Detaches its mounts, last first, however the test ends.
+struct Unmount(Vec<std::path::PathBuf>);
+
+impl Drop for Unmount {
+    fn drop(&mut self) {
+        for target in self.0.iter().rev() {
+            let c = std::ffi::CString::new(target.to_str().unwrap()).unwrap();
+            // SAFETY: a NUL-terminated path.
+            unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
+        }
+    }
+}
+
+#[test]
+fn a_namespace_handle_the_host_mounts_later_is_kept_out_of_the_next_sandbox() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: mounting needs root");
+        return;
+    }
+    // A shared mount of the host (as `/` is under systemd), below which a
+    // handle appears after the spawner has copied the host's table: it
+    // propagates into the spawner's namespace, and each sandbox binds the
+    // mount (with what is below it) into its root.
+    let shared = tempfile::tempdir_in("/var/tmp").unwrap();
+    mount("osmo-test", shared.path(), "tmpfs", 0);
+    let mut mounted = Unmount(vec![shared.path().to_path_buf()]);
+    mount("", shared.path(), "", libc::MS_SHARED);
+    let server = Server::start(local_pool());
+    let agent = wait_for(Duration::from_secs(20), "the agent", || server.agent_pid());
+    wait_for(Duration::from_secs(20), "the spawner", || {
+        (!children_named(agent, "osmo-spawner").is_empty()).then_some(())
+    });
+    let handle = shared.path().join("net");
+    std::fs::write(&handle, "").unwrap();
+    mount("/proc/self/ns/net", &handle, "", libc::MS_BIND);
+    mounted.0.push(handle.clone());
+
+    let (id, agent) = run_until_go(&server);
+    let init = children_named(agent, "osmo-init");
+    let seen: Vec<Vec<String>> = init.iter().map(|&pid| namespace_handles(pid)).collect();
+    let sees_shared = init.iter().all(|&pid| {
+        std::fs::read_to_string(format!("/proc/{pid}/mountinfo"))
+            .unwrap()
+            .contains(shared.path().to_str().unwrap())
+    });
+    std::fs::write(server.output_dir(&id, "long", 0).join("go"), "").unwrap();
+    let doc = server.wait_finished(&id, Duration::from_secs(30));
+    drop(mounted);
+    assert_eq!(doc["status"], "COMPLETED", "{doc:#}\n{}", server.log());
+    assert_eq!(init.len(), 1, "{:?}", children(agent));
+    assert!(
+        sees_shared,
+        "the sandbox shows the host's mount at {shared:?}"
+    );
+    assert_eq!(
+        seen,
+        [Vec::<String>::new()],
+        "the handle below it is not there"
+    );
+}
