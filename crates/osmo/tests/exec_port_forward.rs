@@ -110,6 +110,61 @@ fn exec_runs_in_the_tasks_sandbox_with_its_stdin_and_exit_code() {
 }
 
 #[test]
+fn a_clients_keep_alive_ping_does_not_end_an_exec_session() {
+    use tokio_tungstenite::tungstenite::Message;
+    let server = Server::start(local_pool());
+    let id = server.submit(WAITS_FOR_EXEC);
+    wait_running(&server, &id, "worker");
+    let command: String = "sleep 0.3; echo after; exit 3"
+        .bytes()
+        .map(|b| match b {
+            b'a'..=b'z' | b'0'..=b'9' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect();
+    let (status, body) = server.post(
+        &format!("/api/workflow/{id}/exec/task/worker?entry_command={command}&tty=false"),
+        "",
+    );
+    assert_eq!(status, 200, "{body}");
+    let key = serde_json::from_str::<serde_json::Value>(&body).unwrap()["key"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let url = format!(
+        "ws://127.0.0.1:{}/api/router/exec/{id}/client/{key}",
+        server.port
+    );
+    let (mut ws, _) = tokio_tungstenite::tungstenite::connect(url).unwrap();
+    ws.send(Message::Binary(
+        br#"{"Rows": 0, "Cols": 0}"#.to_vec().into(),
+    ))
+    .unwrap();
+    // As clients do to keep a quiet session open (Python's `websockets` every 20 s).
+    ws.send(Message::Ping(b"alive?".to_vec().into())).unwrap();
+    let mut output = Vec::new();
+    let close = loop {
+        match ws.read() {
+            Ok(Message::Binary(b)) => output.extend_from_slice(&b),
+            Ok(Message::Text(t)) => output.extend_from_slice(t.as_bytes()),
+            Ok(Message::Close(frame)) => break frame,
+            Ok(_) => {}
+            Err(e) => panic!(
+                "the session broke off after {:?}: {e}",
+                String::from_utf8_lossy(&output)
+            ),
+        }
+    };
+    let output = String::from_utf8_lossy(&output);
+    assert!(output.contains("after"), "{output}");
+    assert_eq!(
+        close.map(|f| f.reason.to_string()).as_deref(),
+        Some("exit 3")
+    );
+    server.post(&format!("/api/workflow/{id}/cancel"), "");
+}
+
+#[test]
 fn exec_refuses_what_is_not_a_running_task() {
     let server = Server::start(local_pool());
     let id = server.submit(WAITS_FOR_EXEC);

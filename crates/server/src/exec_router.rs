@@ -502,16 +502,18 @@ async fn relay_to_agent(mut client: WebSocket, socket: PathBuf, path: String) {
     };
     loop {
         tokio::select! {
-            msg = client.next() => match msg.and_then(Result::ok).and_then(to_agent) {
-                Some(tungstenite::Message::Close(frame)) => {
+            msg = client.next() => match msg.and_then(Result::ok).map(to_agent) {
+                Some(Some(tungstenite::Message::Close(frame))) => {
                     let _ = agent.close(frame).await;
                     return;
                 }
-                Some(msg) => {
+                Some(Some(msg)) => {
                     if agent.send(msg).await.is_err() {
                         return;
                     }
                 }
+                // A ping or pong (a client's keep-alive) is no end of the session.
+                Some(None) => {}
                 None => {
                     let _ = agent.close(None).await;
                     return;
