@@ -246,7 +246,7 @@ impl LaunchBuilder {
             cpu,
             image: task.image,
             runtime: pool.runtime,
-            barrier: group.barrier && group.tasks.len() > 1,
+            barrier: waits_at_barrier(group),
             gpu,
             gpus: Vec::new(),
             gang: 1,
@@ -366,4 +366,10 @@ fn allowed_source(src: &str, pool: &PoolConfig) -> anyhow::Result<PathBuf> {
 
 fn path_text(path: &Path) -> String {
     path.to_string_lossy().into_owned()
+}
+
+/// A group's tasks wait at its barrier for a release (a group of one has
+/// no one to wait for).
+pub(crate) fn waits_at_barrier(group: &osmo_spec::model::Group) -> bool {
+    group.barrier && group.tasks.len() > 1
 }

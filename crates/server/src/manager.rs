@@ -30,6 +30,9 @@ use crate::now_ms;
 
 /// The most events one commit takes from the backends' queue.
 const MAX_BATCH: usize = 4096;
+/// How long a batch that nothing waits for (phases) may wait for the next
+/// commit: the live state shows it at once; only its durability waits.
+const LAZY_FLUSH: Duration = Duration::from_millis(5);
 /// Submits stored in one transaction at most.
 const MAX_SUBMITS: usize = 256;
 
@@ -152,6 +155,8 @@ pub struct Manager {
     store: Store,
     config: Arc<ServiceConfig>,
     core: Core,
+    /// When the batch that waits for no one is committed at the latest.
+    flush_by: Option<tokio::time::Instant>,
 }
 
 impl Manager {
@@ -171,6 +176,7 @@ impl Manager {
             store,
             config,
             core,
+            flush_by: None,
         };
         manager.recover().await?;
         Ok(manager)
@@ -217,12 +223,16 @@ impl Manager {
         mut link_events: mpsc::UnboundedReceiver<LinkEvent>,
     ) {
         loop {
-            let next_timer = self.core.next_timer();
+            let next_timer = self.core.next_timer().map(|at| {
+                tokio::time::Instant::now() + Duration::from_millis(at.saturating_sub(now_ms()))
+            });
+            let wake = match (next_timer, self.flush_by) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
             let sleep = async move {
-                match next_timer {
-                    Some(at) => {
-                        tokio::time::sleep(Duration::from_millis(at.saturating_sub(now_ms()))).await
-                    }
+                match wake {
+                    Some(at) => tokio::time::sleep_until(at).await,
                     None => std::future::pending().await,
                 }
             };
@@ -266,7 +276,14 @@ impl Manager {
                     // commit, the exits would be reported again and the new
                     // attempts found running.
                     self.core.dispatch();
-                    self.flush().await;
+                    // Phases alone wait (a moment at most) for the next exit's
+                    // commit: one commit per task instead of three, and no
+                    // launch waits for them.
+                    if self.core.urgent() {
+                        self.flush().await;
+                    } else if self.flush_by.is_none() {
+                        self.flush_by = Some(tokio::time::Instant::now() + LAZY_FLUSH);
+                    }
                 }
                 _ = sleep => {
                     self.core.fire_timers(now_ms());
@@ -481,6 +498,7 @@ impl Manager {
     /// Commits what the core prepared, retrying until it lands, then lets
     /// the core act on it.
     async fn flush(&mut self) {
+        self.flush_by = None;
         let commits = self.core.prepare();
         let started = std::time::Instant::now();
         let mut pause = Duration::from_millis(50);

@@ -39,6 +39,10 @@ use crate::proto::{AttemptKey, FromAgent, Phase, ToAgent};
 /// on average and bounds what a restart replays.
 pub const SNAPSHOT_MIN: u64 = 256;
 
+/// Events and log batches a batch that is not [urgent](Core::urgent) may
+/// gather before it is committed anyway.
+const LAZY_MAX_PENDING: usize = 1024;
+
 /// What a pool hands out now, for `pool list`.
 #[derive(Debug, Clone)]
 pub struct PoolUsage {
@@ -295,6 +299,39 @@ impl Core {
     /// Events and log batches waiting to be committed.
     pub fn pending(&self) -> usize {
         self.batch.events.len() + self.batch.logs.len()
+    }
+
+    /// Something in the batch waits for its commit: an exit to acknowledge (a
+    /// backend keeps the result until then, and the CPUs it freed go to the
+    /// next launches decided), or a decision a backend or a user waits for.
+    /// A batch of phases alone (and the timers and barrier-free releases they
+    /// bring) may wait a moment for the next commit: the live state already
+    /// shows them, nothing acts on them, and an agent that reconnects after a
+    /// restart reports its attempts' phases again.
+    pub fn urgent(&self) -> bool {
+        let batch = &self.batch;
+        !batch.acks.is_empty()
+            || self.pending() >= LAZY_MAX_PENDING
+            || batch.commands.iter().any(|(id, commands)| {
+                commands.iter().any(|c| match c {
+                    Command::SetTimer { .. } => false,
+                    Command::Release { attempts } => {
+                        attempts.iter().any(|a| self.waits_at_barrier(id, *a))
+                    }
+                    _ => true,
+                })
+            })
+    }
+
+    /// The attempt's agent holds its command at the group's barrier until
+    /// released (the launch said so; see `LaunchBuilder`).
+    fn waits_at_barrier(&self, id: &str, attempt: AttemptId) -> bool {
+        self.active.get(id).is_none_or(|a| {
+            let groups = &a.engine.workflow().groups;
+            groups
+                .get(attempt.task.group as usize)
+                .is_none_or(super::launch::waits_at_barrier)
+        })
     }
 
     /// What the shell must commit before the batch's decisions are acted on.

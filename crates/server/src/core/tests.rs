@@ -408,3 +408,69 @@ mod agent_protocol {
         }
     }
 }
+
+fn phase(key: AttemptKey, phase: Phase) -> LinkEvent {
+    msg(FromAgent::Phase {
+        key,
+        phase,
+        node: None,
+        gpus: None,
+    })
+}
+
+#[test]
+fn phases_alone_wait_for_the_next_commit_and_an_exit_does_not() {
+    let mut s = setup(4.0);
+    let (engine, commands) = workflow("wf-1", &["a", "b"]);
+    add(&mut s.core, engine, commands);
+    s.core.handle_link(hello(vec![]));
+    commit(&mut s.core);
+    assert!(!s.core.urgent(), "an empty batch waits for nothing");
+    // A task without a barrier: its release and timers are nothing to wait for.
+    for p in [Phase::Initializing, Phase::SetupDone, Phase::Running] {
+        s.core.handle_link(phase(attempt(0), p));
+    }
+    assert_eq!(s.core.pending(), 3);
+    assert!(!s.core.urgent(), "phases alone may wait");
+    s.core.handle_link(exited(attempt(0), 0));
+    assert!(
+        s.core.urgent(),
+        "an exit is acknowledged only once committed"
+    );
+    let commits = commit(&mut s.core);
+    assert_eq!(
+        commits[0].events.len(),
+        4,
+        "the waiting phases go in the exit's commit"
+    );
+}
+
+#[test]
+fn a_release_that_a_barrier_waits_for_is_committed_at_once() {
+    let mut s = setup(4.0);
+    let wf = WorkflowBuilder::new("wf")
+        .group(
+            osmo_engine::testkit::GroupBuilder::new("g")
+                .task("a")
+                .task("b"),
+        )
+        .build();
+    let (engine, commands) = WorkflowState::new("wf-1".into(), wf, Rules::default(), now_ms());
+    add(&mut s.core, engine, commands);
+    s.core.handle_link(hello(vec![]));
+    commit(&mut s.core);
+    let member = |task| AttemptKey {
+        workflow_id: "wf-1".into(),
+        attempt: AttemptId {
+            task: TaskKey { group: 0, task },
+            retry_id: 0,
+        },
+    };
+    s.core.handle_link(phase(member(0), Phase::SetupDone));
+    assert!(
+        !s.core.urgent(),
+        "one of two at the barrier: nothing decided"
+    );
+    s.core.handle_link(phase(member(1), Phase::SetupDone));
+    assert!(s.core.urgent(), "both wait at the barrier for this release");
+}
