@@ -8,7 +8,9 @@
 For each size it prints the time from submit to the workflow's end, the tasks
 per second, the xargs baseline measured just before, their ratio (target: at
 least 0.6) and the cost per task relative to the smallest size (target: at
-most 1.5 at 10,000). The server runs with its embedded SQLite store in a
+most 1.5 at 10,000), then the machine's busy CPU time per task, osmo's and
+xargs's (all processes and the kernel's threads: on a VM whose speed varies,
+a steadier figure for comparing two builds). The server runs with its embedded SQLite store in a
 temporary directory under /var/tmp (OSMO_BENCH_DIR=DIR puts it in DIR, a
 tmpfs say, to see what the disk costs); it is stopped at the end. Needs root
 (the sandbox).
@@ -104,12 +106,24 @@ def wait_for(server, wf, timeout):
     raise SystemExit(f"{wf} did not finish within {timeout} s")
 
 
+def busy_cpu_seconds():
+    """CPU time spent by the whole machine, not idle (all processes, the
+    kernel's own threads, interrupts), from /proc/stat."""
+    with open("/proc/stat") as f:
+        fields = [int(x) for x in f.readline().split()[1:]]
+    user, nice, system, _idle, _iowait, irq, softirq = fields[:7]
+    return (user + nice + system + irq + softirq) / os.sysconf("SC_CLK_TCK")
+
+
 def run_osmo(server, n, timeout):
+    """Seconds from submit to end, the status, and the machine's busy CPU
+    seconds meanwhile (a steadier figure than the time on a noisy VM)."""
     t0 = time.perf_counter()
+    c0 = busy_cpu_seconds()
     wf = post(server.url + "/api/pool/default/workflow",
               {"file": SPEC, "set_variables": [f"n={n}"]})["name"]
     status = wait_for(server, wf, timeout)
-    return time.perf_counter() - t0, status
+    return time.perf_counter() - t0, status, busy_cpu_seconds() - c0
 
 
 def why_failed(server, n):
@@ -125,8 +139,9 @@ def why_failed(server, n):
 
 def run_xargs(n, cpus):
     t0 = time.perf_counter()
+    c0 = busy_cpu_seconds()
     subprocess.run(f"seq {n} | xargs -P{cpus} -n1 true", shell=True, check=True)
-    return time.perf_counter() - t0
+    return time.perf_counter() - t0, busy_cpu_seconds() - c0
 
 
 def main():
@@ -140,21 +155,22 @@ def main():
     sizes = [int(s) for s in args.sizes.split(",")]
     print(f"machine: {cpus} CPUs; osmo {osmo}")
     print(f"{'tasks':>7} {'osmo s':>8} {'tasks/s':>9} {'xargs s':>8} {'xargs/s':>9} "
-          f"{'ratio':>6} {'per-task vs first':>18}")
+          f"{'ratio':>6} {'per-task vs first':>18} {'CPU ms/task':>12} {'xargs':>6}")
     with tempfile.TemporaryDirectory(prefix="osmo-bench-", dir=DATA_PARENT) as work:
         server = Server(osmo, work, f"    max_tasks_per_workflow: {max(sizes)}\n")
         first_cost = None
         try:
             for n in sizes:
-                base = run_xargs(n, cpus)
-                took, status = run_osmo(server, n, args.timeout)
+                base, base_cpu = run_xargs(n, cpus)
+                took, status, cpu = run_osmo(server, n, args.timeout)
                 if status != "COMPLETED":
                     raise SystemExit(f"the workflow of {n} tasks ended {status}: "
                                      f"{why_failed(server, n)}")
                 cost = took / n
                 first_cost = first_cost or cost
                 print(f"{n:>7} {took:>8.2f} {n / took:>9.0f} {base:>8.2f} {n / base:>9.0f} "
-                      f"{base / took:>6.2f} {cost / first_cost:>17.2f}x", flush=True)
+                      f"{base / took:>6.2f} {cost / first_cost:>17.2f}x "
+                      f"{1000 * cpu / n:>12.2f} {1000 * base_cpu / n:>6.2f}", flush=True)
         finally:
             server.stop()
 
