@@ -68,6 +68,65 @@ fn the_spawner_forks_inits_as_the_agents_children_and_its_death_costs_no_task() 
     assert_eq!(server.agent_pid(), Some(agent), "the same agent throughout");
 }
 
+/// Whether two processes share their memory (`kcmp(2)`, `KCMP_VM`).
+fn same_memory(a: i32, b: i32) -> bool {
+    const KCMP_VM: libc::c_long = 1;
+    // SAFETY: kcmp compares two processes' kernel objects; it changes nothing.
+    let r = unsafe { libc::syscall(libc::SYS_kcmp, a, b, KCMP_VM, 0, 0) };
+    assert!(r >= 0, "kcmp: {}", std::io::Error::last_os_error());
+    r == 0
+}
+
+/// The threads of `pid`.
+fn threads(pid: i32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .count()
+}
+
+#[test]
+fn inits_share_the_spawners_memory_which_keeps_their_plans_while_they_run() {
+    let server = Server::start(local_pool());
+    let (id, agent) = run_until_go(&server);
+    let spawner = children_named(agent, "osmo-spawner");
+    let init = children_named(agent, "osmo-init");
+    assert_eq!((spawner.len(), init.len()), (1, 1), "{:?}", children(agent));
+    assert!(
+        same_memory(spawner[0], init[0]),
+        "the init shares the spawner's memory: nothing of it is copied"
+    );
+    assert!(!same_memory(agent, init[0]));
+
+    // Other sandboxes come and go while the first one's init runs on: each
+    // plan is freed after its own init only, and the threads that forked
+    // them serve again (one per init alive at a time, not one per init).
+    for _ in 0..8 {
+        let quick = server.submit(QUICK);
+        let doc = server.wait_finished(&quick, Duration::from_secs(30));
+        assert_eq!(
+            doc["status"],
+            "COMPLETED",
+            "{doc:#}
+{}",
+            server.log()
+        );
+    }
+    let spawner_threads = threads(spawner[0]);
+    // Its own, jemalloc's, and a worker per init alive at once: 3 here, one
+    // more when an init's end and the next request cross.
+    assert!(
+        spawner_threads <= 2 + 5,
+        "17 sandboxes, at most 3 at a time, took {spawner_threads} threads"
+    );
+    // The first init still has its plan: it sees the go, and its command ends well.
+    std::fs::write(server.output_dir(&id, "long", 0).join("go"), "").unwrap();
+    let doc = server.wait_finished(&id, Duration::from_secs(30));
+    assert_eq!(doc["status"], "COMPLETED", "{doc:#}\n{}", server.log());
+    let (status, logs) = server.get(&format!("/api/workflow/{id}/logs"));
+    assert_eq!(status, 200, "{logs}");
+    assert!(logs.contains("[stdout] done"), "{logs}");
+}
+
 #[test]
 fn the_spawner_ends_with_its_agent() {
     let server = Server::start(local_pool());

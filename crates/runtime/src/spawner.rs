@@ -1,6 +1,5 @@
-//! The sandbox spawner: this binary started once more as a small,
-//! single-threaded process that forks each sandbox's init for the
-//! controller.
+//! The sandbox spawner: this binary started once more as a small process
+//! that forks each sandbox's init for the controller.
 //!
 //! Why: a fork copies the page tables of the process that forks, and the
 //! init lives as long as its attempt, so every page the controller's
@@ -11,10 +10,12 @@
 //! few pages of heap, it is next to nothing.
 //!
 //! How: the controller sends the finished [`ChildPlan`] (postcard) and the
-//! descriptors it names (`SCM_RIGHTS`) over a socket; the spawner forks the
-//! init with `CLONE_PARENT`, so the init is the controller's child as before
-//! (it waits for and reaps it, and the init dies with the agent through
-//! `PR_SET_PDEATHSIG`), and answers the pid or the errno of the fork.
+//! descriptors it names (`SCM_RIGHTS`) over a socket; one of the spawner's
+//! worker threads forks the init with `CLONE_PARENT`, so the init is the
+//! controller's child as before (it waits for and reaps it, and the init
+//! dies with the agent through `PR_SET_PDEATHSIG`), and answers the pid or
+//! the errno of the fork. The init shares the spawner's memory (`CLONE_VM`:
+//! see [`Workers`] for why and what that asks).
 //!
 //! The spawner has a mount namespace of its own, which each sandbox's
 //! namespace copies: the host's, receiving the host's later mounts (a
@@ -191,6 +192,7 @@ fn serve() -> i32 {
         UnixStream::from_raw_fd(SOCKET_FD)
     };
     let mut mounts = own_mount_namespace();
+    let mut workers = Workers::new(socket.as_raw_fd());
     loop {
         let (len, fds) = match receive_header(&socket) {
             Ok(Some(h)) => h,
@@ -206,34 +208,262 @@ fn serve() -> i32 {
             eprintln!("osmo-spawner: {e}");
             return 1;
         }
-        let answer = match postcard::from_bytes::<ChildPlan>(&payload) {
-            Ok(mut plan) => {
-                let sent = plan.keep_fds.clone();
-                plan.map_fds(|fd| {
-                    sent.iter()
-                        .position(|&s| s == fd)
-                        .and_then(|i| fds.get(i))
-                        .map_or(-1, |f| f.as_raw_fd())
-                });
-                plan.scrub = crate::plan::scrub_ranges();
-                if let Some(table) = mounts.as_mut()
-                    && table.changed().unwrap_or(true)
-                {
-                    prune_namespace_handles(table);
+        let mut plan = match postcard::from_bytes::<ChildPlan>(&payload) {
+            Ok(plan) => Box::new(plan),
+            Err(_) => {
+                drop(fds);
+                if let Err(e) = (&socket).write_all(&(-libc::EINVAL).to_ne_bytes()) {
+                    eprintln!("osmo-spawner: {e}");
+                    return 1;
                 }
-                match fork(&plan) {
-                    Ok(pid) => pid,
-                    Err(errno) => -errno,
-                }
+                continue;
             }
-            Err(_) => -libc::EINVAL,
+        };
+        let sent = plan.keep_fds.clone();
+        plan.map_fds(|fd| {
+            sent.iter()
+                .position(|&s| s == fd)
+                .and_then(|i| fds.get(i))
+                .map_or(-1, |f| f.as_raw_fd())
+        });
+        plan.scrub = crate::plan::scrub_ranges();
+        if let Some(table) = mounts.as_mut()
+            && table.changed().unwrap_or(true)
+        {
+            prune_namespace_handles(table);
+        }
+        // A worker answers (the pid, or the errno), and keeps the plan
+        // until the init has ended.
+        if let Err(Job { plan, fds }) = workers.run(Job { plan, fds }) {
+            let answer = match fork(&plan) {
+                Ok(pid) => pid,
+                Err(errno) => -errno,
+            };
+            drop(fds);
+            if let Err(e) = (&socket).write_all(&answer.to_ne_bytes()) {
+                eprintln!("osmo-spawner: {e}");
+                return 1;
+            }
+        }
+    }
+}
+
+/// Bytes of an init's stack: its frames are few and small (system calls
+/// over a plan that lives elsewhere).
+const INIT_STACK: usize = 256 * 1024;
+
+/// A plan to fork an init for, with the descriptors it names.
+struct Job {
+    plan: Box<ChildPlan>,
+    fds: Vec<OwnedFd>,
+}
+
+// SAFETY: the plan's raw pointers point into its own heap strings, which
+// move with it; nothing else shares them.
+unsafe impl Send for Job {}
+
+/// The threads that fork inits in the spawner's memory, each of which
+/// keeps its init's plan and stack until the init has ended.
+///
+/// Why: a fork copies the page tables of the spawner's private memory (the
+/// binary's relocated data alone is about 900 kB: its vtables and the like,
+/// written once at load), and each page the spawner writes afterwards is
+/// copied again on the write; the init's exit tears its copy down. That was
+/// a tenth of all the CPU time of a workflow of trivial tasks. An init
+/// created with `CLONE_VM` shares the memory instead: nothing is copied.
+/// What it shares must then outlive it, and nothing else may write what it
+/// uses: its plan (kept by its worker until its pidfd says it has ended),
+/// its stack (the worker's), and its thread-local storage, where glibc
+/// keeps `errno` (the worker's: after the fork the worker only closes
+/// descriptors, writes the answer and waits, none of which fails in a way
+/// that writes `errno` while its agent lives).
+struct Workers {
+    socket: RawFd,
+    jobs: Vec<std::sync::mpsc::Sender<Job>>,
+    idle: std::sync::mpsc::Receiver<usize>,
+    idle_tx: std::sync::mpsc::Sender<usize>,
+}
+
+impl Workers {
+    fn new(socket: RawFd) -> Workers {
+        let (idle_tx, idle) = std::sync::mpsc::channel();
+        Workers {
+            socket,
+            jobs: Vec::new(),
+            idle,
+            idle_tx,
+        }
+    }
+
+    /// Hands `job` to an idle worker, or to a new one; the job back when
+    /// no worker can take it (the caller forks the init itself).
+    fn run(&mut self, job: Job) -> Result<(), Job> {
+        let job = match self.idle.try_recv() {
+            Ok(i) => match self.jobs[i].send(job) {
+                Ok(()) => return Ok(()),
+                Err(std::sync::mpsc::SendError(job)) => job,
+            },
+            Err(_) => job,
+        };
+        let (tx, rx) = std::sync::mpsc::channel::<Job>();
+        let (socket, me, idle) = (self.socket, self.jobs.len(), self.idle_tx.clone());
+        let started = std::thread::Builder::new()
+            .name("osmo-spawner".into())
+            .stack_size(256 * 1024)
+            .spawn(move || work(socket, rx, idle, me));
+        if let Err(e) = started {
+            eprintln!("osmo-spawner: cannot start a worker thread ({e}); forking directly");
+            return Err(job);
+        }
+        self.jobs.push(tx);
+        self.jobs[me].send(job).map_err(|e| e.0)
+    }
+}
+
+/// A worker: forks each job's init into the shared memory, answers, and
+/// waits for the init's end before it frees the plan and takes another.
+fn work(
+    socket: RawFd,
+    jobs: std::sync::mpsc::Receiver<Job>,
+    idle: std::sync::mpsc::Sender<usize>,
+    me: usize,
+) {
+    // No handler may run on this thread (and write `errno`) while an init
+    // shares its storage; the inits start with every signal blocked, as forks do.
+    // SAFETY: sigfillset and pthread_sigmask over local sets.
+    unsafe {
+        let mut all: libc::sigset_t = std::mem::zeroed();
+        libc::sigfillset(&mut all);
+        libc::pthread_sigmask(libc::SIG_SETMASK, &all, ptr::null_mut());
+    }
+    let stack = Stack::new(INIT_STACK);
+    if let Err(e) = &stack {
+        eprintln!("osmo-spawner: no stack for inits ({e}); forking them");
+    }
+    for Job { plan, fds } in jobs.iter() {
+        let (answer, pidfd) = match &stack {
+            Ok(stack) => match clone_init(&plan, stack) {
+                Ok((pid, pidfd)) => (pid, Some(pidfd)),
+                // An older kernel (no CLONE_PIDFD, 5.2): a fork, as before.
+                Err(_) => (fork(&plan).unwrap_or_else(|e| -e), None),
+            },
+            Err(_) => (fork(&plan).unwrap_or_else(|e| -e), None),
         };
         // Our copies of the descriptors go; the init has its own.
         drop(fds);
-        if let Err(e) = (&socket).write_all(&answer.to_ne_bytes()) {
-            eprintln!("osmo-spawner: {e}");
-            return 1;
+        // SAFETY: a 4-byte write of a live array on the controller's socket
+        // (one request is answered at a time: the controller waits for it).
+        unsafe { libc::write(socket, answer.to_ne_bytes().as_ptr().cast(), 4) };
+        if let Some(pidfd) = pidfd {
+            wait_for_end(&pidfd);
         }
+        drop(plan);
+        if idle.send(me).is_err() {
+            return;
+        }
+    }
+}
+
+/// Forks `plan`'s init sharing this process's memory, on `stack`: its pid
+/// and a pidfd that becomes readable when it has ended.
+fn clone_init(plan: &ChildPlan, stack: &Stack) -> Result<(pid_t, OwnedFd), c_int> {
+    extern "C" fn init_entry(arg: *mut libc::c_void) -> c_int {
+        // SAFETY: `arg` is the plan its worker keeps until this process has
+        // ended; sandbox_init is async-signal-safe and never returns.
+        unsafe { child::sandbox_init(&*(arg as *const ChildPlan)) }
+    }
+    let flags = libc::CLONE_VM
+        | libc::CLONE_PIDFD
+        | libc::CLONE_PARENT
+        | libc::CLONE_NEWPID
+        | libc::CLONE_NEWNS
+        | libc::SIGCHLD;
+    let mut pidfd: c_int = -1;
+    // SAFETY: the stack is this worker's, unused by anything else until the
+    // init has ended; the plan outlives the init (see `work`).
+    let pid = unsafe {
+        libc::clone(
+            init_entry,
+            stack.top(),
+            flags,
+            plan as *const ChildPlan as *mut libc::c_void,
+            &mut pidfd as *mut c_int,
+        )
+    };
+    if pid < 0 {
+        return Err(io::Error::last_os_error()
+            .raw_os_error()
+            .unwrap_or(libc::EIO));
+    }
+    // SAFETY: the kernel gave us this descriptor.
+    Ok((pid, unsafe { OwnedFd::from_raw_fd(pidfd) }))
+}
+
+/// Blocks until the process of `pidfd` has ended. Never earlier: its plan
+/// and stack are freed after.
+fn wait_for_end(pidfd: &OwnedFd) {
+    loop {
+        let mut p = libc::pollfd {
+            fd: pidfd.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: poll over one live pollfd. With every signal blocked it
+        // fails only for want of memory: then it waits and tries again.
+        let n = unsafe { libc::poll(&mut p, 1, -1) };
+        if n == 1 {
+            return;
+        }
+        if n < 0 {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+    }
+}
+
+/// An init's stack: mapped memory with a guard page below it, so that an
+/// overflow faults instead of writing the spawner's memory.
+struct Stack {
+    base: *mut libc::c_void,
+    len: usize,
+}
+
+impl Stack {
+    fn new(len: usize) -> io::Result<Stack> {
+        // SAFETY: sysconf has no preconditions.
+        let page = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096);
+        let len = len + page;
+        // SAFETY: a fresh anonymous mapping, and a protection change within it.
+        unsafe {
+            let base = libc::mmap(
+                ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_STACK,
+                -1,
+                0,
+            );
+            if base == libc::MAP_FAILED {
+                return Err(io::Error::last_os_error());
+            }
+            if libc::mprotect(base, page, libc::PROT_NONE) != 0 {
+                let e = io::Error::last_os_error();
+                libc::munmap(base, len);
+                return Err(e);
+            }
+            Ok(Stack { base, len })
+        }
+    }
+
+    /// Its 16-byte aligned top (stacks grow down).
+    fn top(&self) -> *mut libc::c_void {
+        ((self.base as usize + self.len) & !15) as *mut libc::c_void
+    }
+}
+
+impl Drop for Stack {
+    fn drop(&mut self) {
+        // SAFETY: our own mapping, no longer used (its worker is ending).
+        unsafe { libc::munmap(self.base, self.len) };
     }
 }
 
@@ -344,7 +574,9 @@ fn receive_header(socket: &UnixStream) -> io::Result<Option<(usize, Vec<OwnedFd>
     Ok(Some((len, fds)))
 }
 
-/// Forks the init as a sibling (`CLONE_PARENT`): the controller's child.
+/// Forks the init as a sibling (`CLONE_PARENT`): the controller's child,
+/// with a copy of the spawner's memory (where an init cannot share it: see
+/// [`Workers`]).
 fn fork(plan: &ChildPlan) -> Result<pid_t, c_int> {
     // SAFETY: as the controller's own fork (`controller::fork_init`): the
     // child runs the async-signal-safe sandbox_init over the decoded plan.
