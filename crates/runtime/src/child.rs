@@ -172,7 +172,16 @@ pub(crate) struct Step {
     /// A failure is ignored.
     pub optional: bool,
     pub when: When,
+    /// An empty private directory (a tmpfs of its own, as the step says):
+    /// with the writable layer in memory, a directory of that layer's tmpfs
+    /// made with this mode and bound here instead, one superblock fewer to
+    /// set up and tear down per step. See [`RootPlan::private_dirs`].
+    pub private: Option<libc::mode_t>,
 }
+
+/// Steps that take a private directory from the writable layer's tmpfs, at
+/// most; the others mount a tmpfs each.
+pub(crate) const MAX_PRIVATE: usize = 16;
 
 /// Which roots a step is for.
 #[derive(Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -211,6 +220,9 @@ pub(crate) struct RootPlan {
     pub disk_tmp: CString,
     /// `/tmp` below the new root.
     pub root_tmp: CString,
+    /// In `tmpfs_dir`, the directories of the [`Step::private`] steps, in
+    /// their order (one each, up to [`MAX_PRIVATE`]).
+    pub private_dirs: Vec<CString>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -604,7 +616,7 @@ unsafe fn opaque_tmp(dir: &CStr) -> Result<(), c_int> {
 
 /// Builds the root: an overlay over `/` (upper on disk, else on a tmpfs), or
 /// a read-only recursive bind of `/`. Returns whether it is an overlay.
-unsafe fn setup_root(p: &ChildPlan) -> bool {
+unsafe fn setup_root(p: &ChildPlan, private: &mut [c_int; MAX_PRIVATE]) -> bool {
     let r = &p.root;
     let overlay = Some(c"overlay");
     let unbindable = |target: &CStr| {
@@ -612,7 +624,7 @@ unsafe fn setup_root(p: &ChildPlan) -> bool {
         let _ = unsafe { mount(None, target, None, libc::MS_UNBINDABLE, None) };
     };
     // Else (or when that fails) the writable layer on disk, as for a task that runs as root.
-    if r.memory_upper && unsafe { overlay_in_memory(r) }.is_ok() {
+    if r.memory_upper && unsafe { overlay_in_memory(p, private) }.is_ok() {
         unbindable(&r.tmpfs_dir);
         unbindable(&r.newroot);
         unsafe { send(p.status, msg::ROOT_MODE, ROOT_OVERLAY_MEMORY, 0) };
@@ -634,7 +646,7 @@ unsafe fn setup_root(p: &ChildPlan) -> bool {
         }
         Err(e) => e,
     };
-    let tmpfs_err = match unsafe { overlay_on_tmpfs(r, true) } {
+    let tmpfs_err = match unsafe { overlay_on_tmpfs(p, true, &mut [-1; MAX_PRIVATE]) } {
         Ok(()) => {
             unbindable(&r.tmpfs_dir);
             unbindable(&r.newroot);
@@ -666,9 +678,66 @@ unsafe fn setup_root(p: &ChildPlan) -> bool {
     false
 }
 
+/// Makes the [`Step::private`] directories in the writable layer's tmpfs
+/// and a detached bind of each, for the steps to attach. One that fails
+/// stays -1: its step mounts a tmpfs of its own instead.
+unsafe fn private_dirs(p: &ChildPlan, fds: &mut [c_int; MAX_PRIVATE]) {
+    const OPEN_TREE_CLONE: c_uint = 1;
+    let modes = p.steps.iter().filter_map(|s| s.private);
+    for ((dir, mode), fd) in p.root.private_dirs.iter().zip(modes).zip(fds.iter_mut()) {
+        // SAFETY: system calls on NUL-terminated paths the plan owns.
+        unsafe {
+            // The mode as asked (the umask would clear the sticky and write bits).
+            if libc::mkdir(dir.as_ptr(), 0o700) != 0 || libc::chmod(dir.as_ptr(), mode) != 0 {
+                continue;
+            }
+            let tree = libc::syscall(
+                libc::SYS_open_tree,
+                libc::AT_FDCWD,
+                dir.as_ptr(),
+                OPEN_TREE_CLONE | libc::O_CLOEXEC as c_uint,
+            );
+            if tree >= 0 {
+                *fd = tree as c_int;
+            }
+        }
+    }
+}
+
+/// Closes the private directories' binds of a root that was not made:
+/// their steps mount a tmpfs each.
+unsafe fn forget_private_dirs(fds: &mut [c_int; MAX_PRIVATE]) {
+    for fd in fds.iter_mut().filter(|fd| **fd >= 0) {
+        // SAFETY: a descriptor private_dirs opened.
+        unsafe { libc::close(*fd) };
+        *fd = -1;
+    }
+}
+
+/// Attaches the detached mount `tree` at `target`.
+unsafe fn attach(tree: c_int, target: &CStr) -> Result<(), c_int> {
+    const MOVE_MOUNT_F_EMPTY_PATH: c_uint = 4;
+    // SAFETY: move_mount of a descriptor we own onto a NUL-terminated path.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_move_mount,
+            tree,
+            c"".as_ptr(),
+            libc::AT_FDCWD,
+            target.as_ptr(),
+            MOVE_MOUNT_F_EMPTY_PATH,
+        )
+    };
+    if r == 0 { Ok(()) } else { Err(errno()) }
+}
+
 /// The overlay root in memory with `/tmp` from the disk ([`RootPlan::memory_upper`]).
 /// On an error nothing stays mounted.
-unsafe fn overlay_in_memory(r: &RootPlan) -> Result<(), c_int> {
+unsafe fn overlay_in_memory(
+    p: &ChildPlan,
+    private: &mut [c_int; MAX_PRIVATE],
+) -> Result<(), c_int> {
+    let r = &p.root;
     const OPEN_TREE_CLONE: c_uint = 1;
     const MOVE_MOUNT_F_EMPTY_PATH: c_uint = 4;
     unsafe {
@@ -683,7 +752,7 @@ unsafe fn overlay_in_memory(r: &RootPlan) -> Result<(), c_int> {
         if tree < 0 {
             return Err(errno());
         }
-        let made = overlay_on_tmpfs(r, false).and_then(|()| {
+        let made = overlay_on_tmpfs(p, false, private).and_then(|()| {
             if libc::syscall(
                 libc::SYS_move_mount,
                 tree,
@@ -698,6 +767,7 @@ unsafe fn overlay_in_memory(r: &RootPlan) -> Result<(), c_int> {
                 let e = errno();
                 libc::umount2(r.newroot.as_ptr(), libc::MNT_DETACH);
                 libc::umount2(r.tmpfs_dir.as_ptr(), libc::MNT_DETACH);
+                forget_private_dirs(private);
                 Err(e)
             }
         });
@@ -709,7 +779,12 @@ unsafe fn overlay_in_memory(r: &RootPlan) -> Result<(), c_int> {
 /// Mounts the overlay root with its upper and work directories on a tmpfs
 /// of its own, with an opaque (private) `/tmp` in the upper layer when
 /// `private_tmp`. On an error nothing stays mounted.
-unsafe fn overlay_on_tmpfs(r: &RootPlan, private_tmp: bool) -> Result<(), c_int> {
+unsafe fn overlay_on_tmpfs(
+    p: &ChildPlan,
+    private_tmp: bool,
+    private: &mut [c_int; MAX_PRIVATE],
+) -> Result<(), c_int> {
+    let r = &p.root;
     unsafe {
         mkdirs(std::slice::from_ref(&r.tmpfs_dir), 0o700)?;
         mount(
@@ -730,12 +805,17 @@ unsafe fn overlay_on_tmpfs(r: &RootPlan, private_tmp: bool) -> Result<(), c_int>
                 }
             })
             .and_then(|()| mkdirs(std::slice::from_ref(&r.tmpfs_work), 0o700))
-            .and_then(|()| match &r.overlay_tmpfs {
-                Some(data) => mount(Some(c"osmo"), &r.newroot, Some(c"overlay"), 0, Some(data)),
-                None => Err(libc::EINVAL),
+            .and_then(|()| {
+                // Before the overlay covers the scratch directory they are in.
+                private_dirs(p, private);
+                match &r.overlay_tmpfs {
+                    Some(data) => mount(Some(c"osmo"), &r.newroot, Some(c"overlay"), 0, Some(data)),
+                    None => Err(libc::EINVAL),
+                }
             });
         if made.is_err() {
             libc::umount2(r.tmpfs_dir.as_ptr(), libc::MNT_DETACH);
+            forget_private_dirs(private);
         }
         made
     }
@@ -847,17 +927,30 @@ pub(crate) unsafe fn sandbox_init(p: &ChildPlan) -> ! {
         if let Err(e) = mount(None, c"/", None, libc::MS_REC | libc::MS_PRIVATE, None) {
             fail(p, step::PRIVATE, e);
         }
-        let overlay = setup_root(p);
+        let mut private = [-1; MAX_PRIVATE];
+        let overlay = setup_root(p, &mut private);
+        let mut privates = private.iter();
         for (i, s) in p.steps.iter().enumerate() {
+            // This step's private directory, made ready by setup_root (or -1).
+            let tree = match s.private {
+                Some(_) => privates.next().copied().unwrap_or(-1),
+                None => -1,
+            };
             let wanted = match s.when {
                 When::Always => true,
                 When::Overlay => overlay,
                 When::ReadOnlyRoot => !overlay,
             };
             if !wanted {
+                if tree >= 0 {
+                    libc::close(tree);
+                }
                 continue;
             }
             let mount_step = || {
+                if tree >= 0 {
+                    return attach(tree, &s.target);
+                }
                 mount(
                     s.source.as_deref(),
                     &s.target,
@@ -882,6 +975,9 @@ pub(crate) unsafe fn sandbox_init(p: &ChildPlan) -> ! {
                     Ok(())
                 }
             });
+            if tree >= 0 {
+                libc::close(tree);
+            }
             if let Err(e) = done {
                 if s.optional {
                     send(p.status, msg::STEP_SKIPPED, i as u32, e);

@@ -13,7 +13,9 @@ use libc::c_int;
 use osmo_spec::codes::{CodeSource, ReportedCode, well_known};
 
 use crate::AttemptSpec;
-use crate::child::{ChildPlan, EnvBlock, ExecPlan, FilePlan, PreflightPlan, RootPlan, Step, When};
+use crate::child::{
+    ChildPlan, EnvBlock, ExecPlan, FilePlan, MAX_PRIVATE, PreflightPlan, RootPlan, Step, When,
+};
 use crate::error::PrepareError;
 use crate::mountinfo;
 
@@ -338,7 +340,23 @@ fn bind_step(
         readonly,
         optional,
         when,
+        private: None,
     })
+}
+
+/// The directories of the steps that may take a private directory from
+/// the writable layer's tmpfs (`tmpfs_dir/private-N`); past
+/// [`MAX_PRIVATE`] the steps mount a tmpfs each.
+fn private_dirs(steps: &mut [Step], tmpfs_dir: &Path) -> Result<Vec<CString>, PrepareError> {
+    let mut dirs = Vec::new();
+    for step in steps.iter_mut().filter(|s| s.private.is_some()) {
+        if dirs.len() == MAX_PRIVATE {
+            step.private = None;
+            continue;
+        }
+        dirs.push(cpath(&tmpfs_dir.join(format!("private-{}", dirs.len())))?);
+    }
+    Ok(dirs)
 }
 
 /// The argument and environment areas of this process (fields 48–51 of
@@ -444,6 +462,7 @@ pub(crate) fn build(
         readonly: false,
         optional: false,
         when: When::Always,
+        private: None,
     });
     step_names.push("mount /proc for the PID namespace".into());
 
@@ -461,6 +480,7 @@ pub(crate) fn build(
             readonly: true,
             optional: false,
             when: When::Always,
+            private: None,
         });
         step_names.push(format!(
             "hide GPU {} (not given to this task)",
@@ -478,6 +498,7 @@ pub(crate) fn build(
             readonly: false,
             optional: false,
             when: When::Always,
+            private: None,
         });
         step_names.push(format!("hide the driver's entry {}", dir.display()));
     }
@@ -492,6 +513,7 @@ pub(crate) fn build(
         readonly: false,
         optional: true,
         when: When::Always,
+        private: Some(0o1777),
     });
     step_names.push("mount a private /dev/shm".into());
 
@@ -506,6 +528,7 @@ pub(crate) fn build(
         readonly: false,
         optional: false,
         when: When::ReadOnlyRoot,
+        private: None,
     });
     step_names.push("mount a private /tmp".into());
 
@@ -525,6 +548,7 @@ pub(crate) fn build(
                 readonly: true,
                 optional: false,
                 when: When::Always,
+                private: None,
             });
             step_names.push(format!("bind the workflow's {at}"));
         }
@@ -566,6 +590,7 @@ pub(crate) fn build(
             readonly: false,
             optional: false,
             when: When::Always,
+            private: Some(0o755),
         });
         step_names.push(format!("hide {} from the task", dir.display()));
     }
@@ -602,6 +627,7 @@ pub(crate) fn build(
             readonly: false,
             optional: false,
             when: When::Always,
+            private: None,
         });
         step_names.push(format!(
             "bind volume mount {} at {}",
@@ -631,6 +657,7 @@ pub(crate) fn build(
         memory_upper: run_as.is_some_and(|(uid, _)| uid != 0) && forced.is_empty(),
         disk_tmp: cpath(&layout.upper.join("tmp")).map_err(init)?,
         root_tmp: cpath(&layout.root.join("tmp")).map_err(init)?,
+        private_dirs: private_dirs(&mut steps, &layout.ovl).map_err(init)?,
     };
 
     let preflight = tests

@@ -375,6 +375,40 @@ fn a_task_that_is_not_root_reaches_its_output_in_a_hidden_dir_below_a_closed_one
 }
 
 #[test]
+fn a_task_that_is_not_root_gets_its_shm_and_hidden_dirs_from_its_layers_tmpfs() {
+    // One tmpfs for the writable layer, /dev/shm and every hidden path: a
+    // superblock each would cost its set-up and teardown at every attempt.
+    let hidden = tempfile::Builder::new()
+        .prefix("osmo-hidden-")
+        .tempdir_in("/var/tmp")
+        .unwrap();
+    std::fs::write(hidden.path().join("secret"), "s").unwrap();
+    let dir = hidden.path().display().to_string();
+    let mut f = Fixture::new(
+        "private",
+        &[
+            "sh",
+            "-c",
+            &format!(
+                "stat -c '%a %u' /dev/shm {dir}; ls -A {dir} | wc -l; \
+                 echo x > /dev/shm/f && cat /dev/shm/f; \
+                 stat -c %d / /dev/shm {dir} | sort -u | wc -l"
+            ),
+        ],
+    );
+    f.spec.hidden_paths = vec![hidden.path().to_path_buf()];
+    f.spec.run_as = Some((65534, 65534));
+    let (o, rec) = f.run();
+    assert_eq!(codes(&o), user(0), "{:?}", rec.events());
+    assert_eq!(
+        rec.lines(Stream::Stdout),
+        ["1777 0", "755 0", "0", "x", "2"],
+        "a world-writable /dev/shm, an empty hidden dir, and two file systems: \
+         the overlay root and the one tmpfs below /dev/shm and the hidden dir"
+    );
+}
+
+#[test]
 fn a_task_that_runs_as_root_keeps_its_whole_writable_layer_on_disk() {
     let var_tmp = format!("/var/tmp/{}", unique("on-disk"));
     let f = Fixture::new("layers", &["sh", "-c", &format!("echo r > {var_tmp}")]);
