@@ -525,7 +525,10 @@ impl Core {
                     }
                 }
                 Command::Release { attempts } => {
-                    for attempt in attempts {
+                    // A task no barrier holds started when it was set up:
+                    // its release would be a message for nothing.
+                    let held = |a: &AttemptId| self.waits_at_barrier(id, *a);
+                    for attempt in attempts.into_iter().filter(held) {
                         self.link_of(&pool).send(ToAgent::Release {
                             key: key(id, attempt),
                         });

@@ -437,12 +437,20 @@ fn phases_alone_wait_for_the_next_commit_and_an_exit_does_not() {
         s.core.urgent(),
         "an exit is acknowledged only once committed"
     );
+    s.backend.take();
     let commits = commit(&mut s.core);
     assert_eq!(
         commits[0].events.len(),
         4,
         "the waiting phases go in the exit's commit"
     );
+    let released = s
+        .backend
+        .take()
+        .into_iter()
+        .filter(|m| matches!(m, ToAgent::Release { .. }))
+        .count();
+    assert_eq!(released, 0, "no barrier held it: no release to send");
 }
 
 #[test]
@@ -473,4 +481,16 @@ fn a_release_that_a_barrier_waits_for_is_committed_at_once() {
     );
     s.core.handle_link(phase(member(1), Phase::SetupDone));
     assert!(s.core.urgent(), "both wait at the barrier for this release");
+    s.backend.take();
+    commit(&mut s.core);
+    let released: Vec<AttemptKey> = s
+        .backend
+        .take()
+        .into_iter()
+        .filter_map(|m| match m {
+            ToAgent::Release { key } => Some(key),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(released, [member(0), member(1)]);
 }
