@@ -128,6 +128,50 @@ fn inits_share_the_spawners_memory_which_keeps_their_plans_while_they_run() {
 }
 
 #[test]
+fn an_out_of_memory_kill_in_one_sandbox_spares_the_others() {
+    // The inits share the spawner's memory, and the kernel's OOM killer
+    // kills every process that shares its victim's memory: were an init in
+    // its task's memory cgroup, a task filling its memory with files (which
+    // no process's size shows, so the init looks the largest) would take
+    // every sandbox of the node with it.
+    let server = Server::start(local_pool());
+    let (id, _agent) = run_until_go(&server);
+    let filler = server.submit(
+        r#"
+workflow:
+  name: filler
+  resources:
+    default: {memory: 64Mi}
+  tasks:
+  - name: shm
+    image: ubuntu
+    command: [dd, if=/dev/zero, of=/dev/shm/fill, bs=1M, count=256]
+"#,
+    );
+    let doc = server.wait_finished(&filler, Duration::from_secs(30));
+    let other = server.workflow(&id);
+    assert_eq!(
+        task(&other, "long", 0)["status"],
+        "RUNNING",
+        "the other sandbox lives on: {other:#}\n{}",
+        server.log()
+    );
+    assert_eq!(
+        task(&doc, "shm", 0)["exit_code"],
+        3004,
+        "the command was the victim, not its init: {doc:#}"
+    );
+    std::fs::write(server.output_dir(&id, "long", 0).join("go"), "").unwrap();
+    let doc = server.wait_finished(&id, Duration::from_secs(30));
+    assert_eq!(
+        task(&doc, "long", 0)["status"],
+        "COMPLETED",
+        "the other sandbox lives on: {doc:#}\n{}",
+        server.log()
+    );
+}
+
+#[test]
 fn the_spawner_ends_with_its_agent() {
     let server = Server::start(local_pool());
     let id = server.submit(QUICK);

@@ -6,8 +6,9 @@
 //! `memory.oom_control`) is preferred, as on the reference machine (hybrid
 //! mode); v2 (`memory.max`, `memory.swap.max`, `memory.events`) is used when
 //! it is the memory controller's hierarchy and the controller is enabled for
-//! our children. The sandbox's init joins it by writing `0` to the
-//! `cgroup.procs` file the controller opened, before anything else runs.
+//! our children. The sandbox's preflight tests and command join it (each
+//! writes `0` to the `cgroup.procs` file the controller opened before it
+//! executes); the init stays out, as its memory is the spawner's.
 
 use std::fs::{self, File, OpenOptions};
 use std::os::fd::AsRawFd;

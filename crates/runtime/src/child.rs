@@ -503,7 +503,8 @@ struct SpawnArgs<'a> {
     out: c_int,
     err: c_int,
     new_session: bool,
-    /// 0 once the child has executed; else the errno that stopped it.
+    /// 0 once the child has executed; else the errno that stopped it
+    /// (negated: it could not join the memory cgroup).
     exec_err: c_int,
 }
 
@@ -515,6 +516,17 @@ extern "C" fn spawn_child(arg: *mut c_void) -> c_int {
     // reset them), so no handler can run on the shared memory.
     unsafe {
         let a = &mut *(arg as *mut SpawnArgs<'_>);
+        // The task's memory cgroup takes the command (and the preflight
+        // tests), not the init: an out-of-memory kill in the cgroup must
+        // not choose the init, whose memory is the spawner's (a kill of
+        // one process kills every process that shares its memory: every
+        // sandbox's init). Before anything else runs.
+        if a.p.cgroup_procs >= 0
+            && libc::write(a.p.cgroup_procs, c"0".as_ptr() as *const c_void, 1) != 1
+        {
+            a.exec_err = -errno();
+            libc::_exit(127)
+        }
         // The init blocks SIGCHLD (it reads it from a signalfd); the task must not inherit that.
         let mut none: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut none);
@@ -574,6 +586,11 @@ unsafe fn spawn(
     }
     // The child wrote this before it exited, and is gone from our memory.
     let exec_err = unsafe { ptr::read_volatile(&args.exec_err) };
+    if exec_err < 0 {
+        // It could not join the memory cgroup, and has exited.
+        unsafe { wait_for(pid) };
+        return Err((step::CGROUP, -exec_err));
+    }
     Ok((pid, exec_err))
 }
 
@@ -906,12 +923,6 @@ pub(crate) unsafe fn sandbox_init(p: &ChildPlan) -> ! {
                 fail(p, step::NETNS, errno());
             }
             libc::close(p.netns);
-        }
-        if p.cgroup_procs >= 0 {
-            if libc::write(p.cgroup_procs, c"0".as_ptr() as *const c_void, 1) != 1 {
-                fail(p, step::CGROUP, errno());
-            }
-            libc::close(p.cgroup_procs);
         }
         if p.rlimit_as > 0 {
             let lim = libc::rlimit {
