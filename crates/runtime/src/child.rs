@@ -699,25 +699,38 @@ unsafe fn setup_root(p: &ChildPlan, private: &mut [c_int; MAX_PRIVATE]) -> bool 
 /// and a detached bind of each, for the steps to attach. One that fails
 /// stays -1: its step mounts a tmpfs of its own instead.
 unsafe fn private_dirs(p: &ChildPlan, fds: &mut [c_int; MAX_PRIVATE]) {
-    const OPEN_TREE_CLONE: c_uint = 1;
     let modes = p.steps.iter().filter_map(|s| s.private);
     for ((dir, mode), fd) in p.root.private_dirs.iter().zip(modes).zip(fds.iter_mut()) {
         // SAFETY: system calls on NUL-terminated paths the plan owns.
         unsafe {
             // The mode as asked (the umask would clear the sticky and write bits).
-            if libc::mkdir(dir.as_ptr(), 0o700) != 0 || libc::chmod(dir.as_ptr(), mode) != 0 {
-                continue;
-            }
-            let tree = libc::syscall(
-                libc::SYS_open_tree,
-                libc::AT_FDCWD,
-                dir.as_ptr(),
-                OPEN_TREE_CLONE | libc::O_CLOEXEC as c_uint,
-            );
-            if tree >= 0 {
-                *fd = tree as c_int;
+            if libc::mkdir(dir.as_ptr(), 0o700) == 0
+                && libc::chmod(dir.as_ptr(), mode) == 0
+                && let Ok(tree) = detached_bind(dir)
+            {
+                *fd = tree;
             }
         }
+    }
+}
+
+/// A detached bind of `path` (`open_tree` with `OPEN_TREE_CLONE`), for
+/// [`attach`] to put in place later.
+unsafe fn detached_bind(path: &CStr) -> Result<c_int, c_int> {
+    const OPEN_TREE_CLONE: c_uint = 1;
+    // SAFETY: open_tree of a NUL-terminated path.
+    let tree = unsafe {
+        libc::syscall(
+            libc::SYS_open_tree,
+            libc::AT_FDCWD,
+            path.as_ptr(),
+            OPEN_TREE_CLONE | libc::O_CLOEXEC as c_uint,
+        )
+    };
+    if tree < 0 {
+        Err(errno())
+    } else {
+        Ok(tree as c_int)
     }
 }
 
@@ -755,38 +768,16 @@ unsafe fn overlay_in_memory(
     private: &mut [c_int; MAX_PRIVATE],
 ) -> Result<(), c_int> {
     let r = &p.root;
-    const OPEN_TREE_CLONE: c_uint = 1;
-    const MOVE_MOUNT_F_EMPTY_PATH: c_uint = 4;
     unsafe {
         // A bind of the disk's `/tmp`, made before the overlay covers the
         // scratch directory it is in, and attached below the new root after.
-        let tree = libc::syscall(
-            libc::SYS_open_tree,
-            libc::AT_FDCWD,
-            r.disk_tmp.as_ptr(),
-            OPEN_TREE_CLONE | libc::O_CLOEXEC as c_uint,
-        ) as c_int;
-        if tree < 0 {
-            return Err(errno());
-        }
+        let tree = detached_bind(&r.disk_tmp)?;
         let made = overlay_on_tmpfs(p, false, private).and_then(|()| {
-            if libc::syscall(
-                libc::SYS_move_mount,
-                tree,
-                c"".as_ptr(),
-                libc::AT_FDCWD,
-                r.root_tmp.as_ptr(),
-                MOVE_MOUNT_F_EMPTY_PATH,
-            ) == 0
-            {
-                Ok(())
-            } else {
-                let e = errno();
+            attach(tree, &r.root_tmp).inspect_err(|_| {
                 libc::umount2(r.newroot.as_ptr(), libc::MNT_DETACH);
                 libc::umount2(r.tmpfs_dir.as_ptr(), libc::MNT_DETACH);
                 forget_private_dirs(private);
-                Err(e)
-            }
+            })
         });
         libc::close(tree);
         made
