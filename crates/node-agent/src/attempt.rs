@@ -29,6 +29,11 @@ struct Gate {
 struct GateState {
     phase: Option<Phase>,
     open: Option<bool>,
+    /// Set up ahead ([`ToAgent::Prepare`](osmo_proto::ToAgent::Prepare)) and
+    /// not launched yet: it waits after its set-up, and what it would tell
+    /// the server (phases, logs) waits here until the launch.
+    staged: bool,
+    held_logs: Vec<LogLine>,
 }
 
 impl AttemptHandle {
@@ -43,6 +48,31 @@ impl AttemptHandle {
 
     pub fn release(&self) {
         self.gate.open(true);
+    }
+
+    /// Set up ahead and not launched yet.
+    pub fn is_staged(&self) -> bool {
+        self.gate.lock().staged
+    }
+
+    /// The launch of an attempt set up ahead: the server hears its phases
+    /// so far and its log lines, and it goes on (to its barrier, if any).
+    /// Called with the attempts' lock held, as [`finish`] checks.
+    pub fn launch(&self, shared: &Shared, key: &AttemptKey) {
+        let mut state = self.gate.lock();
+        if !state.staged {
+            return;
+        }
+        state.staged = false;
+        shared.set_phase(key, Phase::Initializing);
+        if state.phase == Some(Phase::SetupDone) {
+            shared.set_phase(key, Phase::SetupDone);
+        }
+        let lines = std::mem::take(&mut state.held_logs);
+        if !lines.is_empty() {
+            shared.send(FromAgent::Logs { batch: None, lines });
+        }
+        self.gate.changed.notify_all();
     }
 
     pub fn stop(&self) {
@@ -97,27 +127,43 @@ struct AttemptSupervisor {
 
 impl Supervisor for AttemptSupervisor {
     fn log(&self, stream: osmo_runtime::Stream, line: &str) {
-        let stream = Stream::from(stream);
+        let line = LogLine {
+            key: self.key.clone(),
+            task: self.task.clone(),
+            at_ms: osmo_proto::now_ms(),
+            stream: Stream::from(stream),
+            line: line.to_string(),
+        };
+        let mut state = self.gate.lock();
+        if state.staged {
+            state.held_logs.push(line);
+            return;
+        }
+        drop(state);
         self.shared.send(FromAgent::Logs {
             batch: None,
-            lines: vec![LogLine {
-                key: self.key.clone(),
-                task: self.task.clone(),
-                at_ms: osmo_proto::now_ms(),
-                stream,
-                line: line.to_string(),
-            }],
+            lines: vec![line],
         });
     }
 
     fn setup_done(&self) -> bool {
-        self.gate.set_phase(Phase::SetupDone);
-        self.shared.set_phase(&self.key, Phase::SetupDone);
+        let mut state = self.gate.lock();
+        state.phase = Some(Phase::SetupDone);
+        if !state.staged {
+            self.shared.set_phase(&self.key, Phase::SetupDone);
+        }
+        // Set up ahead: wait for the launch (its `launch` reports this phase).
+        while state.staged && state.open != Some(false) {
+            state = self
+                .gate
+                .changed
+                .wait(state)
+                .unwrap_or_else(|e| e.into_inner());
+        }
         if !self.barrier {
             // Nothing to wait for; only a stop (open: false) keeps the command from starting.
-            return self.gate.lock().open != Some(false);
+            return state.open != Some(false);
         }
-        let mut state = self.gate.lock();
         while state.open.is_none() {
             state = self
                 .gate
@@ -141,10 +187,12 @@ impl Supervisor for AttemptSupervisor {
     }
 }
 
-/// Starts the attempt on a thread of its own (a kept one, see [`crate::workers`]).
-pub(crate) fn spawn(shared: Arc<Shared>, launch: Launch) {
+/// Starts the attempt on a thread of its own (a kept one, see
+/// [`crate::workers`]); `staged`: set up ahead, silent until launched.
+pub(crate) fn spawn(shared: Arc<Shared>, launch: Launch, staged: bool) {
     let gate = Arc::new(Gate::default());
     gate.set_phase(Phase::Initializing);
+    gate.lock().staged = staged;
     let stop = StopHandle::new();
     shared.lock_attempts().insert(
         launch.key.clone(),
@@ -155,10 +203,13 @@ pub(crate) fn spawn(shared: Arc<Shared>, launch: Launch) {
             task: launch.task.clone(),
         },
     );
-    shared.set_phase(&launch.key, Phase::Initializing);
+    if !staged {
+        shared.set_phase(&launch.key, Phase::Initializing);
+    }
     let key = launch.key.clone();
     let spawned = shared.workers.run({
         let shared = shared.clone();
+        let gate = gate.clone();
         move || run(shared, launch, gate, stop)
     });
     if let Err(e) = spawned {
@@ -168,7 +219,7 @@ pub(crate) fn spawn(shared: Arc<Shared>, launch: Launch) {
             source: CodeSource::Service,
             detail: Some(detail),
         };
-        finish(&shared, &key, vec![code]);
+        finish(&shared, &key, vec![code], &gate);
     }
 }
 
@@ -179,7 +230,7 @@ fn run(shared: Arc<Shared>, launch: Launch, gate: Arc<Gate>, stop: StopHandle) {
         shared: shared.clone(),
         key: launch.key.clone(),
         task: launch.task.clone(),
-        gate,
+        gate: gate.clone(),
         barrier: launch.barrier,
     };
     // The workflow's own network, when the pool gives it one and it can be made.
@@ -212,11 +263,27 @@ fn run(shared: Arc<Shared>, launch: Launch, gate: Arc<Gate>, stop: StopHandle) {
         shared.networks.leave(&launch.key.workflow_id, &net);
     }
     // Reported first: the scratch space's removal is off the attempt's critical path.
-    finish(&shared, &launch.key, outcome.codes);
+    finish(&shared, &launch.key, outcome.codes, &gate);
     shared.scratch.give_back(scratch);
 }
 
-fn finish(shared: &Shared, key: &AttemptKey, codes: Vec<ReportedCode>) {
+fn finish(shared: &Shared, key: &AttemptKey, codes: Vec<ReportedCode>, gate: &Arc<Gate>) {
+    {
+        // Set up ahead and never launched (stopped, or its set-up failed):
+        // the server queues it still and knows nothing of this try; a
+        // launch sets it up again. Decided under the attempts' lock, which
+        // a launch holds too.
+        let mut attempts = shared.lock_attempts();
+        if gate.lock().staged {
+            if attempts
+                .get(key)
+                .is_some_and(|h| Arc::ptr_eq(&h.gate, gate))
+            {
+                attempts.remove(key);
+            }
+            return;
+        }
+    }
     let msg = FromAgent::Exited {
         key: key.clone(),
         codes,

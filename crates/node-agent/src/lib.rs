@@ -126,6 +126,9 @@ async fn serve(args: AgentArgs) -> anyhow::Result<()> {
         shutting_down = false;
         let (read, mut write) = stream.into_split();
         let mut lines = BufReader::new(read).lines();
+        // What was set up ahead for the last connection's queue goes: the
+        // server that answers now queues anew.
+        shared.drop_staged();
         // Unacknowledged results first, so the server never judges an attempt
         // lost whose result is on its way; then what runs now.
         let mut hello = shared.results.pending();
@@ -137,6 +140,7 @@ async fn serve(args: AgentArgs) -> anyhow::Result<()> {
                 .lock()
                 .unwrap()
                 .iter()
+                .filter(|(_, h)| !h.is_staged())
                 .map(|(k, h)| (k.clone(), h.phase()))
                 .collect(),
         });
@@ -147,7 +151,10 @@ async fn serve(args: AgentArgs) -> anyhow::Result<()> {
             tokio::select! {
                 line = lines.next_line() => match line {
                     Ok(Some(line)) => match serde_json::from_str::<ToAgent>(&line) {
-                        Ok(ToAgent::Shutdown) => shutting_down = true,
+                        Ok(ToAgent::Shutdown) => {
+                            shutting_down = true;
+                            shared.drop_staged();
+                        }
                         Ok(ToAgent::LogsAck { seq }) => outbox.ack(seq),
                         Ok(msg) => handle(&shared, msg),
                         Err(e) => eprintln!("osmo agent: ignoring a message it cannot read: {e}"),
@@ -178,10 +185,17 @@ async fn send_all(write: &mut tokio::net::unix::OwnedWriteHalf, msgs: &[FromAgen
 fn handle(shared: &Arc<Shared>, msg: ToAgent) {
     match msg {
         ToAgent::Launch(launch) => {
+            {
+                let attempts = shared.lock_attempts();
+                if let Some(h) = attempts.get(&launch.key).filter(|h| h.is_staged()) {
+                    h.launch(shared, &launch.key);
+                    return;
+                }
+            }
             let running = shared.lock_attempts().contains_key(&launch.key);
             let ended = shared.results.has(&launch.key);
             if !running && !ended {
-                attempt::spawn(shared.clone(), *launch);
+                attempt::spawn(shared.clone(), *launch, false);
             } else {
                 eprintln!(
                     "osmo agent: launch of {} ignored: it {}",
@@ -194,13 +208,25 @@ fn handle(shared: &Arc<Shared>, msg: ToAgent) {
                 );
             }
         }
+        ToAgent::Prepare(launch) => {
+            let known = shared.lock_attempts().contains_key(&launch.key);
+            if !known && !shared.results.has(&launch.key) {
+                attempt::spawn(shared.clone(), *launch, true);
+            }
+        }
         ToAgent::Release { key } => {
             if let Some(h) = shared.lock_attempts().get(&key) {
                 h.release();
             }
         }
         ToAgent::Stop { key } => {
-            if let Some(h) = shared.lock_attempts().get(&key) {
+            let mut attempts = shared.lock_attempts();
+            if attempts.get(&key).is_some_and(AttemptHandle::is_staged) {
+                // Out of the way at once: a later launch sets it up anew.
+                if let Some(h) = attempts.remove(&key) {
+                    h.stop();
+                }
+            } else if let Some(h) = attempts.get(&key) {
                 h.stop();
             }
         }
@@ -220,6 +246,22 @@ impl Shared {
     /// lock must not take every other attempt down with it).
     fn lock_attempts(&self) -> std::sync::MutexGuard<'_, HashMap<AttemptKey, AttemptHandle>> {
         self.attempts.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Stops the attempts set up ahead and not launched: they leave the
+    /// list at once and end silently.
+    fn drop_staged(&self) {
+        let mut attempts = self.lock_attempts();
+        let staged: Vec<AttemptKey> = attempts
+            .iter()
+            .filter(|(_, h)| h.is_staged())
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in staged {
+            if let Some(h) = attempts.remove(&key) {
+                h.stop();
+            }
+        }
     }
 
     fn send(&self, msg: FromAgent) {

@@ -205,3 +205,57 @@ fn a_killed_node_agent_is_replaced_and_its_attempts_end_3001() {
         "the lost attempt's sandbox is gone with its agent"
     );
 }
+
+/// With one CPU, the next queued task's sandbox is set up while the first
+/// runs. One whose set-up fails there (its preflight) is not reported: the
+/// failure is the launch's, once, with its log lines once.
+#[test]
+fn a_task_set_up_ahead_that_fails_its_preflight_is_reported_once_at_its_launch() {
+    let server = Server::start(
+        "pools:\n  default:\n    backend: local\n    cpu_capacity: 1\n    max_retry_per_task: 1\n    default_exit_actions: {RESCHEDULE: '1001'}\n    preflight:\n    - {name: check, command: [sh, -c, 'echo checked; exit 1']}\n",
+    );
+    let id = server.submit(
+        "workflow:\n  name: ahead\n  tasks:\n  - {name: a, image: ubuntu, command: ['true']}\n  - {name: b, image: ubuntu, command: ['true']}\n  - {name: c, image: ubuntu, command: ['true']}\n",
+    );
+    let doc = server.wait_finished(&id, Duration::from_secs(60));
+    for name in ["a", "b", "c"] {
+        assert_eq!(task(&doc, name, 0)["exit_code"], 1001, "{doc:#}");
+        assert_eq!(task(&doc, name, 0)["status"], "RESCHEDULED", "{doc:#}");
+        assert_eq!(task(&doc, name, 1)["status"], "FAILED", "{doc:#}");
+        for retry in 0..2 {
+            let (_, logs) = server.get(&format!(
+                "/api/workflow/{id}/logs?task_name={name}&retry_id={retry}"
+            ));
+            assert_eq!(
+                logs.matches("checked").count(),
+                1,
+                "{name} retry {retry}: {logs}"
+            );
+        }
+    }
+    let attempts: usize = doc["groups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|g| g["tasks"].as_array().unwrap().len())
+        .sum();
+    assert_eq!(attempts, 6, "two attempts of each, no more: {doc:#}");
+}
+
+/// What a task set up ahead logged before its launch (its preflight's
+/// output) is kept and told at the launch, once.
+#[test]
+fn a_task_set_up_ahead_keeps_its_preflight_log_for_its_launch() {
+    let server = Server::start(
+        "pools:\n  default:\n    backend: local\n    cpu_capacity: 1\n    preflight:\n    - {name: check, command: [sh, -c, 'echo checked']}\n",
+    );
+    let id = server.submit(
+        "workflow:\n  name: ahead\n  tasks:\n  - {name: a, image: ubuntu, command: [sleep, '0.2']}\n  - {name: b, image: ubuntu, command: ['true']}\n",
+    );
+    let doc = server.wait_finished(&id, Duration::from_secs(60));
+    assert_eq!(doc["status"], "COMPLETED", "{doc:#}");
+    for name in ["a", "b"] {
+        let (_, logs) = server.get(&format!("/api/workflow/{id}/logs?task_name={name}"));
+        assert_eq!(logs.matches("checked").count(), 1, "{name}: {logs}");
+    }
+}

@@ -194,8 +194,15 @@ pub struct LogLine {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ToAgent {
-    /// Start this attempt (ignored when the agent already runs it).
+    /// Start this attempt (ignored when the agent already runs it; one it
+    /// set up ahead runs from where it waits).
     Launch(Box<Launch>),
+    /// Set this attempt up ahead, before its resources are free: its
+    /// sandbox is made and waits, and the agent tells nothing of it (no
+    /// phase, log or exit) until its `Launch` comes. Sent only for an
+    /// attempt next in its pool's queue; a `Stop` drops it, and so does the
+    /// agent itself when its server goes away (the queue is the server's).
+    Prepare(Box<Launch>),
     /// The barrier is passed: run the command.
     Release { key: AttemptKey },
     /// Kill the attempt's sandbox.

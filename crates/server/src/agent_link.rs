@@ -120,6 +120,13 @@ impl super::backend::Backend for AgentLink {
         }
     }
 
+    /// The host sandbox: the agent makes the next queued attempts' sandboxes
+    /// while the running ones finish (with Docker, a container made ahead
+    /// would be one more the daemon holds; not done).
+    fn sets_up_ahead(&self, pool: &osmo_spec::config::PoolConfig) -> bool {
+        pool.runtime == osmo_spec::config::RuntimeKind::Sandbox
+    }
+
     /// The agent runs on one node: the core picks each task's devices.
     fn gpu_devices(&self, pool: &osmo_spec::config::PoolConfig) -> Option<u32> {
         Some(pool.node.gpu.unwrap_or(0))

@@ -35,6 +35,11 @@ pub trait Backend: Send + Sync {
     /// What `{{host:TASK}}` becomes for `task` of `workflow_id` (SEMANTICS §6):
     /// how this backend names where a task listens.
     fn task_host(&self, pool: &PoolConfig, workflow_id: &str, task: &str) -> String;
+    /// Whether the backend sets up `pool`'s next queued attempts ahead
+    /// ([`ToAgent::Prepare`]), so that each starts as soon as its resources free.
+    fn sets_up_ahead(&self, _pool: &PoolConfig) -> bool {
+        false
+    }
 }
 
 /// A backend for the core's unit tests: records what it is sent; the test
@@ -44,6 +49,8 @@ pub struct FakeBackend {
     pub sent: Mutex<Vec<ToAgent>>,
     pub ready: Mutex<bool>,
     pub cpus: f64,
+    /// Whether it sets up attempts ahead ([`Backend::sets_up_ahead`]).
+    pub ahead: bool,
 }
 
 impl FakeBackend {
@@ -86,5 +93,8 @@ impl Backend for FakeBackend {
     }
     fn task_host(&self, _: &PoolConfig, _: &str, task: &str) -> String {
         format!("{task}.fake")
+    }
+    fn sets_up_ahead(&self, _: &PoolConfig) -> bool {
+        self.ahead
     }
 }

@@ -247,6 +247,18 @@ impl Scheduler {
         out
     }
 
+    /// The launches next in line once resources free (queue order), at most
+    /// `n`, of groups that ask for no GPU: those an agent may set up ahead
+    /// (a GPU is picked at admission). Changes nothing.
+    pub fn upcoming(&self, n: usize) -> Vec<(GroupRef, AttemptId)> {
+        self.queue
+            .values()
+            .filter(|w| w.footprint.gpu == 0)
+            .flat_map(|w| w.attempts.iter().map(|a| (w.group.clone(), *a)))
+            .take(n)
+            .collect()
+    }
+
     /// An admitted attempt ended; the group's resources are freed with its
     /// last attempt (then true: its devices may go back too).
     pub fn finished(&mut self, group: &GroupRef) -> bool {

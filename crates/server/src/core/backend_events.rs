@@ -210,6 +210,9 @@ impl Core {
     fn reconcile(&mut self, backend: BackendKind, running: Vec<(AttemptKey, Option<Phase>)>) {
         let mut running: HashMap<AttemptKey, Option<Phase>> = running.into_iter().collect();
         let first = self.reconciled.insert(backend);
+        // A reconnected agent dropped what it had set up ahead.
+        self.staged
+            .retain(|_, pool| self.backends.get(pool.as_str()).map(|b| b.kind()) != Some(backend));
         let mut refused = Vec::new();
         for (key, phase) in &running {
             // An attempt the server no longer expects (its workflow finished, or

@@ -43,6 +43,10 @@ pub const SNAPSHOT_MIN: u64 = 256;
 /// gather before it is committed anyway.
 const LAZY_MAX_PENDING: usize = 1024;
 
+/// Attempts one pool's agent sets up ahead at most (else one per CPU of the
+/// pool: enough to keep each CPU's next task ready).
+const MAX_AHEAD: usize = 16;
+
 /// What a pool hands out now, for `pool list`.
 #[derive(Debug, Clone)]
 pub struct PoolUsage {
@@ -142,6 +146,9 @@ pub struct Core {
     /// restart); later, such a claim is a backend's mistake and is stopped.
     reconciled: std::collections::HashSet<BackendKind>,
     launched: HashMap<AttemptKey, String>,
+    /// Queued attempts an agent sets up ahead ([`ToAgent::Prepare`]), with
+    /// their pool: not launched, holding nothing of the pool.
+    staged: HashMap<AttemptKey, String>,
     timers: BinaryHeap<Reverse<Timer>>,
     node: String,
     batch: Batch,
@@ -193,6 +200,7 @@ impl Core {
             schedulers,
             devices,
             launched: HashMap::new(),
+            staged: HashMap::new(),
             reconciled: Default::default(),
             timers: BinaryHeap::new(),
             node: crate::proto::hostname(),
@@ -544,7 +552,9 @@ impl Core {
                     if !held && let Some(d) = self.devices.get_mut(&pool) {
                         d.release_group(id, group.1);
                     }
-                    if !queued {
+                    // A queued attempt set up ahead: its sandbox goes too.
+                    let staged = self.staged.remove(&key(id, attempt)).is_some();
+                    if !queued || staged {
                         self.link_of(&pool).send(ToAgent::Stop {
                             key: key(id, attempt),
                         });
@@ -576,6 +586,7 @@ impl Core {
             for s in self.schedulers.values_mut() {
                 s.forget_workflow(id);
             }
+            self.drop_staged(|key| key.workflow_id == id);
             self.active.remove(id);
         }
     }
@@ -616,6 +627,8 @@ impl Core {
             }
             let pool_config = self.config.pools.get(&pool).cloned().unwrap_or_default();
             let attempt_key = key(&workflow_id, attempt);
+            // Set up ahead, its sandbox waits for this launch.
+            self.staged.remove(&attempt_key);
             let backend = self.link_of(&pool);
             match self.launches.build(
                 &active.engine,
@@ -666,6 +679,68 @@ impl Core {
                     "the agent went away before {} launched",
                     attempt_key.file_stem()
                 );
+            }
+        }
+        self.set_up_ahead(&ready);
+    }
+
+    /// Has the backends of `pools` that can set up the next queued attempts
+    /// ahead (one per CPU of the pool, at most [`MAX_AHEAD`]): their
+    /// sandboxes are made while the running attempts finish, and each starts
+    /// as soon as its launch comes, instead of only then being set up. Only
+    /// attempts next in the queue, of groups that ask for no GPU; nothing of
+    /// the pool is held, and the engine hears of them only at their launch.
+    fn set_up_ahead(&mut self, pools: &[String]) {
+        for pool in pools {
+            let pool_config = self.config.pools.get(pool).cloned().unwrap_or_default();
+            if !self.link_of(pool).sets_up_ahead(&pool_config) {
+                continue;
+            }
+            let Some(s) = self.schedulers.get(pool) else {
+                continue;
+            };
+            let most = (s.capacity().cpu.ceil() as usize).clamp(1, MAX_AHEAD);
+            let mut count = self.staged.values().filter(|p| *p == pool).count();
+            for ((workflow_id, _), attempt) in s.upcoming(most) {
+                if count >= most {
+                    break;
+                }
+                let attempt_key = key(&workflow_id, attempt);
+                if self.staged.contains_key(&attempt_key)
+                    || self.launched.contains_key(&attempt_key)
+                {
+                    continue;
+                }
+                let Some(active) = self.active.get(&workflow_id) else {
+                    continue;
+                };
+                let backend = self.link_of(pool);
+                // A launch that cannot be built is left to its admission,
+                // which reports why.
+                let Ok(launch) = self.launches.build(
+                    &active.engine,
+                    &pool_config,
+                    attempt_key.clone(),
+                    &active.submitted_by,
+                    &|task| backend.task_host(&pool_config, &workflow_id, task),
+                ) else {
+                    continue;
+                };
+                tracing::debug!("setting up {} ahead", attempt_key.file_stem());
+                if backend.send(ToAgent::Prepare(Box::new(launch))) {
+                    self.staged.insert(attempt_key, pool.clone());
+                    count += 1;
+                }
+            }
+        }
+    }
+
+    /// Stops the sandboxes set up ahead of the attempts `which` selects.
+    fn drop_staged(&mut self, which: impl Fn(&AttemptKey) -> bool) {
+        let gone: Vec<AttemptKey> = self.staged.keys().filter(|k| which(k)).cloned().collect();
+        for key in gone {
+            if let Some(pool) = self.staged.remove(&key) {
+                self.link_of(&pool).send(ToAgent::Stop { key });
             }
         }
     }

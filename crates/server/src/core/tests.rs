@@ -16,6 +16,10 @@ struct Setup {
 }
 
 fn setup(cpus: f64) -> Setup {
+    setup_with(FakeBackend::with_cpus(cpus))
+}
+
+fn setup_with(backend: FakeBackend) -> Setup {
     let dir = tempfile::tempdir().unwrap();
     let config = Arc::new(ServiceConfig {
         pools: BTreeMap::from([("default".to_string(), PoolConfig::default())]),
@@ -23,7 +27,7 @@ fn setup(cpus: f64) -> Setup {
         rate_limit: Default::default(),
         workflow_tags: None,
     });
-    let backend = Arc::new(FakeBackend::with_cpus(cpus));
+    let backend = Arc::new(backend);
     let backends: HashMap<String, Arc<dyn Backend>> =
         HashMap::from([("default".to_string(), backend.clone() as Arc<dyn Backend>)]);
     let (tx, inbox) = mpsc::unbounded_channel();
@@ -493,4 +497,84 @@ fn a_release_that_a_barrier_waits_for_is_committed_at_once() {
         })
         .collect();
     assert_eq!(released, [member(0), member(1)]);
+}
+
+fn prepared(sent: &[ToAgent]) -> Vec<AttemptKey> {
+    sent.iter()
+        .filter_map(|m| match m {
+            ToAgent::Prepare(l) => Some(l.key.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+fn stopped(sent: &[ToAgent]) -> Vec<AttemptKey> {
+    sent.iter()
+        .filter_map(|m| match m {
+            ToAgent::Stop { key } => Some(key.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn the_next_queued_attempts_are_set_up_ahead_one_per_cpu_and_launched_when_it_frees() {
+    let mut s = setup_with(FakeBackend {
+        ahead: true,
+        ..FakeBackend::with_cpus(1.0)
+    });
+    let (engine, commands) = workflow("wf-1", &["a", "b", "c"]);
+    add(&mut s.core, engine, commands);
+    s.core.handle_link(hello(vec![]));
+    commit(&mut s.core);
+    let sent = s.backend.take();
+    assert_eq!(launched(&sent), [attempt(0)], "one CPU: one runs");
+    assert_eq!(prepared(&sent), [attempt(1)], "and the next one is set up");
+
+    // Nothing of the pool is held by it: the engine still has b queued.
+    s.core.dispatch();
+    assert!(s.backend.take().is_empty(), "each is set up once");
+
+    s.core.handle_link(exited(attempt(0), 0));
+    commit(&mut s.core);
+    let sent = s.backend.take();
+    assert_eq!(launched(&sent), [attempt(1)], "b launches where it waits");
+    assert_eq!(prepared(&sent), [attempt(2)], "and c is set up next");
+
+    // A cancel stops c's sandbox, queued though it is.
+    s.core.cancel("wf-1", "me".into(), None);
+    commit(&mut s.core);
+    let sent = s.backend.take();
+    assert!(stopped(&sent).contains(&attempt(2)), "{sent:?}");
+    assert!(launched(&sent).is_empty() && prepared(&sent).is_empty());
+}
+
+#[test]
+fn a_backend_that_does_not_set_up_ahead_is_sent_no_preparation() {
+    let mut s = setup(1.0);
+    let (engine, commands) = workflow("wf-1", &["a", "b"]);
+    add(&mut s.core, engine, commands);
+    s.core.handle_link(hello(vec![]));
+    commit(&mut s.core);
+    let sent = s.backend.take();
+    assert_eq!(launched(&sent), [attempt(0)]);
+    assert!(prepared(&sent).is_empty(), "{sent:?}");
+}
+
+#[test]
+fn a_reconnected_agent_is_sent_its_preparations_again() {
+    let mut s = setup_with(FakeBackend {
+        ahead: true,
+        ..FakeBackend::with_cpus(1.0)
+    });
+    let (engine, commands) = workflow("wf-1", &["a", "b"]);
+    add(&mut s.core, engine, commands);
+    s.core.handle_link(hello(vec![]));
+    commit(&mut s.core);
+    assert_eq!(prepared(&s.backend.take()), [attempt(1)]);
+    // The agent dropped b's sandbox when it lost the server; a still runs.
+    s.core
+        .handle_link(hello(vec![(attempt(0), Phase::Running)]));
+    s.core.dispatch();
+    assert_eq!(prepared(&s.backend.take()), [attempt(1)]);
 }

@@ -144,7 +144,8 @@ impl Driver {
                     .remove(&key.file_stem());
                 self.shared.changed.notify_waiters();
             }
-            ToAgent::LogsAck { .. } | ToAgent::Shutdown => {}
+            // Never sent to Slurm (a job waits in Slurm's queue instead).
+            ToAgent::Prepare(_) | ToAgent::LogsAck { .. } | ToAgent::Shutdown => {}
         }
     }
 
