@@ -2,6 +2,7 @@
 //! supervisor that reports phases and logs and waits at the barrier.
 
 use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
 
 use osmo_runtime::{StopHandle, Supervisor};
 use osmo_spec::codes::{CodeSource, ReportedCode, well_known};
@@ -13,10 +14,18 @@ use osmo_proto::{AttemptKey, FromAgent, Launch, LogLine, Phase, Stream};
 pub(crate) struct AttemptHandle {
     gate: Arc<Gate>,
     stop: StopHandle,
+    /// Set up ahead: the launch it was set up for ([`Launch::fingerprint`]); a
+    /// launch that differs (a credential changed meanwhile, say) is set up anew.
+    pub staged_for: Option<String>,
     /// Its group's and task's names (the key holds their indices).
     pub group: String,
     pub task: String,
 }
+
+/// How long an attempt set up ahead waits for its launch before it goes
+/// (its launch then sets it up anew): set-up ahead pays where tasks are
+/// short, and no sandbox should sit idle behind long ones.
+const STAGED_MAX_WAIT: Duration = Duration::from_secs(2);
 
 /// The barrier gate: set once, to go (true) or abort (false).
 #[derive(Default)]
@@ -125,6 +134,28 @@ struct AttemptSupervisor {
     barrier: bool,
 }
 
+impl AttemptSupervisor {
+    /// Ends the wait of an attempt set up ahead that was not launched in
+    /// time: it leaves the list (a later launch sets it up anew) and ends
+    /// silently. False when its launch came meanwhile. Under the attempts'
+    /// lock, as a launch.
+    fn give_up_staged(&self) -> bool {
+        let mut attempts = self.shared.lock_attempts();
+        let mut state = self.gate.lock();
+        if !state.staged {
+            return false;
+        }
+        state.open = Some(false);
+        if attempts
+            .get(&self.key)
+            .is_some_and(|h| Arc::ptr_eq(&h.gate, &self.gate))
+        {
+            attempts.remove(&self.key);
+        }
+        true
+    }
+}
+
 impl Supervisor for AttemptSupervisor {
     fn log(&self, stream: osmo_runtime::Stream, line: &str) {
         let line = LogLine {
@@ -152,13 +183,25 @@ impl Supervisor for AttemptSupervisor {
         if !state.staged {
             self.shared.set_phase(&self.key, Phase::SetupDone);
         }
-        // Set up ahead: wait for the launch (its `launch` reports this phase).
+        // Set up ahead: wait for the launch (its `launch` reports this
+        // phase), a while at most.
+        let deadline = Instant::now() + STAGED_MAX_WAIT;
         while state.staged && state.open != Some(false) {
+            let now = Instant::now();
+            if now >= deadline {
+                drop(state);
+                if self.give_up_staged() {
+                    return false;
+                }
+                state = self.gate.lock();
+                continue;
+            }
             state = self
                 .gate
                 .changed
-                .wait(state)
-                .unwrap_or_else(|e| e.into_inner());
+                .wait_timeout(state, deadline - now)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
         }
         if !self.barrier {
             // Nothing to wait for; only a stop (open: false) keeps the command from starting.
@@ -189,16 +232,18 @@ impl Supervisor for AttemptSupervisor {
 
 /// Starts the attempt on a thread of its own (a kept one, see
 /// [`crate::workers`]); `staged`: set up ahead, silent until launched.
-pub(crate) fn spawn(shared: Arc<Shared>, launch: Launch, staged: bool) {
+pub(crate) fn spawn(shared: Arc<Shared>, mut launch: Launch, staged: bool) {
     let gate = Arc::new(Gate::default());
     gate.set_phase(Phase::Initializing);
     gate.lock().staged = staged;
+    let staged_for = staged.then(|| launch.fingerprint());
     let stop = StopHandle::new();
     shared.lock_attempts().insert(
         launch.key.clone(),
         AttemptHandle {
             gate: gate.clone(),
             stop: stop.clone(),
+            staged_for,
             group: launch.group.clone(),
             task: launch.task.clone(),
         },

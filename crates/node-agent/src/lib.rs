@@ -184,12 +184,18 @@ async fn send_all(write: &mut tokio::net::unix::OwnedWriteHalf, msgs: &[FromAgen
 
 fn handle(shared: &Arc<Shared>, msg: ToAgent) {
     match msg {
-        ToAgent::Launch(launch) => {
+        ToAgent::Launch(mut launch) => {
             {
-                let attempts = shared.lock_attempts();
+                let mut attempts = shared.lock_attempts();
                 if let Some(h) = attempts.get(&launch.key).filter(|h| h.is_staged()) {
-                    h.launch(shared, &launch.key);
-                    return;
+                    if h.staged_for.as_deref() == Some(launch.fingerprint().as_str()) {
+                        h.launch(shared, &launch.key);
+                        return;
+                    }
+                    // Set up for another launch than this one: made anew.
+                    if let Some(h) = attempts.remove(&launch.key) {
+                        h.stop();
+                    }
                 }
             }
             let running = shared.lock_attempts().contains_key(&launch.key);

@@ -259,3 +259,33 @@ fn a_task_set_up_ahead_keeps_its_preflight_log_for_its_launch() {
         assert_eq!(logs.matches("checked").count(), 1, "{name}: {logs}");
     }
 }
+
+/// A sandbox set up ahead does not sit idle behind a long task: it goes
+/// after a while, and its launch sets it up anew (its preflight runs again;
+/// only that run's output is the task's log).
+#[test]
+fn a_sandbox_set_up_ahead_goes_when_its_launch_is_long_in_coming() {
+    let server = Server::start(
+        "pools:\n  default:\n    backend: local\n    cpu_capacity: 1\n    preflight:\n    - {name: check, command: [sh, -c, 'echo checked']}\n",
+    );
+    let id = server.submit(
+        "workflow:\n  name: ahead\n  tasks:\n  - {name: a, image: ubuntu, command: [sleep, '8']}\n  - {name: b, image: ubuntu, command: ['true']}\n",
+    );
+    let agent = wait_for(Duration::from_secs(10), "the agent", || server.agent_pid());
+    let inits = || children_named(agent, "osmo-init").len();
+    wait_for(Duration::from_secs(10), "a's and b's sandboxes", || {
+        (inits() == 2).then_some(())
+    });
+    wait_for(Duration::from_secs(6), "b's sandbox to go", || {
+        (inits() == 1).then_some(())
+    });
+    assert_eq!(
+        server.workflow(&id)["status"],
+        "RUNNING",
+        "a still runs: b's sandbox went by itself"
+    );
+    let doc = server.wait_finished(&id, Duration::from_secs(30));
+    assert_eq!(doc["status"], "COMPLETED", "{doc:#}");
+    let (_, logs) = server.get(&format!("/api/workflow/{id}/logs?task_name=b"));
+    assert_eq!(logs.matches("checked").count(), 1, "{logs}");
+}

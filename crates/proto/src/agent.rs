@@ -108,6 +108,18 @@ fn sandbox_runtime() -> RuntimeKind {
 }
 
 impl Launch {
+    /// What the launch asks of the agent, as text: an attempt set up ahead
+    /// ([`ToAgent::Prepare`]) runs for its launch only when the two are the
+    /// same (not so when a credential changed meanwhile, say). How many of
+    /// its group go together (`gang`) is the backend's concern, not the
+    /// attempt's, and is left out.
+    pub fn fingerprint(&mut self) -> String {
+        let gang = std::mem::take(&mut self.gang);
+        let text = serde_json::to_string(&self).unwrap_or_default();
+        self.gang = gang;
+        text
+    }
+
     /// What the runtime runs for this launch, with `scratch_dir` as the
     /// attempt's scratch space: the one conversion the node agent and
     /// `osmo exec` share.

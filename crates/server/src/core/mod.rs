@@ -714,6 +714,22 @@ impl Core {
                 let Some(active) = self.active.get(&workflow_id) else {
                     continue;
                 };
+                // One that downloads its inputs first waits for its
+                // admission (a download made ahead is lost if the wait is long).
+                let downloads = active
+                    .engine
+                    .workflow()
+                    .groups
+                    .get(attempt.task.group as usize)
+                    .and_then(|g| g.tasks.get(attempt.task.task as usize))
+                    .is_none_or(|t| {
+                        t.inputs
+                            .iter()
+                            .any(|i| matches!(i, osmo_spec::model::Input::Url { .. }))
+                    });
+                if downloads {
+                    continue;
+                }
                 let backend = self.link_of(pool);
                 // A launch that cannot be built is left to its admission,
                 // which reports why.

@@ -530,6 +530,13 @@ fn the_next_queued_attempts_are_set_up_ahead_one_per_cpu_and_launched_when_it_fr
     let sent = s.backend.take();
     assert_eq!(launched(&sent), [attempt(0)], "one CPU: one runs");
     assert_eq!(prepared(&sent), [attempt(1)], "and the next one is set up");
+    let mut set_up = sent
+        .into_iter()
+        .find_map(|m| match m {
+            ToAgent::Prepare(l) => Some(*l),
+            _ => None,
+        })
+        .unwrap();
 
     // Nothing of the pool is held by it: the engine still has b queued.
     s.core.dispatch();
@@ -540,6 +547,19 @@ fn the_next_queued_attempts_are_set_up_ahead_one_per_cpu_and_launched_when_it_fr
     let sent = s.backend.take();
     assert_eq!(launched(&sent), [attempt(1)], "b launches where it waits");
     assert_eq!(prepared(&sent), [attempt(2)], "and c is set up next");
+    // The agent runs what it set up only for the same launch.
+    let mut launch = sent
+        .iter()
+        .find_map(|m| match m {
+            ToAgent::Launch(l) => Some((**l).clone()),
+            _ => None,
+        })
+        .unwrap();
+    assert_eq!(launch.fingerprint(), set_up.fingerprint());
+    launch
+        .environment
+        .insert("SECRET".into(), "rotated meanwhile".into());
+    assert_ne!(launch.fingerprint(), set_up.fingerprint());
 
     // A cancel stops c's sandbox, queued though it is.
     s.core.cancel("wf-1", "me".into(), None);
