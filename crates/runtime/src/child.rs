@@ -267,19 +267,25 @@ pub(crate) struct ChildPlan {
     pub run_as: Option<(libc::uid_t, libc::gid_t)>,
     /// A network namespace to join first, or -1.
     pub netns: c_int,
-    /// The stack the init's children run on until they execute (see [`spawn`]).
-    #[serde(skip, default = "spawn_stack")]
+    /// The stack the init's children run on until they execute (see
+    /// [`spawn`]): given by whoever forks the init ([`ChildPlan::ensure_spawn_stack`]),
+    /// not made with the plan (the spawner's workers each keep one for
+    /// their inits, so that no plan allocates and zeroes its own).
+    #[serde(skip)]
     pub spawn_stack: Vec<u8>,
 }
 
 /// Bytes of [`ChildPlan::spawn_stack`]: the child runs a few system calls.
 const SPAWN_STACK: usize = 64 * 1024;
 
-pub(crate) fn spawn_stack() -> Vec<u8> {
-    vec![0; SPAWN_STACK]
-}
-
 impl ChildPlan {
+    /// Gives the plan a [`ChildPlan::spawn_stack`] if it has none.
+    pub(crate) fn ensure_spawn_stack(&mut self) {
+        if self.spawn_stack.len() < SPAWN_STACK {
+            self.spawn_stack = vec![0; SPAWN_STACK];
+        }
+    }
+
     /// Every descriptor of the plan through `map` (they are numbered anew
     /// where the plan is received with them).
     pub fn map_fds(&mut self, map: impl Fn(c_int) -> c_int) {
@@ -568,6 +574,10 @@ unsafe fn spawn(
         new_session,
         exec_err: 0,
     };
+    if p.spawn_stack.len() < SPAWN_STACK {
+        // A plan forked without its stack: a bug, reported rather than run.
+        return Err((step::FORK, libc::ENOMEM));
+    }
     let stack = p.spawn_stack.as_ptr() as usize + p.spawn_stack.len();
     // The stack grows down from its 16-byte aligned top.
     let top = (stack & !15) as *mut c_void;

@@ -386,7 +386,7 @@ impl Run<'_> {
             cgroup_procs: cgroup.map_or(-1, MemoryCgroup::procs_fd),
             preflight: ch.preflight.iter().map(|(_, w)| w.as_raw_fd()).collect(),
         };
-        let prepared = match plan::build(spec, env, argv, test_argv, layout, &fds, rlimit_as) {
+        let mut prepared = match plan::build(spec, env, argv, test_argv, layout, &fds, rlimit_as) {
             Ok(p) => p,
             Err(code) => {
                 if let Some(d) = &code.detail {
@@ -396,7 +396,7 @@ impl Run<'_> {
             }
         };
 
-        let pid = match fork_init(&prepared) {
+        let pid = match fork_init(&mut prepared) {
             Ok(pid) => pid,
             Err(errno) => {
                 let hint = if errno == libc::EPERM {
@@ -852,10 +852,11 @@ impl StatusReader {
 /// spawner when there is one (see `spawner.rs`), else here. Signals are
 /// blocked around the fork so that no handler of this process runs in the
 /// child before it resets them.
-fn fork_init(prepared: &Prepared) -> Result<libc::pid_t, c_int> {
+fn fork_init(prepared: &mut Prepared) -> Result<libc::pid_t, c_int> {
     if let Some(forked) = crate::spawner::fork_init(&prepared.plan) {
         return forked;
     }
+    prepared.plan.ensure_spawn_stack();
     // SAFETY: sigset manipulation on locals; the child branch only runs the
     // async-signal-safe sandbox_init over data prepared before the fork.
     unsafe {

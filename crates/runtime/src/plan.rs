@@ -713,7 +713,7 @@ pub(crate) fn build(
         scrub: scrub_ranges(),
         run_as,
         netns: netns_fd,
-        spawn_stack: crate::child::spawn_stack(),
+        spawn_stack: Vec::new(),
     };
     Ok(Prepared {
         _netns: netns,

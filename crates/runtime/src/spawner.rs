@@ -234,8 +234,8 @@ fn serve() -> i32 {
         }
         // A worker answers (the pid, or the errno), and keeps the plan
         // until the init has ended.
-        if let Err(Job { plan, fds }) = workers.run(Job { plan, fds }) {
-            let answer = match fork(&plan) {
+        if let Err(Job { mut plan, fds }) = workers.run(Job { plan, fds }) {
+            let answer = match fork(&mut plan) {
                 Ok(pid) => pid,
                 Err(errno) => -errno,
             };
@@ -340,14 +340,18 @@ fn work(
     if let Err(e) = &stack {
         eprintln!("osmo-spawner: no stack for inits ({e}); forking them");
     }
-    for Job { plan, fds } in jobs.iter() {
+    // The stack its inits' children run on, the same for each init in turn.
+    let mut spawn_stack = Vec::new();
+    for Job { mut plan, fds } in jobs.iter() {
+        plan.spawn_stack = std::mem::take(&mut spawn_stack);
+        plan.ensure_spawn_stack();
         let (answer, pidfd) = match &stack {
             Ok(stack) => match clone_init(&plan, stack) {
                 Ok((pid, pidfd)) => (pid, Some(pidfd)),
                 // An older kernel (no CLONE_PIDFD, 5.2): a fork, as before.
-                Err(_) => (fork(&plan).unwrap_or_else(|e| -e), None),
+                Err(_) => (fork(&mut plan).unwrap_or_else(|e| -e), None),
             },
-            Err(_) => (fork(&plan).unwrap_or_else(|e| -e), None),
+            Err(_) => (fork(&mut plan).unwrap_or_else(|e| -e), None),
         };
         // Our copies of the descriptors go; the init has its own.
         drop(fds);
@@ -356,6 +360,8 @@ fn work(
         unsafe { libc::write(socket, answer.to_ne_bytes().as_ptr().cast(), 4) };
         if let Some(pidfd) = pidfd {
             wait_for_end(&pidfd);
+            // Its init has ended: the stack serves the next.
+            spawn_stack = std::mem::take(&mut plan.spawn_stack);
         }
         drop(plan);
         if idle.send(me).is_err() {
@@ -577,7 +583,8 @@ fn receive_header(socket: &UnixStream) -> io::Result<Option<(usize, Vec<OwnedFd>
 /// Forks the init as a sibling (`CLONE_PARENT`): the controller's child,
 /// with a copy of the spawner's memory (where an init cannot share it: see
 /// [`Workers`]).
-fn fork(plan: &ChildPlan) -> Result<pid_t, c_int> {
+fn fork(plan: &mut ChildPlan) -> Result<pid_t, c_int> {
+    plan.ensure_spawn_stack();
     // SAFETY: as the controller's own fork (`controller::fork_init`): the
     // child runs the async-signal-safe sandbox_init over the decoded plan.
     unsafe {
