@@ -79,6 +79,7 @@ pub mod gpu;
 mod mountinfo;
 mod plan;
 pub mod policy;
+mod realpath;
 pub mod relay;
 pub mod spawner;
 

@@ -18,6 +18,7 @@ use crate::child::{
 };
 use crate::error::PrepareError;
 use crate::mountinfo;
+use crate::realpath;
 
 /// Environment variable of the controller that forces a kind of root:
 /// `disk` (the writable layer on disk, also for a task that does not run as
@@ -52,7 +53,7 @@ impl Layout {
             "create scratch directory {}",
             scratch.display()
         )))?;
-        let scratch = fs::canonicalize(scratch).map_err(io(format!(
+        let scratch = realpath::canonical(scratch).map_err(io(format!(
             "resolve scratch directory {}",
             scratch.display()
         )))?;
@@ -399,7 +400,7 @@ pub(crate) fn build(
     let file_paths = spec.files.iter().map(|f| f.path.clone()).collect();
 
     let canonical = |what: &str, p: &Path| {
-        fs::canonicalize(p)
+        realpath::canonical(p)
             .map_err(|source| PrepareError::Io {
                 what: format!("{what} {}", p.display()),
                 source,
@@ -559,7 +560,7 @@ pub(crate) fn build(
     let mut hidden: Vec<PathBuf> = spec
         .hidden_paths
         .iter()
-        .filter_map(|p| fs::canonicalize(p).ok())
+        .filter_map(|p| realpath::canonical(p).ok())
         .filter(|p| p.is_dir())
         // A task that is not root could not pass a closed directory above it
         // anyway: hiding that one instead makes the paths bound in below
