@@ -10,7 +10,8 @@ baseline or target it is read against (docs/performance.md keeps the latest):
 
 Options: --osmo PATH (default target/release/osmo), --n N to change the main size.
 Each runs its own server (embedded SQLite store, local backend, host sandbox) in
-a temporary directory and stops it at the end. Needs root (the sandbox).
+a temporary directory under /var/tmp (OSMO_BENCH_DIR=DIR puts it in DIR, a tmpfs
+say, to see what the disk costs) and stops it at the end. Needs root (the sandbox).
 """
 
 import argparse
@@ -30,7 +31,7 @@ from datetime import datetime, timezone
 # The server's data directory lives outside /tmp, as its default (./osmo-data)
 # does: a task's /tmp is private, so a data directory below /tmp makes every
 # attempt build its output's path inside the task's /tmp as mount points.
-DATA_PARENT = "/var/tmp"
+DATA_PARENT = os.environ.get("OSMO_BENCH_DIR", "/var/tmp")
 
 
 def free_port():
