@@ -181,7 +181,20 @@ fn a_short_template_that_expands_past_the_pool_task_limit_is_refused() {
     // 131 bytes that render to 100,000 tasks.
     let spec = "workflow:\n  name: many\n  tasks:\n{% for i in range(100000) %}\n  - {name: t{{i}}, image: ubuntu, command: [\"true\"]}\n{% endfor %}\n";
     let body = serde_json::json!({ "file": spec }).to_string();
-    let (status, text) = server.post("/api/pool/default/workflow", body);
+    // Rendering and reading 100,000 tasks takes a debug build seconds (5 on
+    // an idle 2-core machine): a client that waits longer than the shared
+    // one, so that a busy machine does not fail what this test is about.
+    let response = reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(120))
+        .build()
+        .unwrap()
+        .post(format!("{}/api/pool/default/workflow", server.url))
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .unwrap();
+    let status = response.status().as_u16();
+    let text = response.text().unwrap();
     assert_eq!(status, 400, "{text}");
     assert!(
         text.contains("max_tasks_per_workflow") || text.contains("MiB"),
