@@ -126,8 +126,8 @@ async fn serve(args: AgentArgs) -> anyhow::Result<()> {
         shutting_down = false;
         let (read, mut write) = stream.into_split();
         let mut lines = BufReader::new(read).lines();
-        // What was set up ahead for the last connection's queue goes: the
-        // server that answers now queues anew.
+        // What was set up ahead for the last connection's queue goes (and
+        // so is not in the Hello): the server that answers now queues anew.
         shared.drop_staged();
         // Unacknowledged results first, so the server never judges an attempt
         // lost whose result is on its way; then what runs now.
@@ -140,7 +140,6 @@ async fn serve(args: AgentArgs) -> anyhow::Result<()> {
                 .lock()
                 .unwrap()
                 .iter()
-                .filter(|(_, h)| !h.is_staged())
                 .map(|(k, h)| (k.clone(), h.phase()))
                 .collect(),
         });
