@@ -192,9 +192,7 @@ fn handle(shared: &Arc<Shared>, msg: ToAgent) {
                         return;
                     }
                     // Set up for another launch than this one: made anew.
-                    if let Some(h) = attempts.remove(&launch.key) {
-                        h.stop();
-                    }
+                    take_out_and_stop(&mut attempts, &launch.key);
                 }
             }
             let running = shared.lock_attempts().contains_key(&launch.key);
@@ -227,10 +225,7 @@ fn handle(shared: &Arc<Shared>, msg: ToAgent) {
         ToAgent::Stop { key } => {
             let mut attempts = shared.lock_attempts();
             if attempts.get(&key).is_some_and(AttemptHandle::is_staged) {
-                // Out of the way at once: a later launch sets it up anew.
-                if let Some(h) = attempts.remove(&key) {
-                    h.stop();
-                }
+                take_out_and_stop(&mut attempts, &key);
             } else if let Some(h) = attempts.get(&key) {
                 h.stop();
             }
@@ -243,6 +238,14 @@ fn handle(shared: &Arc<Shared>, msg: ToAgent) {
         }
         ToAgent::Ack { key } => shared.results.forget(&key),
         ToAgent::LogsAck { .. } | ToAgent::Shutdown => {}
+    }
+}
+
+/// Stops an attempt set up ahead and takes it out of the list at once (it
+/// ends silently): a later launch of its key sets it up anew.
+fn take_out_and_stop(attempts: &mut HashMap<AttemptKey, AttemptHandle>, key: &AttemptKey) {
+    if let Some(h) = attempts.remove(key) {
+        h.stop();
     }
 }
 
@@ -263,9 +266,7 @@ impl Shared {
             .map(|(k, _)| k.clone())
             .collect();
         for key in staged {
-            if let Some(h) = attempts.remove(&key) {
-                h.stop();
-            }
+            take_out_and_stop(&mut attempts, &key);
         }
     }
 

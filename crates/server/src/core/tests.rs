@@ -80,13 +80,16 @@ fn hello(attempts: Vec<(AttemptKey, Phase)>) -> LinkEvent {
     })
 }
 
+/// The attempts of the messages `pick` takes, in order.
+fn keys(sent: &[ToAgent], pick: impl Fn(&ToAgent) -> Option<&AttemptKey>) -> Vec<AttemptKey> {
+    sent.iter().filter_map(pick).cloned().collect()
+}
+
 fn launched(sent: &[ToAgent]) -> Vec<AttemptKey> {
-    sent.iter()
-        .filter_map(|m| match m {
-            ToAgent::Launch(l) => Some(l.key.clone()),
-            _ => None,
-        })
-        .collect()
+    keys(sent, |m| match m {
+        ToAgent::Launch(l) => Some(&l.key),
+        _ => None,
+    })
 }
 
 fn exited(key: AttemptKey, code: u32) -> LinkEvent {
@@ -500,21 +503,17 @@ fn a_release_that_a_barrier_waits_for_is_committed_at_once() {
 }
 
 fn prepared(sent: &[ToAgent]) -> Vec<AttemptKey> {
-    sent.iter()
-        .filter_map(|m| match m {
-            ToAgent::Prepare(l) => Some(l.key.clone()),
-            _ => None,
-        })
-        .collect()
+    keys(sent, |m| match m {
+        ToAgent::Prepare(l) => Some(&l.key),
+        _ => None,
+    })
 }
 
 fn stopped(sent: &[ToAgent]) -> Vec<AttemptKey> {
-    sent.iter()
-        .filter_map(|m| match m {
-            ToAgent::Stop { key } => Some(key.clone()),
-            _ => None,
-        })
-        .collect()
+    keys(sent, |m| match m {
+        ToAgent::Stop { key } => Some(key),
+        _ => None,
+    })
 }
 
 #[test]
