@@ -169,6 +169,7 @@ pub fn listen(
                 }
             });
             let events = events.clone();
+            let current = current.clone();
             tokio::spawn(async move {
                 let mut lines = BufReader::new(read).lines();
                 while let Ok(Some(line)) = lines.next_line().await {
@@ -177,6 +178,17 @@ pub fn listen(
                             let _ = events.send(LinkEvent::Message { conn, msg });
                         }
                         Err(e) => tracing::warn!("ignoring an agent message it cannot read: {e}"),
+                    }
+                }
+                // Nothing more goes to this connection. The writer alone
+                // would notice only when a write fails, and the message it
+                // failed to write (a launch) would be lost: its attempt
+                // judged lost (3001) when the next agent says hello.
+                {
+                    let mut now = current.lock().unwrap();
+                    if now.conn == conn {
+                        now.tx = None;
+                        now.ready = false;
                     }
                 }
                 let _ = events.send(LinkEvent::Disconnected { conn });
