@@ -82,6 +82,8 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
 }
 
 async fn serve(args: AgentArgs) -> anyhow::Result<()> {
+    // Before this agent makes any: the killed predecessor's are unused.
+    network::Networks::remove_leftovers(&args.state_dir);
     let (tx, mut rx) = mpsc::unbounded_channel();
     let shared = Arc::new(Shared {
         attempts: Mutex::new(HashMap::new()),

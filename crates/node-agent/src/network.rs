@@ -124,6 +124,41 @@ impl Networks {
         Ok((net, spec))
     }
 
+    /// Removes the networks an agent of `state_dir` left behind when it was
+    /// killed: each has its directory under `net/`, made before the network
+    /// and removed after it. Left, they would stay on the host for good (a
+    /// new agent takes free addresses, so other names), each a network
+    /// namespace, a veth pair and a mount every sandbox copies.
+    pub fn remove_leftovers(state_dir: &Path) {
+        let Ok(entries) = std::fs::read_dir(state_dir.join("net")) else {
+            return;
+        };
+        let mut commands = String::new();
+        let mut dirs = Vec::new();
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let Some(hash) = name.strip_prefix("osmo-") else {
+                continue;
+            };
+            if hash.len() != 8 || !hash.bytes().all(|b| b.is_ascii_hexdigit()) {
+                continue;
+            }
+            commands.push_str(&format!("netns del {name}\nlink del osmoh{hash}\n"));
+            dirs.push(entry.path());
+        }
+        if commands.is_empty() {
+            return;
+        }
+        // Forced: one already gone (a host rebooted since) stops nothing.
+        if let Err(e) = run_batch(&[], &commands, true) {
+            eprintln!("osmo agent: cannot remove the networks of a killed agent: {e}");
+            return;
+        }
+        for dir in dirs {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+
     /// Removes every network (the agent is exiting).
     pub fn remove_all(&self) {
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
@@ -324,6 +359,11 @@ impl WorkflowNet {
                 true,
             );
         }
+        // Its directory first: it is the record by which a next agent of
+        // this state dir removes the network if this one is killed.
+        let dir = state_dir.join("net").join(&name);
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
         // The way out: a veth pair, the host's end routed and NATed. Two
         // `ip -batch` runs: process starts are most of the cost.
         let base = POOL_BASE + slot * 4;
@@ -338,11 +378,14 @@ impl WorkflowNet {
                  link set {host_if} up\n"
             ),
             false,
-        )?;
+        )
+        .inspect_err(|_| {
+            let _ = std::fs::remove_dir_all(&dir);
+        })?;
         let net = WorkflowNet {
             name: name.clone(),
             slot,
-            dir: state_dir.join("net").join(&name),
+            dir,
             hosts: Arc::new(Mutex::new(None)),
             users: Mutex::new(0),
             stop: Arc::new(AtomicBool::new(false)),
@@ -358,7 +401,6 @@ impl WorkflowNet {
                 ),
                 false,
             )?;
-            std::fs::create_dir_all(&net.dir).map_err(|e| e.to_string())?;
             std::fs::write(
                 net.dir.join("resolv.conf"),
                 format!("nameserver {RESOLVER}\noptions ndots:0\n"),

@@ -10,7 +10,7 @@ mod common;
 use std::io::{BufRead, BufReader, Write};
 use std::time::Duration;
 
-use common::{Server, task};
+use common::{Server, alive, task, wait_for};
 
 const SPEC: &str = r#"
 workflow:
@@ -145,4 +145,62 @@ fn two_workflows_listen_on_one_port_and_find_their_own_server() {
         assert_eq!(got, ["out\n", "out\n"]);
     }
     let _ = std::io::stdout().flush();
+}
+
+const ONE_TASK: &str = r#"
+workflow:
+  name: one
+  tasks:
+  - name: t
+    image: ubuntu
+    command: ["true"]
+"#;
+
+/// The workflow networks an agent has made: the `osmo-*` network
+/// namespaces its state dir records.
+fn recorded_networks(server: &Server) -> Vec<String> {
+    let Ok(entries) = std::fs::read_dir(server.data_dir().join("agent/net")) else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|name| name.starts_with("osmo-"))
+        .collect()
+}
+
+#[test]
+fn a_killed_agents_networks_are_removed_by_the_agent_that_follows_it() {
+    let server = Server::start(common::local_pool());
+    let id = server.submit(ONE_TASK);
+    let doc = server.wait_finished(&id, Duration::from_secs(30));
+    assert_eq!(doc["status"], "COMPLETED", "{doc:#}\n{}", server.log());
+    // Kept idle for the next workflow: on the host while the agent lives.
+    let made = recorded_networks(&server);
+    let on_host = |name: &String| std::path::Path::new("/run/netns").join(name).exists();
+    if !made.iter().any(on_host) {
+        eprintln!("skipped: no workflow network here (not root, or no `ip`): {made:?}");
+        return;
+    }
+    let agent = server.agent_pid().expect("the agent wrote its pid");
+    // SAFETY: signalling a process of this test's server.
+    unsafe { libc::kill(agent, libc::SIGKILL) };
+    wait_for(Duration::from_secs(10), "the agent to die", || {
+        (!alive(agent)).then_some(())
+    });
+    // The server starts the next agent at once; it removes what the killed one left.
+    wait_for(
+        Duration::from_secs(20),
+        "the killed agent's networks to go",
+        || (!made.iter().any(on_host)).then_some(()),
+    );
+    let next = server.agent_pid().expect("a next agent");
+    assert_ne!(next, agent);
+    // And the next agent makes networks as before.
+    let id = server.submit(ONE_TASK);
+    let doc = server.wait_finished(&id, Duration::from_secs(30));
+    assert_eq!(doc["status"], "COMPLETED", "{doc:#}\n{}", server.log());
+    // (With the killed one's address free again, possibly under its name.)
+    let now = recorded_networks(&server);
+    assert!(now.iter().any(on_host), "{now:?}");
 }
