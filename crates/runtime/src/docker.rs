@@ -239,6 +239,18 @@ impl Run<'_> {
     }
 
     async fn attempt(&mut self, docker: &Docker) -> Result<(), End> {
+        // Made here, as the host sandbox makes it, before it is bound (the
+        // server leaves it to the runtime on this host).
+        std::fs::create_dir_all(&self.spec.output_dir).map_err(|e| {
+            End::Code(
+                well_known::INIT_FAILURE,
+                CodeSource::Init,
+                format!(
+                    "cannot create the output directory {}: {e}",
+                    self.spec.output_dir.display()
+                ),
+            )
+        })?;
         self.ensure_image(docker).await?;
         let mut env = task_environment(self.spec);
         if self.spec.container_network {

@@ -40,6 +40,12 @@ pub trait Backend: Send + Sync {
     fn sets_up_ahead(&self, _pool: &PoolConfig) -> bool {
         false
     }
+    /// Whether the backend's runtime makes each attempt's output directory
+    /// itself (on this host, before binding it); else the server makes it
+    /// when it builds the launch.
+    fn makes_output_dirs(&self) -> bool {
+        false
+    }
 }
 
 /// A backend for the core's unit tests: records what it is sent; the test
@@ -51,6 +57,8 @@ pub struct FakeBackend {
     pub cpus: f64,
     /// Whether it sets up attempts ahead ([`Backend::sets_up_ahead`]).
     pub ahead: bool,
+    /// Whether its runtime makes the output directories ([`Backend::makes_output_dirs`]).
+    pub makes_output: bool,
 }
 
 impl FakeBackend {
@@ -96,5 +104,8 @@ impl Backend for FakeBackend {
     }
     fn sets_up_ahead(&self, _: &PoolConfig) -> bool {
         self.ahead
+    }
+    fn makes_output_dirs(&self) -> bool {
+        self.makes_output
     }
 }

@@ -105,6 +105,7 @@ impl LaunchBuilder {
         key: AttemptKey,
         user: &str,
         host_of: &dyn Fn(&str) -> String,
+        make_output: bool,
     ) -> anyhow::Result<Launch> {
         let workflow = engine.workflow();
         let AttemptId {
@@ -114,8 +115,11 @@ impl LaunchBuilder {
         let group = &workflow.groups[group as usize];
         let spec = &group.tasks[task as usize];
         let output = self.output_dir(engine.id(), &spec.name, retry_id);
-        std::fs::create_dir_all(&output)
-            .with_context(|| format!("cannot create the output directory {}", output.display()))?;
+        if make_output {
+            std::fs::create_dir_all(&output).with_context(|| {
+                format!("cannot create the output directory {}", output.display())
+            })?;
+        }
         let mut inputs = Vec::new();
         let mut input_dirs = Vec::new();
         let mut downloads = Vec::new();

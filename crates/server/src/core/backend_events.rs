@@ -271,6 +271,7 @@ impl Core {
                     key.clone(),
                     &active.submitted_by,
                     &|task| backend.task_host(&pool_config, &key.workflow_id, task),
+                    !backend.makes_output_dirs(),
                 ) {
                     Ok(launch) => {
                         self.link_for(key).send(ToAgent::Launch(Box::new(launch)));

@@ -636,6 +636,7 @@ impl Core {
                 attempt_key.clone(),
                 &active.submitted_by,
                 &|task| backend.task_host(&pool_config, &workflow_id, task),
+                !backend.makes_output_dirs(),
             ) {
                 Ok(mut launch) => {
                     if let Some(d) = self.devices.get_mut(&pool) {
@@ -739,6 +740,7 @@ impl Core {
                     attempt_key.clone(),
                     &active.submitted_by,
                     &|task| backend.task_host(&pool_config, &workflow_id, task),
+                    !backend.makes_output_dirs(),
                 ) else {
                     continue;
                 };

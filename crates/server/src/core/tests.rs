@@ -517,6 +517,31 @@ fn stopped(sent: &[ToAgent]) -> Vec<AttemptKey> {
 }
 
 #[test]
+fn the_output_directory_is_made_by_the_server_only_for_a_backend_that_does_not_make_it() {
+    for makes_output in [false, true] {
+        let mut s = setup_with(FakeBackend {
+            makes_output,
+            ..FakeBackend::with_cpus(1.0)
+        });
+        let (engine, commands) = workflow("wf-1", &["a"]);
+        add(&mut s.core, engine, commands);
+        s.core.handle_link(hello(vec![]));
+        commit(&mut s.core);
+        let sent = s.backend.take();
+        let output = sent
+            .iter()
+            .find_map(|m| match m {
+                ToAgent::Launch(l) => Some(l.output_dir.clone()),
+                _ => None,
+            })
+            .expect("a launched");
+        // Left to the runtime: no `mkdir` on the core's thread, which
+        // every launch and exit goes through.
+        assert_eq!(output.is_dir(), !makes_output, "{output:?}");
+    }
+}
+
+#[test]
 fn the_next_queued_attempts_are_set_up_ahead_one_per_cpu_and_launched_when_it_frees() {
     let mut s = setup_with(FakeBackend {
         ahead: true,
