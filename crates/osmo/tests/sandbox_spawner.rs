@@ -314,3 +314,38 @@ fn a_namespace_handle_the_host_mounts_later_is_kept_out_of_the_next_sandbox() {
         "the handle below it is not there"
     );
 }
+
+#[test]
+fn the_command_starts_with_no_signal_ignored_or_blocked() {
+    // The spawner's runtime ignores SIGPIPE, and its workers block every
+    // signal: the inits it forks reset what it changed, and only that.
+    let server = Server::start(local_pool());
+    let id = server.submit(
+        r#"
+workflow:
+  name: signals
+  tasks:
+  - name: t
+    image: ubuntu
+    command: [cp, /proc/self/status, "{{output}}/status"]
+"#,
+    );
+    let doc = server.wait_finished(&id, Duration::from_secs(30));
+    assert_eq!(doc["status"], "COMPLETED", "{doc:#}\n{}", server.log());
+    let status = std::fs::read_to_string(server.output_dir(&id, "t", 0).join("status")).unwrap();
+    for field in ["SigIgn:", "SigBlk:"] {
+        let line = status
+            .lines()
+            .find(|l| l.starts_with(field))
+            .unwrap_or_else(|| panic!("no {field} in {status}"));
+        assert_eq!(
+            line.split_whitespace().nth(1),
+            Some("0000000000000000"),
+            "{line}"
+        );
+    }
+    assert!(
+        children_named(server.agent_pid().unwrap(), "osmo-spawner").len() == 1,
+        "the task came through the spawner"
+    );
+}

@@ -429,16 +429,76 @@ unsafe fn mkdirs(dirs: &[CString], mode: libc::mode_t) -> Result<(), c_int> {
     Ok(())
 }
 
+/// The signals whose action the forking process has changed from the
+/// default, where it never changes them after it recorded them (the
+/// spawner: what it inherited ignored, and Rust's runtime's SIGPIPE): an
+/// init resets just those, rather than each of the 62 (a system call each,
+/// per task).
+static CHANGED_SIGNALS: std::sync::OnceLock<Vec<c_int>> = std::sync::OnceLock::new();
+
+/// Every signal but those that cannot be caught.
+fn all_signals() -> impl Iterator<Item = c_int> {
+    (1..65).filter(|&sig| sig != libc::SIGKILL && sig != libc::SIGSTOP)
+}
+
+/// The kernel's `struct sigaction` (x86_64 and aarch64 alike).
+#[repr(C)]
+struct KernelSigaction {
+    handler: usize,
+    flags: c_ulong,
+    restorer: usize,
+    mask: u64,
+}
+
+/// `rt_sigaction` as the bare system call: glibc's wrapper refuses the
+/// signals it keeps for itself (32 and 33), which a process can inherit
+/// ignored all the same.
+unsafe fn raw_sigaction(
+    sig: c_int,
+    new: Option<&KernelSigaction>,
+    old: Option<&mut KernelSigaction>,
+) -> bool {
+    let new = new.map_or(ptr::null(), |n| n as *const KernelSigaction);
+    let old = old.map_or(ptr::null_mut(), |o| o as *mut KernelSigaction);
+    // SAFETY: the kernel reads `new` and writes `old`, both valid or null.
+    unsafe { libc::syscall(libc::SYS_rt_sigaction, sig, new, old, 8usize) == 0 }
+}
+
+/// Records which signals this process does not leave at their default
+/// action, for its inits to reset ([`CHANGED_SIGNALS`]). Only for a process
+/// that changes no signal's action afterwards.
+pub(crate) fn remember_changed_signals() {
+    CHANGED_SIGNALS.get_or_init(|| {
+        all_signals()
+            .filter(|&sig| {
+                let mut old = KernelSigaction {
+                    handler: 0,
+                    flags: 0,
+                    restorer: 0,
+                    mask: 0,
+                };
+                // SAFETY: reads the action into a local; changes nothing.
+                unsafe { raw_sigaction(sig, None, Some(&mut old)) && old.handler != libc::SIG_DFL }
+            })
+            .collect()
+    });
+}
+
 unsafe fn reset_signals() {
     unsafe {
-        let mut sa: libc::sigaction = std::mem::zeroed();
-        sa.sa_sigaction = libc::SIG_DFL;
-        libc::sigemptyset(&mut sa.sa_mask);
-        for sig in 1..65 {
-            if sig != libc::SIGKILL && sig != libc::SIGSTOP {
-                // glibc refuses its internal signals; that is fine.
-                libc::sigaction(sig, &sa, ptr::null_mut());
-            }
+        let default = KernelSigaction {
+            handler: libc::SIG_DFL,
+            flags: 0,
+            restorer: 0,
+            mask: 0,
+        };
+        let reset = |sig| {
+            raw_sigaction(sig, Some(&default), None);
+        };
+        // An atomic load: safe after the fork.
+        match CHANGED_SIGNALS.get() {
+            Some(changed) => changed.iter().for_each(|&sig| reset(sig)),
+            None => all_signals().for_each(reset),
         }
         let mut set: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut set);

@@ -191,6 +191,8 @@ fn serve() -> i32 {
         );
         UnixStream::from_raw_fd(SOCKET_FD)
     };
+    // This process sets no signal action from here on.
+    child::remember_changed_signals();
     let mut mounts = own_mount_namespace();
     let mut workers = Workers::new(socket.as_raw_fd());
     loop {
