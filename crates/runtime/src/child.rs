@@ -711,8 +711,9 @@ unsafe fn setup_root(p: &ChildPlan, private: &mut [c_int; MAX_PRIVATE]) -> bool 
         let _ = unsafe { mount(None, target, None, libc::MS_UNBINDABLE, None) };
     };
     // Else (or when that fails) the writable layer on disk, as for a task that runs as root.
+    // (The tmpfs of the writable layer needs no such marking: the overlay
+    // root covers it, and it goes with the old root at the pivot.)
     if r.memory_upper && unsafe { overlay_in_memory(p, private) }.is_ok() {
-        unbindable(&r.tmpfs_dir);
         unbindable(&r.newroot);
         unsafe { send(p.status, msg::ROOT_MODE, ROOT_OVERLAY_MEMORY, 0) };
         return true;
@@ -735,7 +736,6 @@ unsafe fn setup_root(p: &ChildPlan, private: &mut [c_int; MAX_PRIVATE]) -> bool 
     };
     let tmpfs_err = match unsafe { overlay_on_tmpfs(p, true, &mut [-1; MAX_PRIVATE]) } {
         Ok(()) => {
-            unbindable(&r.tmpfs_dir);
             unbindable(&r.newroot);
             unsafe { send(p.status, msg::ROOT_MODE, ROOT_OVERLAY_TMPFS, disk_err) };
             return true;
