@@ -177,6 +177,9 @@ pub(crate) struct Step {
     /// made with this mode and bound here instead, one superblock fewer to
     /// set up and tear down per step. See [`RootPlan::private_dirs`].
     pub private: Option<libc::mode_t>,
+    /// The `mkdirs` are known to be missing (below a hidden directory's
+    /// empty tmpfs): made before the mount rather than after it fails.
+    pub dirs_first: bool,
 }
 
 /// Steps that take a private directory from the writable layer's tmpfs, at
@@ -1034,11 +1037,15 @@ pub(crate) unsafe fn sandbox_init(p: &ChildPlan) -> ! {
             // The mount point is made only where it is missing: most are
             // host paths the root shows already, and each `mkdir` that finds
             // one there costs a lookup through the overlay per level.
-            let done = match mount_step() {
-                Err(libc::ENOENT) if !s.mkdirs.is_empty() => {
-                    mkdirs(&s.mkdirs, 0o755).and_then(|()| mount_step())
+            let done = if s.dirs_first {
+                mkdirs(&s.mkdirs, 0o755).and_then(|()| mount_step())
+            } else {
+                match mount_step() {
+                    Err(libc::ENOENT) if !s.mkdirs.is_empty() => {
+                        mkdirs(&s.mkdirs, 0o755).and_then(|()| mount_step())
+                    }
+                    other => other,
                 }
-                other => other,
             }
             .and_then(|()| {
                 if s.readonly {

@@ -342,6 +342,7 @@ fn bind_step(
         optional,
         when,
         private: None,
+        dirs_first: false,
     })
 }
 
@@ -464,6 +465,7 @@ pub(crate) fn build(
         optional: false,
         when: When::Always,
         private: None,
+        dirs_first: false,
     });
     step_names.push("mount /proc for the PID namespace".into());
 
@@ -482,6 +484,7 @@ pub(crate) fn build(
             optional: false,
             when: When::Always,
             private: None,
+            dirs_first: false,
         });
         step_names.push(format!(
             "hide GPU {} (not given to this task)",
@@ -500,6 +503,7 @@ pub(crate) fn build(
             optional: false,
             when: When::Always,
             private: None,
+            dirs_first: false,
         });
         step_names.push(format!("hide the driver's entry {}", dir.display()));
     }
@@ -515,6 +519,7 @@ pub(crate) fn build(
         optional: true,
         when: When::Always,
         private: Some(0o1777),
+        dirs_first: false,
     });
     step_names.push("mount a private /dev/shm".into());
 
@@ -530,6 +535,7 @@ pub(crate) fn build(
         optional: false,
         when: When::ReadOnlyRoot,
         private: None,
+        dirs_first: false,
     });
     step_names.push("mount a private /tmp".into());
 
@@ -550,6 +556,7 @@ pub(crate) fn build(
                 optional: false,
                 when: When::Always,
                 private: None,
+                dirs_first: false,
             });
             step_names.push(format!("bind the workflow's {at}"));
         }
@@ -580,11 +587,11 @@ pub(crate) fn build(
             outermost.push(p);
         }
     }
-    for dir in outermost {
+    for dir in &outermost {
         steps.push(Step {
             mkdirs: vec![],
             source: Some(c"hidden".into()),
-            target: cpath(&under(&layout.root, &dir)).map_err(init)?,
+            target: cpath(&under(&layout.root, dir)).map_err(init)?,
             fstype: Some(c"tmpfs".into()),
             flags: libc::MS_NOSUID | libc::MS_NODEV,
             data: Some(c"mode=755".into()),
@@ -592,6 +599,7 @@ pub(crate) fn build(
             optional: false,
             when: When::Always,
             private: Some(0o755),
+            dirs_first: false,
         });
         step_names.push(format!("hide {} from the task", dir.display()));
     }
@@ -601,7 +609,22 @@ pub(crate) fn build(
     dirs.extend(inputs.into_iter().map(|p| (p, true)));
     dirs.sort_by_key(|(p, _)| p.components().count());
     for (dir, readonly) in dirs {
-        steps.push(bind_step(layout, &dir, readonly, false, When::Always).map_err(init)?);
+        let mut step = bind_step(layout, &dir, readonly, false, When::Always).map_err(init)?;
+        if let Some(hidden) = outermost.iter().find(|h| dir.starts_with(h) && dir != **h) {
+            // In a hidden directory, an empty tmpfs: its mount point and
+            // the directories above it there are all missing, and those
+            // above the hidden directory are there. Made at once (not
+            // after a failed mount), and only those (each `mkdir` walks the
+            // whole path through the overlay).
+            let hidden = under(&layout.root, hidden);
+            let below: Vec<PathBuf> = prefixes(&layout.root, &dir)
+                .into_iter()
+                .filter(|p| p.starts_with(&hidden) && *p != hidden)
+                .collect();
+            step.mkdirs = cpaths(&below).map_err(init)?;
+            step.dirs_first = true;
+        }
+        steps.push(step);
         step_names.push(if readonly {
             format!("bind input dir {} read-only", dir.display())
         } else {
@@ -629,6 +652,7 @@ pub(crate) fn build(
             optional: false,
             when: When::Always,
             private: None,
+            dirs_first: false,
         });
         step_names.push(format!(
             "bind volume mount {} at {}",
