@@ -24,7 +24,8 @@ use serde::{Deserialize, Serialize};
 pub(crate) mod msg {
     /// A set-up step failed: index = step ([`super::step`] or a plan step), value = errno.
     pub const STEP_FAILED: u32 = 1;
-    /// How the root was built: index = [`super::ROOT_OVERLAY_DISK`]…, value = errnos of failed tries.
+    /// A fallback root: index = [`super::ROOT_OVERLAY_TMPFS`] or
+    /// [`super::ROOT_READONLY_BIND`], value = errnos of the failed tries.
     pub const ROOT_MODE: u32 = 2;
     /// A file could not be written: index = file, value = errno.
     pub const FILE_FAILED: u32 = 3;
@@ -75,10 +76,10 @@ pub(crate) mod step {
     pub const NETNS: u32 = FDS + 11;
 }
 
-pub(crate) const ROOT_OVERLAY_DISK: u32 = 0;
+/// The fallback roots [`msg::ROOT_MODE`] reports (0 and 3, the overlay with
+/// its writable layer on disk or in memory as planned, are not reported).
 pub(crate) const ROOT_OVERLAY_TMPFS: u32 = 1;
 pub(crate) const ROOT_READONLY_BIND: u32 = 2;
-pub(crate) const ROOT_OVERLAY_MEMORY: u32 = 3;
 
 /// A program to execute: the paths to try in order (the `PATH` search is
 /// done beforehand) and its argv. Sent to the spawner as its strings; the
@@ -713,14 +714,16 @@ unsafe fn setup_root(p: &ChildPlan, private: &mut [c_int; MAX_PRIVATE]) -> bool 
         // Keep the new root out of recursive binds of the host mounts above it.
         let _ = unsafe { mount(None, target, None, libc::MS_UNBINDABLE, None) };
     };
-    // Else (or when that fails) the writable layer on disk, as for a task that runs as root.
-    // (The tmpfs of the writable layer needs no such marking: the overlay
-    // root covers it, and it goes with the old root at the pivot.)
+    // The root as planned (the writable layer in memory, or on disk) is not
+    // reported: the controller has nothing to say of it, and a message is a
+    // wake-up of its thread per task. Only a fallback is ([`msg::ROOT_MODE`]).
+    // (The tmpfs of the writable layer needs no unbindable marking: the
+    // overlay root covers it, and it goes with the old root at the pivot.)
     if r.memory_upper && unsafe { overlay_in_memory(p, private) }.is_ok() {
         unbindable(&r.newroot);
-        unsafe { send(p.status, msg::ROOT_MODE, ROOT_OVERLAY_MEMORY, 0) };
         return true;
     }
+    // Else (or when that fails) the writable layer on disk, as for a task that runs as root.
     let on_disk = |data: &CStr| unsafe { mount(Some(c"osmo"), &r.newroot, overlay, 0, Some(data)) };
     let disk = match (&r.overlay_disk, &r.overlay_disk_plain) {
         (Some(volatile), Some(plain)) => match on_disk(volatile) {
@@ -732,7 +735,6 @@ unsafe fn setup_root(p: &ChildPlan, private: &mut [c_int; MAX_PRIVATE]) -> bool 
     let disk_err = match disk {
         Ok(()) => {
             unbindable(&r.newroot);
-            unsafe { send(p.status, msg::ROOT_MODE, ROOT_OVERLAY_DISK, 0) };
             return true;
         }
         Err(e) => e,

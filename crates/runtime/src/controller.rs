@@ -608,7 +608,6 @@ impl Run<'_> {
                     errno_text(value & 0xffff)
                 };
                 match index {
-                    child::ROOT_OVERLAY_DISK | child::ROOT_OVERLAY_MEMORY => {}
                     child::ROOT_OVERLAY_TMPFS => self.osmo(&format!(
                         "sandbox root: overlay with its writable layer in memory (on disk: {disk})"
                     )),
