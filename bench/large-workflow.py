@@ -14,6 +14,9 @@ a steadier figure for comparing two builds). The server runs with its embedded S
 temporary directory under /var/tmp (OSMO_BENCH_DIR=DIR puts it in DIR, a
 tmpfs say, to see what the disk costs); it is stopped at the end. Needs root
 (the sandbox).
+On an ext4 without a journal (this VM's), every new inode skips those freed in
+the last 60-300 s: a run right after another's data directory was removed pays
+for it (docs/performance.md, stop 16).
 """
 
 import argparse

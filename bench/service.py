@@ -12,6 +12,9 @@ Options: --osmo PATH (default target/release/osmo), --n N to change the main siz
 Each runs its own server (embedded SQLite store, local backend, host sandbox) in
 a temporary directory under /var/tmp (OSMO_BENCH_DIR=DIR puts it in DIR, a tmpfs
 say, to see what the disk costs) and stops it at the end. Needs root (the sandbox).
+On an ext4 without a journal (this VM's), every new inode skips those freed in
+the last 60-300 s: a run right after another's data directory was removed pays
+for it (docs/performance.md, stop 16).
 """
 
 import argparse
