@@ -120,14 +120,14 @@ impl super::backend::Backend for AgentLink {
         }
     }
 
-    /// The host sandbox: the agent makes the next queued attempts' sandboxes
-    /// while the running ones finish (with Docker, a container made ahead
-    /// would be one more the daemon holds; not done).
     /// Both runtimes make it, off the core's thread: on a disk where `mkdir`
     /// is slow it held up every launch behind it.
     fn makes_output_dirs(&self) -> bool {
         true
     }
+    /// The host sandbox: the agent makes the next queued attempts' sandboxes
+    /// while the running ones finish (with Docker, a container made ahead
+    /// would be one more the daemon holds; not done).
     fn sets_up_ahead(&self, pool: &osmo_spec::config::PoolConfig) -> bool {
         pool.runtime == osmo_spec::config::RuntimeKind::Sandbox
     }
