@@ -146,13 +146,23 @@ impl AttemptSupervisor {
             return false;
         }
         state.open = Some(false);
-        if attempts
-            .get(&self.key)
-            .is_some_and(|h| Arc::ptr_eq(&h.gate, &self.gate))
-        {
-            attempts.remove(&self.key);
-        }
+        remove_if_this(&mut attempts, &self.key, &self.gate);
         true
+    }
+}
+
+/// Takes the attempt out of the list if the entry under its key is still
+/// this one (`gate`): a later launch of the same key may have replaced it.
+fn remove_if_this(
+    attempts: &mut std::collections::HashMap<AttemptKey, AttemptHandle>,
+    key: &AttemptKey,
+    gate: &Arc<Gate>,
+) {
+    if attempts
+        .get(key)
+        .is_some_and(|h| Arc::ptr_eq(&h.gate, gate))
+    {
+        attempts.remove(key);
     }
 }
 
@@ -320,12 +330,7 @@ fn finish(shared: &Shared, key: &AttemptKey, codes: Vec<ReportedCode>, gate: &Ar
         // a launch holds too.
         let mut attempts = shared.lock_attempts();
         if gate.lock().staged {
-            if attempts
-                .get(key)
-                .is_some_and(|h| Arc::ptr_eq(&h.gate, gate))
-            {
-                attempts.remove(key);
-            }
+            remove_if_this(&mut attempts, key, gate);
             return;
         }
     }
