@@ -258,21 +258,7 @@ impl Core {
             let Some(phase) = *phase else {
                 // Queued in the backend (Slurm) since before a restart: give
                 // the job its launch again, for when it starts.
-                let pool_config = self
-                    .config
-                    .pools
-                    .get(&active.pool)
-                    .cloned()
-                    .unwrap_or_default();
-                let backend = self.link_for(key);
-                match self.launches.build(
-                    &active.engine,
-                    &pool_config,
-                    key.clone(),
-                    &active.submitted_by,
-                    &|task| backend.task_host(&pool_config, &key.workflow_id, task),
-                    !backend.makes_output_dirs(),
-                ) {
+                match self.build_launch(&active.pool, key) {
                     Ok(launch) => {
                         self.link_for(key).send(ToAgent::Launch(Box::new(launch)));
                     }

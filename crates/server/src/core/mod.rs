@@ -625,19 +625,10 @@ impl Core {
                     .get_or_create(&crate::metrics::PoolLabels { pool: pool.clone() })
                     .observe(now.saturating_sub(since) as f64 / 1000.0);
             }
-            let pool_config = self.config.pools.get(&pool).cloned().unwrap_or_default();
             let attempt_key = key(&workflow_id, attempt);
             // Set up ahead, its sandbox waits for this launch.
             self.staged.remove(&attempt_key);
-            let backend = self.link_of(&pool);
-            match self.launches.build(
-                &active.engine,
-                &pool_config,
-                attempt_key.clone(),
-                &active.submitted_by,
-                &|task| backend.task_host(&pool_config, &workflow_id, task),
-                !backend.makes_output_dirs(),
-            ) {
+            match self.build_launch(&pool, &attempt_key) {
                 Ok(mut launch) => {
                     if let Some(d) = self.devices.get_mut(&pool) {
                         launch.gpus = d.take(&workflow_id, attempt.task, launch.gpu);
@@ -731,21 +722,13 @@ impl Core {
                 if downloads {
                     continue;
                 }
-                let backend = self.link_of(pool);
                 // A launch that cannot be built is left to its admission,
                 // which reports why.
-                let Ok(launch) = self.launches.build(
-                    &active.engine,
-                    &pool_config,
-                    attempt_key.clone(),
-                    &active.submitted_by,
-                    &|task| backend.task_host(&pool_config, &workflow_id, task),
-                    !backend.makes_output_dirs(),
-                ) else {
+                let Ok(launch) = self.build_launch(pool, &attempt_key) else {
                     continue;
                 };
                 tracing::debug!("setting up {} ahead", attempt_key.file_stem());
-                if backend.send(ToAgent::Prepare(Box::new(launch))) {
+                if self.link_of(pool).send(ToAgent::Prepare(Box::new(launch))) {
                     self.staged.insert(attempt_key, pool.clone());
                     count += 1;
                 }
@@ -790,6 +773,26 @@ impl Core {
     }
 
     /// The backend that runs `pool`'s attempts.
+    /// The launch of attempt `key` on `pool`'s backend: its tasks' host
+    /// names, and its output directory made here unless the backend's
+    /// runtime makes it.
+    fn build_launch(&self, pool: &str, key: &AttemptKey) -> anyhow::Result<crate::proto::Launch> {
+        let active = self
+            .active
+            .get(&key.workflow_id)
+            .ok_or_else(|| anyhow::anyhow!("workflow {} is not running", key.workflow_id))?;
+        let pool_config = self.config.pools.get(pool).cloned().unwrap_or_default();
+        let backend = self.link_of(pool);
+        self.launches.build(
+            &active.engine,
+            &pool_config,
+            key.clone(),
+            &active.submitted_by,
+            &|task| backend.task_host(&pool_config, &key.workflow_id, task),
+            !backend.makes_output_dirs(),
+        )
+    }
+
     fn link_of(&self, pool: &str) -> &dyn Backend {
         match self.backends.get(pool) {
             Some(backend) => backend.as_ref(),
