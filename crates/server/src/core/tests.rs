@@ -509,6 +509,22 @@ fn prepared(sent: &[ToAgent]) -> Vec<AttemptKey> {
     })
 }
 
+/// The first launch among `sent` (`Launch`, or `Prepare` when `ahead`), whole.
+fn first_launch(sent: &[ToAgent], ahead: bool) -> crate::proto::Launch {
+    sent.iter()
+        .find_map(|m| match m {
+            ToAgent::Launch(l) if !ahead => Some((**l).clone()),
+            ToAgent::Prepare(l) if ahead => Some((**l).clone()),
+            _ => None,
+        })
+        .unwrap_or_else(|| {
+            panic!(
+                "no {} in {sent:?}",
+                if ahead { "Prepare" } else { "Launch" }
+            )
+        })
+}
+
 fn stopped(sent: &[ToAgent]) -> Vec<AttemptKey> {
     keys(sent, |m| match m {
         ToAgent::Stop { key } => Some(key),
@@ -527,14 +543,7 @@ fn the_output_directory_is_made_by_the_server_only_for_a_backend_that_does_not_m
         add(&mut s.core, engine, commands);
         s.core.handle_link(hello(vec![]));
         commit(&mut s.core);
-        let sent = s.backend.take();
-        let output = sent
-            .iter()
-            .find_map(|m| match m {
-                ToAgent::Launch(l) => Some(l.output_dir.clone()),
-                _ => None,
-            })
-            .expect("a launched");
+        let output = first_launch(&s.backend.take(), false).output_dir;
         // Left to the runtime: no `mkdir` on the core's thread, which
         // every launch and exit goes through.
         assert_eq!(output.is_dir(), !makes_output, "{output:?}");
@@ -554,13 +563,7 @@ fn the_next_queued_attempts_are_set_up_ahead_one_per_cpu_and_launched_when_it_fr
     let sent = s.backend.take();
     assert_eq!(launched(&sent), [attempt(0)], "one CPU: one runs");
     assert_eq!(prepared(&sent), [attempt(1)], "and the next one is set up");
-    let mut set_up = sent
-        .into_iter()
-        .find_map(|m| match m {
-            ToAgent::Prepare(l) => Some(*l),
-            _ => None,
-        })
-        .unwrap();
+    let mut set_up = first_launch(&sent, true);
 
     // Nothing of the pool is held by it: the engine still has b queued.
     s.core.dispatch();
@@ -572,13 +575,7 @@ fn the_next_queued_attempts_are_set_up_ahead_one_per_cpu_and_launched_when_it_fr
     assert_eq!(launched(&sent), [attempt(1)], "b launches where it waits");
     assert_eq!(prepared(&sent), [attempt(2)], "and c is set up next");
     // The agent runs what it set up only for the same launch.
-    let mut launch = sent
-        .iter()
-        .find_map(|m| match m {
-            ToAgent::Launch(l) => Some((**l).clone()),
-            _ => None,
-        })
-        .unwrap();
+    let mut launch = first_launch(&sent, false);
     assert_eq!(launch.fingerprint(), set_up.fingerprint());
     launch
         .environment
