@@ -11,7 +11,12 @@
 #
 # s3s-fs is built once with `cargo install` into ~/.cache/osmo/s3s (about two minutes on two
 # cores). Its data lives in a temp dir, removed with the server when the command ends; the
-# script exits with the command's status.
+# script exits with the command's status, and when that is a failure it prints the end of
+# the server's log and the free space where the data lived.
+#
+# The temp dir is in /dev/shm when that has 4 GiB free: the large-file test stores 1 GiB
+# there, and a CI machine's disk can be nearly full after the build (a run once failed with
+# the server's 500s at 480 MiB into that upload). OSMO_S3S_DATA_PARENT overrides the choice.
 set -euo pipefail
 
 if [ "$#" -eq 0 ]; then
@@ -30,7 +35,15 @@ if [ ! -x "$S3S" ]; then
 fi
 
 PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-DATA=$(mktemp -d /tmp/osmo-s3.XXXXXX)
+parent=${OSMO_S3S_DATA_PARENT:-}
+if [ -z "$parent" ]; then
+    parent=/tmp
+    shm_free_kib=$(df -Pk /dev/shm 2>/dev/null | awk 'NR == 2 { print $4 }')
+    if [ "${shm_free_kib:-0}" -ge $((4 << 20)) ]; then
+        parent=/dev/shm
+    fi
+fi
+DATA=$(mktemp -d "$parent/osmo-s3.XXXXXX")
 KEY_ID=OSMOTEST$(od -An -N6 -tx1 /dev/urandom | tr -d ' \n' | tr a-f A-F)
 SECRET=$(od -An -N20 -tx1 /dev/urandom | tr -d ' \n')
 mkdir "$DATA/store" "$DATA/store/osmo-test"
@@ -54,4 +67,10 @@ set +e
 "$@"
 status=$?
 set -e
+if [ $status -ne 0 ]; then
+    echo "with-s3: the command failed ($status); the last errors in s3s-fs's log:" >&2
+    grep -o 'error: .*' "$DATA/server.log" | tail -n 5 >&2 || true
+    echo "with-s3: free space for the store ($parent) and the temp dir:" >&2
+    df -h "$parent" "${TMPDIR:-/tmp}" >&2 || true
+fi
 exit $status
