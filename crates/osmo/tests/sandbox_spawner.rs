@@ -187,6 +187,13 @@ fn the_spawner_ends_with_its_agent() {
     wait_for(Duration::from_secs(10), "the spawner to end", || {
         (!alive(spawner[0])).then_some(())
     });
+    // The next agent runs the next workflow. (It also removes the killed one's
+    // network, which a test that ended here left on the host.)
+    let id = server.submit(QUICK);
+    let doc = server.wait_finished(&id, Duration::from_secs(30));
+    assert_eq!(doc["status"], "COMPLETED", "{doc:#}\n{}", server.log());
+    let successor = server.agent_pid().expect("the next agent wrote its pid");
+    assert_ne!(successor, agent, "a new agent ran it");
 }
 
 /// The mount points of `pid`'s mount namespace that hold namespaces (as
