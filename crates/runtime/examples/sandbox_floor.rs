@@ -1,0 +1,265 @@
+//! What the kernel alone charges for a sandbox shaped like the host sandbox's,
+//! with no osmo around it: `bench/sandbox-floor.py` runs it against `xargs`.
+//!
+//! `sandbox_floor MODE N P SCRATCH [SUBMOUNT...]` runs N tasks, P at once (as
+//! `xargs -P`), each `/usr/bin/true` in a child made with a new mount and PID
+//! namespace. MODE says what the child does before it runs the command:
+//!
+//! - `namespace`: nothing (the namespaces only).
+//! - `overlay`: the host sandbox's root: a tmpfs for the writable layer, an
+//!   overlay of `/` on it, each SUBMOUNT bound in recursively and made
+//!   read-only, a new `/proc`, a private `/dev/shm`, `pivot_root` and the old
+//!   root detached.
+//! - `readonly`: the same with a read-only recursive bind of `/` for the root
+//!   (the host sandbox's last fallback), so no overlay and no SUBMOUNT binds.
+//!
+//! No logs, no IPC, no files, no network, no cgroup, no user change: a floor,
+//! not a model of everything an attempt does. Needs root. Exits non-zero if a
+//! task fails, naming the step.
+
+use std::ffi::{CStr, CString};
+use std::ptr;
+
+use libc::{c_char, c_int, c_ulong, c_void};
+
+#[derive(Clone, Copy, PartialEq)]
+enum Mode {
+    Namespace,
+    Overlay,
+    ReadOnly,
+}
+
+/// Everything a child needs, made before any clone.
+struct Plan {
+    mode: Mode,
+    /// Per slot (`task % SLOTS`): the new root and the writable layer's tmpfs.
+    roots: Vec<CString>,
+    uppers: Vec<(CString, CString, CString, CString)>,
+    /// (source, target below the slot's root) per slot.
+    binds: Vec<Vec<(CString, CString)>>,
+    procs: Vec<CString>,
+    shms: Vec<CString>,
+    program: CString,
+}
+
+const SLOTS: usize = 64;
+
+fn c(s: &str) -> CString {
+    CString::new(s).expect("no NUL in a path")
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let (Some(mode), Some(n), Some(p), Some(scratch)) = (
+        args.first().and_then(|m| match m.as_str() {
+            "namespace" => Some(Mode::Namespace),
+            "overlay" => Some(Mode::Overlay),
+            "readonly" => Some(Mode::ReadOnly),
+            _ => None,
+        }),
+        args.get(1).and_then(|n| n.parse::<usize>().ok()),
+        args.get(2)
+            .and_then(|p| p.parse::<usize>().ok())
+            .filter(|p| *p > 0),
+        args.get(3),
+    ) else {
+        eprintln!("usage: sandbox_floor namespace|overlay|readonly N P SCRATCH [SUBMOUNT...]");
+        std::process::exit(2);
+    };
+    let submounts = &args[4..];
+    let mut plan = Plan {
+        mode,
+        roots: vec![],
+        uppers: vec![],
+        binds: vec![],
+        procs: vec![],
+        shms: vec![],
+        program: c("/usr/bin/true"),
+    };
+    for slot in 0..SLOTS {
+        let root = format!("{scratch}/root-{slot}");
+        let upper = format!("{scratch}/layer-{slot}");
+        for dir in [&root, &upper] {
+            std::fs::create_dir_all(dir).expect("make the scratch directories");
+        }
+        plan.roots.push(c(&root));
+        plan.uppers.push((
+            c(&upper),
+            c(&format!("{upper}/upper")),
+            c(&format!("{upper}/work")),
+            c(&format!(
+                "lowerdir=/,upperdir={upper}/upper,workdir={upper}/work"
+            )),
+        ));
+        plan.binds.push(
+            submounts
+                .iter()
+                .map(|m| (c(m), c(&format!("{root}{m}"))))
+                .collect(),
+        );
+        plan.procs.push(c(&format!("{root}/proc")));
+        plan.shms.push(c(&format!("{root}/dev/shm")));
+    }
+    let (mut running, mut started, mut done) = (0, 0, 0);
+    while done < n {
+        while running < p && started < n {
+            // SAFETY: this program has one thread; the child runs `task`,
+            // which ends in `_exit`.
+            let pid = unsafe {
+                libc::syscall(
+                    libc::SYS_clone,
+                    (libc::CLONE_NEWNS | libc::CLONE_NEWPID | libc::SIGCHLD) as c_ulong,
+                    0usize,
+                    0usize,
+                    0usize,
+                    0usize,
+                )
+            };
+            if pid == 0 {
+                // SAFETY: in the child, over the plan made before the clone.
+                unsafe { task(&plan, started % SLOTS) };
+            }
+            assert!(pid > 0, "clone: {}", std::io::Error::last_os_error());
+            running += 1;
+            started += 1;
+        }
+        let mut status = 0;
+        // SAFETY: waiting for any child of this process.
+        if unsafe { libc::wait(&mut status) } > 0 {
+            running -= 1;
+            done += 1;
+            if !libc::WIFEXITED(status) || libc::WEXITSTATUS(status) != 0 {
+                eprintln!("a task failed (wait status {status:#x})");
+                std::process::exit(1);
+            }
+        }
+    }
+}
+
+unsafe fn fail(step: &CStr) -> ! {
+    unsafe {
+        libc::perror(step.as_ptr());
+        libc::_exit(100)
+    }
+}
+
+unsafe fn mount(
+    source: &CStr,
+    target: &CStr,
+    fstype: Option<&CStr>,
+    flags: c_ulong,
+    data: Option<&CStr>,
+) {
+    let r = unsafe {
+        libc::mount(
+            source.as_ptr(),
+            target.as_ptr(),
+            fstype.map_or(ptr::null(), CStr::as_ptr),
+            flags,
+            data.map_or(ptr::null(), |d| d.as_ptr() as *const c_void),
+        )
+    };
+    if r != 0 {
+        unsafe { fail(target) }
+    }
+}
+
+/// `mount_setattr(target, AT_RECURSIVE, MOUNT_ATTR_RDONLY)`.
+unsafe fn read_only(target: &CStr) {
+    #[repr(C)]
+    struct MountAttr {
+        set: u64,
+        clr: u64,
+        propagation: u64,
+        userns: u64,
+    }
+    let attr = MountAttr {
+        set: 1,
+        clr: 0,
+        propagation: 0,
+        userns: 0,
+    };
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            libc::AT_FDCWD,
+            target.as_ptr(),
+            libc::AT_RECURSIVE as libc::c_uint,
+            &attr as *const MountAttr,
+            std::mem::size_of::<MountAttr>(),
+        )
+    };
+    if r != 0 {
+        unsafe { fail(target) }
+    }
+}
+
+/// The child: the root as the mode says, then the command, waited for.
+unsafe fn task(plan: &Plan, slot: usize) -> ! {
+    unsafe {
+        if plan.mode != Mode::Namespace {
+            let root = &plan.roots[slot];
+            mount(c"none", c"/", None, libc::MS_REC | libc::MS_PRIVATE, None);
+            if plan.mode == Mode::Overlay {
+                let (layer, upper, work, data) = &plan.uppers[slot];
+                mount(
+                    c"layer",
+                    layer,
+                    Some(c"tmpfs"),
+                    libc::MS_NOSUID | libc::MS_NODEV,
+                    Some(c"mode=0700"),
+                );
+                if libc::mkdir(upper.as_ptr(), 0o755) != 0 || libc::mkdir(work.as_ptr(), 0o700) != 0
+                {
+                    fail(c"mkdir");
+                }
+                mount(c"floor", root, Some(c"overlay"), 0, Some(data));
+                for (source, target) in &plan.binds[slot] {
+                    mount(source, target, None, libc::MS_BIND | libc::MS_REC, None);
+                    read_only(target);
+                }
+            } else {
+                mount(c"/", root, None, libc::MS_BIND | libc::MS_REC, None);
+                read_only(root);
+            }
+            mount(
+                c"proc",
+                &plan.procs[slot],
+                Some(c"proc"),
+                libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+                None,
+            );
+            mount(
+                c"shm",
+                &plan.shms[slot],
+                Some(c"tmpfs"),
+                libc::MS_NOSUID | libc::MS_NODEV,
+                Some(c"mode=1777"),
+            );
+            if libc::chdir(root.as_ptr()) != 0 {
+                fail(c"chdir");
+            }
+            if libc::syscall(libc::SYS_pivot_root, c".".as_ptr(), c".".as_ptr()) != 0 {
+                fail(c"pivot_root");
+            }
+            if libc::umount2(c".".as_ptr(), libc::MNT_DETACH) != 0
+                || libc::chdir(c"/".as_ptr()) != 0
+            {
+                fail(c"detach the old root");
+            }
+        }
+        let child = libc::fork();
+        if child == 0 {
+            let argv: [*const c_char; 2] = [plan.program.as_ptr(), ptr::null()];
+            libc::execv(plan.program.as_ptr(), argv.as_ptr());
+            libc::_exit(127);
+        }
+        let mut status: c_int = 0;
+        libc::waitpid(child, &mut status, 0);
+        libc::_exit(if libc::WIFEXITED(status) {
+            libc::WEXITSTATUS(status)
+        } else {
+            1
+        })
+    }
+}
