@@ -13,10 +13,13 @@ Each task is `/usr/bin/true` run by `crates/runtime/examples/sandbox_floor.rs`
              tmpfs, the host's other file systems bound in read-only (the same
              ones the host sandbox binds), a new /proc, a private /dev/shm,
              pivot_root and the old root detached;
-  readonly   a read-only recursive bind of / as the root instead (no overlay).
+  readonly   a read-only recursive bind of / as the root instead (no overlay);
+  runtime    osmo's runtime itself: run_attempt on P threads through the sandbox
+             spawner, as the node agent runs attempts (output directory, hidden
+             directories, `nobody`), without the agent, the server or a network.
 
-No logs, IPC, files, network, cgroup or user change: a floor for the host sandbox,
-not a model of an attempt. Prints tasks per second, the ratio to xargs and the
+The first three have no logs, IPC, files, network, cgroup or user change: a floor
+for the host sandbox, not a model of an attempt. Prints tasks per second, the ratio to xargs and the
 machine's busy CPU time per task (all processes and the kernel's threads, from
 /proc/stat), the rounds alternating. Needs root.
 """
@@ -77,7 +80,7 @@ def main():
                     "--example", "sandbox_floor"], cwd=ROOT, check=True)
     exe = os.path.join(ROOT, "target/release/examples/sandbox_floor")
     cpus = os.cpu_count()
-    modes = ["namespace", "overlay", "readonly"]
+    modes = ["namespace", "overlay", "readonly", "runtime"]
     with tempfile.TemporaryDirectory(prefix="osmo-floor-", dir="/var/tmp") as scratch:
         mounts = submounts(["/proc", "/tmp", scratch])
         print(f"machine: {cpus} CPUs; {args.n} tasks, {cpus} at once; host file systems bound "

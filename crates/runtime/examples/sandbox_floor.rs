@@ -12,10 +12,14 @@
 //!   root detached.
 //! - `readonly`: the same with a read-only recursive bind of `/` for the root
 //!   (the host sandbox's last fallback), so no overlay and no SUBMOUNT binds.
+//! - `runtime`: osmo's own runtime, `run_attempt` on P threads through the
+//!   spawner, as the node agent runs an attempt (its output directory, `/root`
+//!   and `/home` hidden, as `nobody`), without the agent, the server or a
+//!   network. SUBMOUNTs are not used: the runtime finds them itself.
 //!
-//! No logs, no IPC, no files, no network, no cgroup, no user change: a floor,
-//! not a model of everything an attempt does. Needs root. Exits non-zero if a
-//! task fails, naming the step.
+//! The first three have no logs, no IPC, no files, no network, no cgroup, no
+//! user change: a floor, not a model of everything an attempt does. Needs
+//! root. Exits non-zero if a task fails, naming the step.
 
 use std::ffi::{CStr, CString};
 use std::ptr;
@@ -27,6 +31,7 @@ enum Mode {
     Namespace,
     Overlay,
     ReadOnly,
+    Runtime,
 }
 
 /// Everything a child needs, made before any clone.
@@ -49,12 +54,15 @@ fn c(s: &str) -> CString {
 }
 
 fn main() {
+    // The sandbox spawner is this program run again (as the agent's is the agent's).
+    osmo_runtime::spawner::serve_if_asked();
     let args: Vec<String> = std::env::args().skip(1).collect();
     let (Some(mode), Some(n), Some(p), Some(scratch)) = (
         args.first().and_then(|m| match m.as_str() {
             "namespace" => Some(Mode::Namespace),
             "overlay" => Some(Mode::Overlay),
             "readonly" => Some(Mode::ReadOnly),
+            "runtime" => Some(Mode::Runtime),
             _ => None,
         }),
         args.get(1).and_then(|n| n.parse::<usize>().ok()),
@@ -63,9 +71,14 @@ fn main() {
             .filter(|p| *p > 0),
         args.get(3),
     ) else {
-        eprintln!("usage: sandbox_floor namespace|overlay|readonly N P SCRATCH [SUBMOUNT...]");
+        eprintln!(
+            "usage: sandbox_floor namespace|overlay|readonly|runtime N P SCRATCH [SUBMOUNT...]"
+        );
         std::process::exit(2);
     };
+    if mode == Mode::Runtime {
+        return through_the_runtime(n, p, std::path::Path::new(scratch));
+    }
     let submounts = &args[4..];
     let mut plan = Plan {
         mode,
@@ -262,4 +275,59 @@ unsafe fn task(plan: &Plan, slot: usize) -> ! {
             1
         })
     }
+}
+
+struct Quiet;
+
+impl osmo_runtime::Supervisor for Quiet {
+    fn log(&self, _: osmo_runtime::Stream, _: &str) {}
+    fn setup_done(&self) -> bool {
+        true
+    }
+    fn started(&self) {}
+}
+
+/// N attempts of `true` through `run_attempt`, P threads taking the next one
+/// in turn, each thread keeping one scratch directory (recycled as the agent's
+/// pool does).
+fn through_the_runtime(n: usize, p: usize, scratch: &std::path::Path) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    if let Err(e) = osmo_runtime::spawner::start(std::path::Path::new("/proc/self/exe")) {
+        eprintln!("no sandbox spawner ({e}): inits are forked by each thread");
+    }
+    let next = AtomicUsize::new(0);
+    std::thread::scope(|threads| {
+        for worker in 0..p {
+            let next = &next;
+            threads.spawn(move || {
+                let own = scratch.join(format!("scratch-{worker}"));
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    if i >= n {
+                        break;
+                    }
+                    let spec = osmo_runtime::AttemptSpec {
+                        workflow_id: "floor-1".into(),
+                        group: format!("t{i}"),
+                        task: format!("t{i}"),
+                        command: vec!["true".into()],
+                        output_dir: scratch.join(format!("runs/t{i}/0/output")),
+                        scratch_dir: own.clone(),
+                        hidden_paths: vec![scratch.join("runs"), "/root".into(), "/home".into()],
+                        run_as: Some((65534, 65534)),
+                        ..osmo_runtime::AttemptSpec::default()
+                    };
+                    let outcome =
+                        osmo_runtime::run_attempt(&spec, &Quiet, &osmo_runtime::StopHandle::new());
+                    if outcome.codes.iter().any(|c| c.code != 0) {
+                        eprintln!("attempt {i} failed: {:?}", outcome.codes);
+                        std::process::exit(1);
+                    }
+                    if !osmo_runtime::recycle_scratch(&own) {
+                        let _ = std::fs::remove_dir_all(&own);
+                    }
+                }
+            });
+        }
+    });
 }
