@@ -11,8 +11,8 @@
 #
 # s3s-fs is built once with `cargo install` into ~/.cache/osmo/s3s (about two minutes on two
 # cores). Its data lives in a temp dir, removed with the server when the command ends; the
-# script exits with the command's status, and when that is a failure it prints the end of
-# the server's log and the free space where the data lived.
+# script exits with the command's status, and when that is a failure it prints the last
+# errors in the server's log and the free space where the data lived.
 #
 # The temp dir is in /dev/shm when that has 4 GiB free: the large-file test stores 1 GiB
 # there, and a CI machine's disk can be nearly full after the build (a run once failed with

@@ -66,9 +66,10 @@ fn main() {
             _ => None,
         }),
         args.get(1).and_then(|n| n.parse::<usize>().ok()),
+        // Each running task has a slot of its own (`task % SLOTS`).
         args.get(2)
             .and_then(|p| p.parse::<usize>().ok())
-            .filter(|p| *p > 0),
+            .filter(|p| (1..=SLOTS).contains(p)),
         args.get(3),
     ) else {
         eprintln!(
