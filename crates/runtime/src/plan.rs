@@ -196,12 +196,14 @@ pub(crate) struct Prepared {
     pub file_paths: Vec<String>,
 }
 
-fn cstring(what: &str, s: impl Into<Vec<u8>>) -> Result<CString, PrepareError> {
-    CString::new(s).map_err(|_| PrepareError::Nul(what.to_string()))
+/// `what` names the string in the error, made only if there is one: an
+/// attempt's plan converts dozens of paths and variables, and none fails.
+fn cstring(what: impl FnOnce() -> String, s: impl Into<Vec<u8>>) -> Result<CString, PrepareError> {
+    CString::new(s).map_err(|_| PrepareError::Nul(what()))
 }
 
 fn cpath(p: &Path) -> Result<CString, PrepareError> {
-    cstring(&format!("path {}", p.display()), p.as_os_str().as_bytes())
+    cstring(|| format!("path {}", p.display()), p.as_os_str().as_bytes())
 }
 
 /// `root` + the absolute `path`, without `..` tricks.
@@ -237,17 +239,20 @@ fn cpaths(paths: &[PathBuf]) -> Result<Vec<CString>, PrepareError> {
 pub(crate) fn exec_plan(argv: &[String], path_var: &str) -> Result<ExecPlan, PrepareError> {
     let store: Vec<CString> = argv
         .iter()
-        .map(|a| cstring(&format!("argument {a:?}"), a.as_str()))
+        .map(|a| cstring(|| format!("argument {a:?}"), a.as_str()))
         .collect::<Result<_, _>>()?;
     let candidates = match argv.first() {
         None => Vec::new(),
         Some(cmd) if cmd.is_empty() => Vec::new(),
-        Some(cmd) if cmd.contains('/') => vec![cstring("command", cmd.as_str())?],
+        Some(cmd) if cmd.contains('/') => vec![cstring(|| "command".into(), cmd.as_str())?],
         Some(cmd) => path_var
             .split(':')
             .map(|dir| {
                 let dir = if dir.is_empty() { "." } else { dir };
-                cstring("PATH entry", format!("{}/{cmd}", dir.trim_end_matches('/')))
+                cstring(
+                    || "PATH entry".into(),
+                    format!("{}/{cmd}", dir.trim_end_matches('/')),
+                )
             })
             .collect::<Result<_, _>>()?,
     };
@@ -261,7 +266,7 @@ fn env_block(env: &BTreeMap<String, String>) -> Result<EnvBlock, PrepareError> {
             return Err(PrepareError::BadEnvName(k.clone()));
         }
         store.push(cstring(
-            &format!("environment variable {k}"),
+            || format!("environment variable {k}"),
             format!("{k}={v}"),
         )?);
     }
@@ -770,6 +775,34 @@ mod tests {
                 .unwrap()
                 .candidates
                 .is_empty()
+        );
+    }
+
+    #[test]
+    fn a_nul_byte_is_refused_naming_the_string_that_holds_it() {
+        let message = |e: PrepareError| e.to_string();
+        let Err(err) = exec_plan(&["echo".into(), "a\0b".into()], "/bin") else {
+            panic!("an argument with a NUL byte was taken");
+        };
+        assert_eq!(
+            message(err),
+            "argument \"a\\0b\" contains a NUL byte; remove it from the spec"
+        );
+        let env = BTreeMap::from([
+            ("GOOD".to_string(), "x".to_string()),
+            ("BAD".to_string(), "y\0".to_string()),
+        ]);
+        let Err(err) = env_block(&env) else {
+            panic!("a variable with a NUL byte was taken");
+        };
+        assert_eq!(
+            message(err),
+            "environment variable BAD contains a NUL byte; remove it from the spec"
+        );
+        let err = cpath(Path::new("/a\0b")).unwrap_err();
+        assert_eq!(
+            message(err),
+            "path /a\0b contains a NUL byte; remove it from the spec"
         );
     }
 
