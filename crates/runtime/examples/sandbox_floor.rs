@@ -37,17 +37,17 @@ enum Mode {
 /// Everything a child needs, made before any clone.
 struct Plan {
     mode: Mode,
-    /// Per slot (`task % SLOTS`): the new root and the writable layer's tmpfs.
-    roots: Vec<CString>,
-    uppers: Vec<(CString, CString, CString, CString)>,
-    /// (source, target below the slot's root) per slot.
-    binds: Vec<Vec<(CString, CString)>>,
-    procs: Vec<CString>,
-    shms: Vec<CString>,
+    /// The new root and the writable layer's tmpfs (its upper and work
+    /// directories, the overlay's options). One of each serves every task at
+    /// once: each child mounts on them in its own mount namespace.
+    root: CString,
+    layer: (CString, CString, CString, CString),
+    /// (source, target below the root).
+    binds: Vec<(CString, CString)>,
+    proc: CString,
+    shm: CString,
     program: CString,
 }
-
-const SLOTS: usize = 64;
 
 fn c(s: &str) -> CString {
     CString::new(s).expect("no NUL in a path")
@@ -66,10 +66,9 @@ fn main() {
             _ => None,
         }),
         args.get(1).and_then(|n| n.parse::<usize>().ok()),
-        // Each running task has a slot of its own (`task % SLOTS`).
         args.get(2)
             .and_then(|p| p.parse::<usize>().ok())
-            .filter(|p| (1..=SLOTS).contains(p)),
+            .filter(|p| *p > 0),
         args.get(3),
     ) else {
         eprintln!(
@@ -81,39 +80,30 @@ fn main() {
         return through_the_runtime(n, p, std::path::Path::new(scratch));
     }
     let submounts = &args[4..];
-    let mut plan = Plan {
+    let root = format!("{scratch}/root");
+    let layer = format!("{scratch}/layer");
+    for dir in [&root, &layer] {
+        std::fs::create_dir_all(dir).expect("make the scratch directories");
+    }
+    let plan = Plan {
         mode,
-        roots: vec![],
-        uppers: vec![],
-        binds: vec![],
-        procs: vec![],
-        shms: vec![],
+        root: c(&root),
+        layer: (
+            c(&layer),
+            c(&format!("{layer}/upper")),
+            c(&format!("{layer}/work")),
+            c(&format!(
+                "lowerdir=/,upperdir={layer}/upper,workdir={layer}/work"
+            )),
+        ),
+        binds: submounts
+            .iter()
+            .map(|m| (c(m), c(&format!("{root}{m}"))))
+            .collect(),
+        proc: c(&format!("{root}/proc")),
+        shm: c(&format!("{root}/dev/shm")),
         program: c("/usr/bin/true"),
     };
-    for slot in 0..SLOTS {
-        let root = format!("{scratch}/root-{slot}");
-        let upper = format!("{scratch}/layer-{slot}");
-        for dir in [&root, &upper] {
-            std::fs::create_dir_all(dir).expect("make the scratch directories");
-        }
-        plan.roots.push(c(&root));
-        plan.uppers.push((
-            c(&upper),
-            c(&format!("{upper}/upper")),
-            c(&format!("{upper}/work")),
-            c(&format!(
-                "lowerdir=/,upperdir={upper}/upper,workdir={upper}/work"
-            )),
-        ));
-        plan.binds.push(
-            submounts
-                .iter()
-                .map(|m| (c(m), c(&format!("{root}{m}"))))
-                .collect(),
-        );
-        plan.procs.push(c(&format!("{root}/proc")));
-        plan.shms.push(c(&format!("{root}/dev/shm")));
-    }
     let (mut running, mut started, mut done) = (0, 0, 0);
     while done < n {
         while running < p && started < n {
@@ -131,7 +121,7 @@ fn main() {
             };
             if pid == 0 {
                 // SAFETY: in the child, over the plan made before the clone.
-                unsafe { task(&plan, started % SLOTS) };
+                unsafe { task(&plan) };
             }
             assert!(pid > 0, "clone: {}", std::io::Error::last_os_error());
             running += 1;
@@ -209,13 +199,13 @@ unsafe fn read_only(target: &CStr) {
 }
 
 /// The child: the root as the mode says, then the command, waited for.
-unsafe fn task(plan: &Plan, slot: usize) -> ! {
+unsafe fn task(plan: &Plan) -> ! {
     unsafe {
         if plan.mode != Mode::Namespace {
-            let root = &plan.roots[slot];
+            let root = &plan.root;
             mount(c"none", c"/", None, libc::MS_REC | libc::MS_PRIVATE, None);
             if plan.mode == Mode::Overlay {
-                let (layer, upper, work, data) = &plan.uppers[slot];
+                let (layer, upper, work, data) = &plan.layer;
                 mount(
                     c"layer",
                     layer,
@@ -228,7 +218,7 @@ unsafe fn task(plan: &Plan, slot: usize) -> ! {
                     fail(c"mkdir");
                 }
                 mount(c"floor", root, Some(c"overlay"), 0, Some(data));
-                for (source, target) in &plan.binds[slot] {
+                for (source, target) in &plan.binds {
                     mount(source, target, None, libc::MS_BIND | libc::MS_REC, None);
                     read_only(target);
                 }
@@ -238,14 +228,14 @@ unsafe fn task(plan: &Plan, slot: usize) -> ! {
             }
             mount(
                 c"proc",
-                &plan.procs[slot],
+                &plan.proc,
                 Some(c"proc"),
                 libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
                 None,
             );
             mount(
                 c"shm",
-                &plan.shms[slot],
+                &plan.shm,
                 Some(c"tmpfs"),
                 libc::MS_NOSUID | libc::MS_NODEV,
                 Some(c"mode=1777"),
