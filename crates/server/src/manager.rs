@@ -30,8 +30,9 @@ use crate::now_ms;
 
 /// The most events one commit takes from the backends' queue.
 const MAX_BATCH: usize = 4096;
-/// How long a batch that nothing waits for (phases) may wait for the next
-/// commit: the live state shows it at once; only its durability waits.
+/// How long a batch that nothing waits for (phases, exits that decide
+/// nothing) may wait for the next commit: the live state shows it at once;
+/// only its durability (and an exit's acknowledgement) waits.
 const LAZY_FLUSH: Duration = Duration::from_millis(5);
 /// Submits stored in one transaction at most.
 const MAX_SUBMITS: usize = 256;
@@ -276,9 +277,10 @@ impl Manager {
                     // commit, the exits would be reported again and the new
                     // attempts found running.
                     self.core.dispatch();
-                    // Phases alone wait (a moment at most) for the next exit's
-                    // commit: one commit per task instead of three, and no
-                    // launch waits for them.
+                    // What no one acts on (phases, exits that decide nothing)
+                    // waits a moment at most for the next commit: on a wide
+                    // workflow, one commit per few tasks instead of three per
+                    // task, and no launch waits for them.
                     if self.core.urgent() {
                         self.flush().await;
                     } else if self.flush_by.is_none() {

@@ -309,20 +309,21 @@ impl Core {
         self.batch.events.len() + self.batch.logs.len()
     }
 
-    /// Something in the batch waits for its commit: an exit to acknowledge (a
-    /// backend keeps the result until then, and the CPUs it freed go to the
-    /// next launches decided), or a decision a backend or a user waits for.
-    /// A batch of phases alone (and the timers and barrier-free releases they
-    /// bring) may wait a moment for the next commit: the live state already
-    /// shows them, nothing acts on them, and an agent that reconnects after a
-    /// restart reports its attempts' phases again.
+    /// Something in the batch waits for its commit: a decision a backend or
+    /// a user acts on (a launch, a stop, a restart, a release a barrier
+    /// waits for). Anything else may wait a moment for the next commit:
+    /// phases, timers, barrier-free releases, a workflow's end, and exits
+    /// that decide none of the above (a task of a wide workflow that ends).
+    /// The live state shows them at once and nothing acts on them; an exit
+    /// is acknowledged only with its commit (the backend keeps the result
+    /// until then, and reports it again after a restart), and the CPUs it
+    /// freed go to launches committed before ([`Core::dispatch`]).
     pub fn urgent(&self) -> bool {
         let batch = &self.batch;
-        !batch.acks.is_empty()
-            || self.pending() >= LAZY_MAX_PENDING
+        self.pending() >= LAZY_MAX_PENDING
             || batch.commands.iter().any(|(id, commands)| {
                 commands.iter().any(|c| match c {
-                    Command::SetTimer { .. } => false,
+                    Command::SetTimer { .. } | Command::Finished { .. } => false,
                     Command::Release { attempts } => {
                         attempts.iter().any(|a| self.waits_at_barrier(id, *a))
                     }

@@ -426,38 +426,60 @@ fn phase(key: AttemptKey, phase: Phase) -> LinkEvent {
 }
 
 #[test]
-fn phases_alone_wait_for_the_next_commit_and_an_exit_does_not() {
+fn an_exit_that_decides_nothing_waits_with_the_phases_and_one_that_launches_does_not() {
     let mut s = setup(4.0);
-    let (engine, commands) = workflow("wf-1", &["a", "b"]);
+    // b runs after a; c stands alone.
+    let wf = WorkflowBuilder::new("wf")
+        .task("a", &[])
+        .task_after("b", &[], &["a"])
+        .task("c", &[])
+        .build();
+    let (engine, commands) = WorkflowState::new("wf-1".into(), wf, Rules::default(), now_ms());
     add(&mut s.core, engine, commands);
     s.core.handle_link(hello(vec![]));
     commit(&mut s.core);
     assert!(!s.core.urgent(), "an empty batch waits for nothing");
     // A task without a barrier: its release and timers are nothing to wait for.
+    let c = attempt(2);
     for p in [Phase::Initializing, Phase::SetupDone, Phase::Running] {
-        s.core.handle_link(phase(attempt(0), p));
+        s.core.handle_link(phase(c.clone(), p));
     }
     assert_eq!(s.core.pending(), 3);
     assert!(!s.core.urgent(), "phases alone may wait");
-    s.core.handle_link(exited(attempt(0), 0));
+    s.core.handle_link(exited(c.clone(), 0));
     assert!(
-        s.core.urgent(),
-        "an exit is acknowledged only once committed"
+        !s.core.urgent(),
+        "c's exit decides nothing anyone acts on: it waits with the phases"
     );
     s.backend.take();
+    s.core.dispatch();
+    let acks = |sent: &[ToAgent]| {
+        keys(sent, |m| match m {
+            ToAgent::Ack { key } => Some(key),
+            _ => None,
+        })
+    };
+    assert!(
+        acks(&s.backend.take()).is_empty(),
+        "an exit is acknowledged only once committed"
+    );
     let commits = commit(&mut s.core);
     assert_eq!(
         commits[0].events.len(),
         4,
-        "the waiting phases go in the exit's commit"
+        "the phases and the exit go in one commit"
     );
-    let released = s
-        .backend
-        .take()
-        .into_iter()
+    let sent = s.backend.take();
+    assert_eq!(acks(&sent), vec![c], "acknowledged with its commit");
+    let released = sent
+        .iter()
         .filter(|m| matches!(m, ToAgent::Release { .. }))
         .count();
     assert_eq!(released, 0, "no barrier held it: no release to send");
+    // a's exit starts b: that launch waits for this commit, so it is made at once.
+    s.core.handle_link(phase(attempt(0), Phase::Running));
+    s.core.handle_link(exited(attempt(0), 0));
+    assert!(s.core.urgent(), "an exit that launches the next task");
 }
 
 #[test]
