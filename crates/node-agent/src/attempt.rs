@@ -73,10 +73,9 @@ impl AttemptHandle {
             return;
         }
         state.staged = false;
-        shared.set_phase(key, Phase::Initializing);
-        if state.phase == Some(Phase::SetupDone) {
-            shared.set_phase(key, Phase::SetupDone);
-        }
+        // One message for the phases so far: the server records each phase
+        // up to the one reported.
+        shared.set_phase(key, state.phase.unwrap_or(Phase::Initializing));
         let lines = std::mem::take(&mut state.held_logs);
         if !lines.is_empty() {
             shared.send(FromAgent::Logs { batch: None, lines });
@@ -338,14 +337,21 @@ fn finish(shared: &Shared, key: &AttemptKey, codes: Vec<ReportedCode>, gate: &Ar
         key: key.clone(),
         codes,
     };
-    if let Err(e) = shared.results.keep(&msg) {
+    let cannot_keep = |e: std::io::Error| {
         eprintln!(
             "osmo agent: cannot keep the result of {}: {e}",
             key.file_stem()
-        );
-    }
+        )
+    };
+    let kept = shared.results.keep(&msg).map_err(cannot_keep).ok();
     shared.lock_attempts().remove(key);
+    // Sent before the journal's sync, which runs while it travels: the
+    // server acts on it only once its own commit holds it, and the next
+    // launch on the CPUs it frees does not wait for this disk.
     shared.send(msg);
+    if let Some(kept) = kept {
+        let _ = kept.sync().map_err(cannot_keep);
+    }
 }
 
 /// The port of a server URL on this host's loopback (`http://127.0.0.1:8000`).

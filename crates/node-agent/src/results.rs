@@ -1,7 +1,10 @@
 //! Results kept on disk until the server acknowledges them.
 //!
 //! One append-only journal per agent: a result is a line (`{"keep": …}`)
-//! made durable with one `fdatasync` before it is sent; an acknowledgement is
+//! written before it is sent and made durable with one `fdatasync` while it
+//! travels (the server acts on an exit only once its own commit holds it, so
+//! the agent's copy matters only until then: after a crash of the server, or
+//! of the machine before the server's commit); an acknowledgement is
 //! a line (`{"forget": …}`) that needs no sync (lost, it only makes the agent
 //! send a result the server already has, which the server ignores). The
 //! journal is rewritten with just the pending results when the agent starts
@@ -90,21 +93,18 @@ impl ResultStore {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Writes the result durably before it is sent.
-    pub fn keep(&self, msg: &FromAgent) -> std::io::Result<()> {
+    /// Writes the result to the journal before it is sent (a crash of the
+    /// agent loses nothing written); [`Unsynced::sync`] makes it durable.
+    pub fn keep(&self, msg: &FromAgent) -> std::io::Result<Unsynced> {
         let Some(stem) = stem(msg) else {
-            return Ok(());
+            return Ok(Unsynced(None));
         };
         let mut line = serde_json::to_vec(&Entry::Keep(msg.clone()))?;
         line.push(b'\n');
-        let file = {
-            let mut journal = self.lock();
-            journal.file.write_all(&line)?;
-            journal.pending.insert(stem, msg.clone());
-            journal.file.try_clone()?
-        };
-        // Outside the lock: attempts that end together share the sync's wait.
-        file.sync_data()
+        let mut journal = self.lock();
+        journal.file.write_all(&line)?;
+        journal.pending.insert(stem, msg.clone());
+        Ok(Unsynced(Some(journal.file.try_clone()?)))
     }
 
     pub fn has(&self, key: &AttemptKey) -> bool {
@@ -137,6 +137,18 @@ impl ResultStore {
     /// Every result not yet acknowledged.
     pub fn pending(&self) -> Vec<FromAgent> {
         self.lock().pending.values().cloned().collect()
+    }
+}
+
+/// A result written to the journal and not yet made durable.
+#[must_use = "a result is durable only once synced"]
+pub(crate) struct Unsynced(Option<File>);
+
+impl Unsynced {
+    /// Waits until the journal holds the result on disk. Called without the
+    /// journal's lock: attempts that end together share the sync's wait.
+    pub fn sync(self) -> std::io::Result<()> {
+        self.0.map_or(Ok(()), |file| file.sync_data())
     }
 }
 
@@ -211,8 +223,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = ResultStore::open(dir.path().into()).unwrap();
         let (a, b) = (exited(1, 0), exited(2, 3));
-        store.keep(&a).unwrap();
-        store.keep(&b).unwrap();
+        store.keep(&a).unwrap().sync().unwrap();
+        store.keep(&b).unwrap().sync().unwrap();
         store.forget(&key(&a));
         assert!(store.has(&key(&b)) && !store.has(&key(&a)));
         drop(store);
@@ -232,10 +244,10 @@ mod tests {
         let store = ResultStore::open(dir.path().into()).unwrap();
         for i in 0..5_000 {
             let msg = exited(i, 0);
-            store.keep(&msg).unwrap();
+            store.keep(&msg).unwrap().sync().unwrap();
             store.forget(&key(&msg));
         }
-        store.keep(&exited(9_999, 1)).unwrap();
+        store.keep(&exited(9_999, 1)).unwrap().sync().unwrap();
         let journal = dir.path().join(JOURNAL);
         let lines = std::fs::read_to_string(&journal).unwrap().lines().count();
         assert!(
