@@ -158,7 +158,17 @@ pub struct Manager {
     core: Core,
     /// When the batch that waits for no one is committed at the latest.
     flush_by: Option<tokio::time::Instant>,
+    /// The commit on its way to the store, on a task of its own: meanwhile
+    /// the manager goes on taking backend messages and dispatching launches
+    /// decided before, and gathers the next batch.
+    in_flight: Option<InFlight>,
+    /// A commit was asked for while another was on its way: it starts as
+    /// soon as that one has landed.
+    commit_wanted: bool,
 }
+
+/// A commit on its way; it hands back what it committed.
+type InFlight = tokio::task::JoinHandle<Vec<osmo_store::Commit>>;
 
 impl Manager {
     /// `backends` names each pool's backend; `inbox` is the sender of the
@@ -178,6 +188,8 @@ impl Manager {
             config,
             core,
             flush_by: None,
+            in_flight: None,
+            commit_wanted: false,
         };
         manager.recover().await?;
         Ok(manager)
@@ -260,8 +272,18 @@ impl Manager {
                         }
                     }
                     Some(request) => self.handle_request(request).await,
-                    None => return,
+                    None => {
+                        self.settle().await;
+                        return;
+                    }
                 },
+                commits = landed(&mut self.in_flight) => {
+                    self.in_flight = None;
+                    self.core.committed(&commits);
+                    if self.commit_wanted || self.core.urgent() {
+                        self.start_commit();
+                    }
+                }
                 Some(event) = link_events.recv() => {
                     // Group commit: whatever else arrived meanwhile joins this batch.
                     self.core.handle_link(event);
@@ -282,14 +304,14 @@ impl Manager {
                     // workflow, one commit per few tasks instead of three per
                     // task, and no launch waits for them.
                     if self.core.urgent() {
-                        self.flush().await;
-                    } else if self.flush_by.is_none() {
+                        self.start_commit();
+                    } else if self.flush_by.is_none() && !self.commit_wanted {
                         self.flush_by = Some(tokio::time::Instant::now() + LAZY_FLUSH);
                     }
                 }
                 _ = sleep => {
                     self.core.fire_timers(now_ms());
-                    self.flush().await;
+                    self.start_commit();
                 }
             }
         }
@@ -497,27 +519,70 @@ impl Manager {
         Ok(new_id)
     }
 
-    /// Commits what the core prepared, retrying until it lands, then lets
-    /// the core act on it.
+    /// Commits everything so far and lets the core act on it, before it
+    /// returns (for a decision a user waits for: a cancel, a restart).
     async fn flush(&mut self) {
+        self.settle().await;
+        self.start_commit();
+        self.settle().await;
+    }
+
+    /// Starts committing what the core prepared, or, while another commit is
+    /// on its way, has it start when that one has landed (with whatever
+    /// arrived meanwhile): one commit at a time, in order.
+    fn start_commit(&mut self) {
         self.flush_by = None;
-        let commits = self.core.prepare();
-        let started = std::time::Instant::now();
-        let mut pause = Duration::from_millis(50);
-        while let Err(e) = self
-            .store
-            .commit_with_logs(&commits, self.core.prepared_logs())
-            .await
-        {
-            // Not committed means not decided yet: nothing was acted on, so
-            // the same commit is simply tried again (it is idempotent).
-            tracing::error!("cannot commit: {e}; retrying in {pause:?}");
-            tokio::time::sleep(pause).await;
-            pause = (pause * 2).min(Duration::from_secs(5));
+        if self.in_flight.is_some() {
+            self.commit_wanted = true;
+            return;
         }
-        crate::metrics::global()
-            .commit
-            .observe(started.elapsed().as_secs_f64());
-        self.core.committed(&commits);
+        self.commit_wanted = false;
+        let commits = self.core.prepare();
+        let logs = self.core.take_prepared_logs();
+        self.in_flight = Some(tokio::spawn(commit(self.store.clone(), commits, logs)));
+    }
+
+    /// Waits for the commit on its way, if any, and lets the core act on it.
+    async fn settle(&mut self) {
+        if self.in_flight.is_some() {
+            let commits = landed(&mut self.in_flight).await;
+            self.in_flight = None;
+            self.core.committed(&commits);
+        }
+    }
+}
+
+/// Commits `commits` and `logs`, retrying until they land, and hands the
+/// commits back for [`Core::committed`]. Not committed means not decided
+/// yet: nothing was acted on, so the same commit is simply tried again (it
+/// is idempotent).
+async fn commit(
+    store: Store,
+    commits: Vec<osmo_store::Commit>,
+    logs: Vec<osmo_store::LogBatch>,
+) -> Vec<osmo_store::Commit> {
+    let started = std::time::Instant::now();
+    let mut pause = Duration::from_millis(50);
+    while let Err(e) = store.commit_with_logs(&commits, &logs).await {
+        tracing::error!("cannot commit: {e}; retrying in {pause:?}");
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_secs(5));
+    }
+    crate::metrics::global()
+        .commit
+        .observe(started.elapsed().as_secs_f64());
+    commits
+}
+
+/// What the commit on its way committed, once it has landed; never, when
+/// none is (a `select!` branch that stays quiet).
+async fn landed(in_flight: &mut Option<InFlight>) -> Vec<osmo_store::Commit> {
+    match in_flight {
+        Some(handle) => match handle.await {
+            Ok(commits) => commits,
+            // The commit's task does not fail; if it panicked, so does the manager, as before.
+            Err(e) => std::panic::resume_unwind(e.into_panic()),
+        },
+        None => std::future::pending().await,
     }
 }

@@ -343,10 +343,11 @@ impl Core {
         })
     }
 
-    /// What the shell must commit before the batch's decisions are acted on.
-    /// Until [`Core::committed`] is called, every call returns the same
-    /// commit (with whatever arrived since added), so a failed commit is
-    /// simply retried: nothing is lost, and the store writes nothing twice.
+    /// What the shell must commit before the batch's decisions are acted on;
+    /// what arrives meanwhile goes in the next batch. The shell commits it
+    /// (with [`Core::take_prepared_logs`]), retrying until it lands, then
+    /// calls [`Core::committed`]; a call before that returns the same commit
+    /// with whatever arrived since added.
     pub fn prepare(&mut self) -> Vec<Commit> {
         let mut batch = self.preparing.take().unwrap_or_default();
         let newer = std::mem::take(&mut self.batch);
@@ -360,9 +361,14 @@ impl Core {
         commits
     }
 
-    /// The log lines of the prepared batch, committed with its events.
-    pub fn prepared_logs(&self) -> &[LogBatch] {
-        self.preparing.as_ref().map_or(&[], |b| b.logs.as_slice())
+    /// The log lines of the prepared batch, committed with its events (taken
+    /// out: the commit owns them, and [`Core::committed`] needs only their
+    /// acknowledgement).
+    pub fn take_prepared_logs(&mut self) -> Vec<LogBatch> {
+        self.preparing
+            .as_mut()
+            .map(|b| std::mem::take(&mut b.logs))
+            .unwrap_or_default()
     }
 
     /// The prepared batch is durable: carry out its commands, acknowledge its
