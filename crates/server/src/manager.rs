@@ -586,3 +586,177 @@ async fn landed(in_flight: &mut Option<InFlight>) -> Vec<osmo_store::Commit> {
         None => std::future::pending().await,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::time::Instant;
+
+    use osmo_engine::testkit::WorkflowBuilder;
+    use osmo_engine::{AttemptId, TaskKey};
+    use osmo_spec::codes::{Action, CodeSource, ReportedCode};
+    use osmo_spec::config::PoolConfig;
+    use sqlx::Connection;
+
+    use super::*;
+    use crate::backend::FakeBackend;
+    use crate::proto::{AttemptKey, FromAgent, ToAgent};
+
+    fn key(workflow_id: &str, group: u32, retry_id: u32) -> AttemptKey {
+        AttemptKey {
+            workflow_id: workflow_id.into(),
+            attempt: AttemptId {
+                task: TaskKey { group, task: 0 },
+                retry_id,
+            },
+        }
+    }
+
+    fn exited(key: AttemptKey, code: u32) -> LinkEvent {
+        LinkEvent::Message {
+            conn: 1,
+            msg: FromAgent::Exited {
+                key,
+                codes: vec![ReportedCode {
+                    code,
+                    source: CodeSource::User,
+                    detail: None,
+                }],
+            },
+        }
+    }
+
+    /// Waits (10 s at most) until the backend was sent what `pick` finds.
+    async fn sent(backend: &FakeBackend, pick: impl Fn(&ToAgent) -> bool) -> bool {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if backend.sent.lock().unwrap().iter().any(&pick) {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        false
+    }
+
+    fn launch_of(key: &AttemptKey) -> impl Fn(&ToAgent) -> bool + '_ {
+        move |m| matches!(m, ToAgent::Launch(l) if l.key == *key)
+    }
+
+    async fn submit(requests: &mpsc::Sender<Request>, workflow: Workflow) -> String {
+        let (reply, answer) = oneshot::channel();
+        let submit = Submit {
+            pool: "default".into(),
+            priority: Priority::Normal,
+            submitted_by: "me".into(),
+            workflow: Box::new(workflow),
+            source: String::new(),
+            rendered: String::new(),
+            labels: BTreeMap::new(),
+            reply,
+        };
+        assert!(requests.send(Request::Submit(submit)).await.is_ok());
+        answer.await.unwrap().unwrap()
+    }
+
+    /// The manager goes on while a commit waits for the store: here the
+    /// store's write lock is held by another connection, so a reschedule's
+    /// commit cannot land; another task's exit still frees its CPU for the
+    /// next launch, and the reschedule's launch and the acknowledgements
+    /// wait for the commit.
+    #[tokio::test]
+    async fn launches_go_on_while_a_commit_waits_for_the_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}?mode=rwc", dir.path().join("osmo.db").display());
+        let store = Store::open(&url).await.unwrap();
+        let config = Arc::new(ServiceConfig {
+            pools: BTreeMap::from([("default".to_string(), PoolConfig::default())]),
+            auth: Default::default(),
+            rate_limit: Default::default(),
+            workflow_tags: None,
+        });
+        let backend = Arc::new(FakeBackend::with_cpus(1.0));
+        let backends: HashMap<String, Arc<dyn Backend>> =
+            HashMap::from([("default".to_string(), backend.clone() as Arc<dyn Backend>)]);
+        let (inbox, link_events) = mpsc::unbounded_channel();
+        let manager = Manager::new(
+            store,
+            config,
+            backends,
+            inbox.clone(),
+            dir.path().to_path_buf(),
+            None,
+            crate::credentials::Vault::empty(),
+        )
+        .await
+        .unwrap();
+        let (requests, request_rx) = mpsc::channel(16);
+        let running = tokio::spawn(manager.run(request_rx, link_events));
+        inbox
+            .send(LinkEvent::Message {
+                conn: 1,
+                msg: FromAgent::Hello {
+                    node: "n".into(),
+                    pid: 1,
+                    attempts: vec![],
+                },
+            })
+            .unwrap();
+
+        // One CPU: `a` runs, then `x`, then `y`.
+        let wf1 = submit(
+            &requests,
+            WorkflowBuilder::new("wf1")
+                .task("a", &[(Action::Reschedule, "16")])
+                .build(),
+        )
+        .await;
+        let wf2 = submit(
+            &requests,
+            WorkflowBuilder::new("wf2")
+                .task("x", &[])
+                .task("y", &[])
+                .build(),
+        )
+        .await;
+        let (a, x, y) = (key(&wf1, 0, 0), key(&wf2, 0, 0), key(&wf2, 1, 0));
+        assert!(sent(&backend, launch_of(&a)).await, "a launched");
+
+        // Another connection takes the store's write lock and keeps it.
+        let mut holder = sqlx::SqliteConnection::connect(&url).await.unwrap();
+        sqlx::query("BEGIN IMMEDIATE")
+            .execute(&mut holder)
+            .await
+            .unwrap();
+
+        // a asks to be rescheduled: a decision whose commit cannot land now.
+        inbox.send(exited(a.clone(), 16)).unwrap();
+        assert!(sent(&backend, launch_of(&x)).await, "a's CPU goes to x");
+        inbox.send(exited(x.clone(), 0)).unwrap();
+        assert!(
+            sent(&backend, launch_of(&y)).await,
+            "x's exit is taken while a's commit waits: its CPU goes to y"
+        );
+        let retry = key(&wf1, 0, 1);
+        let acked = |m: &ToAgent| matches!(m, ToAgent::Ack { .. });
+        {
+            let sent = backend.sent.lock().unwrap();
+            assert!(
+                !sent.iter().any(launch_of(&retry)) && !sent.iter().any(acked),
+                "nothing decided is acted on before its commit: {sent:?}"
+            );
+        }
+
+        sqlx::query("ROLLBACK").execute(&mut holder).await.unwrap();
+        assert!(
+            sent(&backend, |m| matches!(m, ToAgent::Ack { key } if *key == a)).await,
+            "a's exit is acknowledged once committed"
+        );
+        inbox.send(exited(y, 0)).unwrap();
+        assert!(
+            sent(&backend, launch_of(&retry)).await,
+            "a's retry is launched once committed, on the CPU y frees"
+        );
+        drop(requests);
+        running.await.unwrap();
+    }
+}
