@@ -165,6 +165,26 @@ pub struct Manager {
     /// A commit was asked for while another was on its way: it starts as
     /// soon as that one has landed.
     commit_wanted: bool,
+    /// Submits being stored, on a task of their own, and those that wait
+    /// for that transaction to land (they go in the next).
+    submitting: Option<tokio::task::JoinHandle<Stored>>,
+    waiting_submits: Vec<Submit>,
+}
+
+/// A transaction of submits that has landed: each workflow's ID (or the
+/// store's error) and its state, in the submits' order.
+struct Stored {
+    ids: Result<Vec<String>, osmo_store::Error>,
+    made: Vec<Option<(WorkflowState, Vec<Command>)>>,
+    submitters: Vec<Submitter>,
+}
+
+/// Who a stored submit is for, and where its ID goes.
+struct Submitter {
+    pool: String,
+    priority: Priority,
+    submitted_by: String,
+    reply: oneshot::Sender<anyhow::Result<String>>,
 }
 
 /// A commit on its way; it hands back what it committed.
@@ -190,6 +210,8 @@ impl Manager {
             flush_by: None,
             in_flight: None,
             commit_wanted: false,
+            submitting: None,
+            waiting_submits: Vec::new(),
         };
         manager.recover().await?;
         Ok(manager)
@@ -254,11 +276,11 @@ impl Manager {
                     Some(Request::Submit(first)) => {
                         // Group commit: the submits waiting behind this one go in
                         // its transaction; the first other request is served after.
-                        let mut submits = vec![first];
+                        self.waiting_submits.push(first);
                         let mut other = None;
-                        while submits.len() < MAX_SUBMITS {
+                        while self.waiting_submits.len() < MAX_SUBMITS {
                             match requests.try_recv() {
-                                Ok(Request::Submit(more)) => submits.push(more),
+                                Ok(Request::Submit(more)) => self.waiting_submits.push(more),
                                 Ok(request) => {
                                     other = Some(request);
                                     break;
@@ -266,17 +288,28 @@ impl Manager {
                                 Err(_) => break,
                             }
                         }
-                        self.submit(submits).await;
+                        self.start_submits();
                         if let Some(request) = other {
                             self.handle_request(request).await;
                         }
                     }
                     Some(request) => self.handle_request(request).await,
                     None => {
+                        while self.submitting.is_some() {
+                            let stored = landed(&mut self.submitting).await;
+                            self.submitting = None;
+                            self.submitted(stored);
+                            self.start_submits();
+                        }
                         self.settle().await;
                         return;
                     }
                 },
+                stored = landed(&mut self.submitting) => {
+                    self.submitting = None;
+                    self.submitted(stored);
+                    self.start_submits();
+                }
                 commits = landed(&mut self.in_flight) => {
                     self.in_flight = None;
                     self.core.committed(&commits);
@@ -319,7 +352,10 @@ impl Manager {
 
     async fn handle_request(&mut self, request: Request) {
         match request {
-            Request::Submit(submit) => self.submit(vec![submit]).await,
+            Request::Submit(submit) => {
+                self.waiting_submits.push(submit);
+                self.start_submits();
+            }
             Request::Cancel {
                 id,
                 by,
@@ -351,12 +387,22 @@ impl Manager {
         }
     }
 
-    /// Stores the submitted workflows in one transaction, hands them to the
-    /// core, and answers each submitter (all with the error if the store failed).
-    async fn submit(&mut self, submits: Vec<Submit>) {
+    /// Stores the submits waiting (up to [`MAX_SUBMITS`]) in one transaction,
+    /// on a task of its own, unless a transaction of submits is on its way
+    /// (they go in the next). Meanwhile the manager goes on with the rest:
+    /// backend messages, launches, queries.
+    fn start_submits(&mut self) {
+        if self.submitting.is_some() || self.waiting_submits.is_empty() {
+            return;
+        }
+        let rest = self
+            .waiting_submits
+            .split_off(self.waiting_submits.len().min(MAX_SUBMITS));
+        let submits = std::mem::replace(&mut self.waiting_submits, rest);
         let now = now_ms();
-        let mut pending = Vec::with_capacity(submits.len());
+        let mut workflows = Vec::with_capacity(submits.len());
         let mut news = Vec::with_capacity(submits.len());
+        let mut submitters = Vec::with_capacity(submits.len());
         for s in submits {
             let pool_config = self.config.pools.get(&s.pool).cloned().unwrap_or_default();
             let mut workflow = *s.workflow;
@@ -371,45 +417,62 @@ impl Manager {
                 submitted_at: now as i64,
                 labels: s.labels,
             });
-            pending.push((
-                Some((workflow, rules)),
-                s.pool,
-                s.priority,
-                s.submitted_by,
-                s.reply,
-            ));
+            workflows.push(Some((workflow, rules)));
+            submitters.push(Submitter {
+                pool: s.pool,
+                priority: s.priority,
+                submitted_by: s.submitted_by,
+                reply: s.reply,
+            });
         }
-        let mut made: Vec<Option<(WorkflowState, Vec<Command>)>> =
-            (0..pending.len()).map(|_| None).collect();
-        let stored = self
-            .store
-            .insert_workflows(news, |i, id| {
-                let (workflow, rules) = pending[i].0.take().expect("one state per workflow");
-                let (engine, commands) = WorkflowState::new(id.to_string(), workflow, rules, now);
-                let initial = osmo_store::Initial {
-                    state: Persisted::to_text(&engine),
-                    state_version: STATE_VERSION,
-                    status: engine.status().as_str().to_string(),
-                };
-                made[i] = Some((engine, commands));
-                initial
-            })
-            .await;
-        match stored {
+        let store = self.store.clone();
+        self.submitting = Some(tokio::spawn(async move {
+            let mut made: Vec<Option<(WorkflowState, Vec<Command>)>> =
+                (0..workflows.len()).map(|_| None).collect();
+            let ids = store
+                .insert_workflows(news, |i, id| {
+                    let (workflow, rules) = workflows[i].take().expect("one state per workflow");
+                    let (engine, commands) =
+                        WorkflowState::new(id.to_string(), workflow, rules, now);
+                    let initial = osmo_store::Initial {
+                        state: Persisted::to_text(&engine),
+                        state_version: STATE_VERSION,
+                        status: engine.status().as_str().to_string(),
+                    };
+                    made[i] = Some((engine, commands));
+                    initial
+                })
+                .await;
+            Stored {
+                ids,
+                made,
+                submitters,
+            }
+        }));
+    }
+
+    /// Hands the stored workflows to the core and answers each submitter
+    /// (all with the error if the store failed).
+    fn submitted(&mut self, stored: Stored) {
+        match stored.ids {
             Ok(ids) => {
-                for ((id, made), (_, pool, priority, submitter, reply)) in
-                    ids.into_iter().zip(made).zip(pending)
-                {
+                for ((id, made), s) in ids.into_iter().zip(stored.made).zip(stored.submitters) {
                     let (engine, commands) = made.expect("the store made every state");
-                    self.core
-                        .add(id.clone(), engine, commands, pool, priority, submitter);
-                    let _ = reply.send(Ok(id));
+                    self.core.add(
+                        id.clone(),
+                        engine,
+                        commands,
+                        s.pool,
+                        s.priority,
+                        s.submitted_by,
+                    );
+                    let _ = s.reply.send(Ok(id));
                 }
             }
             Err(e) => {
                 let e = anyhow::Error::from(e);
-                for (_, _, _, _, reply) in pending {
-                    let _ = reply.send(Err(anyhow::anyhow!("{e:#}")));
+                for s in stored.submitters {
+                    let _ = s.reply.send(Err(anyhow::anyhow!("{e:#}")));
                 }
             }
         }
@@ -574,13 +637,14 @@ async fn commit(
     commits
 }
 
-/// What the commit on its way committed, once it has landed; never, when
-/// none is (a `select!` branch that stays quiet).
-async fn landed(in_flight: &mut Option<InFlight>) -> Vec<osmo_store::Commit> {
-    match in_flight {
+/// What a task on its way (a commit, a transaction of submits) hands back,
+/// once it has landed; never, when none is (a `select!` branch that stays
+/// quiet).
+async fn landed<T>(on_its_way: &mut Option<tokio::task::JoinHandle<T>>) -> T {
+    match on_its_way {
         Some(handle) => match handle.await {
-            Ok(commits) => commits,
-            // The commit's task does not fail; if it panicked, so does the manager, as before.
+            Ok(done) => done,
+            // These tasks do not fail; if one panicked, so does the manager, as before.
             Err(e) => std::panic::resume_unwind(e.into_panic()),
         },
         None => std::future::pending().await,
