@@ -722,13 +722,18 @@ mod tests {
         answer.await.unwrap().unwrap()
     }
 
-    /// The manager goes on while a commit waits for the store: here the
-    /// store's write lock is held by another connection, so a reschedule's
-    /// commit cannot land; another task's exit still frees its CPU for the
-    /// next launch, and the reschedule's launch and the acknowledgements
-    /// wait for the commit.
-    #[tokio::test]
-    async fn launches_go_on_while_a_commit_waits_for_the_store() {
+    /// A manager of one pool of one CPU with a `FakeBackend` that said hello,
+    /// on a SQLite file at `url`, running on a task of its own.
+    struct Running {
+        _dir: tempfile::TempDir,
+        url: String,
+        backend: Arc<FakeBackend>,
+        inbox: mpsc::UnboundedSender<LinkEvent>,
+        requests: mpsc::Sender<Request>,
+        task: tokio::task::JoinHandle<()>,
+    }
+
+    async fn start() -> Running {
         let dir = tempfile::tempdir().unwrap();
         let url = format!("sqlite://{}?mode=rwc", dir.path().join("osmo.db").display());
         let store = Store::open(&url).await.unwrap();
@@ -754,7 +759,7 @@ mod tests {
         .await
         .unwrap();
         let (requests, request_rx) = mpsc::channel(16);
-        let running = tokio::spawn(manager.run(request_rx, link_events));
+        let task = tokio::spawn(manager.run(request_rx, link_events));
         inbox
             .send(LinkEvent::Message {
                 conn: 1,
@@ -765,7 +770,42 @@ mod tests {
                 },
             })
             .unwrap();
+        Running {
+            _dir: dir,
+            url,
+            backend,
+            inbox,
+            requests,
+            task,
+        }
+    }
 
+    /// Another connection that takes the store's write lock and keeps it
+    /// until it rolls back.
+    async fn lock_the_store(url: &str) -> sqlx::SqliteConnection {
+        let mut holder = sqlx::SqliteConnection::connect(url).await.unwrap();
+        sqlx::query("BEGIN IMMEDIATE")
+            .execute(&mut holder)
+            .await
+            .unwrap();
+        holder
+    }
+
+    /// The manager goes on while a commit waits for the store: here the
+    /// store's write lock is held by another connection, so a reschedule's
+    /// commit cannot land; another task's exit still frees its CPU for the
+    /// next launch, and the reschedule's launch and the acknowledgements
+    /// wait for the commit.
+    #[tokio::test]
+    async fn launches_go_on_while_a_commit_waits_for_the_store() {
+        let Running {
+            _dir,
+            url,
+            backend,
+            inbox,
+            requests,
+            task,
+        } = start().await;
         // One CPU: `a` runs, then `x`, then `y`.
         let wf1 = submit(
             &requests,
@@ -785,12 +825,7 @@ mod tests {
         let (a, x, y) = (key(&wf1, 0, 0), key(&wf2, 0, 0), key(&wf2, 1, 0));
         assert!(sent(&backend, launch_of(&a)).await, "a launched");
 
-        // Another connection takes the store's write lock and keeps it.
-        let mut holder = sqlx::SqliteConnection::connect(&url).await.unwrap();
-        sqlx::query("BEGIN IMMEDIATE")
-            .execute(&mut holder)
-            .await
-            .unwrap();
+        let mut holder = lock_the_store(&url).await;
 
         // a asks to be rescheduled: a decision whose commit cannot land now.
         inbox.send(exited(a.clone(), 16)).unwrap();
@@ -821,6 +856,71 @@ mod tests {
             "a's retry is launched once committed, on the CPU y frees"
         );
         drop(requests);
-        running.await.unwrap();
+        task.await.unwrap();
+    }
+
+    /// A submit whose transaction waits for the store holds up nothing else:
+    /// a request is answered, an exit reported meanwhile frees its CPU for
+    /// the next queued task, and the submitter has its answer once the store
+    /// took the workflow.
+    #[tokio::test]
+    async fn launches_go_on_while_a_submit_waits_for_the_store() {
+        let Running {
+            _dir,
+            url,
+            backend,
+            inbox,
+            requests,
+            task,
+        } = start().await;
+        let wf1 = submit(
+            &requests,
+            WorkflowBuilder::new("wf1")
+                .task("a", &[])
+                .task("b", &[])
+                .build(),
+        )
+        .await;
+        let (a, b) = (key(&wf1, 0, 0), key(&wf1, 1, 0));
+        assert!(sent(&backend, launch_of(&a)).await, "a launched");
+
+        let mut holder = lock_the_store(&url).await;
+        let (reply, answer) = oneshot::channel();
+        let waiting = Submit {
+            pool: "default".into(),
+            priority: Priority::Normal,
+            submitted_by: "me".into(),
+            workflow: Box::new(WorkflowBuilder::new("wf2").task("x", &[]).build()),
+            source: String::new(),
+            rendered: String::new(),
+            labels: BTreeMap::new(),
+            reply,
+        };
+        assert!(requests.send(Request::Submit(waiting)).await.is_ok());
+        // Requests are taken in order: once this one is answered, the submit
+        // was taken and waits for the store.
+        let (reply, usage) = oneshot::channel();
+        assert!(requests.send(Request::Usage { reply }).await.is_ok());
+        assert!(
+            tokio::time::timeout(Duration::from_secs(10), usage)
+                .await
+                .is_ok(),
+            "a request is answered while a submit waits for the store"
+        );
+        inbox.send(exited(a, 0)).unwrap();
+        assert!(
+            sent(&backend, launch_of(&b)).await,
+            "a's exit is taken while the submit waits: its CPU goes to b"
+        );
+
+        sqlx::query("ROLLBACK").execute(&mut holder).await.unwrap();
+        let wf2 = answer.await.unwrap().unwrap();
+        inbox.send(exited(b, 0)).unwrap();
+        assert!(
+            sent(&backend, launch_of(&key(&wf2, 0, 0))).await,
+            "the stored workflow runs"
+        );
+        drop(requests);
+        task.await.unwrap();
     }
 }
