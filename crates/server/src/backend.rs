@@ -73,6 +73,29 @@ impl FakeBackend {
     pub fn take(&self) -> Vec<ToAgent> {
         std::mem::take(&mut *self.sent.lock().unwrap())
     }
+
+    /// A service of one pool, `default`, with its defaults, run by `backend`.
+    pub fn one_pool(
+        backend: &std::sync::Arc<FakeBackend>,
+    ) -> (
+        std::sync::Arc<osmo_spec::config::ServiceConfig>,
+        std::collections::HashMap<String, std::sync::Arc<dyn Backend>>,
+    ) {
+        let config = osmo_spec::config::ServiceConfig {
+            pools: std::collections::BTreeMap::from([(
+                "default".to_string(),
+                PoolConfig::default(),
+            )]),
+            auth: Default::default(),
+            rate_limit: Default::default(),
+            workflow_tags: None,
+        };
+        let backends = std::collections::HashMap::from([(
+            "default".to_string(),
+            backend.clone() as std::sync::Arc<dyn Backend>,
+        )]);
+        (std::sync::Arc::new(config), backends)
+    }
 }
 
 impl Backend for FakeBackend {

@@ -659,7 +659,6 @@ mod tests {
     use osmo_engine::testkit::WorkflowBuilder;
     use osmo_engine::{AttemptId, TaskKey};
     use osmo_spec::codes::{Action, CodeSource, ReportedCode};
-    use osmo_spec::config::PoolConfig;
     use sqlx::Connection;
 
     use super::*;
@@ -706,7 +705,8 @@ mod tests {
         move |m| matches!(m, ToAgent::Launch(l) if l.key == *key)
     }
 
-    async fn submit(requests: &mpsc::Sender<Request>, workflow: Workflow) -> String {
+    /// A submit of `workflow` to the pool, and where its answer comes.
+    fn submit_of(workflow: Workflow) -> (Request, oneshot::Receiver<anyhow::Result<String>>) {
         let (reply, answer) = oneshot::channel();
         let submit = Submit {
             pool: "default".into(),
@@ -718,7 +718,12 @@ mod tests {
             labels: BTreeMap::new(),
             reply,
         };
-        assert!(requests.send(Request::Submit(submit)).await.is_ok());
+        (Request::Submit(submit), answer)
+    }
+
+    async fn submit(requests: &mpsc::Sender<Request>, workflow: Workflow) -> String {
+        let (request, answer) = submit_of(workflow);
+        assert!(requests.send(request).await.is_ok());
         answer.await.unwrap().unwrap()
     }
 
@@ -737,15 +742,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let url = format!("sqlite://{}?mode=rwc", dir.path().join("osmo.db").display());
         let store = Store::open(&url).await.unwrap();
-        let config = Arc::new(ServiceConfig {
-            pools: BTreeMap::from([("default".to_string(), PoolConfig::default())]),
-            auth: Default::default(),
-            rate_limit: Default::default(),
-            workflow_tags: None,
-        });
         let backend = Arc::new(FakeBackend::with_cpus(1.0));
-        let backends: HashMap<String, Arc<dyn Backend>> =
-            HashMap::from([("default".to_string(), backend.clone() as Arc<dyn Backend>)]);
+        let (config, backends) = FakeBackend::one_pool(&backend);
         let (inbox, link_events) = mpsc::unbounded_channel();
         let manager = Manager::new(
             store,
@@ -885,18 +883,8 @@ mod tests {
         assert!(sent(&backend, launch_of(&a)).await, "a launched");
 
         let mut holder = lock_the_store(&url).await;
-        let (reply, answer) = oneshot::channel();
-        let waiting = Submit {
-            pool: "default".into(),
-            priority: Priority::Normal,
-            submitted_by: "me".into(),
-            workflow: Box::new(WorkflowBuilder::new("wf2").task("x", &[]).build()),
-            source: String::new(),
-            rendered: String::new(),
-            labels: BTreeMap::new(),
-            reply,
-        };
-        assert!(requests.send(Request::Submit(waiting)).await.is_ok());
+        let (waiting, answer) = submit_of(WorkflowBuilder::new("wf2").task("x", &[]).build());
+        assert!(requests.send(waiting).await.is_ok());
         // Requests are taken in order: once this one is answered, the submit
         // was taken and waits for the store.
         let (reply, usage) = oneshot::channel();

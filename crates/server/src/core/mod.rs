@@ -363,7 +363,9 @@ impl Core {
 
     /// The log lines of the prepared batch, committed with its events (taken
     /// out: the commit owns them, and [`Core::committed`] needs only their
-    /// acknowledgement).
+    /// acknowledgement). Once per prepared batch: the shell retries the
+    /// commit it holds, lines and all, and prepares no other meanwhile (a
+    /// second `prepare` would not hold the lines taken).
     pub fn take_prepared_logs(&mut self) -> Vec<LogBatch> {
         self.preparing
             .as_mut()

@@ -1,9 +1,7 @@
 //! The core's unit tests, with a FakeBackend: no processes, no store.
-use std::collections::BTreeMap;
 
 use osmo_engine::testkit::WorkflowBuilder;
 use osmo_engine::{Rules, TaskKey, TaskStatus};
-use osmo_spec::config::PoolConfig;
 
 use super::*;
 use crate::backend::FakeBackend;
@@ -21,15 +19,8 @@ fn setup(cpus: f64) -> Setup {
 
 fn setup_with(backend: FakeBackend) -> Setup {
     let dir = tempfile::tempdir().unwrap();
-    let config = Arc::new(ServiceConfig {
-        pools: BTreeMap::from([("default".to_string(), PoolConfig::default())]),
-        auth: Default::default(),
-        rate_limit: Default::default(),
-        workflow_tags: None,
-    });
     let backend = Arc::new(backend);
-    let backends: HashMap<String, Arc<dyn Backend>> =
-        HashMap::from([("default".to_string(), backend.clone() as Arc<dyn Backend>)]);
+    let (config, backends) = FakeBackend::one_pool(&backend);
     let (tx, inbox) = mpsc::unbounded_channel();
     let core = Core::new(
         config,
