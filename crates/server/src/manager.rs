@@ -728,17 +728,16 @@ mod tests {
     }
 
     /// A manager of one pool of one CPU with a `FakeBackend` that said hello,
-    /// on a SQLite file at `url`, running on a task of its own.
-    struct Running {
-        _dir: tempfile::TempDir,
-        url: String,
-        backend: Arc<FakeBackend>,
-        inbox: mpsc::UnboundedSender<LinkEvent>,
-        requests: mpsc::Sender<Request>,
-        task: tokio::task::JoinHandle<()>,
-    }
-
-    async fn start() -> Running {
+    /// on a SQLite file at the URL it gives, running on a task of its own;
+    /// with its backend, its inbox and where requests go.
+    async fn start() -> (
+        tempfile::TempDir,
+        String,
+        Arc<FakeBackend>,
+        mpsc::UnboundedSender<LinkEvent>,
+        mpsc::Sender<Request>,
+        tokio::task::JoinHandle<()>,
+    ) {
         let dir = tempfile::tempdir().unwrap();
         let url = format!("sqlite://{}?mode=rwc", dir.path().join("osmo.db").display());
         let store = Store::open(&url).await.unwrap();
@@ -768,14 +767,7 @@ mod tests {
                 },
             })
             .unwrap();
-        Running {
-            _dir: dir,
-            url,
-            backend,
-            inbox,
-            requests,
-            task,
-        }
+        (dir, url, backend, inbox, requests, task)
     }
 
     /// Another connection that takes the store's write lock and keeps it
@@ -796,14 +788,7 @@ mod tests {
     /// wait for the commit.
     #[tokio::test]
     async fn launches_go_on_while_a_commit_waits_for_the_store() {
-        let Running {
-            _dir,
-            url,
-            backend,
-            inbox,
-            requests,
-            task,
-        } = start().await;
+        let (_dir, url, backend, inbox, requests, task) = start().await;
         // One CPU: `a` runs, then `x`, then `y`.
         let wf1 = submit(
             &requests,
@@ -863,14 +848,7 @@ mod tests {
     /// took the workflow.
     #[tokio::test]
     async fn launches_go_on_while_a_submit_waits_for_the_store() {
-        let Running {
-            _dir,
-            url,
-            backend,
-            inbox,
-            requests,
-            task,
-        } = start().await;
+        let (_dir, url, backend, inbox, requests, task) = start().await;
         let wf1 = submit(
             &requests,
             WorkflowBuilder::new("wf1")
