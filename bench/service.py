@@ -150,6 +150,20 @@ class Server:
         except ProcessLookupError:
             pass
         self.proc.wait(timeout=30)
+        # The node agent runs in a session of its own (tasks outlive a server
+        # restart) and exits once none runs: waited for, so that no run leaves
+        # a task, a sandbox or a network behind for the next.
+        try:
+            with open(os.path.join(self.dir.name, "data", "agent", "agent.pid")) as f:
+                agent = int(f.read())
+        except (OSError, ValueError):
+            agent = None
+        deadline = time.time() + 30
+        while agent and os.path.exists(f"/proc/{agent}") and time.time() < deadline:
+            time.sleep(0.05)
+        if agent and os.path.exists(f"/proc/{agent}"):
+            print(f"warning: the node agent {agent} still runs 30 s after its server stopped",
+                  file=sys.stderr)
         self.dir.cleanup()
 
 
@@ -289,9 +303,10 @@ def bench_footprint(args):
   {% endfor %}
 """
     server = Server(args.osmo, f"    cpu_capacity: 1\n    max_tasks_per_workflow: {per}\n")
+    ids = []
     try:
         idle = server.rss_mb()
-        ids = [server.submit(spec, [f"n={per}"]) for _ in range(n // per)]
+        ids += [server.submit(spec, [f"n={per}"]) for _ in range(n // per)]
         time.sleep(1)
         peak = server.rss_mb()
         t0 = time.perf_counter()
@@ -301,6 +316,9 @@ def bench_footprint(args):
               f"(idle {idle:.0f} MB; target < 300 MB); verbose query of a {per}-task workflow "
               f"{query_ms:.0f} ms (target < 200 ms)")
     finally:
+        # Each pool's one CPU runs a `sleep 3600`: cancelled, so the agent ends it and exits.
+        for wf in ids:
+            post(f"{server.url}/api/workflow/{wf}/cancel", {})
         server.stop()
     server = Server(args.osmo)
     try:
