@@ -60,21 +60,22 @@ def request(method, url, body=None, timeout=600):
     path = parts.path + (f"?{parts.query}" if parts.query else "")
     headers = {"content-type": "application/json"} if body is not None else {}
     conns = _kept.__dict__.setdefault("conns", {})
-    for attempt in range(2):
-        conn = conns.get(parts.netloc)
-        if conn is None:
-            conn = conns[parts.netloc] = http.client.HTTPConnection(parts.netloc, timeout=timeout)
+    while True:
+        kept = conns.get(parts.netloc)
+        conn = kept or http.client.HTTPConnection(parts.netloc, timeout=timeout)
+        conns[parts.netloc] = conn
         conn.timeout = timeout
         try:
             conn.request(method, path, body=body, headers=headers)
             resp = conn.getresponse()
             data = resp.read()
         except (http.client.HTTPException, OSError):
-            # The server closed the kept connection (or is not up yet): once
-            # more on a new one.
             conn.close()
             del conns[parts.netloc]
-            if attempt:
+            # Only a kept connection the server has closed meanwhile is tried
+            # again, on a new one; a new connection's failure is the answer
+            # (a submit is never sent twice over connections that worked).
+            if kept is None:
                 raise
             continue
         if resp.status >= 400:
@@ -306,7 +307,8 @@ def bench_footprint(args):
     ids = []
     try:
         idle = server.rss_mb()
-        ids += [server.submit(spec, [f"n={per}"]) for _ in range(n // per)]
+        for _ in range(n // per):
+            ids.append(server.submit(spec, [f"n={per}"]))
         time.sleep(1)
         peak = server.rss_mb()
         t0 = time.perf_counter()
