@@ -227,6 +227,9 @@ pub(crate) struct RootPlan {
     /// In `tmpfs_dir`, the directories of the [`Step::private`] steps, in
     /// their order (one each, up to [`MAX_PRIVATE`]).
     pub private_dirs: Vec<CString>,
+    /// The root may come from a kept template ([`crate::kept_root`]): a
+    /// writable layer in memory, and not turned off for this agent.
+    pub keep: bool,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -271,12 +274,20 @@ pub(crate) struct ChildPlan {
     pub run_as: Option<(libc::uid_t, libc::gid_t)>,
     /// A network namespace to join first, or -1.
     pub netns: c_int,
+    /// A kept root's mount namespace ([`crate::kept_root`]) to copy instead
+    /// of making the root, or -1. Set by the spawner, where it is open.
+    #[serde(skip, default = "no_fd")]
+    pub template: c_int,
     /// The stack the init's children run on until they execute (see
     /// [`spawn`]): given by whoever forks the init ([`ChildPlan::ensure_spawn_stack`]),
     /// not made with the plan (the spawner's workers each keep one for
     /// their inits, so that no plan allocates and zeroes its own).
     #[serde(skip)]
     pub spawn_stack: Vec<u8>,
+}
+
+fn no_fd() -> c_int {
+    -1
 }
 
 /// Bytes of [`ChildPlan::spawn_stack`]: the child runs a few system calls.
@@ -719,7 +730,7 @@ unsafe fn setup_root(p: &ChildPlan, private: &mut [c_int; MAX_PRIVATE]) -> bool 
     // wake-up of its thread per task. Only a fallback is ([`msg::ROOT_MODE`]).
     // (The tmpfs of the writable layer needs no unbindable marking: the
     // overlay root covers it, and it goes with the old root at the pivot.)
-    if r.memory_upper && unsafe { overlay_in_memory(p, private) }.is_ok() {
+    if r.memory_upper && unsafe { overlay_in_memory(p, private, None) }.is_ok() {
         unbindable(&r.newroot);
         return true;
     }
@@ -739,7 +750,7 @@ unsafe fn setup_root(p: &ChildPlan, private: &mut [c_int; MAX_PRIVATE]) -> bool 
         }
         Err(e) => e,
     };
-    let tmpfs_err = match unsafe { overlay_on_tmpfs(p, true, &mut [-1; MAX_PRIVATE]) } {
+    let tmpfs_err = match unsafe { overlay_on_tmpfs(p, true, &mut [-1; MAX_PRIVATE], None) } {
         Ok(()) => {
             unbindable(&r.newroot);
             unsafe { send(p.status, msg::ROOT_MODE, ROOT_OVERLAY_TMPFS, disk_err) };
@@ -773,7 +784,7 @@ unsafe fn setup_root(p: &ChildPlan, private: &mut [c_int; MAX_PRIVATE]) -> bool 
 /// Makes the [`Step::private`] directories in the writable layer's tmpfs
 /// and a detached bind of each, for the steps to attach. One that fails
 /// stays -1: its step mounts a tmpfs of its own instead.
-unsafe fn private_dirs(p: &ChildPlan, fds: &mut [c_int; MAX_PRIVATE]) {
+unsafe fn private_dirs(p: &ChildPlan, fds: &mut [c_int]) {
     let modes = p.steps.iter().filter_map(|s| s.private);
     for ((dir, mode), fd) in p.root.private_dirs.iter().zip(modes).zip(fds.iter_mut()) {
         // SAFETY: system calls on NUL-terminated paths the plan owns.
@@ -811,7 +822,7 @@ unsafe fn detached_bind(path: &CStr) -> Result<c_int, c_int> {
 
 /// Closes the private directories' binds of a root that was not made:
 /// their steps mount a tmpfs each.
-unsafe fn forget_private_dirs(fds: &mut [c_int; MAX_PRIVATE]) {
+unsafe fn forget_private_dirs(fds: &mut [c_int]) {
     for fd in fds.iter_mut().filter(|fd| **fd >= 0) {
         // SAFETY: a descriptor private_dirs opened.
         unsafe { libc::close(*fd) };
@@ -840,14 +851,15 @@ unsafe fn attach(tree: c_int, target: &CStr) -> Result<(), c_int> {
 /// On an error nothing stays mounted.
 unsafe fn overlay_in_memory(
     p: &ChildPlan,
-    private: &mut [c_int; MAX_PRIVATE],
+    private: &mut [c_int],
+    upper: Option<&mut c_int>,
 ) -> Result<(), c_int> {
     let r = &p.root;
     unsafe {
         // A bind of the disk's `/tmp`, made before the overlay covers the
         // scratch directory it is in, and attached below the new root after.
         let tree = detached_bind(&r.disk_tmp)?;
-        let made = overlay_on_tmpfs(p, false, private).and_then(|()| {
+        let made = overlay_on_tmpfs(p, false, private, upper).and_then(|()| {
             attach(tree, &r.root_tmp).inspect_err(|_| {
                 libc::umount2(r.newroot.as_ptr(), libc::MNT_DETACH);
                 libc::umount2(r.tmpfs_dir.as_ptr(), libc::MNT_DETACH);
@@ -862,10 +874,12 @@ unsafe fn overlay_in_memory(
 /// Mounts the overlay root with its upper and work directories on a tmpfs
 /// of its own, with an opaque (private) `/tmp` in the upper layer when
 /// `private_tmp`. On an error nothing stays mounted.
+/// With `upper`, the upper directory is opened there, before the overlay covers it.
 unsafe fn overlay_on_tmpfs(
     p: &ChildPlan,
     private_tmp: bool,
-    private: &mut [c_int; MAX_PRIVATE],
+    private: &mut [c_int],
+    upper: Option<&mut c_int>,
 ) -> Result<(), c_int> {
     let r = &p.root;
     unsafe {
@@ -891,6 +905,15 @@ unsafe fn overlay_on_tmpfs(
             .and_then(|()| {
                 // Before the overlay covers the scratch directory they are in.
                 private_dirs(p, private);
+                if let Some(upper) = upper {
+                    *upper = libc::open(
+                        r.tmpfs_upper.as_ptr(),
+                        libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC,
+                    );
+                    if *upper < 0 {
+                        return Err(errno());
+                    }
+                }
                 match &r.overlay_tmpfs {
                     Some(data) => mount(Some(c"osmo"), &r.newroot, Some(c"overlay"), 0, Some(data)),
                     None => Err(libc::EINVAL),
@@ -977,6 +1000,8 @@ pub(crate) unsafe fn sandbox_init(p: &ChildPlan) -> ! {
         }
         // If the controller's thread dies, so do we (and with us the namespace).
         libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as c_ulong, 0, 0, 0);
+        // (Its descriptor is closed with the others below.)
+        let kept = p.template >= 0 && enter_template(p);
         for fd in 0..3 {
             if libc::dup2(p.devnull, fd) < 0 {
                 fail(p, step::FDS, errno());
@@ -1005,7 +1030,17 @@ pub(crate) unsafe fn sandbox_init(p: &ChildPlan) -> ! {
             fail(p, step::PRIVATE, e);
         }
         let mut private = [-1; MAX_PRIVATE];
-        let overlay = setup_root(p, &mut private);
+        let overlay = if kept {
+            // The template's root, with the host's mounts bound in: only
+            // this attempt's own steps are left (their private directories
+            // are tmpfs mounts of their own: the template's layer is shared
+            // by the attempts that copy it). Unbindable again, as
+            // `setup_root` leaves it (the private propagation above reset it).
+            let _ = mount(None, &p.root.newroot, None, libc::MS_UNBINDABLE, None);
+            true
+        } else {
+            setup_root(p, &mut private)
+        };
         let mut privates = private.iter();
         for (i, s) in p.steps.iter().enumerate() {
             // This step's private directory, made ready by setup_root (or -1).
@@ -1015,7 +1050,7 @@ pub(crate) unsafe fn sandbox_init(p: &ChildPlan) -> ! {
             };
             let wanted = match s.when {
                 When::Always => true,
-                When::Overlay => overlay,
+                When::Overlay => overlay && !kept,
                 When::ReadOnlyRoot => !overlay,
             };
             if !wanted {
@@ -1024,38 +1059,7 @@ pub(crate) unsafe fn sandbox_init(p: &ChildPlan) -> ! {
                 }
                 continue;
             }
-            let mount_step = || {
-                if tree >= 0 {
-                    return attach(tree, &s.target);
-                }
-                mount(
-                    s.source.as_deref(),
-                    &s.target,
-                    s.fstype.as_deref(),
-                    s.flags,
-                    s.data.as_deref(),
-                )
-            };
-            // The mount point is made only where it is missing: most are
-            // host paths the root shows already, and each `mkdir` that finds
-            // one there costs a lookup through the overlay per level.
-            let done = if s.dirs_first {
-                mkdirs(&s.mkdirs, 0o755).and_then(|()| mount_step())
-            } else {
-                match mount_step() {
-                    Err(libc::ENOENT) if !s.mkdirs.is_empty() => {
-                        mkdirs(&s.mkdirs, 0o755).and_then(|()| mount_step())
-                    }
-                    other => other,
-                }
-            }
-            .and_then(|()| {
-                if s.readonly {
-                    make_readonly(&s.target)
-                } else {
-                    Ok(())
-                }
-            });
+            let done = run_step(s, tree);
             if tree >= 0 {
                 libc::close(tree);
             }
@@ -1122,6 +1126,94 @@ pub(crate) unsafe fn sandbox_init(p: &ChildPlan) -> ! {
 
         send(p.status, msg::READY, 0, 0);
         run_command(p)
+    }
+}
+
+/// Mounts one step: at `tree` (a detached private directory) when there is
+/// one, else as it says; then read-only if it says so.
+unsafe fn run_step(s: &Step, tree: c_int) -> Result<(), c_int> {
+    let mount_step = || unsafe {
+        if tree >= 0 {
+            return attach(tree, &s.target);
+        }
+        mount(
+            s.source.as_deref(),
+            &s.target,
+            s.fstype.as_deref(),
+            s.flags,
+            s.data.as_deref(),
+        )
+    };
+    // The mount point is made only where it is missing: most are host paths
+    // the root shows already, and each `mkdir` that finds one there costs a
+    // lookup through the overlay per level.
+    unsafe {
+        if s.dirs_first {
+            mkdirs(&s.mkdirs, 0o755).and_then(|()| mount_step())
+        } else {
+            match mount_step() {
+                Err(libc::ENOENT) if !s.mkdirs.is_empty() => {
+                    mkdirs(&s.mkdirs, 0o755).and_then(|()| mount_step())
+                }
+                other => other,
+            }
+        }
+        .and_then(|()| {
+            if s.readonly {
+                make_readonly(&s.target)
+            } else {
+                Ok(())
+            }
+        })
+    }
+}
+
+/// Moves this process into a copy of the kept root's namespace `template`:
+/// true when it did. False when it could not join it: then in a copy of its
+/// own namespace, to build the root itself. Ends the init when it can have
+/// no namespace of its own.
+unsafe fn enter_template(p: &ChildPlan) -> bool {
+    unsafe {
+        let joined = libc::setns(p.template, libc::CLONE_NEWNS) == 0;
+        // A copy, so that nothing this sandbox mounts reaches the template.
+        if libc::unshare(libc::CLONE_NEWNS) != 0 {
+            fail(p, step::PRIVATE, errno());
+        }
+        joined
+    }
+}
+
+/// Builds a kept root in this thread's mount namespace (a fresh one, see
+/// [`crate::kept_root`]): the root as [`setup_root`] makes it with its
+/// writable layer in memory, and the host's mounts bound in (the
+/// [`When::Overlay`] steps). The upper directory of its writable layer,
+/// opened; an errno when any of it fails (the attempt's init then builds
+/// its own root, and says what failed).
+///
+/// # Safety
+/// Only in a mount namespace made for it: what it mounts stays there.
+pub(crate) unsafe fn build_kept_root(p: &ChildPlan) -> Result<c_int, c_int> {
+    let r = &p.root;
+    let mut upper = -1;
+    unsafe {
+        mount(None, c"/", None, libc::MS_REC | libc::MS_PRIVATE, None)?;
+        let made = overlay_in_memory(p, &mut [], Some(&mut upper))
+            .and_then(|()| mount(None, &r.newroot, None, libc::MS_UNBINDABLE, None))
+            .and_then(|()| {
+                p.steps
+                    .iter()
+                    .filter(|s| s.when == When::Overlay)
+                    .try_for_each(|s| run_step(s, -1))
+            });
+        match made {
+            Ok(()) => Ok(upper),
+            Err(e) => {
+                if upper >= 0 {
+                    libc::close(upper);
+                }
+                Err(e)
+            }
+        }
     }
 }
 

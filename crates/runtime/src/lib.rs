@@ -76,6 +76,7 @@ pub mod enter;
 pub mod env;
 mod error;
 pub mod gpu;
+mod kept_root;
 mod mountinfo;
 mod plan;
 pub mod policy;
@@ -90,9 +91,10 @@ use std::sync::{Arc, Mutex};
 pub use controller::run_attempt;
 pub use data_run::run_with_data;
 pub use env::expand_env_refs;
-use osmo_spec::codes::ReportedCode;
 /// Set in the controller's environment to `tmpfs` or `readonly` to skip the
 /// overlay with its upper layer on disk (or every overlay); see the crate docs.
+pub use kept_root::KEEP_ENV as SANDBOX_KEEP_ROOTS_ENV;
+use osmo_spec::codes::ReportedCode;
 pub use plan::ROOT_ENV as SANDBOX_ROOT_ENV;
 /// A task file's bytes (base64 decoded when it says so); a bad one is 257.
 pub use plan::decode_file as file_contents;

@@ -670,6 +670,8 @@ pub(crate) fn build(
     // work around a misbehaving overlayfs, and to test the fallbacks).
     let forced = std::env::var(ROOT_ENV).unwrap_or_default();
     let tmpfs_upper = layout.ovl.join("upper");
+    // `OSMO_SANDBOX_ROOT=disk` keeps every writable layer on disk.
+    let memory_upper = run_as.is_some_and(|(uid, _)| uid != 0) && forced.is_empty();
     let root = RootPlan {
         newroot: cpath(&layout.root).map_err(init)?,
         overlay_disk: overlay_data(&layout.upper, &layout.work)
@@ -683,11 +685,11 @@ pub(crate) fn build(
         tmpfs_work: cpath(&layout.ovl.join("work")).map_err(init)?,
         overlay_tmpfs: overlay_data(&tmpfs_upper, &layout.ovl.join("work"))
             .filter(|_| forced != "readonly"),
-        // `OSMO_SANDBOX_ROOT=disk` keeps every writable layer on disk.
-        memory_upper: run_as.is_some_and(|(uid, _)| uid != 0) && forced.is_empty(),
+        memory_upper,
         disk_tmp: cpath(&layout.upper.join("tmp")).map_err(init)?,
         root_tmp: cpath(&layout.root.join("tmp")).map_err(init)?,
         private_dirs: private_dirs(&mut steps, &layout.ovl).map_err(init)?,
+        keep: memory_upper && crate::kept_root::enabled(),
     };
 
     let preflight = tests
@@ -743,6 +745,7 @@ pub(crate) fn build(
         scrub: scrub_ranges(),
         run_as,
         netns: netns_fd,
+        template: -1,
         spawn_stack: Vec::new(),
     };
     Ok(Prepared {

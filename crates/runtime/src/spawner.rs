@@ -40,6 +40,7 @@ use libc::{c_int, pid_t};
 use nix::sys::socket::{ControlMessage, ControlMessageOwned, MsgFlags, recvmsg, sendmsg};
 
 use crate::child::{self, ChildPlan};
+use crate::kept_root::KeptRoots;
 use crate::mountinfo::{self, Watched};
 
 /// The argument that makes this binary the spawner ([`serve_if_asked`]).
@@ -194,9 +195,21 @@ fn serve() -> i32 {
     // This process sets no signal action from here on.
     child::remember_changed_signals();
     let mut mounts = own_mount_namespace();
+    // Roots are kept only where the sandboxes would otherwise copy a
+    // namespace of the spawner's own (kept roots are built from it).
+    let mut kept = mounts.as_ref().and_then(|_| KeptRoots::new());
     let mut workers = Workers::new(socket.as_raw_fd());
     loop {
-        let (len, fds) = match receive_header(&socket) {
+        if let Some(kept) = kept.as_mut() {
+            // Kept roots go at their age, also while no attempt comes.
+            while let Some(wait) = kept.next_expiry() {
+                if readable(&socket, wait) {
+                    break;
+                }
+                kept.sweep(std::time::Instant::now());
+            }
+        }
+        let (len, mut fds) = match receive_header(&socket) {
             Ok(Some(h)) => h,
             // The controller is gone.
             Ok(None) => return 0,
@@ -233,6 +246,12 @@ fn serve() -> i32 {
             && table.changed().unwrap_or(true)
         {
             prune_namespace_handles(table);
+        }
+        // The init's own descriptor of its template, closed here with the
+        // plan's once it is forked.
+        if let Some(template) = kept.as_mut().and_then(|k| k.template_for(&plan)) {
+            plan.template = template.as_raw_fd();
+            fds.push(template);
         }
         // A worker answers (the pid, or the errno), and keeps the plan
         // until the init has ended.
@@ -380,11 +399,18 @@ fn clone_init(plan: &ChildPlan, stack: &Stack) -> Result<(pid_t, OwnedFd), c_int
         // ended; sandbox_init is async-signal-safe and never returns.
         unsafe { child::sandbox_init(&*(arg as *const ChildPlan)) }
     }
+    // With a template the init makes its namespace itself, a copy of the
+    // template's: a copy of the spawner's first would be made for nothing.
+    let own_namespace = if plan.template >= 0 {
+        0
+    } else {
+        libc::CLONE_NEWNS
+    };
     let flags = libc::CLONE_VM
         | libc::CLONE_PIDFD
         | libc::CLONE_PARENT
         | libc::CLONE_NEWPID
-        | libc::CLONE_NEWNS
+        | own_namespace
         | libc::SIGCHLD;
     let mut pidfd: c_int = -1;
     // SAFETY: the stack is this worker's, unused by anything else until the
@@ -540,6 +566,20 @@ fn prune_namespace_handles(table: &mut Watched) {
         while unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) } == 0 {}
         detached.push(path);
     }
+}
+
+/// Waits up to `wait` for the socket to be readable (or closed): false
+/// when the time ran out.
+fn readable(socket: &UnixStream, wait: std::time::Duration) -> bool {
+    let mut p = libc::pollfd {
+        fd: socket.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // Rounded up, so that the roots past their age are past it when it returns.
+    let ms = c_int::try_from(wait.as_millis().saturating_add(1)).unwrap_or(c_int::MAX);
+    // SAFETY: poll over one live pollfd.
+    unsafe { libc::poll(&mut p, 1, ms) != 0 }
 }
 
 /// The next request's payload length and descriptors; `None` at EOF.

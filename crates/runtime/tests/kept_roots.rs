@@ -1,0 +1,235 @@
+//! Roots the spawner keeps for the next attempt in the same scratch
+//! directory (`kept_root.rs`): taken again only while nothing was written to
+//! them, the plan is the same and they are young, and never showing one
+//! attempt's files to the next.
+//!
+//! Attempts go through the sandbox spawner, as the node agent runs them: this
+//! test is its own binary (no test harness), which the spawner runs again.
+//! Needs root. Each check prints its name; the first that fails panics.
+
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use osmo_runtime::{AttemptSpec, StopHandle, Stream, Supervisor, run_attempt};
+
+/// The stdout lines of one attempt, and its root, held open.
+#[derive(Default)]
+struct Lines {
+    lines: Mutex<Vec<String>>,
+    root: Mutex<Option<std::fs::File>>,
+}
+
+impl Supervisor for Lines {
+    fn log(&self, stream: Stream, line: &str) {
+        if stream == Stream::Stdout {
+            self.lines.lock().unwrap().push(line.to_string());
+        }
+    }
+    /// The sandbox is set up and its init waits for this answer: its root
+    /// is opened here, which keeps the root's file systems (and the device
+    /// numbers they have) from being freed for as long as the check runs.
+    fn setup_done(&self) -> bool {
+        let init = our_init().expect("the init of the attempt is this process's child");
+        let root = std::fs::File::open(format!("/proc/{init}/root")).unwrap();
+        *self.root.lock().unwrap() = Some(root);
+        true
+    }
+    fn started(&self) {}
+}
+
+/// The pid of this process's child named `osmo-init` (the spawner forks it as our child).
+fn our_init() -> Option<u32> {
+    let me = std::process::id();
+    std::fs::read_dir("/proc").ok()?.find_map(|e| {
+        let pid: u32 = e.ok()?.file_name().to_str()?.parse().ok()?;
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        let (comm, rest) = stat.split_once(") ")?;
+        let ppid: u32 = rest.split(' ').nth(1)?.parse().ok()?;
+        (comm.ends_with("(osmo-init") && ppid == me).then_some(pid)
+    })
+}
+
+/// Attempts in one scratch directory, as the agent runs them: as `nobody`
+/// (a writable layer in memory), the scratch directory readied after each
+/// attempt or removed when it cannot be.
+struct Slot {
+    dir: tempfile::TempDir,
+    scratch: PathBuf,
+    n: usize,
+    /// The roots of its attempts, open: while they are, no other file
+    /// system gets their device numbers.
+    roots: Vec<std::fs::File>,
+}
+
+impl Slot {
+    fn new() -> Slot {
+        let dir = tempfile::Builder::new()
+            .prefix("osmo-kept-root-")
+            .tempdir_in("/var/tmp")
+            .unwrap();
+        let scratch = dir.path().join("scratch");
+        Slot {
+            dir,
+            scratch,
+            n: 0,
+            roots: Vec::new(),
+        }
+    }
+
+    /// Runs `script` (sh) and returns its stdout lines; panics unless it exits 0.
+    fn run(&mut self, script: &str) -> Vec<String> {
+        self.n += 1;
+        let output = self.dir.path().join(format!("output-{}", self.n));
+        let spec = AttemptSpec {
+            workflow_id: "kept-1".into(),
+            group: "g".into(),
+            task: format!("t{}", self.n),
+            command: vec!["sh".into(), "-c".into(), script.into()],
+            output_dir: output,
+            scratch_dir: self.scratch.clone(),
+            hidden_paths: vec!["/root".into(), "/home".into()],
+            run_as: Some((65534, 65534)),
+            ..AttemptSpec::default()
+        };
+        let lines = Lines::default();
+        let outcome = run_attempt(&spec, &lines, &StopHandle::new());
+        let codes: Vec<u32> = outcome.codes.iter().map(|c| c.code).collect();
+        assert_eq!(codes, [0], "{script}: {:?}", outcome.codes);
+        if !osmo_runtime::recycle_scratch(&self.scratch) {
+            std::fs::remove_dir_all(&self.scratch).unwrap();
+        }
+        self.roots.extend(lines.root.into_inner().unwrap());
+        lines.lines.into_inner().unwrap()
+    }
+
+    /// The device of the attempt's root: each overlay has one of its own
+    /// (freed with it, and the roots are held open), so two attempts that
+    /// show the same device share a kept root.
+    fn root_device(&mut self, then: &str) -> (String, Vec<String>) {
+        let mut lines = self.run(&format!("stat -c %d /; {then}"));
+        let device = lines.remove(0);
+        (device, lines)
+    }
+}
+
+fn main() {
+    osmo_runtime::spawner::serve_if_asked();
+    // SAFETY: geteuid has no preconditions.
+    assert_eq!(
+        unsafe { libc::geteuid() },
+        0,
+        "kept roots need root: the sandbox creates mount namespaces"
+    );
+    osmo_runtime::spawner::start(Path::new("/proc/self/exe")).expect("a sandbox spawner");
+    let checks: [(&str, fn()); 5] = [
+        (
+            "a_root_nothing_was_written_to_serves_the_next_attempt",
+            a_root_nothing_was_written_to_serves_the_next_attempt,
+        ),
+        (
+            "a_root_written_to_is_not_taken_again",
+            a_root_written_to_is_not_taken_again,
+        ),
+        (
+            "tmp_and_shm_are_each_attempts_own",
+            tmp_and_shm_are_each_attempts_own,
+        ),
+        (
+            "a_mount_the_host_adds_makes_a_new_root",
+            a_mount_the_host_adds_makes_a_new_root,
+        ),
+        (
+            "a_root_is_kept_for_two_seconds_at_most",
+            a_root_is_kept_for_two_seconds_at_most,
+        ),
+    ];
+    for (name, check) in checks {
+        println!("test {name} ...");
+        check();
+        println!("test {name} ... ok");
+    }
+}
+
+fn a_root_nothing_was_written_to_serves_the_next_attempt() {
+    let mut slot = Slot::new();
+    let (first, _) = slot.root_device("true");
+    let (second, _) = slot.root_device("true");
+    assert_eq!(first, second, "the second attempt took the kept root");
+    // Another scratch directory has a root of its own.
+    let mut other_slot = Slot::new();
+    let (other, _) = other_slot.root_device("true");
+    assert_ne!(other, first);
+}
+
+fn a_root_written_to_is_not_taken_again() {
+    let mut slot = Slot::new();
+    let name = format!("/var/tmp/osmo-kept-{}", std::process::id());
+    let (writer, _) = slot.root_device(&format!("echo left > {name}"));
+    let (next, seen) = slot.root_device(&format!("cat {name} 2>/dev/null || echo absent"));
+    assert_ne!(next, writer, "a root written to is not reused");
+    assert_eq!(seen, ["absent"], "the next attempt sees nothing of it");
+    assert!(!Path::new(&name).exists(), "nothing reached the host");
+    // A directory made (and a mode changed) counts as a write too.
+    let (maker, _) = slot.root_device(&format!("mkdir {name}.d"));
+    let (after, seen) = slot.root_device(&format!("ls -d {name}.d 2>/dev/null || echo absent"));
+    assert_ne!(after, maker);
+    assert_eq!(seen, ["absent"]);
+}
+
+fn tmp_and_shm_are_each_attempts_own() {
+    let mut slot = Slot::new();
+    let (first, _) = slot.root_device("echo s > /dev/shm/left");
+    let (second, seen) = slot.root_device("ls -A /dev/shm; echo end");
+    assert_eq!(second, first, "/dev/shm is not the kept root's layer");
+    assert_eq!(seen, ["end"], "an empty /dev/shm");
+    // A file in /tmp keeps the scratch directory from being readied: the
+    // agent removes it, and the next attempt's /tmp is a new directory.
+    let (writer, _) = slot.root_device("echo t > /tmp/left");
+    assert!(!slot.scratch.exists(), "the scratch directory was removed");
+    let (next, seen) = slot.root_device("ls -A /tmp; echo t >> /tmp/new; cat /tmp/new");
+    assert_ne!(next, writer, "a new /tmp directory: a new root");
+    assert_eq!(seen, ["t"], "an empty, writable /tmp");
+}
+
+fn a_mount_the_host_adds_makes_a_new_root() {
+    let mut slot = Slot::new();
+    let (before, _) = slot.root_device("true");
+    let point = PathBuf::from(format!("/osmo-kept-{}", std::process::id()));
+    std::fs::create_dir(&point).unwrap();
+    let c = std::ffi::CString::new(point.to_str().unwrap()).unwrap();
+    // SAFETY: mount(2) of a tmpfs on our own new directory.
+    let mounted = unsafe {
+        libc::mount(
+            c"kept-test".as_ptr(),
+            c.as_ptr(),
+            c"tmpfs".as_ptr(),
+            0,
+            std::ptr::null(),
+        )
+    };
+    assert_eq!(mounted, 0, "{}", std::io::Error::last_os_error());
+    let seen = std::panic::catch_unwind(move || {
+        slot.root_device(&format!("test -d {} && echo there", point.display()))
+    });
+    // SAFETY: unmounting what this check mounted.
+    unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
+    let _ = std::fs::remove_dir(Path::new(c.to_str().unwrap()));
+    let (after, seen) = seen.expect("the attempt ran");
+    // (What the new mount shows in it depends on the host's propagation:
+    // on a host whose `/` is private, the spawner's namespace does not
+    // receive it, kept root or not.)
+    assert_ne!(
+        after, before,
+        "a new root, with the new host mount bound in"
+    );
+    assert_eq!(seen, ["there"]);
+}
+
+fn a_root_is_kept_for_two_seconds_at_most() {
+    let mut slot = Slot::new();
+    let (first, _) = slot.root_device("true");
+    // Time passing is what is tested here, not an ordering.
+    std::thread::sleep(std::time::Duration::from_millis(2100));
+    let (later, _) = slot.root_device("true");
+    assert_ne!(later, first, "a root past its age is made anew");
+}
