@@ -13,6 +13,8 @@ Each task is `/usr/bin/true` run by `crates/runtime/examples/sandbox_floor.rs`
              tmpfs, the host's other file systems bound in read-only (the same
              ones the host sandbox binds), a new /proc, a private /dev/shm,
              pivot_root and the old root detached;
+  template   the same root made once for each of the P slots, in a mount
+             namespace of its own that each task copies (osmo's kept roots);
   readonly   a read-only recursive bind of / as the root instead (no overlay);
   runtime    osmo's runtime itself: run_attempt on P threads through the sandbox
              spawner, as the node agent runs attempts (output directory, hidden
@@ -80,7 +82,7 @@ def main():
                     "--example", "sandbox_floor"], cwd=ROOT, check=True)
     exe = os.path.join(ROOT, "target/release/examples/sandbox_floor")
     cpus = os.cpu_count()
-    modes = ["namespace", "overlay", "readonly", "runtime"]
+    modes = ["namespace", "overlay", "template", "readonly", "runtime"]
     with tempfile.TemporaryDirectory(prefix="osmo-floor-", dir="/var/tmp") as scratch:
         mounts = submounts(["/proc", "/tmp", scratch])
         print(f"machine: {cpus} CPUs; {args.n} tasks, {cpus} at once; host file systems bound "

@@ -10,6 +10,10 @@
 //!   overlay of `/` on it, each SUBMOUNT bound in recursively and made
 //!   read-only, a new `/proc`, a private `/dev/shm`, `pivot_root` and the old
 //!   root detached.
+//! - `template`: the `overlay` root made once for each of the P slots, each
+//!   in a mount namespace of its own; a task joins a copy of its slot's
+//!   (`setns`, `unshare`) and mounts only `/proc` and `/dev/shm` before the
+//!   pivot (what osmo's kept roots do, `kept_root.rs`).
 //! - `readonly`: the same with a read-only recursive bind of `/` for the root
 //!   (the host sandbox's last fallback), so no overlay and no SUBMOUNT binds.
 //! - `runtime`: osmo's own runtime, `run_attempt` on P threads through the
@@ -32,6 +36,7 @@ enum Mode {
     Overlay,
     ReadOnly,
     Runtime,
+    Template,
 }
 
 /// Everything a child needs, made before any clone.
@@ -63,6 +68,7 @@ fn main() {
             "overlay" => Some(Mode::Overlay),
             "readonly" => Some(Mode::ReadOnly),
             "runtime" => Some(Mode::Runtime),
+            "template" => Some(Mode::Template),
             _ => None,
         }),
         args.get(1).and_then(|n| n.parse::<usize>().ok()),
@@ -72,7 +78,7 @@ fn main() {
         args.get(3),
     ) else {
         eprintln!(
-            "usage: sandbox_floor namespace|overlay|readonly|runtime N P SCRATCH [SUBMOUNT...]"
+            "usage: sandbox_floor namespace|overlay|template|readonly|runtime N P SCRATCH [SUBMOUNT...]"
         );
         std::process::exit(2);
     };
@@ -80,12 +86,73 @@ fn main() {
         return through_the_runtime(n, p, std::path::Path::new(scratch));
     }
     let submounts = &args[4..];
-    let root = format!("{scratch}/root");
-    let layer = format!("{scratch}/layer");
+    // One plan serves every task at once (each child mounts in its own
+    // namespace), or, for `template`, one root per slot.
+    let slots: Vec<(Plan, c_int)> = if mode == Mode::Template {
+        (0..p)
+            .map(|i| {
+                let plan = plan_in(mode, &format!("{scratch}/{i}"), submounts);
+                // SAFETY: this program has one thread so far.
+                let template = unsafe { make_template(&plan) };
+                (plan, template)
+            })
+            .collect()
+    } else {
+        vec![(plan_in(mode, scratch, submounts), -1)]
+    };
+    let mut free: Vec<usize> = (0..p).collect();
+    let mut slot_of = std::collections::HashMap::new();
+    let (mut running, mut started, mut done) = (0, 0, 0);
+    while done < n {
+        while running < p && started < n {
+            let slot = free.pop().expect("a free slot while fewer than P run");
+            let (plan, template) = &slots[slot.min(slots.len() - 1)];
+            // With a template the child joins a copy of its namespace instead.
+            let own_namespace = if *template >= 0 { 0 } else { libc::CLONE_NEWNS };
+            // SAFETY: this program has one thread; the child runs `task`,
+            // which ends in `_exit`.
+            let pid = unsafe {
+                libc::syscall(
+                    libc::SYS_clone,
+                    (own_namespace | libc::CLONE_NEWPID | libc::SIGCHLD) as c_ulong,
+                    0usize,
+                    0usize,
+                    0usize,
+                    0usize,
+                )
+            };
+            if pid == 0 {
+                // SAFETY: in the child, over the plan made before the clone.
+                unsafe { task(plan, *template) };
+            }
+            assert!(pid > 0, "clone: {}", std::io::Error::last_os_error());
+            slot_of.insert(pid as c_int, slot);
+            running += 1;
+            started += 1;
+        }
+        let mut status = 0;
+        // SAFETY: waiting for any child of this process.
+        let pid = unsafe { libc::wait(&mut status) };
+        if pid > 0 {
+            free.extend(slot_of.remove(&pid));
+            running -= 1;
+            done += 1;
+            if !libc::WIFEXITED(status) || libc::WEXITSTATUS(status) != 0 {
+                eprintln!("a task failed (wait status {status:#x})");
+                std::process::exit(1);
+            }
+        }
+    }
+}
+
+/// The plan of a root at `dir`/root, its writable layer at `dir`/layer.
+fn plan_in(mode: Mode, dir: &str, submounts: &[String]) -> Plan {
+    let root = format!("{dir}/root");
+    let layer = format!("{dir}/layer");
     for dir in [&root, &layer] {
         std::fs::create_dir_all(dir).expect("make the scratch directories");
     }
-    let plan = Plan {
+    Plan {
         mode,
         root: c(&root),
         layer: (
@@ -103,39 +170,56 @@ fn main() {
         proc: c(&format!("{root}/proc")),
         shm: c(&format!("{root}/dev/shm")),
         program: c("/usr/bin/true"),
-    };
-    let (mut running, mut started, mut done) = (0, 0, 0);
-    while done < n {
-        while running < p && started < n {
-            // SAFETY: this program has one thread; the child runs `task`,
-            // which ends in `_exit`.
-            let pid = unsafe {
-                libc::syscall(
-                    libc::SYS_clone,
-                    (libc::CLONE_NEWNS | libc::CLONE_NEWPID | libc::SIGCHLD) as c_ulong,
-                    0usize,
-                    0usize,
-                    0usize,
-                    0usize,
-                )
-            };
-            if pid == 0 {
-                // SAFETY: in the child, over the plan made before the clone.
-                unsafe { task(&plan) };
-            }
-            assert!(pid > 0, "clone: {}", std::io::Error::last_os_error());
-            running += 1;
-            started += 1;
+    }
+}
+
+/// Makes `plan`'s overlay root in a new mount namespace and comes back: the
+/// namespace, open.
+///
+/// # Safety
+/// Only while this process has one thread.
+unsafe fn make_template(plan: &Plan) -> c_int {
+    unsafe {
+        let home = libc::open(
+            c"/proc/self/ns/mnt".as_ptr(),
+            libc::O_RDONLY | libc::O_CLOEXEC,
+        );
+        if home < 0 || libc::unshare(libc::CLONE_NEWNS) != 0 {
+            fail(c"a namespace for the template");
         }
-        let mut status = 0;
-        // SAFETY: waiting for any child of this process.
-        if unsafe { libc::wait(&mut status) } > 0 {
-            running -= 1;
-            done += 1;
-            if !libc::WIFEXITED(status) || libc::WEXITSTATUS(status) != 0 {
-                eprintln!("a task failed (wait status {status:#x})");
-                std::process::exit(1);
-            }
+        mount(c"none", c"/", None, libc::MS_REC | libc::MS_PRIVATE, None);
+        overlay_root(plan);
+        let template = libc::open(
+            c"/proc/self/ns/mnt".as_ptr(),
+            libc::O_RDONLY | libc::O_CLOEXEC,
+        );
+        if template < 0 || libc::setns(home, libc::CLONE_NEWNS) != 0 {
+            fail(c"back from the template");
+        }
+        libc::close(home);
+        template
+    }
+}
+
+/// The host sandbox's root: the writable layer's tmpfs, the overlay of `/`
+/// on it, each submount bound in read-only.
+unsafe fn overlay_root(plan: &Plan) {
+    let (layer, upper, work, data) = &plan.layer;
+    unsafe {
+        mount(
+            c"layer",
+            layer,
+            Some(c"tmpfs"),
+            libc::MS_NOSUID | libc::MS_NODEV,
+            Some(c"mode=0700"),
+        );
+        if libc::mkdir(upper.as_ptr(), 0o755) != 0 || libc::mkdir(work.as_ptr(), 0o700) != 0 {
+            fail(c"mkdir");
+        }
+        mount(c"floor", &plan.root, Some(c"overlay"), 0, Some(data));
+        for (source, target) in &plan.binds {
+            mount(source, target, None, libc::MS_BIND | libc::MS_REC, None);
+            read_only(target);
         }
     }
 }
@@ -198,30 +282,23 @@ unsafe fn read_only(target: &CStr) {
     }
 }
 
-/// The child: the root as the mode says, then the command, waited for.
-unsafe fn task(plan: &Plan) -> ! {
+/// The child: the root as the mode says (or a copy of `template`'s), then
+/// the command, waited for.
+unsafe fn task(plan: &Plan, template: c_int) -> ! {
     unsafe {
+        if template >= 0
+            && (libc::setns(template, libc::CLONE_NEWNS) != 0
+                || libc::unshare(libc::CLONE_NEWNS) != 0)
+        {
+            fail(c"a copy of the template");
+        }
         if plan.mode != Mode::Namespace {
             let root = &plan.root;
             mount(c"none", c"/", None, libc::MS_REC | libc::MS_PRIVATE, None);
             if plan.mode == Mode::Overlay {
-                let (layer, upper, work, data) = &plan.layer;
-                mount(
-                    c"layer",
-                    layer,
-                    Some(c"tmpfs"),
-                    libc::MS_NOSUID | libc::MS_NODEV,
-                    Some(c"mode=0700"),
-                );
-                if libc::mkdir(upper.as_ptr(), 0o755) != 0 || libc::mkdir(work.as_ptr(), 0o700) != 0
-                {
-                    fail(c"mkdir");
-                }
-                mount(c"floor", root, Some(c"overlay"), 0, Some(data));
-                for (source, target) in &plan.binds {
-                    mount(source, target, None, libc::MS_BIND | libc::MS_REC, None);
-                    read_only(target);
-                }
+                overlay_root(plan);
+            } else if plan.mode == Mode::Template {
+                // Made already.
             } else {
                 mount(c"/", root, None, libc::MS_BIND | libc::MS_REC, None);
                 read_only(root);
