@@ -800,6 +800,70 @@ unsafe fn private_dirs(p: &ChildPlan, fds: &mut [c_int]) {
     }
 }
 
+/// Makes the [`Step::private`] directories on one new tmpfs, mounted
+/// nowhere (`fsmount`), and a detached bind of each, as [`private_dirs`]
+/// does on the writable layer's tmpfs: one superblock for all of them
+/// rather than one per step. Where it fails (a kernel before 6.15 cannot
+/// bind from a detached mount), they stay -1 and their steps mount a tmpfs
+/// each.
+unsafe fn detached_private_dirs(p: &ChildPlan, fds: &mut [c_int]) {
+    const FSOPEN_CLOEXEC: c_uint = 1;
+    const FSCONFIG_CMD_CREATE: c_uint = 6;
+    const FSMOUNT_CLOEXEC: c_uint = 1;
+    const MOUNT_ATTR_NOSUID: c_uint = 0x2;
+    const MOUNT_ATTR_NODEV: c_uint = 0x4;
+    const OPEN_TREE_CLONE: c_uint = 1;
+    // SAFETY: the new mount API's calls over NUL-terminated names and
+    // descriptors this function opens and closes.
+    unsafe {
+        let fs = libc::syscall(libc::SYS_fsopen, c"tmpfs".as_ptr(), FSOPEN_CLOEXEC) as c_int;
+        if fs < 0 {
+            return;
+        }
+        let created = libc::syscall(
+            libc::SYS_fsconfig,
+            fs,
+            FSCONFIG_CMD_CREATE,
+            ptr::null::<c_char>(),
+            ptr::null::<c_void>(),
+            0,
+        ) == 0;
+        let tmpfs = if created {
+            libc::syscall(
+                libc::SYS_fsmount,
+                fs,
+                FSMOUNT_CLOEXEC,
+                MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV,
+            ) as c_int
+        } else {
+            -1
+        };
+        libc::close(fs);
+        if tmpfs < 0 {
+            return;
+        }
+        let modes = p.steps.iter().filter_map(|s| s.private);
+        for (i, (mode, fd)) in modes.zip(fds.iter_mut()).enumerate() {
+            // "p0".."p15" (MAX_PRIVATE), no allocation.
+            let name = [b'p', b'0' + (i / 10 % 10) as u8, b'0' + (i % 10) as u8, 0];
+            let name = name.as_ptr() as *const c_char;
+            // The mode as asked (the umask would clear the sticky and write bits).
+            if libc::mkdirat(tmpfs, name, 0o700) == 0 && libc::fchmodat(tmpfs, name, mode, 0) == 0 {
+                let tree = libc::syscall(
+                    libc::SYS_open_tree,
+                    tmpfs,
+                    name,
+                    OPEN_TREE_CLONE | libc::O_CLOEXEC as c_uint,
+                );
+                if tree >= 0 {
+                    *fd = tree as c_int;
+                }
+            }
+        }
+        libc::close(tmpfs);
+    }
+}
+
 /// A detached bind of `path` (`open_tree` with `OPEN_TREE_CLONE`), for
 /// [`attach`] to put in place later.
 unsafe fn detached_bind(path: &CStr) -> Result<c_int, c_int> {
@@ -1032,11 +1096,12 @@ pub(crate) unsafe fn sandbox_init(p: &ChildPlan) -> ! {
         let mut private = [-1; MAX_PRIVATE];
         let overlay = if kept {
             // The template's root, with the host's mounts bound in: only
-            // this attempt's own steps are left (their private directories
-            // are tmpfs mounts of their own: the template's layer is shared
-            // by the attempts that copy it). Unbindable again, as
-            // `setup_root` leaves it (the private propagation above reset it).
+            // this attempt's own steps are left, their private directories
+            // on a tmpfs of the attempt's own (the template's layer outlives
+            // the attempt). Unbindable again, as `setup_root` leaves it (the
+            // private propagation above reset it).
             let _ = mount(None, &p.root.newroot, None, libc::MS_UNBINDABLE, None);
+            detached_private_dirs(p, &mut private);
             true
         } else {
             setup_root(p, &mut private)

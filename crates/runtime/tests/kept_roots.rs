@@ -179,9 +179,32 @@ fn a_root_written_to_is_not_taken_again() {
 fn tmp_and_shm_are_each_attempts_own() {
     let mut slot = Slot::new();
     let (first, _) = slot.root_device("echo s > /dev/shm/left");
-    let (second, seen) = slot.root_device("ls -A /dev/shm; echo end");
+    let (second, seen) = slot.root_device(
+        "ls -A /dev/shm; echo end; stat -f -c %T /dev/shm /root; stat -c '%a %d' /dev/shm /root /home",
+    );
     assert_eq!(second, first, "/dev/shm is not the kept root's layer");
-    assert_eq!(seen, ["end"], "an empty /dev/shm");
+    assert_eq!(
+        seen[..3],
+        ["end", "tmpfs", "tmpfs"],
+        "an empty /dev/shm: {seen:?}"
+    );
+    let modes: Vec<&str> = seen[3..]
+        .iter()
+        .map(|l| l.split(' ').next().unwrap())
+        .collect();
+    assert_eq!(modes, ["1777", "755", "755"], "{seen:?}");
+    let devices: Vec<&str> = seen[3..]
+        .iter()
+        .map(|l| l.split(' ').nth(1).unwrap())
+        .collect();
+    assert!(!devices.contains(&second.as_str()), "{seen:?}");
+    if kernel_at_least(6, 15) {
+        // Binds from a mount made nowhere (`fsmount`): one tmpfs for all.
+        assert!(
+            devices.iter().all(|d| *d == devices[0]),
+            "one tmpfs: {seen:?}"
+        );
+    }
     // A file in /tmp keeps the scratch directory from being readied: the
     // agent removes it, and the next attempt's /tmp is a new directory.
     let (writer, _) = slot.root_device("echo t > /tmp/left");
@@ -189,6 +212,16 @@ fn tmp_and_shm_are_each_attempts_own() {
     let (next, seen) = slot.root_device("ls -A /tmp; echo t >> /tmp/new; cat /tmp/new");
     assert_ne!(next, writer, "a new /tmp directory: a new root");
     assert_eq!(seen, ["t"], "an empty, writable /tmp");
+}
+
+/// Whether the running kernel is `major.minor` or later.
+fn kernel_at_least(major: u32, minor: u32) -> bool {
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap();
+    let mut parts = release
+        .trim()
+        .split(['.', '-'])
+        .map(|p| p.parse::<u32>().unwrap_or(0));
+    (parts.next().unwrap_or(0), parts.next().unwrap_or(0)) >= (major, minor)
 }
 
 fn a_mount_the_host_adds_makes_a_new_root() {
