@@ -46,7 +46,9 @@ impl ScratchPool {
         self.idle.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// A directory for one attempt: a readied one, or a new name.
+    /// A directory for one attempt: a readied one (the last given back:
+    /// the sandbox spawner may still keep its root, for 2 s after it was
+    /// made), or a new name.
     pub fn take(&self) -> PathBuf {
         self.lock().pop().unwrap_or_else(|| {
             let n = self.seq.fetch_add(1, Ordering::Relaxed);
