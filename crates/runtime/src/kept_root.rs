@@ -58,6 +58,11 @@ const MAX_KEPT: usize = 64;
 /// made); a bigger one is not kept.
 const MAX_LAYER: usize = 64;
 
+/// Builds that may fail in a row before the spawner stops trying (a host
+/// where the root cannot be made this way: each attempt would pay for a
+/// failed build and then make its root itself).
+const MAX_FAILURES: u32 = 3;
+
 /// The environment variable that turns kept roots off (`0`).
 pub const KEEP_ENV: &str = "OSMO_SANDBOX_KEEP_ROOTS";
 
@@ -103,6 +108,8 @@ pub(crate) struct KeptRoots {
     /// The spawner's own mount namespace, to come back to after a build.
     home: OwnedFd,
     roots: HashMap<CString, Kept>,
+    /// Builds failed in a row ([`MAX_FAILURES`]).
+    failures: u32,
 }
 
 impl KeptRoots {
@@ -111,6 +118,7 @@ impl KeptRoots {
         Some(KeptRoots {
             home: open_mount_namespace()?,
             roots: HashMap::new(),
+            failures: 0,
         })
     }
 
@@ -119,7 +127,7 @@ impl KeptRoots {
     /// kept or cannot be. Drops the roots past their age first.
     pub fn template_for(&mut self, plan: &ChildPlan) -> Option<OwnedFd> {
         self.sweep(Instant::now());
-        if !plan.root.keep || !plan.root.memory_upper {
+        if !plan.root.keep || !plan.root.memory_upper || self.failures >= MAX_FAILURES {
             return None;
         }
         let key = key(plan)?;
@@ -137,7 +145,17 @@ impl KeptRoots {
         if self.roots.len() >= MAX_KEPT {
             return None;
         }
-        let kept = self.make(plan, key)?;
+        let Some(kept) = self.make(plan, key) else {
+            self.failures += 1;
+            if self.failures == MAX_FAILURES {
+                eprintln!(
+                    "osmo-spawner: {MAX_FAILURES} kept roots in a row could not be made; \
+                     each sandbox makes its own root from now on"
+                );
+            }
+            return None;
+        };
+        self.failures = 0;
         let template = dup(&kept.ns);
         self.roots.insert(newroot.clone(), kept);
         template

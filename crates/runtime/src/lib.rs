@@ -91,10 +91,12 @@ use std::sync::{Arc, Mutex};
 pub use controller::run_attempt;
 pub use data_run::run_with_data;
 pub use env::expand_env_refs;
-/// Set in the controller's environment to `tmpfs` or `readonly` to skip the
-/// overlay with its upper layer on disk (or every overlay); see the crate docs.
+/// Set to `0` in the controller's environment to make a new root for every
+/// sandbox (no root kept by the spawner for the next attempt).
 pub use kept_root::KEEP_ENV as SANDBOX_KEEP_ROOTS_ENV;
 use osmo_spec::codes::ReportedCode;
+/// Set in the controller's environment to `tmpfs` or `readonly` to skip the
+/// overlay with its upper layer on disk (or every overlay); see the crate docs.
 pub use plan::ROOT_ENV as SANDBOX_ROOT_ENV;
 /// A task file's bytes (base64 decoded when it says so); a bad one is 257.
 pub use plan::decode_file as file_contents;

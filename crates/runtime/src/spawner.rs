@@ -23,6 +23,8 @@
 //! per workflow network: [`mountinfo::is_namespace_handle`]). Each copied
 //! mount is made, walked and torn down again by every sandbox, so without
 //! them the cost of a sandbox does not grow with the workflows that run.
+//! It also keeps each scratch directory's last root, in namespaces of their
+//! own, for the next attempt there to copy ([`crate::kept_root`]).
 //!
 //! Without a spawner (a program that did not [`start`] one: tests,
 //! benches), or once it has failed, the controller forks the init itself.
