@@ -29,9 +29,10 @@
 //!   in every namespace, and a scratch directory made again at the same path
 //!   is another directory;
 //! - it is younger than [`MAX_AGE`]. The overlay caches what it has looked
-//!   up in the host's `/`; a root that lived for months would show a file
-//!   the host has since replaced as it was. A kept root shows the host's
-//!   files as they were at most [`MAX_AGE`] before its attempt started.
+//!   up in the host's `/` (found or not); a root that lived for months would
+//!   show a file the host has since replaced, added or removed as it was. A
+//!   kept root shows the host's files as they were at most [`MAX_AGE`]
+//!   before its attempt started.
 //!
 //! Only roots whose writable layer is in memory are kept (tasks that do not
 //! run as root: [`RootPlan::memory_upper`](crate::child::RootPlan)).
