@@ -1136,6 +1136,12 @@ async fn logs_of(
     let retry_id: Option<u32> = number32(params, "retry_id")?;
     let last_n: Option<usize> = number32(params, "last_n_lines")?.map(|n| n as usize);
     let (_, doc) = load(app, &id).await?;
+    // The lines the manager holds land first: a workflow the live state
+    // shows finished has all its lines in the store.
+    let (reply, synced) = oneshot::channel();
+    if app.requests.send(Request::Synced { reply }).await.is_ok() {
+        let _ = synced.await;
+    }
     let task = param(params, "task_name");
     if let Some(task) = task
         && doc.engine.workflow().find_task(task).is_none()

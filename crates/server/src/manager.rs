@@ -101,6 +101,14 @@ pub enum Request {
         verbose: bool,
         reply: oneshot::Sender<Option<WorkflowDoc>>,
     },
+    /// Answers once everything taken so far is committed. The live state
+    /// shows a task's end before its commit lands (which may wait for the
+    /// next batch), and the log lines that came before it land with it: a
+    /// reader of the store (the logs) asks this first, so that a workflow
+    /// seen finished has all its lines there.
+    Synced {
+        reply: oneshot::Sender<()>,
+    },
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -383,6 +391,10 @@ impl Manager {
             }
             Request::Query { id, verbose, reply } => {
                 let _ = reply.send(self.core.query(&id, verbose));
+            }
+            Request::Synced { reply } => {
+                self.flush().await;
+                let _ = reply.send(());
             }
         }
     }
@@ -779,6 +791,81 @@ mod tests {
             .await
             .unwrap();
         holder
+    }
+
+    /// A reader of the store who saw a task end in the live state finds its
+    /// log lines once `Synced` has answered: the lines wait for the same
+    /// commit as the end, and `Synced` answers only once that has landed.
+    #[tokio::test]
+    async fn synced_answers_once_the_lines_taken_so_far_are_stored() {
+        let (_dir, url, backend, inbox, requests, task) = start().await;
+        let reader = Store::open(&url).await.unwrap();
+        let wf1 = submit(
+            &requests,
+            WorkflowBuilder::new("wf1").task("a", &[]).build(),
+        )
+        .await;
+        let a = key(&wf1, 0, 0);
+        assert!(sent(&backend, launch_of(&a)).await, "a launched");
+
+        let mut holder = lock_the_store(&url).await;
+        let line = crate::proto::LogLine {
+            key: a.clone(),
+            task: "a".into(),
+            at_ms: 0,
+            stream: crate::proto::Stream::Stdout,
+            line: "the last line".into(),
+        };
+        inbox
+            .send(LinkEvent::Message {
+                conn: 1,
+                msg: FromAgent::Logs {
+                    batch: None,
+                    lines: vec![line],
+                },
+            })
+            .unwrap();
+        inbox.send(exited(a, 0)).unwrap();
+        // As a reader would: the live state shows the workflow finished
+        // (its commit cannot land yet), then it asks for `Synced`.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let (reply, doc) = oneshot::channel();
+            let id = wf1.clone();
+            let query = Request::Query {
+                id,
+                verbose: false,
+                reply,
+            };
+            assert!(requests.send(query).await.is_ok());
+            if doc.await.unwrap().is_some_and(|d| d.status == "COMPLETED") {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the live state shows wf1 finished"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let (reply, mut answer) = oneshot::channel();
+        assert!(requests.send(Request::Synced { reply }).await.is_ok());
+        // (A bounded wait for what must not happen.)
+        let early = tokio::time::timeout(Duration::from_millis(200), &mut answer).await;
+        assert!(early.is_err(), "no answer while the commit cannot land");
+
+        sqlx::query("ROLLBACK").execute(&mut holder).await.unwrap();
+        answer.await.unwrap();
+        let lines = reader
+            .logs_of_stream(&wf1, None, None, None, None)
+            .await
+            .unwrap();
+        assert!(
+            lines.iter().any(|l| l.line == "the last line"),
+            "{} line(s) stored",
+            lines.len()
+        );
+        drop(requests);
+        task.await.unwrap();
     }
 
     /// The manager goes on while a commit waits for the store: here the
