@@ -173,6 +173,11 @@ pub struct Manager {
     /// A commit was asked for while another was on its way: it starts as
     /// soon as that one has landed.
     commit_wanted: bool,
+    /// Commits started and landed so far, and the [`Request::Synced`]
+    /// answers waiting for the commit numbered with them to land.
+    started_commits: u64,
+    landed_commits: u64,
+    synced: Vec<(u64, oneshot::Sender<()>)>,
     /// Submits being stored, on a task of their own, and those that wait
     /// for that transaction to land (they go in the next).
     submitting: Option<tokio::task::JoinHandle<Stored>>,
@@ -218,6 +223,9 @@ impl Manager {
             flush_by: None,
             in_flight: None,
             commit_wanted: false,
+            started_commits: 0,
+            landed_commits: 0,
+            synced: Vec::new(),
             submitting: None,
             waiting_submits: Vec::new(),
         };
@@ -320,7 +328,7 @@ impl Manager {
                 }
                 commits = landed(&mut self.in_flight) => {
                     self.in_flight = None;
-                    self.core.committed(&commits);
+                    self.landed(&commits);
                     if self.commit_wanted || self.core.urgent() {
                         self.start_commit();
                     }
@@ -392,10 +400,7 @@ impl Manager {
             Request::Query { id, verbose, reply } => {
                 let _ = reply.send(self.core.query(&id, verbose));
             }
-            Request::Synced { reply } => {
-                self.flush().await;
-                let _ = reply.send(());
-            }
+            Request::Synced { reply } => self.synced(reply),
         }
     }
 
@@ -612,6 +617,7 @@ impl Manager {
             return;
         }
         self.commit_wanted = false;
+        self.started_commits += 1;
         let commits = self.core.prepare();
         let logs = self.core.take_prepared_logs();
         self.in_flight = Some(tokio::spawn(commit(self.store.clone(), commits, logs)));
@@ -622,7 +628,40 @@ impl Manager {
         if self.in_flight.is_some() {
             let commits = landed(&mut self.in_flight).await;
             self.in_flight = None;
-            self.core.committed(&commits);
+            self.landed(&commits);
+        }
+    }
+
+    /// A commit has landed: the core acts on it, and the `Synced` requests
+    /// it covers are answered.
+    fn landed(&mut self, commits: &[osmo_store::Commit]) {
+        self.core.committed(commits);
+        self.landed_commits += 1;
+        let landed = self.landed_commits;
+        let (done, waiting) = std::mem::take(&mut self.synced)
+            .into_iter()
+            .partition(|(number, _)| *number <= landed);
+        self.synced = waiting;
+        for (_, reply) in done {
+            let _ = reply.send(());
+        }
+    }
+
+    /// Answers once everything taken so far is committed, without waiting
+    /// here: what is waiting goes in the commit now or the next one (after
+    /// the one on its way), and the answer goes when that one has landed.
+    fn synced(&mut self, reply: oneshot::Sender<()>) {
+        let number = if self.core.pending() > 0 {
+            let behind_another = self.in_flight.is_some();
+            self.start_commit();
+            self.started_commits + u64::from(behind_another)
+        } else {
+            self.started_commits
+        };
+        if number <= self.landed_commits {
+            let _ = reply.send(());
+        } else {
+            self.synced.push((number, reply));
         }
     }
 }
