@@ -177,7 +177,7 @@ pub struct Manager {
     /// answers waiting for the commit numbered with them to land.
     started_commits: u64,
     landed_commits: u64,
-    synced: Vec<(u64, oneshot::Sender<()>)>,
+    synced_waiting: Vec<(u64, oneshot::Sender<()>)>,
     /// Submits being stored, on a task of their own, and those that wait
     /// for that transaction to land (they go in the next).
     submitting: Option<tokio::task::JoinHandle<Stored>>,
@@ -225,7 +225,7 @@ impl Manager {
             commit_wanted: false,
             started_commits: 0,
             landed_commits: 0,
-            synced: Vec::new(),
+            synced_waiting: Vec::new(),
             submitting: None,
             waiting_submits: Vec::new(),
         };
@@ -638,10 +638,10 @@ impl Manager {
         self.core.committed(commits);
         self.landed_commits += 1;
         let landed = self.landed_commits;
-        let (done, waiting) = std::mem::take(&mut self.synced)
+        let (done, waiting) = std::mem::take(&mut self.synced_waiting)
             .into_iter()
             .partition(|(number, _)| *number <= landed);
-        self.synced = waiting;
+        self.synced_waiting = waiting;
         for (_, reply) in done {
             let _ = reply.send(());
         }
@@ -661,7 +661,7 @@ impl Manager {
         if number <= self.landed_commits {
             let _ = reply.send(());
         } else {
-            self.synced.push((number, reply));
+            self.synced_waiting.push((number, reply));
         }
     }
 }
