@@ -494,6 +494,60 @@ fn an_input_can_be_another_workflows_task() {
     );
 }
 
+/// A task the workflow's query shows COMPLETED is so everywhere at once,
+/// before its end is committed to the store (the service commits lazily):
+/// another workflow can take its output as an input, and the workflow's
+/// events show its end.
+#[test]
+fn a_task_shown_completed_is_so_before_its_end_is_stored() {
+    let server = Server::start(POOL);
+    let first = server.submit(
+        "workflow:\n  name: first\n  tasks:\n  - {name: train, image: ubuntu, command: [sh, -c, 'sleep 1; echo weights > {{output}}/model']}\n",
+    );
+    let lock = StoreLock::take(&server.data_dir().join("osmo.db"));
+    let status = server.workflow(&first)["status"].clone();
+    assert!(
+        status == "PENDING" || status == "RUNNING",
+        "the lock came before the task's end: {status}"
+    );
+    server.wait_finished(&first, Duration::from_secs(60));
+
+    let spec = format!(
+        "workflow:\n  name: second\n  tasks:\n  - name: eval\n    image: ubuntu\n    command: [sh, -c, 'cat {{{{input:0}}}}/model > {{{{output}}}}/seen']\n    inputs: [{{task: '{first}:train'}}]\n"
+    );
+    let client = reqwest::blocking::Client::new();
+    let submitted = in_background(
+        client
+            .post(format!("{}/api/pool/default/workflow", server.url))
+            .header("content-type", "application/json")
+            .body(serde_json::json!({ "file": spec }).to_string()),
+    );
+    let events = in_background(client.get(format!("{}/api/workflow/{first}/events", server.url)));
+    // Neither may answer from the store as it is while the lock is held (a
+    // bounded wait for what must not come).
+    let early = submitted.recv_timeout(Duration::from_millis(500));
+    lock.release();
+    let answer = |rx: std::sync::mpsc::Receiver<(u16, String)>| {
+        rx.recv_timeout(Duration::from_secs(30)).unwrap()
+    };
+    let (status, text) = early.unwrap_or_else(|_| answer(submitted));
+    assert_eq!(status, 200, "{text}");
+    let (status, events) = answer(events);
+    assert_eq!(status, 200, "{events}");
+    assert!(
+        events.contains("[train retry-0] exited with 0 (user) → COMPLETED"),
+        "{events}"
+    );
+
+    let id = serde_json::from_str::<Value>(&text).unwrap()["name"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let doc = server.wait_finished(&id, Duration::from_secs(60));
+    assert_eq!(doc["status"], "COMPLETED", "{doc:#}");
+    assert_eq!(output_file(&server, &id, "eval", 0, "seen"), "weights\n");
+}
+
 #[test]
 fn checkpoints_are_uploaded_while_the_command_runs_and_as_it_ends() {
     let server = Server::start(POOL);

@@ -605,8 +605,9 @@ async fn resolve_other_workflows(
                     row.submitted_by
                 )));
             }
-            let stored = Persisted::from_json(row.state.clone()).map_err(ApiError::internal)?;
-            let doc = docs::workflow_doc(&DocMeta::of(&row), &stored.engine, false);
+            // The state every other answer shows: a task the workflow's
+            // query calls COMPLETED is one whose output can be read here.
+            let doc = current_doc(app, &other, false).await?;
             let Some(done) = doc
                 .groups
                 .iter()
@@ -855,6 +856,39 @@ pub(super) async fn workflow_row(app: &AppState, id: &str) -> ApiResult<osmo_sto
         .ok_or_else(|| ApiError::unknown_workflow(id))
 }
 
+/// A workflow as it stands now: a running workflow's live state is the
+/// manager's (its store row may lag a commit behind); a finished one's
+/// final state is stored.
+async fn current_doc(app: &AppState, id: &str, verbose: bool) -> ApiResult<WorkflowDoc> {
+    let (reply, answer) = oneshot::channel();
+    let asked = Request::Query {
+        id: id.to_string(),
+        verbose,
+        reply,
+    };
+    if app.requests.send(asked).await.is_ok()
+        && let Ok(Some(doc)) = answer.await
+    {
+        return Ok(doc);
+    }
+    let (row, stored) = load(app, id).await?;
+    Ok(docs::workflow_doc(
+        &DocMeta::of(&row),
+        &stored.engine,
+        verbose,
+    ))
+}
+
+/// Waits until what the manager has taken so far (log lines, events) is in
+/// the store: a reader who saw a task end in the live state then finds all
+/// that led to it there.
+async fn synced(app: &AppState) {
+    let (reply, synced) = oneshot::channel();
+    if app.requests.send(Request::Synced { reply }).await.is_ok() {
+        let _ = synced.await;
+    }
+}
+
 async fn load(app: &AppState, id: &str) -> ApiResult<(osmo_store::WorkflowRow, Persisted)> {
     let row = workflow_row(app, id).await?;
     let doc = Persisted::from_json(row.state.clone()).map_err(ApiError::internal)?;
@@ -872,26 +906,7 @@ async fn query(
     RawQuery(raw): RawQuery,
 ) -> ApiResult<Json<WorkflowDoc>> {
     let verbose = flag(&params(&raw)?, "verbose")?;
-    // A running workflow's live state is the manager's; a finished one's final state is stored.
-    let (reply, answer) = oneshot::channel();
-    let asked = Request::Query {
-        id: id.clone(),
-        verbose,
-        reply,
-    };
-    let mut doc = match app.requests.send(asked).await {
-        Ok(()) => answer.await.ok().flatten(),
-        Err(_) => None,
-    };
-    if doc.is_none() {
-        let (row, stored) = load(&app, &id).await?;
-        doc = Some(docs::workflow_doc(
-            &DocMeta::of(&row),
-            &stored.engine,
-            verbose,
-        ));
-    }
-    let mut doc = doc.expect("set above");
+    let mut doc = current_doc(&app, &id, verbose).await?;
     if let Some(lt) = app
         .store
         .labels_and_tags(std::slice::from_ref(&id))
@@ -1136,12 +1151,7 @@ async fn logs_of(
     let retry_id: Option<u32> = number32(params, "retry_id")?;
     let last_n: Option<usize> = number32(params, "last_n_lines")?.map(|n| n as usize);
     let (_, doc) = load(app, &id).await?;
-    // The lines the manager holds land first: a workflow the live state
-    // shows finished has all its lines in the store.
-    let (reply, synced) = oneshot::channel();
-    if app.requests.send(Request::Synced { reply }).await.is_ok() {
-        let _ = synced.await;
-    }
+    synced(app).await;
     let task = param(params, "task_name");
     if let Some(task) = task
         && doc.engine.workflow().find_task(task).is_none()
@@ -1295,6 +1305,7 @@ async fn events(
     let params = params(&raw)?;
     let retry_id: Option<u32> = number32(&params, "retry_id")?;
     let task = param(&params, "task_name").map(str::to_string);
+    synced(&app).await;
     let (row, doc) = load(&app, &id).await?;
     if let Some(task) = &task
         && doc.engine.workflow().find_task(task).is_none()

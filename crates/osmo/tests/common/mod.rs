@@ -283,3 +283,57 @@ pub fn local_pool() -> &'static str {
 pub fn exists(path: &Path) -> bool {
     path.exists()
 }
+
+/// Another connection holding the store's write lock, so no commit of the
+/// service lands, until `release`.
+pub struct StoreLock {
+    release: std::sync::mpsc::Sender<()>,
+    holder: std::thread::JoinHandle<()>,
+}
+
+impl StoreLock {
+    pub fn take(db: &std::path::Path) -> StoreLock {
+        let url = format!("sqlite://{}", db.display());
+        let (taken_tx, taken) = std::sync::mpsc::channel();
+        let (release, release_rx) = std::sync::mpsc::channel::<()>();
+        let holder = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(async {
+                use sqlx::Connection;
+                let mut conn = sqlx::SqliteConnection::connect(&url).await.unwrap();
+                sqlx::query("BEGIN IMMEDIATE")
+                    .execute(&mut conn)
+                    .await
+                    .unwrap();
+                taken_tx.send(()).unwrap();
+                let _ = tokio::task::spawn_blocking(move || release_rx.recv())
+                    .await
+                    .unwrap();
+                sqlx::query("ROLLBACK").execute(&mut conn).await.unwrap();
+            });
+        });
+        taken.recv().expect("the store's write lock taken");
+        StoreLock { release, holder }
+    }
+
+    pub fn release(self) {
+        self.release.send(()).unwrap();
+        self.holder.join().unwrap();
+    }
+}
+
+/// Sends a request from another thread; its answer (status, body) comes on
+/// the receiver.
+pub fn in_background(
+    request: reqwest::blocking::RequestBuilder,
+) -> std::sync::mpsc::Receiver<(u16, String)> {
+    let (answered, answer) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let response = request.send().unwrap();
+        let _ = answered.send((response.status().as_u16(), response.text().unwrap()));
+    });
+    answer
+}
