@@ -493,3 +493,49 @@ fn logs_follow_a_running_workflow_until_it_ends() {
     assert!(child.wait().unwrap().success());
     assert_eq!(server.workflow(&id)["status"], "COMPLETED");
 }
+
+/// A workflow the query shows finished is finished for `cancel` and
+/// `restart` too, before its end is committed to the store (the service
+/// commits lazily): cancel says it already finished, restart runs it again.
+#[test]
+fn a_workflow_shown_finished_is_so_for_cancel_and_restart_before_it_is_stored() {
+    let server =
+        Server::start("pools:\n  default:\n    backend: local\n    max_retry_per_task: 0\n");
+    let id = server.submit(
+        "workflow:\n  name: broken\n  tasks:\n  - {name: t, image: ubuntu, command: [sh, -c, 'sleep 1; exit 3']}\n",
+    );
+    let lock = StoreLock::take(&server.data_dir().join("osmo.db"));
+    let status = server.workflow(&id)["status"].clone();
+    assert!(
+        status == "PENDING" || status == "RUNNING",
+        "the lock came before the workflow's end: {status}"
+    );
+    let doc = server.wait_finished(&id, Duration::from_secs(60));
+    assert_eq!(doc["status"], "FAILED", "{doc:#}");
+
+    let client = reqwest::blocking::Client::new();
+    let (cancel_status, cancel_text) =
+        in_background(client.post(format!("{}/api/workflow/{id}/cancel", server.url)))
+            .recv_timeout(Duration::from_secs(30))
+            .unwrap();
+    let restarted = in_background(client.post(format!("{}/api/workflow/{id}/restart", server.url)));
+    // The restart waits for the end to be stored (a bounded wait for an
+    // early answer, which must not be a refusal).
+    let early = restarted.recv_timeout(Duration::from_millis(500));
+    lock.release();
+    let (status, text) = early
+        .or_else(|_| restarted.recv_timeout(Duration::from_secs(30)))
+        .unwrap();
+
+    assert_eq!(cancel_status, 409, "{cancel_text}");
+    assert!(
+        cancel_text.contains("already finished with status FAILED"),
+        "{cancel_text}"
+    );
+    assert_eq!(status, 200, "{text}");
+    let again: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let again = again["name"].as_str().unwrap();
+    assert_ne!(again, id);
+    let doc = server.wait_finished(again, Duration::from_secs(60));
+    assert_eq!(doc["status"], "FAILED", "{doc:#}");
+}

@@ -104,8 +104,8 @@ pub enum Request {
     /// Answers once everything taken so far is committed. The live state
     /// shows a task's end before its commit lands (which may wait for the
     /// next batch), and the log lines that came before it land with it: a
-    /// reader of the store (the logs) asks this first, so that a workflow
-    /// seen finished has all its lines there.
+    /// reader of the store (the logs, the events) asks this first, so that
+    /// a workflow seen finished has all its lines and events there.
     Synced {
         reply: oneshot::Sender<()>,
     },
@@ -501,6 +501,11 @@ impl Manager {
         by: String,
         message: Option<String>,
     ) -> Result<String, CancelError> {
+        // Finished in the live state, its commit maybe not landed yet: as
+        // finished as in the store.
+        if let Some(status) = self.core.finished_status(&id) {
+            return Err(CancelError::Finished(id, status));
+        }
         let Some(status) = self.core.cancel(&id, by, message) else {
             return match self.store.get_workflow(&id).await {
                 Ok(Some(row)) => Err(CancelError::Finished(id, row.status)),
@@ -519,6 +524,11 @@ impl Manager {
         by: String,
     ) -> Result<String, RestartError> {
         let other = |e: &dyn std::fmt::Display| RestartError::Other(e.to_string());
+        // A workflow the live state shows finished is one whose end the
+        // store may not hold yet: it lands first (restarts are rare).
+        if self.core.finished_status(&id).is_some() {
+            self.flush().await;
+        }
         let row = match self.store.get_workflow(&id).await {
             Ok(Some(row)) => row,
             Ok(None) => return Err(RestartError::Unknown(id)),

@@ -276,6 +276,15 @@ impl Core {
         self.apply(id, Event::Cancel { by, reason })
     }
 
+    /// The status of a workflow here that has finished, its end perhaps
+    /// not committed yet; None while it runs or when it is not here.
+    pub fn finished_status(&self, id: &str) -> Option<String> {
+        self.active
+            .get(id)
+            .filter(|a| a.engine.is_finished())
+            .map(|a| a.engine.status().as_str().to_string())
+    }
+
     /// The live document of a workflow running here.
     pub fn query(&self, id: &str, verbose: bool) -> Option<WorkflowDoc> {
         self.active
