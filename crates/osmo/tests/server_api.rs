@@ -494,11 +494,12 @@ fn logs_follow_a_running_workflow_until_it_ends() {
     assert_eq!(server.workflow(&id)["status"], "COMPLETED");
 }
 
-/// A workflow the query shows finished is finished for `cancel` and
-/// `restart` too, before its end is committed to the store (the service
-/// commits lazily): cancel says it already finished, restart runs it again.
+/// A workflow the query shows finished is finished for `cancel`, `restart`
+/// and the list too, before its end is committed to the store (the service
+/// commits lazily): cancel says it already finished, restart runs it again,
+/// the list shows it with its final status.
 #[test]
-fn a_workflow_shown_finished_is_so_for_cancel_and_restart_before_it_is_stored() {
+fn a_workflow_shown_finished_is_so_for_cancel_restart_and_list_before_it_is_stored() {
     let server =
         Server::start("pools:\n  default:\n    backend: local\n    max_retry_per_task: 0\n");
     let id = server.submit(
@@ -518,6 +519,7 @@ fn a_workflow_shown_finished_is_so_for_cancel_and_restart_before_it_is_stored() 
         in_background(client.post(format!("{}/api/workflow/{id}/cancel", server.url)))
             .recv_timeout(Duration::from_secs(30))
             .unwrap();
+    let listed = in_background(client.get(format!("{}/api/workflow?statuses=FAILED", server.url)));
     let restarted = in_background(client.post(format!("{}/api/workflow/{id}/restart", server.url)));
     // The restart waits for the end to be stored (a bounded wait for an
     // early answer, which must not be a refusal).
@@ -532,6 +534,16 @@ fn a_workflow_shown_finished_is_so_for_cancel_and_restart_before_it_is_stored() 
         cancel_text.contains("already finished with status FAILED"),
         "{cancel_text}"
     );
+    let (list_status, list) = listed.recv_timeout(Duration::from_secs(30)).unwrap();
+    assert_eq!(list_status, 200, "{list}");
+    let list: serde_json::Value = serde_json::from_str(&list).unwrap();
+    let names: Vec<&str> = list["workflows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| w["name"].as_str().unwrap())
+        .collect();
+    assert!(names.contains(&id.as_str()), "{list:#}");
     assert_eq!(status, 200, "{text}");
     let again: serde_json::Value = serde_json::from_str(&text).unwrap();
     let again = again["name"].as_str().unwrap();

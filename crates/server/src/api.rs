@@ -683,6 +683,9 @@ async fn list(
         no_labels: param_list(&params, "no_label"),
         tags: param_list(&params, "tags"),
     };
+    // The stored rows lag the live state by the commit on its way: a
+    // workflow the query showed finished is listed as finished.
+    synced(&app).await;
     let rows = app
         .store
         .list_workflows(&filter)
