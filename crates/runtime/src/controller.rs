@@ -156,6 +156,22 @@ impl Drop for Wake<'_> {
     }
 }
 
+/// `/dev/null`, opened once for the process's attempts (their inits dup it).
+fn devnull() -> Result<RawFd, PrepareError> {
+    static DEVNULL: std::sync::OnceLock<OwnedFd> = std::sync::OnceLock::new();
+    if let Some(fd) = DEVNULL.get() {
+        return Ok(fd.as_raw_fd());
+    }
+    // SAFETY: open(2) of a constant path.
+    let fd = unsafe { libc::open(c"/dev/null".as_ptr(), libc::O_RDWR | libc::O_CLOEXEC) };
+    if fd < 0 {
+        return Err(last_error("open /dev/null"));
+    }
+    let fd = high(fd)?;
+    // (Two threads that race here each open one; the loser's closes.)
+    Ok(DEVNULL.get_or_init(|| fd).as_raw_fd())
+}
+
 /// The controller's ends and the child's ends of every channel.
 struct Channels {
     status_r: OwnedFd,
@@ -166,7 +182,8 @@ struct Channels {
     out_w: OwnedFd,
     err_r: OwnedFd,
     err_w: OwnedFd,
-    devnull: OwnedFd,
+    /// The process's, not closed with the channels.
+    devnull: RawFd,
     preflight: Vec<(OwnedFd, OwnedFd)>,
 }
 
@@ -201,11 +218,9 @@ fn pipe(nonblocking_read: bool) -> Result<(OwnedFd, OwnedFd), PrepareError> {
     }
     let (r, w) = (high(fds[0])?, high(fds[1])?);
     if nonblocking_read {
+        // (A new pipe's read end has no other status flag to keep.)
         // SAFETY: fcntl on our descriptor.
-        unsafe {
-            let flags = libc::fcntl(r.as_raw_fd(), libc::F_GETFL);
-            libc::fcntl(r.as_raw_fd(), libc::F_SETFL, flags | libc::O_NONBLOCK);
-        }
+        unsafe { libc::fcntl(r.as_raw_fd(), libc::F_SETFL, libc::O_NONBLOCK) };
     }
     Ok((r, w))
 }
@@ -229,12 +244,7 @@ impl Channels {
         let (go_parent, go_child) = (high(pair[0])?, high(pair[1])?);
         let (out_r, out_w) = pipe(true)?;
         let (err_r, err_w) = pipe(true)?;
-        // SAFETY: open(2) of a constant path.
-        let devnull = unsafe { libc::open(c"/dev/null".as_ptr(), libc::O_RDWR | libc::O_CLOEXEC) };
-        if devnull < 0 {
-            return Err(last_error("open /dev/null"));
-        }
-        let devnull = high(devnull)?;
+        let devnull = devnull()?;
         let preflight = (0..preflight)
             .map(|_| pipe(true))
             .collect::<Result<_, _>>()?;
@@ -378,7 +388,7 @@ impl Run<'_> {
             Err(e) => return self.codes.push(e.into_code_logged(self)),
         };
         let fds = PlanFds {
-            devnull: ch.devnull.as_raw_fd(),
+            devnull: ch.devnull,
             status: ch.status_w.as_raw_fd(),
             go: ch.go_child.as_raw_fd(),
             stdout: ch.out_w.as_raw_fd(),
@@ -436,9 +446,9 @@ impl Run<'_> {
             go_child,
             out_w,
             err_w,
-            devnull,
+            devnull: _,
         } = ch;
-        drop((status_w, go_child, out_w, err_w, devnull));
+        drop((status_w, go_child, out_w, err_w));
         let mut go = Some(go_parent);
         let mut readers = vec![
             LineReader::new(out_r, Stream::Stdout, String::new()),

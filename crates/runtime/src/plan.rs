@@ -46,8 +46,66 @@ pub(crate) struct Layout {
 /// Overlayfs's mark of a directory that hides the lower layers' one.
 pub(crate) const OPAQUE_XATTR: &std::ffi::CStr = c"trusted.overlay.opaque";
 
+/// What [`Layout::create`] found of a scratch directory in this process,
+/// and whether [`recycle_scratch`] has readied it since: the next attempt
+/// there takes it without looking again (between two attempts only this
+/// process, as root, writes there).
+struct Known {
+    canonical: PathBuf,
+    opaque_tmp: bool,
+    readied: bool,
+}
+
+/// The scratch directories of this process's attempts (a few: the agent
+/// keeps its readied ones in a small pool).
+static KNOWN: std::sync::Mutex<BTreeMap<PathBuf, Known>> = std::sync::Mutex::new(BTreeMap::new());
+
+/// More scratch directories than any pool keeps: past it the record of
+/// those never given back again is dropped.
+const KNOWN_MAX: usize = 1024;
+
+fn known() -> std::sync::MutexGuard<'static, BTreeMap<PathBuf, Known>> {
+    KNOWN.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 impl Layout {
     pub fn create(scratch: &Path) -> Result<Layout, PrepareError> {
+        let readied = known()
+            .remove(scratch)
+            .filter(|k| k.readied && k.canonical.is_dir());
+        let layout = match readied {
+            Some(k) => Layout::at(k.canonical, k.opaque_tmp),
+            None => Layout::make(scratch)?,
+        };
+        let mut known = known();
+        if known.len() >= KNOWN_MAX {
+            known.clear();
+        }
+        known.insert(
+            scratch.to_path_buf(),
+            Known {
+                canonical: layout.scratch.clone(),
+                opaque_tmp: layout.opaque_tmp,
+                readied: false,
+            },
+        );
+        Ok(layout)
+    }
+
+    fn at(scratch: PathBuf, opaque_tmp: bool) -> Layout {
+        Layout {
+            root: scratch.clone(),
+            ovl: scratch.join("ovl"),
+            upper: scratch.join("upper"),
+            work: scratch.join("work"),
+            scratch,
+            opaque_tmp,
+        }
+    }
+
+    /// Checks (and makes what is missing of) a scratch directory this
+    /// process has not readied.
+    fn make(scratch: &Path) -> Result<Layout, PrepareError> {
         let io = |what: String| move |source| PrepareError::Io { what, source };
         fs::create_dir_all(scratch).map_err(io(format!(
             "create scratch directory {}",
@@ -60,8 +118,9 @@ impl Layout {
         let upper = scratch.join("upper");
         let tmp = upper.join("tmp");
         let work = scratch.join("work");
-        // A directory `recycle_scratch` readied is taken as it is: creating
-        // inodes is most of an attempt's file-system cost on a busy disk.
+        // One readied before (by an earlier run of this process's code) is
+        // taken as it is: creating inodes is most of an attempt's
+        // file-system cost on a busy disk.
         let ready = untouched(&upper, &tmp) && is_empty(&tmp) && is_empty(&work);
         if !ready {
             for dir in [&upper, &work] {
@@ -88,14 +147,7 @@ impl Layout {
                 ) == 0
             }
         });
-        Ok(Layout {
-            root: scratch.clone(),
-            ovl: scratch.join("ovl"),
-            scratch,
-            upper,
-            work,
-            opaque_tmp,
-        })
+        Ok(Layout::at(scratch, opaque_tmp))
     }
 }
 
@@ -109,16 +161,22 @@ pub fn recycle_scratch(scratch: &Path) -> bool {
     let upper = scratch.join("upper");
     let tmp = upper.join("tmp");
     let work = scratch.join("work");
-    if !untouched(&upper, &tmp) || !only_directories(&tmp, 16) {
-        return false;
-    }
     let children = |dir: &Path| -> std::io::Result<Vec<PathBuf>> {
         fs::read_dir(dir)?.map(|e| Ok(e?.path())).collect()
     };
     let clear = |dir: &Path| -> std::io::Result<()> {
         children(dir)?.iter().try_for_each(fs::remove_dir_all)
     };
-    clear(&tmp).is_ok() && clear(&work).is_ok()
+    let readied = untouched(&upper, &tmp)
+        && only_directories(&tmp, 16)
+        && clear(&tmp).is_ok()
+        && clear(&work).is_ok();
+    let mut known = known();
+    match known.get_mut(scratch) {
+        Some(k) if readied => k.readied = true,
+        _ => drop(known.remove(scratch)),
+    }
+    readied
 }
 
 /// The upper layer holds only `tmp`, both as [`Layout::create`] made them
