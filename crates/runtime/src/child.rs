@@ -228,7 +228,9 @@ pub(crate) struct RootPlan {
     /// their order (one each, up to [`MAX_PRIVATE`]).
     pub private_dirs: Vec<CString>,
     /// The root may come from a kept template ([`crate::kept_root`]): a
-    /// writable layer in memory, and not turned off for this agent.
+    /// writable layer in memory, not turned off for this agent, and steps
+    /// whose paths all lie below `newroot` (at most [`MAX_KEPT_STEPS`], and
+    /// as many preflight tests at most).
     pub keep: bool,
 }
 
@@ -431,6 +433,33 @@ unsafe fn make_readonly(target: &CStr) -> Result<(), c_int> {
     }
 }
 
+/// A step's mount points, as [`mkdirs`] with mode 0755, `below` as in [`run_step`].
+unsafe fn step_dirs(dirs: &[CString], below: usize) -> Result<(), c_int> {
+    for d in dirs {
+        // SAFETY: NUL-terminated path.
+        if unsafe { libc::mkdir(below_root(d, below).as_ptr(), 0o755) } != 0 {
+            let e = errno();
+            if e != libc::EEXIST {
+                return Err(e);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `path` without its first `below` bytes: the new root's path, which the
+/// plan puts before each step's paths followed by `/` (see
+/// [`RootPlan::keep`]), so the rest is the path in the root.
+fn below_root(path: &CStr, below: usize) -> &CStr {
+    let bytes = path.to_bytes_with_nul();
+    match bytes.get(below..) {
+        Some(rest) if below == 0 || rest.first() == Some(&b'/') => {
+            CStr::from_bytes_with_nul(rest).unwrap_or(path)
+        }
+        _ => path,
+    }
+}
+
 unsafe fn mkdirs(dirs: &[CString], mode: libc::mode_t) -> Result<(), c_int> {
     for d in dirs {
         // SAFETY: NUL-terminated path.
@@ -533,6 +562,99 @@ unsafe fn close_range(first: c_uint, last: c_uint) {
             }
         }
     }
+}
+
+/// Steps a sandbox in a kept root may have at most: the host's side of its
+/// binds is held open in a fixed array (the init allocates nothing).
+pub(crate) const MAX_KEPT_STEPS: usize = 64;
+
+/// For each step of a sandbox in a kept root that binds a host path, that
+/// path cloned (`open_tree`) while the init still saw the host's file
+/// system, or why it could not be (an optional step is then skipped).
+struct HostTrees {
+    fds: [c_int; MAX_KEPT_STEPS],
+    errors: [c_int; MAX_KEPT_STEPS],
+}
+
+impl HostTrees {
+    fn none() -> HostTrees {
+        HostTrees {
+            fds: [-1; MAX_KEPT_STEPS],
+            errors: [0; MAX_KEPT_STEPS],
+        }
+    }
+
+    /// Step `i`'s clone (-1 when it binds nothing of the host's), or the
+    /// errno of an optional one that could not be cloned.
+    fn take(&mut self, i: usize) -> Result<c_int, c_int> {
+        match (self.fds.get_mut(i), self.errors.get(i)) {
+            (Some(fd), Some(&0)) => Ok(std::mem::replace(fd, -1)),
+            (_, Some(&e)) => Err(e),
+            _ => Ok(-1),
+        }
+    }
+
+    unsafe fn close(&mut self) {
+        for fd in self.fds.iter_mut().filter(|fd| **fd >= 0) {
+            // SAFETY: a descriptor open_host_trees opened.
+            unsafe { libc::close(*fd) };
+            *fd = -1;
+        }
+    }
+}
+
+/// Clones the host paths the steps of a kept root bind (all but those the
+/// template made). A required one that cannot be cloned: its step and the
+/// errno, as the step itself would have failed.
+unsafe fn open_host_trees(p: &ChildPlan, trees: &mut HostTrees) -> Result<(), (u32, c_int)> {
+    const OPEN_TREE_CLONE: c_uint = 1;
+    for (i, s) in p.steps.iter().enumerate().take(MAX_KEPT_STEPS) {
+        let Some(source) = s.source.as_deref() else {
+            continue;
+        };
+        if s.when != When::Always || s.private.is_some() || s.flags & libc::MS_BIND == 0 {
+            continue;
+        }
+        let recursive = if s.flags & libc::MS_REC != 0 {
+            libc::AT_RECURSIVE as c_uint
+        } else {
+            0
+        };
+        // SAFETY: open_tree of a NUL-terminated path.
+        let tree = unsafe {
+            libc::syscall(
+                libc::SYS_open_tree,
+                libc::AT_FDCWD,
+                source.as_ptr(),
+                OPEN_TREE_CLONE | libc::O_CLOEXEC as c_uint | recursive,
+            )
+        };
+        if tree >= 0 {
+            trees.fds[i] = tree as c_int;
+        } else if s.optional {
+            trees.errors[i] = errno();
+        } else {
+            return Err((i as u32, errno()));
+        }
+    }
+    Ok(())
+}
+
+/// [`close_other_fds`], keeping `also` (unsorted, -1 for none) too. A kept
+/// root's plan keeps few descriptors (its preflight tests' and a handful,
+/// see [`RootPlan::keep`]): room for them and `also` in a fixed array.
+unsafe fn close_other_fds_but(keep: &[c_int], also: &[c_int]) {
+    let mut all = [-1; MAX_KEPT_STEPS * 3];
+    let mut n = 0;
+    for &fd in keep.iter().chain(also).filter(|&&fd| fd >= 0) {
+        if n < all.len() {
+            all[n] = fd;
+            n += 1;
+        }
+    }
+    let all = &mut all[..n];
+    all.sort_unstable();
+    unsafe { close_other_fds(all) };
 }
 
 /// Closes every descriptor from 3 up except `keep` (sorted).
@@ -1064,14 +1186,29 @@ pub(crate) unsafe fn sandbox_init(p: &ChildPlan) -> ! {
         }
         // If the controller's thread dies, so do we (and with us the namespace).
         libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as c_ulong, 0, 0, 0);
-        // (Its descriptor is closed with the others below.)
+        // A kept root is the root of its namespace: the host's paths the
+        // binds come from are not there, so they are cloned here first.
+        // (The descriptors are closed with the others below, or after use.)
+        let mut trees = HostTrees::none();
+        if p.template >= 0
+            && let Err((i, e)) = open_host_trees(p, &mut trees)
+        {
+            fail(p, i, e);
+        }
         let kept = p.template >= 0 && enter_template(p);
+        if !kept {
+            trees.close();
+        }
         for fd in 0..3 {
             if libc::dup2(p.devnull, fd) < 0 {
                 fail(p, step::FDS, errno());
             }
         }
-        close_other_fds(&p.keep_fds);
+        if kept {
+            close_other_fds_but(&p.keep_fds, &trees.fds);
+        } else {
+            close_other_fds(&p.keep_fds);
+        }
         if p.netns >= 0 {
             // Before /proc is mounted, so that it shows this network.
             if libc::syscall(libc::SYS_setns, p.netns, libc::CLONE_NEWNET) != 0 {
@@ -1094,13 +1231,20 @@ pub(crate) unsafe fn sandbox_init(p: &ChildPlan) -> ! {
             fail(p, step::PRIVATE, e);
         }
         let mut private = [-1; MAX_PRIVATE];
+        // In a kept root the steps' paths are the sandbox's: the part of
+        // each below the new root.
+        let below = if kept {
+            p.root.newroot.count_bytes()
+        } else {
+            0
+        };
         let overlay = if kept {
-            // The template's root, with the host's mounts bound in: only
-            // this attempt's own steps are left, their private directories
-            // on a tmpfs of the attempt's own (the template's layer outlives
-            // the attempt). Unbindable again, as `setup_root` leaves it (the
-            // private propagation above reset it).
-            let _ = mount(None, &p.root.newroot, None, libc::MS_UNBINDABLE, None);
+            // The template's root (its namespace's root), with the host's
+            // mounts bound in: only this attempt's own steps are left, their
+            // private directories on a tmpfs of the attempt's own (the
+            // template's layer outlives the attempt). Unbindable again, as
+            // `setup_root` leaves it (the private propagation above reset it).
+            let _ = mount(None, c"/", None, libc::MS_UNBINDABLE, None);
             detached_private_dirs(p, &mut private);
             true
         } else {
@@ -1108,9 +1252,17 @@ pub(crate) unsafe fn sandbox_init(p: &ChildPlan) -> ! {
         };
         let mut privates = private.iter();
         for (i, s) in p.steps.iter().enumerate() {
-            // This step's private directory, made ready by setup_root (or -1).
+            // This step's private directory, made ready by setup_root (or
+            // -1), or in a kept root its source cloned from the host's.
             let tree = match s.private {
                 Some(_) => privates.next().copied().unwrap_or(-1),
+                None if kept => match trees.take(i) {
+                    Ok(tree) => tree,
+                    Err(e) => {
+                        send(p.status, msg::STEP_SKIPPED, i as u32, e);
+                        continue;
+                    }
+                },
                 None => -1,
             };
             let wanted = match s.when {
@@ -1124,7 +1276,7 @@ pub(crate) unsafe fn sandbox_init(p: &ChildPlan) -> ! {
                 }
                 continue;
             }
-            let done = run_step(s, tree);
+            let done = run_step(s, tree, below);
             if tree >= 0 {
                 libc::close(tree);
             }
@@ -1136,10 +1288,11 @@ pub(crate) unsafe fn sandbox_init(p: &ChildPlan) -> ! {
                 }
             }
         }
-        if libc::chdir(p.root.newroot.as_ptr()) != 0 {
+        if kept {
+            // The root already.
+        } else if libc::chdir(p.root.newroot.as_ptr()) != 0 {
             fail(p, step::PIVOT, errno());
-        }
-        if libc::syscall(libc::SYS_pivot_root, c".".as_ptr(), c".".as_ptr()) == 0 {
+        } else if libc::syscall(libc::SYS_pivot_root, c".".as_ptr(), c".".as_ptr()) == 0 {
             if libc::umount2(c".".as_ptr(), libc::MNT_DETACH) != 0 {
                 fail(p, step::PIVOT, errno());
             }
@@ -1196,14 +1349,17 @@ pub(crate) unsafe fn sandbox_init(p: &ChildPlan) -> ! {
 
 /// Mounts one step: at `tree` (a detached private directory) when there is
 /// one, else as it says; then read-only if it says so.
-unsafe fn run_step(s: &Step, tree: c_int) -> Result<(), c_int> {
+/// `below`: the bytes of the new root's path to take off its paths (0 in
+/// the host's view; in a kept root, where the new root is `/`, its length).
+unsafe fn run_step(s: &Step, tree: c_int, below: usize) -> Result<(), c_int> {
+    let target = below_root(&s.target, below);
     let mount_step = || unsafe {
         if tree >= 0 {
-            return attach(tree, &s.target);
+            return attach(tree, target);
         }
         mount(
             s.source.as_deref(),
-            &s.target,
+            target,
             s.fstype.as_deref(),
             s.flags,
             s.data.as_deref(),
@@ -1214,18 +1370,18 @@ unsafe fn run_step(s: &Step, tree: c_int) -> Result<(), c_int> {
     // lookup through the overlay per level.
     unsafe {
         if s.dirs_first {
-            mkdirs(&s.mkdirs, 0o755).and_then(|()| mount_step())
+            step_dirs(&s.mkdirs, below).and_then(|()| mount_step())
         } else {
             match mount_step() {
                 Err(libc::ENOENT) if !s.mkdirs.is_empty() => {
-                    mkdirs(&s.mkdirs, 0o755).and_then(|()| mount_step())
+                    step_dirs(&s.mkdirs, below).and_then(|()| mount_step())
                 }
                 other => other,
             }
         }
         .and_then(|()| {
             if s.readonly {
-                make_readonly(&s.target)
+                make_readonly(target)
             } else {
                 Ok(())
             }
@@ -1268,7 +1424,23 @@ pub(crate) unsafe fn build_kept_root(p: &ChildPlan) -> Result<c_int, c_int> {
                 p.steps
                     .iter()
                     .filter(|s| s.when == When::Overlay)
-                    .try_for_each(|s| run_step(s, -1))
+                    .try_for_each(|s| run_step(s, -1, 0))
+            })
+            .and_then(|()| {
+                // The root becomes the namespace's own, the host's mounts
+                // around it gone: each copy of the namespace copies (and
+                // frees when its sandbox ends) only the root's mounts, and
+                // no sandbox pivots into it again.
+                if libc::chdir(r.newroot.as_ptr()) != 0 {
+                    return Err(errno());
+                }
+                if libc::syscall(libc::SYS_pivot_root, c".".as_ptr(), c".".as_ptr()) != 0 {
+                    return Err(errno());
+                }
+                if libc::umount2(c".".as_ptr(), libc::MNT_DETACH) != 0 {
+                    return Err(errno());
+                }
+                Ok(())
             });
         match made {
             Ok(()) => Ok(upper),

@@ -187,11 +187,12 @@ impl KeptRoots {
         if unsafe { libc::unshare(libc::CLONE_NEWNS) } != 0 {
             return None;
         }
+        // Opened before the build: the root it ends in has no `/proc`.
+        let ns = open_mount_namespace();
         // SAFETY: in the namespace just made for it.
         let built = unsafe { child::build_kept_root(plan) }
             // SAFETY: a descriptor build_kept_root opened for us.
             .map(|fd| unsafe { OwnedFd::from_raw_fd(fd) });
-        let ns = built.as_ref().ok().and_then(|_| open_mount_namespace());
         // SAFETY: setns(2) of this thread into the namespace it came from.
         if unsafe { libc::setns(self.home.as_raw_fd(), libc::CLONE_NEWNS) } != 0 {
             // The spawner cannot go on here: every later sandbox would copy

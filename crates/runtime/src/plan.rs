@@ -387,6 +387,19 @@ fn overlay_data(upper: &Path, work: &Path) -> Option<CString> {
     .ok()
 }
 
+/// The steps fit a kept root, where the new root is `/`: at most
+/// [`MAX_KEPT_STEPS`](crate::child::MAX_KEPT_STEPS), each path below `root`.
+fn rooted(root: &Path, steps: &[Step]) -> bool {
+    let below = |p: &CString| {
+        let p = Path::new(std::ffi::OsStr::from_bytes(p.as_bytes()));
+        p.starts_with(root) && p != root
+    };
+    steps.len() <= crate::child::MAX_KEPT_STEPS
+        && steps
+            .iter()
+            .all(|s| below(&s.target) && s.mkdirs.iter().all(below))
+}
+
 fn bind_step(
     layout: &Layout,
     source: &Path,
@@ -747,7 +760,10 @@ pub(crate) fn build(
         disk_tmp: cpath(&layout.upper.join("tmp")).map_err(init)?,
         root_tmp: cpath(&layout.root.join("tmp")).map_err(init)?,
         private_dirs: private_dirs(&mut steps, &layout.ovl).map_err(init)?,
-        keep: memory_upper && crate::kept_root::enabled(),
+        keep: memory_upper
+            && crate::kept_root::enabled()
+            && rooted(&layout.root, &steps)
+            && fds.preflight.len() <= crate::child::MAX_KEPT_STEPS,
     };
 
     let preflight = tests
