@@ -400,6 +400,28 @@ fn rooted(root: &Path, steps: &[Step]) -> bool {
             .all(|s| below(&s.target) && s.mkdirs.iter().all(below))
 }
 
+/// `path` and its parents, as `create_dir_all`, trying the `new` last
+/// levels from the top first: an attempt's output directory is usually
+/// three new levels (task, retry, `output`) in a workflow's directory that
+/// has thousands of tasks, where each `mkdir` that fails first is another
+/// lookup among them.
+fn create_new_dirs(path: &Path, new: usize) -> std::io::Result<()> {
+    let mut levels: Vec<&Path> = path.ancestors().take(new).collect();
+    levels.reverse();
+    for dir in levels {
+        match fs::create_dir(dir) {
+            Ok(()) => {}
+            // (A file there fails the next level, or the caller's use.)
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return fs::create_dir_all(path);
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
 fn bind_step(
     layout: &Layout,
     source: &Path,
@@ -484,7 +506,7 @@ pub(crate) fn build(
             })
             .map_err(init)
     };
-    fs::create_dir_all(&spec.output_dir)
+    create_new_dirs(&spec.output_dir, 3)
         .map_err(|source| PrepareError::Io {
             what: format!("create output dir {}", spec.output_dir.display()),
             source,
@@ -833,6 +855,24 @@ pub(crate) fn build(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn new_dirs_are_made_from_the_top_and_missing_parents_too() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("wf/t/0/output");
+        // Four levels missing, three tried from the top: all made.
+        create_new_dirs(&out, 3).unwrap();
+        assert!(out.is_dir());
+        // Some there already (a retry): the rest made.
+        let retry = dir.path().join("wf/t/1/output");
+        create_new_dirs(&retry, 3).unwrap();
+        assert!(retry.is_dir());
+        // All there: nothing to do.
+        create_new_dirs(&retry, 3).unwrap();
+        // A file in the way is an error.
+        std::fs::write(dir.path().join("wf/f"), "").unwrap();
+        assert!(create_new_dirs(&dir.path().join("wf/f/0/output"), 3).is_err());
+    }
 
     #[test]
     fn searches_the_task_path() {
