@@ -10,12 +10,15 @@
 //! again in the same few scratch directories (the agent reuses them).
 //!
 //! How: the spawner builds the root once in a mount namespace of its own (a
-//! template: [`child::build_kept_root`]) and keeps the namespace open. The
-//! init of each attempt in that scratch directory joins a copy of it
-//! (`setns`, then `unshare`) and makes only its own mounts (`/proc`, its
-//! private `/dev/shm`, the hidden directories, its output and inputs): what
-//! it mounts stays in its copy. Nothing of the template is mounted in the
-//! spawner's namespace, which every sandbox copies.
+//! template: [`child::build_kept_root`]), pivots into it there (the host's
+//! mounts around it detached: a copy holds only the root's) and keeps the
+//! namespace open. The init of each attempt in that scratch directory
+//! clones the host paths it binds in (`open_tree`), joins a copy of the
+//! template (`setns`, then `unshare`: it is in its root at once) and makes
+//! only its own mounts (`/proc`, its private `/dev/shm`, the hidden
+//! directories, its output and inputs): what it mounts stays in its copy.
+//! Nothing of the template is mounted in the spawner's namespace, which
+//! every sandbox copies.
 //!
 //! A root is taken again only when it is as it was made:
 //! - its writable layer is unchanged: the upper directory holds the same
