@@ -1190,12 +1190,16 @@ pub(crate) unsafe fn sandbox_init(p: &ChildPlan) -> ! {
         // binds come from are not there, so they are cloned here first.
         // (The descriptors are closed with the others below, or after use.)
         let mut trees = HostTrees::none();
-        if p.template >= 0
-            && let Err((i, e)) = open_host_trees(p, &mut trees)
-        {
-            fail(p, i, e);
-        }
-        let kept = p.template >= 0 && enter_template(p);
+        let kept = p.template >= 0
+            && match open_host_trees(p, &mut trees) {
+                Ok(()) => enter_template(p),
+                // No `open_tree` (before Linux 5.2): the init makes the root.
+                Err((_, libc::ENOSYS)) => {
+                    own_namespace(p);
+                    false
+                }
+                Err((i, e)) => fail(p, i, e),
+            };
         if !kept {
             trees.close();
         }
@@ -1397,10 +1401,18 @@ unsafe fn enter_template(p: &ChildPlan) -> bool {
     unsafe {
         let joined = libc::setns(p.template, libc::CLONE_NEWNS) == 0;
         // A copy, so that nothing this sandbox mounts reaches the template.
+        own_namespace(p);
+        joined
+    }
+}
+
+/// Moves this process into a copy of its mount namespace (an init cloned
+/// to join a template has none of its own yet); ends the init when it cannot.
+unsafe fn own_namespace(p: &ChildPlan) {
+    unsafe {
         if libc::unshare(libc::CLONE_NEWNS) != 0 {
             fail(p, step::PRIVATE, errno());
         }
-        joined
     }
 }
 
