@@ -495,9 +495,10 @@ fn logs_follow_a_running_workflow_until_it_ends() {
 }
 
 /// A workflow the query shows finished is finished for `cancel`, `restart`
-/// and the list too, before its end is committed to the store (the service
+/// and the lists too, before its end is committed to the store (the service
 /// commits lazily): cancel says it already finished, restart runs it again,
-/// the list shows it with its final status.
+/// the workflow list shows it with its final status, the running tasks'
+/// list no longer.
 #[test]
 fn a_workflow_shown_finished_is_so_for_cancel_restart_and_list_before_it_is_stored() {
     let server =
@@ -513,6 +514,10 @@ fn a_workflow_shown_finished_is_so_for_cancel_restart_and_list_before_it_is_stor
     );
     let doc = server.wait_finished(&id, Duration::from_secs(60));
     assert_eq!(doc["status"], "FAILED", "{doc:#}");
+
+    // The running tasks' list no longer shows it (it is answered at once).
+    let tasks = server.get_json("/api/task");
+    assert!(tasks["tasks"].as_array().unwrap().is_empty(), "{tasks:#}");
 
     let client = reqwest::blocking::Client::new();
     let (cancel_status, cancel_text) =

@@ -452,9 +452,12 @@ impl Core {
                 .active
                 .get(id)
                 .map(|a| docs::task_rows(&a.meta(id), &a.engine)),
+            // The running ones: a finished workflow whose end is not
+            // committed yet is finished here too.
             None => Some(
                 self.active
                     .iter()
+                    .filter(|(_, a)| !a.engine.is_finished())
                     .flat_map(|(id, a)| docs::task_rows(&a.meta(id), &a.engine))
                     .collect(),
             ),
@@ -466,7 +469,8 @@ impl Core {
     pub fn live(&self) -> crate::metrics::Live {
         let mut workflows: HashMap<&str, usize> = HashMap::new();
         let mut tasks: HashMap<&str, usize> = HashMap::new();
-        for active in self.active.values() {
+        // (A finished one whose end is not committed yet is not running.)
+        for active in self.active.values().filter(|a| !a.engine.is_finished()) {
             let engine = &active.engine;
             *workflows.entry(engine.status().as_str()).or_default() += 1;
             for (g, group) in engine.workflow().groups.iter().enumerate() {
