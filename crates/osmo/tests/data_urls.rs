@@ -504,13 +504,7 @@ fn a_task_shown_completed_is_so_before_its_end_is_stored() {
     let first = server.submit(
         "workflow:\n  name: first\n  tasks:\n  - {name: train, image: ubuntu, command: [sh, -c, 'sleep 1; echo weights > {{output}}/model']}\n",
     );
-    let lock = StoreLock::take(&server.data_dir().join("osmo.db"));
-    let status = server.workflow(&first)["status"].clone();
-    assert!(
-        status == "PENDING" || status == "RUNNING",
-        "the lock came before the task's end: {status}"
-    );
-    server.wait_finished(&first, Duration::from_secs(60));
+    let (lock, _) = server.finished_but_not_stored(&first);
 
     let spec = format!(
         "workflow:\n  name: second\n  tasks:\n  - name: eval\n    image: ubuntu\n    command: [sh, -c, 'cat {{{{input:0}}}}/model > {{{{output}}}}/seen']\n    inputs: [{{task: '{first}:train'}}]\n"

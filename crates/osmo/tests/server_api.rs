@@ -506,13 +506,7 @@ fn a_workflow_shown_finished_is_so_for_cancel_restart_and_list_before_it_is_stor
     let id = server.submit(
         "workflow:\n  name: broken\n  tasks:\n  - {name: t, image: ubuntu, command: [sh, -c, 'sleep 1; exit 3']}\n",
     );
-    let lock = StoreLock::take(&server.data_dir().join("osmo.db"));
-    let status = server.workflow(&id)["status"].clone();
-    assert!(
-        status == "PENDING" || status == "RUNNING",
-        "the lock came before the workflow's end: {status}"
-    );
-    let doc = server.wait_finished(&id, Duration::from_secs(60));
+    let (lock, doc) = server.finished_but_not_stored(&id);
     assert_eq!(doc["status"], "FAILED", "{doc:#}");
 
     // The running tasks' list no longer shows it (it is answered at once).

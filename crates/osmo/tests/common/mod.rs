@@ -190,6 +190,19 @@ impl Server {
         })
     }
 
+    /// Takes the store's write lock while `id` still runs (its tasks must
+    /// take a moment: checked), then waits until the live state shows it
+    /// finished: its end is not in the store until the lock is released.
+    pub fn finished_but_not_stored(&self, id: &str) -> (StoreLock, Value) {
+        let lock = StoreLock::take(&self.data_dir().join("osmo.db"));
+        let status = self.workflow(id)["status"].clone();
+        assert!(
+            status == "PENDING" || status == "RUNNING",
+            "the lock came before the workflow's end: {status}"
+        );
+        (lock, self.wait_finished(id, Duration::from_secs(60)))
+    }
+
     pub fn workflow_count(&self) -> usize {
         self.get_json("/api/workflow?limit=1000")["workflows"]
             .as_array()
