@@ -94,8 +94,9 @@ pub enum Request {
     Live {
         reply: oneshot::Sender<crate::metrics::Live>,
     },
-    /// The live document of an unfinished workflow; None when it is not
-    /// running here (finished: the store has its final state).
+    /// The live document of a workflow here: an unfinished one, or one
+    /// that finished whose end's commit has not landed yet. None when it is
+    /// not here (finished and committed: the store has its final state).
     Query {
         id: String,
         verbose: bool,
