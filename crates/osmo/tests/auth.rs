@@ -109,7 +109,7 @@ fn tokens_decide_who_may_do_what() {
         &alice,
         "workflow:\n  name: mine\n  tasks:\n  - {name: t, image: ubuntu, command: [sh, -c, 'osmo workflow query $OSMO_WORKFLOW_ID > {{output}}/q && until [ -e {{output}}/go ]; do sleep 0.02; done']}\n",
     );
-    let output = server.data_dir().join(format!("runs/{id}/t/0/output"));
+    let output = server.output_dir(&id, "t", 0);
     let query = wait_for(Duration::from_secs(30), "the task's own query", || {
         std::fs::read_to_string(output.join("q"))
             .ok()

@@ -63,10 +63,9 @@ workflow:
     }
     assert_eq!(attempts, n, "one attempt per task");
 
-    let runs_dir = server.data_dir().join("runs").join(&id);
     for i in 0..n {
-        let runs = std::fs::read_to_string(runs_dir.join(format!("t{i}/0/output/runs")))
-            .unwrap_or_default();
+        let output = server.output_dir(&id, &format!("t{i}"), 0);
+        let runs = std::fs::read_to_string(output.join("runs")).unwrap_or_default();
         assert_eq!(runs.lines().count(), 1, "task t{i} ran {runs:?}");
     }
 

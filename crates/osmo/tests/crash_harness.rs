@@ -269,7 +269,6 @@ fn random_server_kills_during_mixed_workflows_change_no_outcome() {
         );
         let (status, logs) = server.get(&format!("/api/workflow/{id}/logs"));
         assert_eq!(status, 200);
-        let runs_dir = server.data_dir().join("runs").join(id);
         for ((task, retry), t) in &attempts {
             let expected_status = match (shape, *retry, task.as_str()) {
                 (Shape::Reschedule, 0, _) => "RESCHEDULED",
@@ -277,11 +276,14 @@ fn random_server_kills_during_mixed_workflows_change_no_outcome() {
                 _ => "COMPLETED",
             };
             assert_eq!(t["status"], expected_status, "{shape:?} {id} {task}: {t:#}");
-            let runs =
-                std::fs::read_to_string(runs_dir.join(format!("{task}/{retry}/output/runs")))
-                    .unwrap_or_default()
-                    .lines()
-                    .count();
+            let runs = std::fs::read_to_string(
+                server
+                    .output_dir(id, task, u32::try_from(*retry).unwrap())
+                    .join("runs"),
+            )
+            .unwrap_or_default()
+            .lines()
+            .count();
             let line = format!("hello from {task} {retry}");
             let logged = logs.lines().filter(|l| l.ends_with(&line)).count();
             // A group's sibling may be stopped by its lead before it ran.

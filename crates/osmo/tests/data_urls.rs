@@ -84,12 +84,7 @@ fn set_data_credential(server: &Server, s3: &S3, name: &str, key_id: &str, secre
 }
 
 fn output_file(server: &Server, id: &str, task: &str, retry: u32, file: &str) -> String {
-    std::fs::read_to_string(
-        server
-            .data_dir()
-            .join(format!("runs/{id}/{task}/{retry}/output/{file}")),
-    )
-    .unwrap_or_default()
+    std::fs::read_to_string(server.output_dir(id, task, retry).join(file)).unwrap_or_default()
 }
 
 fn logs(server: &Server, id: &str) -> String {
@@ -370,9 +365,7 @@ workflow:
     let sum = output_file(&server, &id, "t", 0, "sum");
     // The store has the bytes now: the copy in the run's output goes, so the test needs disk
     // for one copy at a time (a CI machine's disk can be nearly full after the build).
-    let uploaded = server
-        .data_dir()
-        .join(format!("runs/{id}/t/0/output/big.bin"));
+    let uploaded = server.output_dir(&id, "t", 0).join("big.bin");
     std::fs::remove_file(&uploaded).unwrap_or_else(|e| panic!("{}: {e}", uploaded.display()));
     let id = server.submit(&format!(
         r#"

@@ -175,9 +175,7 @@ fn a_gpu_task_is_told_its_devices_in_the_container() {
         serde_json::json!([0, 1]),
         "{doc:#}"
     );
-    let seen =
-        std::fs::read_to_string(server.data_dir().join(format!("runs/{id}/t/0/output/seen")))
-            .unwrap();
+    let seen = std::fs::read_to_string(server.output_dir(&id, "t", 0).join("seen")).unwrap();
     assert_eq!(seen.trim(), "0,1 0,1");
     assert_no_container_left();
 }
@@ -249,8 +247,7 @@ fn osmo_runs_inside_a_container_with_glibc() {
     ));
     let doc = server.wait_finished(&id, Duration::from_secs(60));
     assert_eq!(doc["status"], "COMPLETED", "{doc:#}");
-    let q =
-        std::fs::read_to_string(server.data_dir().join(format!("runs/{id}/t/0/output/q"))).unwrap();
+    let q = std::fs::read_to_string(server.output_dir(&id, "t", 0).join("q")).unwrap();
     assert!(q.contains(&id), "{q}");
     assert_no_container_left();
 }
@@ -445,7 +442,7 @@ workflow:
     for id in &ids {
         let doc = server.wait_finished(id, Duration::from_secs(120));
         assert_eq!(doc["status"], "COMPLETED", "{doc:#}");
-        let out = server.data_dir().join(format!("runs/{id}/client/0/output"));
+        let out = server.output_dir(id, "client", 0);
         let read = |f: &str| std::fs::read_to_string(out.join(f)).unwrap_or_default();
         assert_eq!(read("reply").trim(), format!("pong from {id}"));
         assert!(read("dns").contains("Address"), "{}", read("dns"));

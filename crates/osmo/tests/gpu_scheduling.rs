@@ -86,7 +86,7 @@ fn four_one_gpu_tasks_run_on_four_devices_and_a_fifth_waits() {
     assert!(running(&doc).len() == 4, "still four at once: {doc:#}");
 
     let release = |name: &str| {
-        let out = server.data_dir().join(format!("runs/{id}/{name}/0/output"));
+        let out = server.output_dir(&id, name, 0);
         std::fs::write(out.join("go"), "").unwrap();
     };
     for name in &first {
@@ -108,12 +108,7 @@ fn four_one_gpu_tasks_run_on_four_devices_and_a_fifth_waits() {
         assert!(gpus[0] < 4, "{name}: {gpus:?}");
         seen_devices.insert(gpus[0]);
         // The task saw exactly its own device.
-        let seen = std::fs::read_to_string(
-            server
-                .data_dir()
-                .join(format!("runs/{id}/{name}/0/output/seen")),
-        )
-        .unwrap();
+        let seen = std::fs::read_to_string(server.output_dir(&id, name, 0).join("seen")).unwrap();
         assert_eq!(seen.trim(), format!("{0} {0}", gpus[0]), "{name}");
     }
     assert_eq!(

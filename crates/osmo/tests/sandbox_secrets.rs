@@ -37,10 +37,16 @@ fn a_task_sees_neither_the_data_dir_nor_root_home_nor_hidden_paths() {
         root = root_file.display(),
     );
     let spec = format!(
-        "workflow:\n  name: secrets\n  tasks:\n  - {{name: first, image: ubuntu, command: [sh, -c, 'echo first > {{{{output}}}}/x']}}\n  - name: second\n    image: ubuntu\n    inputs: [{{task: first}}]\n    command: [sh, -c, '{checks}']\n  - {{name: peer, image: ubuntu, inputs: [{{task: second}}], command: [sh, -c, 'test ! -e {data}/runs/$OSMO_WORKFLOW_ID/first/0/output/x && ls /root | wc -l > {{{{output}}}}/root-entries']}}\n",
-        data = data.display(),
+        "workflow:\n  name: secrets\n  tasks:\n  - {{name: first, image: ubuntu, command: [sh, -c, 'echo first > {{{{output}}}}/x']}}\n  - name: second\n    image: ubuntu\n    inputs: [{{task: first}}]\n    command: [sh, -c, '{checks}']\n  - {{name: peer, image: ubuntu, inputs: [{{task: second}}], command: [sh, -c, 'test ! -e {first_output}/x && ls /root | wc -l > {{{{output}}}}/root-entries']}}\n",
+        // Where this workflow's `first` writes (the task's shell knows the id).
+        first_output = data.join("runs/$OSMO_WORKFLOW_ID/first.0").display(),
     );
     let id = server.submit(&spec);
+    assert_eq!(
+        server.output_dir(&id, "first", 0),
+        data.join(format!("runs/{id}/first.0")),
+        "the peer looks where the first task's output is"
+    );
     let doc = server.wait_finished(&id, Duration::from_secs(60));
     if wrote_root {
         let _ = std::fs::remove_file(&root_file);
@@ -48,10 +54,9 @@ fn a_task_sees_neither_the_data_dir_nor_root_home_nor_hidden_paths() {
     let (_, logs) = server.get(&format!("/api/workflow/{id}/logs"));
     assert_eq!(doc["status"], "COMPLETED", "{doc:#}\n{logs}");
     // The checks ran: the task wrote its own output under the hidden data dir.
-    assert!(data.join(format!("runs/{id}/second/0/output/ok")).exists());
+    assert!(server.output_dir(&id, "second", 0).join("ok").exists());
     let entries =
-        std::fs::read_to_string(data.join(format!("runs/{id}/peer/0/output/root-entries")))
-            .unwrap();
+        std::fs::read_to_string(server.output_dir(&id, "peer", 0).join("root-entries")).unwrap();
     assert_eq!(entries.trim(), "0", "/root is empty inside the task");
 }
 
@@ -105,9 +110,7 @@ fn tasks_run_as_nobody_unless_the_pool_allows_root() {
         let id = server.submit(spec);
         let doc = server.wait_finished(&id, Duration::from_secs(60));
         assert_eq!(doc["status"], "COMPLETED", "{doc:#}");
-        let seen =
-            std::fs::read_to_string(server.data_dir().join(format!("runs/{id}/t/0/output/id")))
-                .unwrap();
+        let seen = std::fs::read_to_string(server.output_dir(&id, "t", 0).join("id")).unwrap();
         assert_eq!(seen.trim(), want, "{config}");
     }
 }

@@ -277,12 +277,7 @@ fn gpu_tasks_get_gres_and_see_only_their_devices() {
             .map(|g| g.as_u64().unwrap())
             .collect();
         assert_eq!(gpus.len(), 2, "Slurm gave {name} two GPUs: {doc:#}");
-        let seen = std::fs::read_to_string(
-            server
-                .data_dir()
-                .join(format!("runs/{id}/{name}/0/output/seen")),
-        )
-        .unwrap();
+        let seen = std::fs::read_to_string(server.output_dir(&id, name, 0).join("seen")).unwrap();
         let want: Vec<String> = gpus.iter().map(u64::to_string).collect();
         assert_eq!(seen.trim(), want.join(","), "{name} sees its own GPUs");
         all.extend(gpus);
@@ -350,9 +345,7 @@ fn a_group_is_allocated_whole_or_not_at_all() {
         assert_eq!(task(&doc, name, 0)["status"], "SCHEDULING", "{doc:#}");
     }
     for name in ["a", "b", "c"] {
-        let out = server
-            .data_dir()
-            .join(format!("runs/{first}/{name}/0/output"));
+        let out = server.output_dir(&first, name, 0);
         std::fs::write(out.join("go"), "").unwrap();
     }
     for id in [&first, &second] {
@@ -388,7 +381,7 @@ fn a_server_restart_adopts_a_running_group_job() {
     server.spawn();
     // The new server finds both attempts in the group's job.
     for name in ["a", "b"] {
-        let out = server.data_dir().join(format!("runs/{id}/{name}/0/output"));
+        let out = server.output_dir(&id, name, 0);
         std::fs::write(out.join("go"), "").unwrap();
     }
     let doc = server.wait_finished(&id, Duration::from_secs(60));

@@ -125,12 +125,8 @@ fn two_workflows_listen_on_one_port_and_find_their_own_server() {
         for name in ["server", "twin"] {
             assert_eq!(task(&doc, name, 0)["status"], "COMPLETED", "{doc:#}");
         }
-        let result = std::fs::read_to_string(
-            server
-                .data_dir()
-                .join(format!("runs/{id}/client/0/output/result")),
-        )
-        .unwrap();
+        let result =
+            std::fs::read_to_string(server.output_dir(id, "client", 0).join("result")).unwrap();
         let want_outside = if outside.is_some() { "yes" } else { "-" };
         assert_eq!(
             result.trim(),

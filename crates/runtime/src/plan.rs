@@ -401,10 +401,9 @@ fn rooted(root: &Path, steps: &[Step]) -> bool {
 }
 
 /// `path` and its parents, as `create_dir_all`, trying the `new` last
-/// levels from the top first: an attempt's output directory is usually
-/// three new levels (task, retry, `output`) in a workflow's directory that
-/// has thousands of tasks, where each `mkdir` that fails first is another
-/// lookup among them.
+/// levels from the top first: an attempt's output directory is usually one
+/// new level (`TASK.RETRY`) in a workflow's directory that has thousands of
+/// tasks, where each `mkdir` that fails first is another lookup among them.
 fn create_new_dirs(path: &Path, new: usize) -> std::io::Result<()> {
     let mut levels: Vec<&Path> = path.ancestors().take(new).collect();
     levels.reverse();
@@ -506,7 +505,7 @@ pub(crate) fn build(
             })
             .map_err(init)
     };
-    create_new_dirs(&spec.output_dir, 3)
+    create_new_dirs(&spec.output_dir, 2)
         .map_err(|source| PrepareError::Io {
             what: format!("create output dir {}", spec.output_dir.display()),
             source,

@@ -622,12 +622,8 @@ async fn resolve_other_workflows(
                     done.status
                 )));
             }
-            let dir = app
-                .runs_dir
-                .join(&other)
-                .join(&name)
-                .join(done.retry_id.to_string())
-                .join("output");
+            let dir =
+                crate::launch::AttemptDirs::of(&app.runs_dir, &other, &name, done.retry_id).output;
             *url = format!("file://{}", dir.display());
         }
     }

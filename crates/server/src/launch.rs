@@ -16,6 +16,40 @@ use crate::scheduler::Footprint;
 /// The unprivileged user and group tasks run as: `nobody`/`nogroup`.
 const NOBODY: u32 = 65534;
 
+/// Where an attempt keeps its files on the host, below the data
+/// directory's `runs/`.
+pub struct AttemptDirs {
+    /// Its `{{output}}`: `runs/WF/TASK.RETRY`.
+    pub output: PathBuf,
+    /// Where the inputs it downloads go, one directory each:
+    /// `runs/WF/TASK.RETRY.input/N`.
+    pub downloads: PathBuf,
+}
+
+impl AttemptDirs {
+    /// The directories of attempt `retry_id` of `task`. One new directory
+    /// per attempt, in its workflow's: on a file system such as ext4, each
+    /// new directory allocates a block, and `runs/WF/TASK/RETRY/output` made
+    /// three per task. An attempt made by an earlier version keeps that
+    /// layout (`output` and `input` in `runs/WF/TASK/RETRY`); the two cannot
+    /// be confused, a task's name having no `.`.
+    pub fn of(runs: &Path, workflow_id: &str, task: &str, retry_id: u32) -> AttemptDirs {
+        let workflow = runs.join(workflow_id);
+        let earlier = workflow.join(task).join(retry_id.to_string());
+        if earlier.is_dir() {
+            return AttemptDirs {
+                output: earlier.join("output"),
+                downloads: earlier.join("input"),
+            };
+        }
+        let stem = format!("{task}.{retry_id}");
+        AttemptDirs {
+            downloads: workflow.join(format!("{stem}.input")),
+            output: workflow.join(stem),
+        }
+    }
+}
+
 pub struct LaunchBuilder {
     runs: PathBuf,
     /// The server's data directory, hidden from tasks.
@@ -91,11 +125,7 @@ impl LaunchBuilder {
 
     /// Where an attempt's `{{output}}` lives on the host.
     pub fn output_dir(&self, workflow_id: &str, task: &str, retry_id: u32) -> PathBuf {
-        self.runs
-            .join(workflow_id)
-            .join(task)
-            .join(retry_id.to_string())
-            .join("output")
+        AttemptDirs::of(&self.runs, workflow_id, task, retry_id).output
     }
 
     pub fn build(
@@ -114,7 +144,8 @@ impl LaunchBuilder {
         } = key.attempt;
         let group = &workflow.groups[group as usize];
         let spec = &group.tasks[task as usize];
-        let output = self.output_dir(engine.id(), &spec.name, retry_id);
+        let dirs = AttemptDirs::of(&self.runs, engine.id(), &spec.name, retry_id);
+        let output = dirs.output;
         if make_output {
             std::fs::create_dir_all(&output).with_context(|| {
                 format!("cannot create the output directory {}", output.display())
@@ -145,11 +176,7 @@ impl LaunchBuilder {
                 }
                 Input::Url { url, regex } => {
                     // Downloaded here by the runtime before the command (`run_with_data`).
-                    let dir = output
-                        .parent()
-                        .expect("output has a parent")
-                        .join("input")
-                        .join(i.to_string());
+                    let dir = dirs.downloads.join(i.to_string());
                     std::fs::create_dir_all(&dir)?;
                     inputs.push((url.clone(), path_text(&dir)));
                     // Its URL once the task's tokens are substituted (below).
@@ -376,4 +403,28 @@ fn path_text(path: &Path) -> String {
 /// no one to wait for).
 pub(crate) fn waits_at_barrier(group: &osmo_spec::model::Group) -> bool {
     group.barrier && group.tasks.len() > 1
+}
+
+#[cfg(test)]
+mod tests {
+    use super::AttemptDirs;
+
+    #[test]
+    fn an_attempt_gets_one_directory_and_one_made_earlier_keeps_its_layout() {
+        let runs = tempfile::tempdir().unwrap();
+        let runs = runs.path();
+        let dirs = AttemptDirs::of(runs, "wf-1", "train", 2);
+        assert_eq!(dirs.output, runs.join("wf-1/train.2"));
+        assert_eq!(dirs.downloads, runs.join("wf-1/train.2.input"));
+        // A run of an earlier version made `runs/WF/TASK/RETRY/output`:
+        // its attempts are found there, its other attempts take the new one.
+        std::fs::create_dir_all(runs.join("wf-1/train/0/output")).unwrap();
+        let earlier = AttemptDirs::of(runs, "wf-1", "train", 0);
+        assert_eq!(earlier.output, runs.join("wf-1/train/0/output"));
+        assert_eq!(earlier.downloads, runs.join("wf-1/train/0/input"));
+        assert_eq!(
+            AttemptDirs::of(runs, "wf-1", "train", 1).output,
+            runs.join("wf-1/train.1")
+        );
+    }
 }

@@ -210,14 +210,13 @@ impl Server {
             .len()
     }
 
-    /// Where the service keeps the output of `task`'s attempt `retry_id`.
+    /// Where the service keeps the output of `task`'s attempt `retry_id`:
+    /// `runs/WF/TASK.RETRY` (one new directory per attempt).
     pub fn output_dir(&self, id: &str, task: &str, retry_id: u32) -> PathBuf {
         self.data_dir()
             .join("runs")
             .join(id)
-            .join(task)
-            .join(retry_id.to_string())
-            .join("output")
+            .join(format!("{task}.{retry_id}"))
     }
 
     pub fn agent_pid(&self) -> Option<i32> {
