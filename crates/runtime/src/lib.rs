@@ -76,6 +76,7 @@ pub mod enter;
 pub mod env;
 mod error;
 pub mod gpu;
+mod hidden;
 mod kept_root;
 mod mountinfo;
 mod plan;

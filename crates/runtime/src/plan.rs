@@ -167,9 +167,18 @@ pub fn recycle_scratch(scratch: &Path) -> bool {
     let clear = |dir: &Path| -> std::io::Result<()> {
         children(dir)?.iter().try_for_each(fs::remove_dir_all)
     };
+    // `/tmp` read once: most tasks leave it empty.
     let readied = untouched(&upper, &tmp)
-        && only_directories(&tmp, 16)
-        && clear(&tmp).is_ok()
+        && fs::read_dir(&tmp)
+            .and_then(|entries| entries.collect::<std::io::Result<Vec<_>>>())
+            .is_ok_and(|left| {
+                left.iter().all(|e| {
+                    e.file_type().is_ok_and(|t| t.is_dir()) && only_directories(&e.path(), 15)
+                }) && left
+                    .iter()
+                    .try_for_each(|e| fs::remove_dir_all(e.path()))
+                    .is_ok()
+            })
         && clear(&work).is_ok();
     let mut known = known();
     match known.get_mut(scratch) {
@@ -183,9 +192,10 @@ pub fn recycle_scratch(scratch: &Path) -> bool {
 /// (a task that changed `/tmp`'s mode or owner leaves a layer not to reuse).
 fn untouched(upper: &Path, tmp: &Path) -> bool {
     use std::os::unix::fs::MetadataExt;
+    let owner = owner();
     let as_made = |dir: &Path, mode: u32| {
         fs::symlink_metadata(dir)
-            .is_ok_and(|m| m.is_dir() && m.mode() & 0o7777 == mode && (m.uid(), m.gid()) == owner())
+            .is_ok_and(|m| m.is_dir() && m.mode() & 0o7777 == mode && (m.uid(), m.gid()) == owner)
     };
     only_entry(upper, "tmp") && as_made(upper, 0o755) && as_made(tmp, 0o1777)
 }
@@ -219,18 +229,6 @@ fn only_directories(dir: &Path, depth: u32) -> bool {
                 e.file_type().is_ok_and(|t| t.is_dir()) && only_directories(&e.path(), depth - 1)
             })
         })
-}
-
-/// The topmost directory above `path` (not `/`) that others may not search
-/// (no `o+x`), if any.
-fn closed_ancestor(path: &Path) -> Option<PathBuf> {
-    use std::os::unix::fs::PermissionsExt;
-    path.ancestors()
-        .skip(1)
-        .filter(|a| a.parent().is_some())
-        .filter(|a| fs::metadata(a).is_ok_and(|m| m.permissions().mode() & 0o001 == 0))
-        .last()
-        .map(Path::to_path_buf)
 }
 
 /// Descriptors the plan refers to (owned by the controller).
@@ -390,9 +388,14 @@ fn overlay_data(upper: &Path, work: &Path) -> Option<CString> {
 /// The steps fit a kept root, where the new root is `/`: at most
 /// [`MAX_KEPT_STEPS`](crate::child::MAX_KEPT_STEPS), each path below `root`.
 fn rooted(root: &Path, steps: &[Step]) -> bool {
+    // On bytes: the plan's paths are `root` joined with normal components
+    // (`under`, `prefixes`), and there are dozens of them an attempt.
+    let root = root.as_os_str().as_bytes();
+    let root = root.strip_suffix(b"/").unwrap_or(root);
     let below = |p: &CString| {
-        let p = Path::new(std::ffi::OsStr::from_bytes(p.as_bytes()));
-        p.starts_with(root) && p != root
+        p.as_bytes()
+            .strip_prefix(root)
+            .is_some_and(|rest| rest.len() > 1 && rest[0] == b'/')
     };
     steps.len() <= crate::child::MAX_KEPT_STEPS
         && steps
@@ -661,29 +664,7 @@ pub(crate) fn build(
 
     // The host's secrets, masked before the task's own directories are bound
     // (which may lie below them, as its output lies in the data directory).
-    let mut hidden: Vec<PathBuf> = spec
-        .hidden_paths
-        .iter()
-        .filter_map(|p| realpath::canonical(p).ok())
-        .filter(|p| p.is_dir())
-        // A task that is not root could not pass a closed directory above it
-        // anyway: hiding that one instead makes the paths bound in below
-        // (its output in the data directory) reachable to it.
-        .map(|p| match run_as {
-            Some((uid, _)) if uid != 0 => closed_ancestor(&p).unwrap_or(p),
-            _ => p,
-        })
-        // `/tmp` is the task's own already: nothing of the host's is under it.
-        .filter(|p| p.parent().is_some() && !p.starts_with("/tmp"))
-        .collect();
-    hidden.sort_by_key(|p| p.components().count());
-    // One below another is hidden with it (and could not be mounted on in it).
-    let mut outermost: Vec<PathBuf> = Vec::new();
-    for p in hidden {
-        if !outermost.iter().any(|o| p.starts_with(o)) {
-            outermost.push(p);
-        }
-    }
+    let outermost = crate::hidden::outermost(&spec.hidden_paths, run_as);
     for dir in &outermost {
         steps.push(Step {
             mkdirs: vec![],
@@ -871,6 +852,42 @@ mod tests {
         // A file in the way is an error.
         std::fs::write(dir.path().join("wf/f"), "").unwrap();
         assert!(create_new_dirs(&dir.path().join("wf/f/0/output"), 3).is_err());
+    }
+
+    #[test]
+    fn a_plan_is_rooted_when_every_path_is_below_the_root() {
+        let step = |target: &str, mkdirs: &[&str]| Step {
+            mkdirs: mkdirs.iter().map(|d| CString::new(*d).unwrap()).collect(),
+            source: None,
+            target: CString::new(target).unwrap(),
+            fstype: None,
+            flags: 0,
+            data: None,
+            readonly: false,
+            optional: false,
+            when: When::Always,
+            private: None,
+            dirs_first: false,
+        };
+        for root in ["/s/root", "/s/root/"] {
+            let root = Path::new(root);
+            assert!(rooted(
+                root,
+                &[step("/s/root/proc", &["/s/root/a", "/s/root/a/b"])]
+            ));
+            assert!(!rooted(root, &[step("/s/root", &[])]), "the root itself");
+            assert!(!rooted(root, &[step("/s/root/", &[])]), "the root itself");
+            assert!(!rooted(root, &[step("/s/rootx/a", &[])]), "a sibling");
+            assert!(
+                !rooted(root, &[step("/s/root/a", &["/s/a"])]),
+                "a mount point outside"
+            );
+        }
+        let many: Vec<Step> = (0..=crate::child::MAX_KEPT_STEPS)
+            .map(|i| step(&format!("/s/root/{i}"), &[]))
+            .collect();
+        assert!(!rooted(Path::new("/s/root"), &many), "too many steps");
+        assert!(rooted(Path::new("/s/root"), &many[1..]));
     }
 
     #[test]
