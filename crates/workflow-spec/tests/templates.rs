@@ -149,7 +149,10 @@ fn bounded(source: &str, needle: &str) {
     let start = Instant::now();
     let err = render_err(source);
     let took = start.elapsed();
-    assert!(took < Duration::from_secs(2), "took {took:?}");
+    // Fuel stops it, not a clock: this only tells a stopped template (a
+    // second or two in a debug build on a loaded machine) from one that
+    // escaped the fuel (hours).
+    assert!(took < Duration::from_secs(30), "took {took:?}");
     assert!(err.to_string().contains(needle), "{err}");
 }
 
