@@ -195,6 +195,10 @@ pub(crate) enum When {
     Overlay,
     /// The overlay has it already.
     ReadOnlyRoot,
+    /// Every root; a kept root's template has it already, read-only: a
+    /// hidden directory nothing else is mounted below (a task in a kept root
+    /// is not root, and could not write in it anyway).
+    Shared,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -964,7 +968,12 @@ unsafe fn detached_private_dirs(p: &ChildPlan, fds: &mut [c_int]) {
         if tmpfs < 0 {
             return;
         }
-        let modes = p.steps.iter().filter_map(|s| s.private);
+        // (In a kept root: the template has the `Shared` steps' already.)
+        let modes = p
+            .steps
+            .iter()
+            .filter(|s| s.when != When::Shared)
+            .filter_map(|s| s.private);
         for (i, (mode, fd)) in modes.zip(fds.iter_mut()).enumerate() {
             // "p0".."p15" (MAX_PRIVATE), no allocation.
             let name = [b'p', b'0' + (i / 10 % 10) as u8, b'0' + (i % 10) as u8, 0];
@@ -1259,6 +1268,8 @@ pub(crate) unsafe fn sandbox_init(p: &ChildPlan) -> ! {
             // This step's private directory, made ready by setup_root (or
             // -1), or in a kept root its source cloned from the host's.
             let tree = match s.private {
+                // The template's (and no private directory was made for it).
+                Some(_) if kept && s.when == When::Shared => -1,
                 Some(_) => privates.next().copied().unwrap_or(-1),
                 None if kept => match trees.take(i) {
                     Ok(tree) => tree,
@@ -1273,6 +1284,7 @@ pub(crate) unsafe fn sandbox_init(p: &ChildPlan) -> ! {
                 When::Always => true,
                 When::Overlay => overlay && !kept,
                 When::ReadOnlyRoot => !overlay,
+                When::Shared => !kept,
             };
             if !wanted {
                 if tree >= 0 {
@@ -1437,6 +1449,13 @@ pub(crate) unsafe fn build_kept_root(p: &ChildPlan) -> Result<c_int, c_int> {
                     .iter()
                     .filter(|s| s.when == When::Overlay)
                     .try_for_each(|s| run_step(s, -1, 0))
+            })
+            .and_then(|()| {
+                // Its own empty tmpfs each, read-only: every copy shows it.
+                p.steps
+                    .iter()
+                    .filter(|s| s.when == When::Shared)
+                    .try_for_each(|s| run_step(s, -1, 0).and_then(|()| make_readonly(&s.target)))
             })
             .and_then(|()| {
                 // The root becomes the namespace's own, the host's mounts

@@ -16,7 +16,9 @@
 //! clones the host paths it binds in (`open_tree`), joins a copy of the
 //! template (`setns`, then `unshare`: it is in its root at once) and makes
 //! only its own mounts (`/proc`, its private `/dev/shm`, the hidden
-//! directories, its output and inputs): what it mounts stays in its copy.
+//! directory its output is below, its output and inputs): what it mounts
+//! stays in its copy. The other hidden directories (`/root`, `/home`) are
+//! the template's, read-only.
 //! Nothing of the template is mounted in the spawner's namespace, which
 //! every sandbox copies.
 //!
@@ -242,13 +244,13 @@ fn dup(fd: &OwnedFd) -> Option<OwnedFd> {
     fd.try_clone().ok()
 }
 
-/// What makes a root the same for two plans: its own part of the plan and
-/// the host mounts bound into it.
+/// What makes a root the same for two plans: its own part of the plan, the
+/// host mounts bound into it and the hidden directories it has.
 fn key(plan: &ChildPlan) -> Option<Vec<u8>> {
     let binds: Vec<&child::Step> = plan
         .steps
         .iter()
-        .filter(|s| s.when == When::Overlay)
+        .filter(|s| matches!(s.when, When::Overlay | When::Shared))
         .collect();
     postcard::to_allocvec(&(&plan.root, binds)).ok()
 }

@@ -385,6 +385,27 @@ fn overlay_data(upper: &Path, work: &Path) -> Option<CString> {
     .ok()
 }
 
+/// Makes each of the `hidden` steps that nothing else is mounted below
+/// (`/root`, `/home` as a rule; not the data directory, which holds the
+/// task's output) [`When::Shared`]: a kept root's template has it, and a
+/// sandbox makes a directory and two mounts fewer for it.
+fn share_lone_hidden(steps: &mut [Step], hidden: std::ops::Range<usize>) {
+    let below = |p: &CString, dir: &[u8]| {
+        p.as_bytes()
+            .strip_prefix(dir)
+            .is_some_and(|rest| rest.first() == Some(&b'/'))
+    };
+    for i in hidden {
+        let dir = steps[i].target.as_bytes().to_vec();
+        let lone = !steps
+            .iter()
+            .any(|s| below(&s.target, &dir) || s.mkdirs.iter().any(|m| below(m, &dir)));
+        if lone {
+            steps[i].when = When::Shared;
+        }
+    }
+}
+
 /// The steps fit a kept root, where the new root is `/`: at most
 /// [`MAX_KEPT_STEPS`](crate::child::MAX_KEPT_STEPS), each path below `root`.
 fn rooted(root: &Path, steps: &[Step]) -> bool {
@@ -665,6 +686,7 @@ pub(crate) fn build(
     // The host's secrets, masked before the task's own directories are bound
     // (which may lie below them, as its output lies in the data directory).
     let outermost = crate::hidden::outermost(&spec.hidden_paths, run_as);
+    let hidden_steps = steps.len()..steps.len() + outermost.len();
     for dir in &outermost {
         steps.push(Step {
             mkdirs: vec![],
@@ -741,6 +763,8 @@ pub(crate) fn build(
 
     // `OSMO_SANDBOX_ROOT=tmpfs|readonly` skips the better kinds of root (to
     // work around a misbehaving overlayfs, and to test the fallbacks).
+    share_lone_hidden(&mut steps, hidden_steps);
+
     let forced = std::env::var(ROOT_ENV).unwrap_or_default();
     let tmpfs_upper = layout.ovl.join("upper");
     // `OSMO_SANDBOX_ROOT=disk` keeps every writable layer on disk.
@@ -854,9 +878,8 @@ mod tests {
         assert!(create_new_dirs(&dir.path().join("wf/f/0/output"), 3).is_err());
     }
 
-    #[test]
-    fn a_plan_is_rooted_when_every_path_is_below_the_root() {
-        let step = |target: &str, mkdirs: &[&str]| Step {
+    fn step(target: &str, mkdirs: &[&str]) -> Step {
+        Step {
             mkdirs: mkdirs.iter().map(|d| CString::new(*d).unwrap()).collect(),
             source: None,
             target: CString::new(target).unwrap(),
@@ -868,7 +891,35 @@ mod tests {
             when: When::Always,
             private: None,
             dirs_first: false,
-        };
+        }
+    }
+
+    #[test]
+    fn a_hidden_directory_nothing_is_mounted_below_is_shared() {
+        let mut steps = vec![
+            step("/r/proc", &[]),
+            step("/r/root", &[]),
+            step("/r/data", &[]),
+            step("/r/home", &[]),
+            step("/r/data/runs/wf/t.0", &["/r/data/runs", "/r/data/runs/wf"]),
+            step("/r/homes", &[]),
+            step("/r/opt/x", &["/r/opt"]),
+        ];
+        share_lone_hidden(&mut steps, 1..4);
+        let shared: Vec<&str> = steps
+            .iter()
+            .filter(|s| s.when == When::Shared)
+            .map(|s| s.target.to_str().unwrap())
+            .collect();
+        assert_eq!(shared, ["/r/root", "/r/home"]);
+        // A mount point made below it is enough to keep it the sandbox's.
+        let mut steps = vec![step("/r/root", &[]), step("/r/x", &["/r/root/a"])];
+        share_lone_hidden(&mut steps, 0..1);
+        assert!(steps[0].when == When::Always);
+    }
+
+    #[test]
+    fn a_plan_is_rooted_when_every_path_is_below_the_root() {
         for root in ["/s/root", "/s/root/"] {
             let root = Path::new(root);
             assert!(rooted(

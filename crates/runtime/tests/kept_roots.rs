@@ -87,7 +87,8 @@ impl Slot {
             command: vec!["sh".into(), "-c".into(), script.into()],
             output_dir: output,
             scratch_dir: self.scratch.clone(),
-            hidden_paths: vec!["/root".into(), "/home".into()],
+            // As the server's data directory: the output is below it.
+            hidden_paths: vec!["/root".into(), "/home".into(), self.dir.path().into()],
             run_as: Some((65534, 65534)),
             ..AttemptSpec::default()
         };
@@ -179,31 +180,43 @@ fn a_root_written_to_is_not_taken_again() {
 fn tmp_and_shm_are_each_attempts_own() {
     let mut slot = Slot::new();
     let (first, _) = slot.root_device("echo s > /dev/shm/left");
-    let (second, seen) = slot.root_device(
-        "ls -A /dev/shm; echo end; stat -f -c %T /dev/shm /root; stat -c '%a %d' /dev/shm /root /home",
+    let hidden = slot.dir.path().display().to_string();
+    let look = format!(
+        "ls -A /dev/shm; echo end; stat -f -c %T /dev/shm /root; \
+         stat -c '%a %d' /dev/shm {hidden} /root /home; \
+         grep -E ' /(root|home) ' /proc/self/mountinfo | cut -d' ' -f6 | cut -d, -f1"
     );
+    let (second, seen) = slot.root_device(&look);
     assert_eq!(second, first, "/dev/shm is not the kept root's layer");
     assert_eq!(
         seen[..3],
         ["end", "tmpfs", "tmpfs"],
         "an empty /dev/shm: {seen:?}"
     );
-    let modes: Vec<&str> = seen[3..]
+    let modes: Vec<&str> = seen[3..7]
         .iter()
         .map(|l| l.split(' ').next().unwrap())
         .collect();
-    assert_eq!(modes, ["1777", "755", "755"], "{seen:?}");
-    let devices: Vec<&str> = seen[3..]
-        .iter()
-        .map(|l| l.split(' ').nth(1).unwrap())
-        .collect();
-    assert!(!devices.contains(&second.as_str()), "{seen:?}");
+    assert_eq!(modes, ["1777", "755", "755", "755"], "{seen:?}");
+    let devices = |seen: &[String]| -> Vec<String> {
+        seen[3..7]
+            .iter()
+            .map(|l| l.split(' ').nth(1).unwrap().to_string())
+            .collect()
+    };
+    let [shm, data, root, home] = <[String; 4]>::try_from(devices(&seen)).unwrap();
+    assert!(![&shm, &data, &root, &home].contains(&&second), "{seen:?}");
+    // /root and /home are the template's, read-only (nothing is mounted
+    // below them); /dev/shm and the directory the output is below are the
+    // attempt's own, on a tmpfs of its own.
+    assert_eq!(seen[7..], ["ro", "ro"], "{seen:?}");
+    assert!(
+        root != shm && home != shm,
+        "not the attempt's tmpfs: {seen:?}"
+    );
     if kernel_at_least(6, 15) {
         // Binds from a mount made nowhere (`fsmount`): one tmpfs for all.
-        assert!(
-            devices.iter().all(|d| *d == devices[0]),
-            "one tmpfs: {seen:?}"
-        );
+        assert_eq!(shm, data, "one tmpfs: {seen:?}");
     }
     // A file in /tmp keeps the scratch directory from being readied: the
     // agent removes it, and the next attempt's /tmp is a new directory.
