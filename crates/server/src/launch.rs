@@ -34,14 +34,19 @@ impl AttemptDirs {
     /// layout (`output` and `input` in `runs/WF/TASK/RETRY`); the two cannot
     /// be confused, a task's name having no `.`.
     pub fn of(runs: &Path, workflow_id: &str, task: &str, retry_id: u32) -> AttemptDirs {
-        let workflow = runs.join(workflow_id);
-        let earlier = workflow.join(task).join(retry_id.to_string());
+        let earlier = runs.join(workflow_id).join(task).join(retry_id.to_string());
         if earlier.is_dir() {
             return AttemptDirs {
                 output: earlier.join("output"),
                 downloads: earlier.join("input"),
             };
         }
+        AttemptDirs::laid_out_now(runs, workflow_id, task, retry_id)
+    }
+
+    /// The directories of an attempt no earlier version made.
+    fn laid_out_now(runs: &Path, workflow_id: &str, task: &str, retry_id: u32) -> AttemptDirs {
+        let workflow = runs.join(workflow_id);
         let stem = format!("{task}.{retry_id}");
         AttemptDirs {
             downloads: workflow.join(format!("{stem}.input")),
@@ -50,8 +55,38 @@ impl AttemptDirs {
     }
 }
 
+/// Workflows known to have no attempt laid out by an earlier version: their
+/// directory in `runs/` was not there when this server first launched one
+/// of their attempts. Their launches skip [`AttemptDirs::of`]'s look for an
+/// earlier layout (a path lookup in a directory of thousands of tasks, twice
+/// an attempt: set up ahead, then launched).
+#[derive(Default)]
+struct FreshWorkflows(std::sync::Mutex<std::collections::HashSet<String>>);
+
+impl FreshWorkflows {
+    /// More workflows than run at once: past it the record starts again
+    /// (and a workflow's launches look again, for nothing).
+    const MAX: usize = 65_536;
+
+    fn dirs(&self, runs: &Path, workflow_id: &str, task: &str, retry_id: u32) -> AttemptDirs {
+        let mut fresh = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if !fresh.contains(workflow_id) {
+            if runs.join(workflow_id).exists() {
+                drop(fresh);
+                return AttemptDirs::of(runs, workflow_id, task, retry_id);
+            }
+            if fresh.len() >= Self::MAX {
+                fresh.clear();
+            }
+            fresh.insert(workflow_id.to_string());
+        }
+        AttemptDirs::laid_out_now(runs, workflow_id, task, retry_id)
+    }
+}
+
 pub struct LaunchBuilder {
     runs: PathBuf,
+    fresh: FreshWorkflows,
     /// The server's data directory, hidden from tasks.
     data_dir: PathBuf,
     _config: Arc<ServiceConfig>,
@@ -100,6 +135,7 @@ impl LaunchBuilder {
             container_bin,
             task_tokens,
             runs: data_dir.join("runs"),
+            fresh: FreshWorkflows::default(),
             data_dir,
             _config: config,
             task_url,
@@ -125,7 +161,9 @@ impl LaunchBuilder {
 
     /// Where an attempt's `{{output}}` lives on the host.
     pub fn output_dir(&self, workflow_id: &str, task: &str, retry_id: u32) -> PathBuf {
-        AttemptDirs::of(&self.runs, workflow_id, task, retry_id).output
+        self.fresh
+            .dirs(&self.runs, workflow_id, task, retry_id)
+            .output
     }
 
     pub fn build(
@@ -144,7 +182,9 @@ impl LaunchBuilder {
         } = key.attempt;
         let group = &workflow.groups[group as usize];
         let spec = &group.tasks[task as usize];
-        let dirs = AttemptDirs::of(&self.runs, engine.id(), &spec.name, retry_id);
+        let dirs = self
+            .fresh
+            .dirs(&self.runs, engine.id(), &spec.name, retry_id);
         let output = dirs.output;
         if make_output {
             std::fs::create_dir_all(&output).with_context(|| {
@@ -407,7 +447,7 @@ pub(crate) fn waits_at_barrier(group: &osmo_spec::model::Group) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::AttemptDirs;
+    use super::{AttemptDirs, FreshWorkflows};
 
     #[test]
     fn an_attempt_gets_one_directory_and_one_made_earlier_keeps_its_layout() {
@@ -425,6 +465,34 @@ mod tests {
         assert_eq!(
             AttemptDirs::of(runs, "wf-1", "train", 1).output,
             runs.join("wf-1/train.1")
+        );
+    }
+
+    #[test]
+    fn a_workflow_whose_directory_was_not_there_is_not_looked_in_again() {
+        let runs = tempfile::tempdir().unwrap();
+        let runs = runs.path();
+        let fresh = FreshWorkflows::default();
+        assert_eq!(
+            fresh.dirs(runs, "new-1", "t", 0).output,
+            runs.join("new-1/t.0")
+        );
+        // (Nothing an earlier version made can appear there later; were it
+        // looked for, this one would be found.)
+        std::fs::create_dir_all(runs.join("new-1/t/1/output")).unwrap();
+        assert_eq!(
+            fresh.dirs(runs, "new-1", "t", 1).output,
+            runs.join("new-1/t.1")
+        );
+        // A workflow whose directory is there is looked in, attempt by attempt.
+        std::fs::create_dir_all(runs.join("old-1/t/0/output")).unwrap();
+        assert_eq!(
+            fresh.dirs(runs, "old-1", "t", 0).output,
+            runs.join("old-1/t/0/output")
+        );
+        assert_eq!(
+            fresh.dirs(runs, "old-1", "t", 1).output,
+            runs.join("old-1/t.1")
         );
     }
 }
