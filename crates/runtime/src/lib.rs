@@ -140,8 +140,10 @@ pub struct AttemptSpec {
     /// `NVIDIA_VISIBLE_DEVICES`, device nodes, a container's device request).
     pub gpus: Vec<u32>,
     /// Host directories the task must not see (the server's data directory,
-    /// `/root`, `/home`, the pool's `hidden_paths`): each is an empty private
-    /// tmpfs in the task's view, under the task's own output, inputs and mounts.
+    /// `/root`, `/home`, the pool's `hidden_paths`): each is an empty tmpfs
+    /// in the task's view, under the task's own output, inputs and mounts
+    /// (in a kept root, one with nothing below it is the template's,
+    /// read-only).
     pub hidden_paths: Vec<PathBuf>,
     /// The user and group the task runs as on the host sandbox (after its
     /// set-up, which is root's); None: as the runtime's own user. Taken
