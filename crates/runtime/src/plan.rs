@@ -390,16 +390,11 @@ fn overlay_data(upper: &Path, work: &Path) -> Option<CString> {
 /// task's output) [`When::Shared`]: a kept root's template has it, and a
 /// sandbox makes a directory and two mounts fewer for it.
 fn share_lone_hidden(steps: &mut [Step], hidden: std::ops::Range<usize>) {
-    let below = |p: &CString, dir: &[u8]| {
-        p.as_bytes()
-            .strip_prefix(dir)
-            .is_some_and(|rest| rest.first() == Some(&b'/'))
-    };
     for i in hidden {
         let dir = steps[i].target.as_bytes().to_vec();
-        let lone = !steps
-            .iter()
-            .any(|s| below(&s.target, &dir) || s.mkdirs.iter().any(|m| below(m, &dir)));
+        let lone = !steps.iter().any(|s| {
+            below(s.target.as_bytes(), &dir) || s.mkdirs.iter().any(|m| below(m.as_bytes(), &dir))
+        });
         if lone {
             steps[i].when = When::Shared;
         }
@@ -409,19 +404,20 @@ fn share_lone_hidden(steps: &mut [Step], hidden: std::ops::Range<usize>) {
 /// The steps fit a kept root, where the new root is `/`: at most
 /// [`MAX_KEPT_STEPS`](crate::child::MAX_KEPT_STEPS), each path below `root`.
 fn rooted(root: &Path, steps: &[Step]) -> bool {
-    // On bytes: the plan's paths are `root` joined with normal components
-    // (`under`, `prefixes`), and there are dozens of them an attempt.
     let root = root.as_os_str().as_bytes();
-    let root = root.strip_suffix(b"/").unwrap_or(root);
-    let below = |p: &CString| {
-        p.as_bytes()
-            .strip_prefix(root)
-            .is_some_and(|rest| rest.len() > 1 && rest[0] == b'/')
-    };
     steps.len() <= crate::child::MAX_KEPT_STEPS
-        && steps
-            .iter()
-            .all(|s| below(&s.target) && s.mkdirs.iter().all(below))
+        && steps.iter().all(|s| {
+            below(s.target.as_bytes(), root) && s.mkdirs.iter().all(|m| below(m.as_bytes(), root))
+        })
+}
+
+/// `path` lies strictly below `dir`. On bytes, not path components: the
+/// plan's paths are joined from normal components (`under`, `prefixes`),
+/// and an attempt compares dozens of them.
+fn below(path: &[u8], dir: &[u8]) -> bool {
+    let dir = dir.strip_suffix(b"/").unwrap_or(dir);
+    path.strip_prefix(dir)
+        .is_some_and(|rest| rest.len() > 1 && rest[0] == b'/')
 }
 
 /// `path` and its parents, as `create_dir_all`, trying the `new` last
@@ -761,10 +757,10 @@ pub(crate) fn build(
         ));
     }
 
-    // `OSMO_SANDBOX_ROOT=tmpfs|readonly` skips the better kinds of root (to
-    // work around a misbehaving overlayfs, and to test the fallbacks).
     share_lone_hidden(&mut steps, hidden_steps);
 
+    // `OSMO_SANDBOX_ROOT=tmpfs|readonly` skips the better kinds of root (to
+    // work around a misbehaving overlayfs, and to test the fallbacks).
     let forced = std::env::var(ROOT_ENV).unwrap_or_default();
     let tmpfs_upper = layout.ovl.join("upper");
     // `OSMO_SANDBOX_ROOT=disk` keeps every writable layer on disk.
