@@ -273,3 +273,32 @@ pub enum FromAgent {
         codes: Vec<ReportedCode>,
     },
 }
+
+impl FromAgent {
+    /// The message's kind, as its `type` on the wire (for counting).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            FromAgent::Hello { .. } => "hello",
+            FromAgent::Phase { .. } => "phase",
+            FromAgent::Logs { .. } => "logs",
+            FromAgent::RunStopped { .. } => "run_stopped",
+            FromAgent::Exited { .. } => "exited",
+        }
+    }
+}
+
+impl ToAgent {
+    /// The message's kind, as its `type` on the wire (for counting).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ToAgent::Launch(_) => "launch",
+            ToAgent::Prepare(_) => "prepare",
+            ToAgent::Release { .. } => "release",
+            ToAgent::Stop { .. } => "stop",
+            ToAgent::Restart { .. } => "restart",
+            ToAgent::Ack { .. } => "ack",
+            ToAgent::LogsAck { .. } => "logs_ack",
+            ToAgent::Shutdown => "shutdown",
+        }
+    }
+}

@@ -166,6 +166,10 @@ pub fn listen(
             };
             tokio::spawn(async move {
                 while let Some(msg) = rx.recv().await {
+                    crate::metrics::global()
+                        .messages_to_agent
+                        .get_or_create(&crate::metrics::KindLabels { kind: msg.kind() })
+                        .inc();
                     let mut line = serde_json::to_vec(&msg).expect("messages serialize");
                     line.push(b'\n');
                     if write.write_all(&line).await.is_err() {
@@ -180,6 +184,10 @@ pub fn listen(
                 while let Ok(Some(line)) = lines.next_line().await {
                     match serde_json::from_str::<FromAgent>(&line) {
                         Ok(msg) => {
+                            crate::metrics::global()
+                                .agent_messages
+                                .get_or_create(&crate::metrics::KindLabels { kind: msg.kind() })
+                                .inc();
                             let _ = events.send(LinkEvent::Message { conn, msg });
                         }
                         Err(e) => tracing::warn!("ignoring an agent message it cannot read: {e}"),

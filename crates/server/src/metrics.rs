@@ -31,6 +31,11 @@ pub struct PoolLabels {
     pub pool: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabels {
+    pub kind: &'static str,
+}
+
 type Latency = Family<PoolLabels, Histogram, fn() -> Histogram>;
 
 fn latency_histogram() -> Histogram {
@@ -48,6 +53,11 @@ pub struct Metrics {
     pub scheduling: Latency,
     /// One store commit (a batch of events and log lines, one transaction).
     pub commit: Histogram,
+    /// Messages from the node agent, by kind: what each attempt costs the
+    /// link (a barrier-free task that starts at once is two phases and an exit).
+    pub agent_messages: Family<KindLabels, Counter>,
+    /// Messages to the node agent, by kind.
+    pub messages_to_agent: Family<KindLabels, Counter>,
     workflows: Family<StatusLabels, Gauge>,
     tasks: Family<StatusLabels, Gauge>,
     queued_groups: Family<PoolLabels, Gauge>,
@@ -71,6 +81,8 @@ impl Metrics {
             workflows_finished: Family::default(),
             scheduling: Family::new_with_constructor(latency_histogram),
             commit: latency_histogram(),
+            agent_messages: Family::default(),
+            messages_to_agent: Family::default(),
             workflows: Family::default(),
             tasks: Family::default(),
             queued_groups: Family::default(),
@@ -98,6 +110,16 @@ impl Metrics {
             "store_commit_seconds",
             "One store commit of a batch of events and log lines",
             m.commit.clone(),
+        );
+        registry.register(
+            "agent_messages",
+            "Messages from the node agent, by kind",
+            m.agent_messages.clone(),
+        );
+        registry.register(
+            "messages_to_agent",
+            "Messages to the node agent, by kind",
+            m.messages_to_agent.clone(),
         );
         registry.register(
             "workflows",
