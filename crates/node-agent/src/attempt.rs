@@ -43,6 +43,25 @@ struct GateState {
     /// the server (phases, logs) waits here until the launch.
     staged: bool,
     held_logs: Vec<LogLine>,
+    /// The last phase the server was told of. A phase that the next one
+    /// follows at once (set-up done, where the command starts without a
+    /// barrier) is not told on its own: the server records every phase up
+    /// to the one reported, and [`finish`] tells what is left untold before
+    /// the exit.
+    told: Option<Phase>,
+    /// The command starts as soon as it is set up and launched (no barrier).
+    starts_at_once: bool,
+}
+
+impl GateState {
+    /// Tells the server of the phase reached so far, unless it knows it.
+    fn tell(&mut self, shared: &Shared, key: &AttemptKey) {
+        let phase = self.phase.unwrap_or(Phase::Initializing);
+        if self.told.is_none_or(|told| told < phase) {
+            self.told = Some(phase);
+            shared.set_phase(key, phase);
+        }
+    }
 }
 
 impl AttemptHandle {
@@ -74,8 +93,11 @@ impl AttemptHandle {
         }
         state.staged = false;
         // One message for the phases so far: the server records each phase
-        // up to the one reported.
-        shared.set_phase(key, state.phase.unwrap_or(Phase::Initializing));
+        // up to the one reported. None where the command starts now: its
+        // start reports them all.
+        if !(state.starts_at_once && state.phase == Some(Phase::SetupDone)) {
+            state.tell(shared, key);
+        }
         let lines = std::mem::take(&mut state.held_logs);
         if !lines.is_empty() {
             shared.send(FromAgent::Logs { batch: None, lines });
@@ -111,10 +133,6 @@ impl Gate {
         if state.open == Some(true) {
             state.open = None;
         }
-    }
-
-    fn set_phase(&self, phase: Phase) {
-        self.lock().phase = Some(phase);
     }
 
     /// The state, also after a panic elsewhere: one attempt's thread must not poison the agent.
@@ -189,8 +207,10 @@ impl Supervisor for AttemptSupervisor {
     fn setup_done(&self) -> bool {
         let mut state = self.gate.lock();
         state.phase = Some(Phase::SetupDone);
-        if !state.staged {
-            self.shared.set_phase(&self.key, Phase::SetupDone);
+        // Without a barrier the command starts now, and its start reports
+        // this phase too; with one, the server must hear it to release it.
+        if !state.staged && self.barrier {
+            state.tell(&self.shared, &self.key);
         }
         // Set up ahead: wait for the launch (its `launch` reports this
         // phase), a while at most.
@@ -227,11 +247,15 @@ impl Supervisor for AttemptSupervisor {
     }
 
     fn started(&self) {
-        self.gate.set_phase(Phase::Running);
-        self.shared.set_phase(&self.key, Phase::Running);
+        let mut state = self.gate.lock();
+        state.phase = Some(Phase::Running);
+        state.tell(&self.shared, &self.key);
     }
 
     fn run_stopped(&self, codes: &[ReportedCode]) {
+        // The server takes the attempt back to set-up done: the next run's
+        // start is news again.
+        self.gate.lock().told = Some(Phase::SetupDone);
         self.shared.send(FromAgent::RunStopped {
             key: self.key.clone(),
             codes: codes.to_vec(),
@@ -243,8 +267,12 @@ impl Supervisor for AttemptSupervisor {
 /// [`crate::workers`]); `staged`: set up ahead, silent until launched.
 pub(crate) fn spawn(shared: Arc<Shared>, mut launch: Launch, staged: bool) {
     let gate = Arc::new(Gate::default());
-    gate.set_phase(Phase::Initializing);
-    gate.lock().staged = staged;
+    {
+        let mut state = gate.lock();
+        state.phase = Some(Phase::Initializing);
+        state.staged = staged;
+        state.starts_at_once = !launch.barrier;
+    }
     let staged_for = staged.then(|| launch.fingerprint());
     let stop = StopHandle::new();
     shared.lock_attempts().insert(
@@ -258,7 +286,7 @@ pub(crate) fn spawn(shared: Arc<Shared>, mut launch: Launch, staged: bool) {
         },
     );
     if !staged {
-        shared.set_phase(&launch.key, Phase::Initializing);
+        gate.lock().tell(&shared, &launch.key);
     }
     let key = launch.key.clone();
     let spawned = shared.workers.run({
@@ -328,10 +356,14 @@ fn finish(shared: &Shared, key: &AttemptKey, codes: Vec<ReportedCode>, gate: &Ar
         // launch sets it up again. Decided under the attempts' lock, which
         // a launch holds too.
         let mut attempts = shared.lock_attempts();
-        if gate.lock().staged {
+        let mut state = gate.lock();
+        if state.staged {
             remove_if_this(&mut attempts, key, gate);
             return;
         }
+        // A phase not told because the command was to start at once (it
+        // did not: stopped, or it could not start) is told before the end.
+        state.tell(shared, key);
     }
     let msg = FromAgent::Exited {
         key: key.clone(),

@@ -436,6 +436,40 @@ fn metrics_count_exits_and_show_what_runs() {
 }
 
 #[test]
+fn a_task_without_a_barrier_is_reported_in_two_phase_messages_and_keeps_every_phase() {
+    let server = Server::start(local_pool());
+    let id = server.submit(
+        "workflow:\n  name: brief\n  tasks:\n  - {name: t, image: ubuntu, command: ['true']}\n",
+    );
+    let doc = server.wait_finished(&id, std::time::Duration::from_secs(60));
+    assert_eq!(doc["status"], "COMPLETED", "{doc:#}");
+    // Set-up done is not sent on its own where the command starts at once:
+    // the agent says INITIALIZING when it takes the launch, then RUNNING.
+    let (_, text) = server.get("/metrics");
+    let count = |kind: &str| {
+        let prefix = format!("osmo_agent_messages_total{{kind=\"{kind}\"}} ");
+        text.lines()
+            .find_map(|l| l.strip_prefix(prefix.as_str()))
+            .unwrap_or_else(|| panic!("no {prefix} in\n{text}"))
+            .parse::<f64>()
+            .unwrap()
+    };
+    assert_eq!(count("phase"), 2.0, "{text}");
+    assert_eq!(count("exited"), 1.0, "{text}");
+    // The server still records every phase, in order.
+    let (status, events) = server.get(&format!("/api/workflow/{id}/events"));
+    assert_eq!(status, 200);
+    let at = |what: &str| {
+        events
+            .find(what)
+            .unwrap_or_else(|| panic!("no \"{what}\" in\n{events}"))
+    };
+    assert!(at("set-up begins") < at("set up;"), "{events}");
+    assert!(at("set up;") < at("command started"), "{events}");
+    assert!(at("command started") < at("exited with 0"), "{events}");
+}
+
+#[test]
 fn the_task_list_shows_running_tasks_and_a_finished_workflow_on_request() {
     let server = Server::start(local_pool());
     let id = server.submit(
