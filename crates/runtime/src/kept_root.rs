@@ -46,9 +46,6 @@
 use std::collections::HashMap;
 use std::ffi::CString;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::MetadataExt;
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use crate::child::{self, ChildPlan, When};
@@ -256,26 +253,36 @@ fn key(plan: &ChildPlan) -> Option<Vec<u8>> {
 }
 
 /// The entries below a writable layer's upper directory, sorted; None past
-/// [`MAX_LAYER`] or when it cannot be read.
+/// [`MAX_LAYER`] or when it cannot be read. Walked from the descriptors
+/// (`openat`, `fstatat`): the spawner checks the layer before each attempt,
+/// and a path through `/proc/self/fd` is a costly lookup each time.
 fn layer(upper: &OwnedFd) -> Option<Vec<LayerEntry>> {
-    let top = format!("/proc/self/fd/{}", upper.as_raw_fd());
+    use nix::dir::Dir;
+    use nix::fcntl::{AtFlags, OFlag};
+    use nix::sys::stat::{Mode, SFlag, fstatat};
+    let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+    let top = Dir::openat(Some(upper.as_raw_fd()), ".", flags, Mode::empty()).ok()?;
     let mut entries = Vec::new();
-    let mut dirs = vec![std::path::PathBuf::from(&top)];
-    while let Some(dir) = dirs.pop() {
-        for entry in std::fs::read_dir(&dir).ok()? {
-            let path = entry.ok()?.path();
-            let meta = std::fs::symlink_metadata(&path).ok()?;
-            if meta.is_dir() {
-                dirs.push(path.clone());
+    let mut dirs: Vec<(Vec<u8>, Dir)> = vec![(Vec::new(), top)];
+    while let Some((prefix, mut dir)) = dirs.pop() {
+        let fd = dir.as_raw_fd();
+        for entry in dir.iter() {
+            let entry = entry.ok()?;
+            let name = entry.file_name();
+            if matches!(name.to_bytes(), b"." | b"..") {
+                continue;
             }
-            let below = path.strip_prefix(Path::new(&top)).ok()?;
-            entries.push((
-                below.as_os_str().as_bytes().to_vec(),
-                meta.ino(),
-                meta.mode(),
-                meta.uid(),
-                meta.gid(),
-            ));
+            let meta = fstatat(Some(fd), name, AtFlags::AT_SYMLINK_NOFOLLOW).ok()?;
+            let mut below = prefix.clone();
+            if !below.is_empty() {
+                below.push(b'/');
+            }
+            below.extend_from_slice(name.to_bytes());
+            if meta.st_mode & SFlag::S_IFMT.bits() == SFlag::S_IFDIR.bits() {
+                let sub = Dir::openat(Some(fd), name, flags, Mode::empty()).ok()?;
+                dirs.push((below.clone(), sub));
+            }
+            entries.push((below, meta.st_ino, meta.st_mode, meta.st_uid, meta.st_gid));
             if entries.len() > MAX_LAYER {
                 return None;
             }
