@@ -134,6 +134,38 @@ fn unescape(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// [`submounts`] of this process's mount table ([`read`]), remembered
+/// while the table is the same: every attempt asks, with one of a few
+/// `skip` lists (its scratch directory's), and the answer is a sort and a
+/// comparison of every mount against every other.
+pub(crate) fn host_submounts(skip: &[&Path]) -> std::io::Result<Arc<Vec<PathBuf>>> {
+    type Memo = (Arc<Vec<MountEntry>>, Vec<(Vec<PathBuf>, Arc<Vec<PathBuf>>)>);
+    /// Skip lists remembered at most (the agent keeps a few scratch directories).
+    const MAX_MEMO: usize = 64;
+    static MEMO: Mutex<Option<Memo>> = Mutex::new(None);
+    let entries = read()?;
+    let mut memo = MEMO.lock().unwrap_or_else(|e| e.into_inner());
+    let (table, answers) = match memo.as_mut() {
+        Some(m) if Arc::ptr_eq(&m.0, &entries) => m,
+        _ => memo.insert((entries.clone(), Vec::new())),
+    };
+    if let Some((_, answer)) = answers
+        .iter()
+        .find(|(k, _)| k.iter().map(PathBuf::as_path).eq(skip.iter().copied()))
+    {
+        return Ok(answer.clone());
+    }
+    let answer = Arc::new(submounts(table, skip));
+    if answers.len() >= MAX_MEMO {
+        answers.clear();
+    }
+    answers.push((
+        skip.iter().map(|p| p.to_path_buf()).collect(),
+        answer.clone(),
+    ));
+    Ok(answer)
+}
+
 /// The host mounts that the overlay root does not show (an overlay's lower
 /// layer is one file system, without what is mounted on it): every mount
 /// point other than `/`, except those under `skip` and the namespace handles
@@ -220,6 +252,21 @@ mod tests {
         assert_eq!(entries[6].super_options, "rw,memory");
         assert_eq!(entries[9].mount_point, PathBuf::from("/my data"));
         assert_eq!(entries[9].root, "/data");
+    }
+
+    #[test]
+    fn host_submounts_are_remembered_per_skip_list_while_the_table_is_the_same() {
+        let skip_a = [Path::new("/proc"), Path::new("/tmp")];
+        let skip_b = [Path::new("/proc")];
+        let a = host_submounts(&skip_a).unwrap();
+        let b = host_submounts(&skip_b).unwrap();
+        // The same answer as working it out again, for each skip list.
+        let table = read().unwrap();
+        assert_eq!(*a, submounts(&table, &skip_a));
+        assert_eq!(*b, submounts(&table, &skip_b));
+        // Remembered, unless the table changed meanwhile (another test's mount).
+        let again = host_submounts(&skip_a).unwrap();
+        assert!(Arc::ptr_eq(&a, &again) || !Arc::ptr_eq(&table, &read().unwrap()));
     }
 
     #[test]

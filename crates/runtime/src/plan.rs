@@ -554,19 +554,19 @@ pub(crate) fn build(
     let mut step_names = Vec::new();
 
     // The host mounts an overlay of `/` does not show, read-only.
-    let entries = mountinfo::read()
-        .map_err(|source| PrepareError::Io {
-            what: "read /proc/self/mountinfo".into(),
-            source,
-        })
-        .map_err(init)?;
     let skip = [
         Path::new("/proc"),
         Path::new("/tmp"),
         layout.scratch.as_path(),
     ];
-    for m in mountinfo::submounts(&entries, &skip) {
-        steps.push(bind_step(layout, &m, true, true, When::Overlay).map_err(init)?);
+    let submounts = mountinfo::host_submounts(&skip)
+        .map_err(|source| PrepareError::Io {
+            what: "read /proc/self/mountinfo".into(),
+            source,
+        })
+        .map_err(init)?;
+    for m in submounts.iter() {
+        steps.push(bind_step(layout, m, true, true, When::Overlay).map_err(init)?);
         step_names.push(format!("bind host mount {} read-only", m.display()));
     }
 
