@@ -165,14 +165,21 @@ pub fn listen(
                 ready: false,
             };
             tokio::spawn(async move {
-                while let Some(msg) = rx.recv().await {
-                    crate::metrics::global()
-                        .messages_to_agent
-                        .get_or_create(&crate::metrics::KindLabels { kind: msg.kind() })
-                        .inc();
-                    let mut line = serde_json::to_vec(&msg).expect("messages serialize");
-                    line.push(b'\n');
-                    if write.write_all(&line).await.is_err() {
+                // What waits is written at once, in one write: a commit's
+                // launches and acknowledgements wake the agent once.
+                let mut waiting = Vec::new();
+                let mut buf = Vec::new();
+                while rx.recv_many(&mut waiting, 256).await > 0 {
+                    buf.clear();
+                    for msg in waiting.drain(..) {
+                        crate::metrics::global()
+                            .messages_to_agent
+                            .get_or_create(&crate::metrics::KindLabels { kind: msg.kind() })
+                            .inc();
+                        serde_json::to_writer(&mut buf, &msg).expect("messages serialize");
+                        buf.push(b'\n');
+                    }
+                    if write.write_all(&buf).await.is_err() {
                         break;
                     }
                 }
