@@ -241,6 +241,9 @@ pub enum FromAgent {
         pid: u32,
         attempts: Vec<(AttemptKey, Phase)>,
     },
+    /// The attempt reached `phase`. The server records every phase up to
+    /// it, so the agent leaves out one the next follows at once (set-up
+    /// done, where the command starts without a barrier).
     Phase {
         key: AttemptKey,
         phase: Phase,
