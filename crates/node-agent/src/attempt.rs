@@ -49,7 +49,8 @@ struct GateState {
     /// to the one reported, and [`finish`] tells what is left untold before
     /// the exit.
     told: Option<Phase>,
-    /// The command starts as soon as it is set up and launched (no barrier).
+    /// The command starts as soon as it is set up and launched: no barrier
+    /// to wait for; the gate is only closed by a stop or a restart in place.
     starts_at_once: bool,
 }
 
@@ -146,9 +147,6 @@ struct AttemptSupervisor {
     key: AttemptKey,
     task: String,
     gate: Arc<Gate>,
-    /// False: no barrier to wait for; the gate is only closed by a stop or
-    /// a restart in place.
-    barrier: bool,
 }
 
 impl AttemptSupervisor {
@@ -209,11 +207,11 @@ impl Supervisor for AttemptSupervisor {
         state.phase = Some(Phase::SetupDone);
         // Without a barrier the command starts now, and its start reports
         // this phase too; with one, the server must hear it to release it.
-        if !state.staged && self.barrier {
+        if !state.staged && !state.starts_at_once {
             state.tell(&self.shared, &self.key);
         }
-        // Set up ahead: wait for the launch (its `launch` reports this
-        // phase), a while at most.
+        // Set up ahead: wait for the launch (which reports this phase, or
+        // leaves it to the command's start), a while at most.
         let deadline = Instant::now() + STAGED_MAX_WAIT;
         while state.staged && state.open != Some(false) {
             let now = Instant::now();
@@ -232,7 +230,7 @@ impl Supervisor for AttemptSupervisor {
                 .unwrap_or_else(|e| e.into_inner())
                 .0;
         }
-        if !self.barrier {
+        if state.starts_at_once {
             // Nothing to wait for; only a stop (open: false) keeps the command from starting.
             return state.open != Some(false);
         }
@@ -313,7 +311,6 @@ fn run(shared: Arc<Shared>, launch: Launch, gate: Arc<Gate>, stop: StopHandle) {
         key: launch.key.clone(),
         task: launch.task.clone(),
         gate: gate.clone(),
-        barrier: launch.barrier,
     };
     // The workflow's own network, when the pool gives it one and it can be made.
     let mut joined = None;

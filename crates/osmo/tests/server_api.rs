@@ -392,6 +392,15 @@ fn pool_list_shows_each_pool_with_its_cpus_in_use() {
     assert_eq!(status, 200);
 }
 
+/// The value of one series (its name and labels, as written) in a scrape.
+fn metric(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .unwrap_or_else(|| panic!("no {series} in\n{text}"))
+        .parse::<f64>()
+        .unwrap()
+}
+
 #[test]
 fn metrics_count_exits_and_show_what_runs() {
     let server = Server::start(local_pool());
@@ -402,16 +411,7 @@ fn metrics_count_exits_and_show_what_runs() {
     assert_eq!(doc["status"], "FAILED", "{doc:#}");
     let (status, text) = server.get("/metrics");
     assert_eq!(status, 200);
-    let line = |prefix: &str| {
-        text.lines()
-            .find(|l| l.starts_with(prefix))
-            .unwrap_or_else(|| panic!("no {prefix} in\n{text}"))
-            .rsplit(' ')
-            .next()
-            .unwrap()
-            .parse::<f64>()
-            .unwrap()
-    };
+    let line = |series: &str| metric(&text, series);
     assert_eq!(
         line("osmo_attempt_exits_total{pool=\"default\",exit_code=\"0\",action=\"COMPLETE\"}"),
         1.0
@@ -447,12 +447,10 @@ fn a_task_without_a_barrier_is_reported_in_two_phase_messages_and_keeps_every_ph
     // the agent says INITIALIZING when it takes the launch, then RUNNING.
     let (_, text) = server.get("/metrics");
     let count = |kind: &str| {
-        let prefix = format!("osmo_agent_messages_total{{kind=\"{kind}\"}} ");
-        text.lines()
-            .find_map(|l| l.strip_prefix(prefix.as_str()))
-            .unwrap_or_else(|| panic!("no {prefix} in\n{text}"))
-            .parse::<f64>()
-            .unwrap()
+        metric(
+            &text,
+            &format!("osmo_agent_messages_total{{kind=\"{kind}\"}}"),
+        )
     };
     assert_eq!(count("phase"), 2.0, "{text}");
     assert_eq!(count("exited"), 1.0, "{text}");
