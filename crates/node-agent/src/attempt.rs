@@ -14,9 +14,10 @@ use osmo_proto::{AttemptKey, FromAgent, Launch, LogLine, Phase, Stream};
 pub(crate) struct AttemptHandle {
     gate: Arc<Gate>,
     stop: StopHandle,
-    /// Set up ahead: the launch it was set up for ([`Launch::fingerprint`]); a
-    /// launch that differs (a credential changed meanwhile, say) is set up anew.
-    pub staged_for: Option<String>,
+    /// Set up ahead: the launch it was set up for; a launch that differs
+    /// ([`Launch::same_as_prepared`]: a credential changed meanwhile, say)
+    /// is set up anew.
+    pub staged_for: Option<Arc<Launch>>,
     /// Its group's and task's names (the key holds their indices).
     pub group: String,
     pub task: String,
@@ -263,7 +264,8 @@ impl Supervisor for AttemptSupervisor {
 
 /// Starts the attempt on a thread of its own (a kept one, see
 /// [`crate::workers`]); `staged`: set up ahead, silent until launched.
-pub(crate) fn spawn(shared: Arc<Shared>, mut launch: Launch, staged: bool) {
+pub(crate) fn spawn(shared: Arc<Shared>, launch: Launch, staged: bool) {
+    let launch = Arc::new(launch);
     let gate = Arc::new(Gate::default());
     {
         let mut state = gate.lock();
@@ -271,7 +273,7 @@ pub(crate) fn spawn(shared: Arc<Shared>, mut launch: Launch, staged: bool) {
         state.staged = staged;
         state.starts_at_once = !launch.barrier;
     }
-    let staged_for = staged.then(|| launch.fingerprint());
+    let staged_for = staged.then(|| launch.clone());
     let stop = StopHandle::new();
     shared.lock_attempts().insert(
         launch.key.clone(),
@@ -303,7 +305,7 @@ pub(crate) fn spawn(shared: Arc<Shared>, mut launch: Launch, staged: bool) {
     }
 }
 
-fn run(shared: Arc<Shared>, launch: Launch, gate: Arc<Gate>, stop: StopHandle) {
+fn run(shared: Arc<Shared>, launch: Arc<Launch>, gate: Arc<Gate>, stop: StopHandle) {
     let scratch = shared.scratch.take();
     let mut spec = launch.attempt_spec(scratch.clone());
     let supervisor = AttemptSupervisor {

@@ -144,6 +144,7 @@ async fn serve(args: AgentArgs) -> anyhow::Result<()> {
                 .iter()
                 .map(|(k, h)| (k.clone(), h.phase()))
                 .collect(),
+            starts_prepared: true,
         });
         // Log batches the server may not have stored yet go again.
         hello.extend(outbox.resend());
@@ -189,7 +190,10 @@ fn handle(shared: &Arc<Shared>, msg: ToAgent) {
             {
                 let mut attempts = shared.lock_attempts();
                 if let Some(h) = attempts.get(&launch.key).filter(|h| h.is_staged()) {
-                    if h.staged_for.as_deref() == Some(launch.fingerprint().as_str()) {
+                    if h.staged_for
+                        .as_ref()
+                        .is_some_and(|staged| launch.same_as_prepared(staged))
+                    {
                         h.launch(shared, &launch.key);
                         return;
                     }
@@ -212,6 +216,24 @@ fn handle(shared: &Arc<Shared>, msg: ToAgent) {
                     }
                 );
             }
+        }
+        ToAgent::Start { key } => {
+            if let Some(h) = shared.lock_attempts().get(&key) {
+                // Set up ahead: it goes on. (One that runs already ignores
+                // this, as it would a second launch.)
+                h.launch(shared, &key);
+                return;
+            }
+            if shared.results.has(&key) {
+                eprintln!(
+                    "osmo agent: start of {} ignored: it ended, its result not yet acknowledged",
+                    key.file_stem()
+                );
+                return;
+            }
+            // Its wait for the launch ran out, or its set-up failed: the
+            // server sends the launch in full, and it is set up anew.
+            shared.send(FromAgent::NotPrepared { key });
         }
         ToAgent::Prepare(launch) => {
             let known = shared.lock_attempts().contains_key(&launch.key);

@@ -468,6 +468,34 @@ fn a_task_without_a_barrier_is_reported_in_two_phase_messages_and_keeps_every_ph
 }
 
 #[test]
+fn an_attempt_set_up_ahead_is_started_by_its_key_not_sent_again_in_full() {
+    // One task at a time: each next one is set up while the one before runs.
+    let server = Server::start("pools:\n  default:\n    backend: local\n    cpu_capacity: 1\n");
+    let id = server.submit(
+        "workflow:\n  name: ahead\n  resources: {default: {cpu: 1}}\n  tasks:\n  - {name: a, image: ubuntu, command: ['true']}\n  - {name: b, image: ubuntu, command: ['true']}\n  - {name: c, image: ubuntu, command: ['true']}\n  - {name: d, image: ubuntu, command: ['true']}\n",
+    );
+    let doc = server.wait_finished(&id, std::time::Duration::from_secs(60));
+    assert_eq!(doc["status"], "COMPLETED", "{doc:#}");
+    let (_, text) = server.get("/metrics");
+    let sent = |kind: &str| {
+        text.lines()
+            .find_map(|l| {
+                l.strip_prefix(&format!("osmo_messages_to_agent_total{{kind=\"{kind}\"}} "))
+            })
+            .map_or(0.0, |v| v.parse::<f64>().unwrap())
+    };
+    let not_prepared = text
+        .lines()
+        .find_map(|l| l.strip_prefix("osmo_agent_messages_total{kind=\"not_prepared\"} "))
+        .map_or(0.0, |v| v.parse::<f64>().unwrap());
+    assert!(sent("prepare") >= 1.0, "{text}");
+    assert!(sent("start") >= 1.0, "{text}");
+    // Each task went once, as a launch or a start; a start the agent could
+    // not serve (its set-up's wait ran out) was followed by the launch.
+    assert_eq!(sent("launch") + sent("start") - not_prepared, 4.0, "{text}");
+}
+
+#[test]
 fn the_task_list_shows_running_tasks_and_a_finished_workflow_on_request() {
     let server = Server::start(local_pool());
     let id = server.submit(

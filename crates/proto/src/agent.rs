@@ -33,7 +33,7 @@ impl AttemptKey {
 }
 
 /// Everything the agent needs to run one attempt; paths are host paths.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Launch {
     pub key: AttemptKey,
     pub group: String,
@@ -108,16 +108,17 @@ fn sandbox_runtime() -> RuntimeKind {
 }
 
 impl Launch {
-    /// What the launch asks of the agent, as text: an attempt set up ahead
-    /// ([`ToAgent::Prepare`]) runs for its launch only when the two are the
-    /// same (not so when a credential changed meanwhile, say). How many of
+    /// Whether this launch asks for the same attempt as `prepared`, which
+    /// an agent set up ahead ([`ToAgent::Prepare`]): it runs what it set up
+    /// only then (not so when a credential changed meanwhile, say), and the
+    /// server then tells it only to start ([`ToAgent::Start`]). How many of
     /// its group go together (`gang`) is the backend's concern, not the
     /// attempt's, and is left out.
-    pub fn fingerprint(&mut self) -> String {
-        let gang = std::mem::take(&mut self.gang);
-        let text = serde_json::to_string(&self).unwrap_or_default();
+    pub fn same_as_prepared(&mut self, prepared: &Launch) -> bool {
+        let gang = std::mem::replace(&mut self.gang, prepared.gang);
+        let same = self == prepared;
         self.gang = gang;
-        text
+        same
     }
 
     /// What the runtime runs for this launch, with `scratch_dir` as the
@@ -215,6 +216,12 @@ pub enum ToAgent {
     /// attempt next in its pool's queue; a `Stop` drops it, and so does the
     /// agent itself when its server goes away (the queue is the server's).
     Prepare(Box<Launch>),
+    /// Start the attempt set up ahead for this key, as its `Prepare` asked:
+    /// sent instead of the same launch in full, and only to an agent whose
+    /// `Hello` said `starts_prepared`. One that no longer holds it (its wait
+    /// ran out, or its set-up failed) answers [`FromAgent::NotPrepared`],
+    /// and the full launch follows.
+    Start { key: AttemptKey },
     /// The barrier is passed: run the command.
     Release { key: AttemptKey },
     /// Kill the attempt's sandbox.
@@ -240,6 +247,10 @@ pub enum FromAgent {
         node: String,
         pid: u32,
         attempts: Vec<(AttemptKey, Phase)>,
+        /// The agent understands [`ToAgent::Start`]. An agent of an
+        /// earlier version leaves it out (false): it gets full launches.
+        #[serde(default)]
+        starts_prepared: bool,
     },
     /// The attempt reached `phase`. The server records every phase up to
     /// it, so the agent leaves out one the next follows at once (set-up
@@ -275,6 +286,9 @@ pub enum FromAgent {
         key: AttemptKey,
         codes: Vec<ReportedCode>,
     },
+    /// A [`ToAgent::Start`] named an attempt the agent does not hold set
+    /// up: the server sends its launch in full.
+    NotPrepared { key: AttemptKey },
 }
 
 impl FromAgent {
@@ -286,6 +300,7 @@ impl FromAgent {
             FromAgent::Logs { .. } => "logs",
             FromAgent::RunStopped { .. } => "run_stopped",
             FromAgent::Exited { .. } => "exited",
+            FromAgent::NotPrepared { .. } => "not_prepared",
         }
     }
 }
@@ -296,6 +311,7 @@ impl ToAgent {
         match self {
             ToAgent::Launch(_) => "launch",
             ToAgent::Prepare(_) => "prepare",
+            ToAgent::Start { .. } => "start",
             ToAgent::Release { .. } => "release",
             ToAgent::Stop { .. } => "stop",
             ToAgent::Restart { .. } => "restart",

@@ -2,6 +2,7 @@
 //! and the agent process itself, started in its own session so that a server
 //! restart kills no task.
 
+use std::collections::HashMap;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -13,7 +14,7 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixListener;
 use tokio::sync::mpsc;
 
-use crate::proto::{FromAgent, ToAgent};
+use crate::proto::{AttemptKey, FromAgent, Launch, ToAgent};
 use crate::scheduler::Footprint;
 
 /// What the link tells the manager. `conn` numbers the agent's connections
@@ -41,8 +42,73 @@ pub enum LinkEvent {
 #[derive(Default)]
 struct Current {
     conn: u64,
-    tx: Option<mpsc::UnboundedSender<ToAgent>>,
+    tx: Option<mpsc::UnboundedSender<Outgoing>>,
     ready: bool,
+}
+
+/// What a connection's writer is handed.
+enum Outgoing {
+    /// The core's message.
+    Message(ToAgent),
+    /// The agent answered a `Start` with `NotPrepared`: its launch goes in full.
+    Resend(AttemptKey),
+}
+
+/// The launches one connection's agent was sent to set up ahead: the same
+/// launch later goes as a `Start` of a few bytes (the agent parses no launch
+/// twice), and is kept until the attempt's end, for an agent that no longer
+/// holds it set up (`NotPrepared`).
+#[derive(Default)]
+struct SetUpAhead {
+    prepared: HashMap<AttemptKey, Box<Launch>>,
+    started: HashMap<AttemptKey, Box<Launch>>,
+}
+
+/// At most this many launches set up ahead are remembered. More means
+/// some were neither launched nor stopped (the core gave up on building
+/// their launch): they are forgotten, and a launch goes in full.
+const MOST_PREPARED: usize = 1024;
+
+impl SetUpAhead {
+    /// What goes to the agent for `msg`.
+    fn shorten(&mut self, msg: ToAgent) -> ToAgent {
+        match msg {
+            ToAgent::Launch(mut launch) => match self.prepared.remove(&launch.key) {
+                Some(prepared) if launch.same_as_prepared(&prepared) => {
+                    let key = launch.key.clone();
+                    self.started.insert(key.clone(), launch);
+                    ToAgent::Start { key }
+                }
+                _ => ToAgent::Launch(launch),
+            },
+            ToAgent::Stop { key } => {
+                self.prepared.remove(&key);
+                self.started.remove(&key);
+                ToAgent::Stop { key }
+            }
+            // The server holds its result: no `NotPrepared` can follow.
+            ToAgent::Ack { key } => {
+                self.started.remove(&key);
+                ToAgent::Ack { key }
+            }
+            other => other,
+        }
+    }
+
+    /// Keeps the launch of a `Prepare` once it is written.
+    fn written(&mut self, msg: ToAgent) {
+        if let ToAgent::Prepare(launch) = msg {
+            if self.prepared.len() >= MOST_PREPARED {
+                self.prepared.clear();
+            }
+            self.prepared.insert(launch.key.clone(), launch);
+        }
+    }
+
+    /// The full launch for an agent that did not hold `key` set up.
+    fn resend(&mut self, key: &AttemptKey) -> Option<ToAgent> {
+        self.started.remove(key).map(ToAgent::Launch)
+    }
 }
 
 /// Sends to the connected agent, if any.
@@ -55,7 +121,7 @@ impl AgentLink {
     /// True when the message was handed to a connected agent.
     pub fn send(&self, msg: ToAgent) -> bool {
         match &self.current.lock().unwrap().tx {
-            Some(tx) => tx.send(msg).is_ok(),
+            Some(tx) => tx.send(Outgoing::Message(msg)).is_ok(),
             None => false,
         }
     }
@@ -158,26 +224,50 @@ pub fn listen(
             };
             conn += 1;
             let (read, mut write) = stream.into_split();
-            let (tx, mut rx) = mpsc::unbounded_channel::<ToAgent>();
+            let (tx, mut rx) = mpsc::unbounded_channel::<Outgoing>();
+            let resend = tx.clone();
             *current.lock().unwrap() = Current {
                 conn,
                 tx: Some(tx),
                 ready: false,
             };
+            // Set by the agent's Hello, before the core hears of it (and so
+            // before anything is set up ahead on this connection).
+            let starts_prepared = Arc::new(AtomicBool::new(false));
+            let shortens = starts_prepared.clone();
             tokio::spawn(async move {
                 // What waits is written at once, in one write: a commit's
                 // launches and acknowledgements wake the agent once.
                 let mut waiting = Vec::new();
                 let mut buf = Vec::new();
+                let mut ahead = SetUpAhead::default();
                 while rx.recv_many(&mut waiting, 256).await > 0 {
                     buf.clear();
-                    for msg in waiting.drain(..) {
+                    let shorten = shortens.load(Ordering::Acquire);
+                    for out in waiting.drain(..) {
+                        let msg = match out {
+                            Outgoing::Message(msg) if shorten => ahead.shorten(msg),
+                            Outgoing::Message(msg) => msg,
+                            Outgoing::Resend(key) => match ahead.resend(&key) {
+                                Some(msg) => msg,
+                                None => {
+                                    tracing::warn!(
+                                        "the agent holds no set-up for {}, and no launch of it is at hand",
+                                        key.file_stem()
+                                    );
+                                    continue;
+                                }
+                            },
+                        };
                         crate::metrics::global()
                             .messages_to_agent
                             .get_or_create(&crate::metrics::KindLabels { kind: msg.kind() })
                             .inc();
                         serde_json::to_writer(&mut buf, &msg).expect("messages serialize");
                         buf.push(b'\n');
+                        if shorten {
+                            ahead.written(msg);
+                        }
                     }
                     if write.write_all(&buf).await.is_err() {
                         break;
@@ -195,6 +285,17 @@ pub fn listen(
                                 .agent_messages
                                 .get_or_create(&crate::metrics::KindLabels { kind: msg.kind() })
                                 .inc();
+                            match msg {
+                                FromAgent::NotPrepared { key } => {
+                                    let _ = resend.send(Outgoing::Resend(key));
+                                    continue;
+                                }
+                                FromAgent::Hello {
+                                    starts_prepared: true,
+                                    ..
+                                } => starts_prepared.store(true, Ordering::Release),
+                                _ => {}
+                            }
                             let _ = events.send(LinkEvent::Message { conn, msg });
                         }
                         Err(e) => tracing::warn!("ignoring an agent message it cannot read: {e}"),
@@ -354,4 +455,78 @@ pub fn socket_path(data_dir: &Path) -> PathBuf {
 /// Whether the node agent gives `pool`'s workflows networks of their own.
 pub fn gives_networks(pool: &osmo_spec::config::PoolConfig) -> bool {
     pool.network == osmo_spec::config::NetworkMode::Workflow
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn launch(retry_id: u32) -> Box<Launch> {
+        let key = serde_json::json!({
+            "workflow_id": "wf-1",
+            "attempt": {"task": {"group": 0, "task": 0}, "retry_id": retry_id}
+        });
+        Box::new(
+            serde_json::from_value(serde_json::json!({
+                "key": key, "group": "g", "task": "t", "command": ["true"], "args": [],
+                "environment": {}, "files": [], "output_dir": "/o", "input_dirs": [],
+                "preflight": [], "memory_limit_bytes": null,
+            }))
+            .unwrap(),
+        )
+    }
+
+    /// What goes on the wire for `msg`, as the writer does.
+    fn send(ahead: &mut SetUpAhead, msg: ToAgent) -> ToAgent {
+        let out = ahead.shorten(msg);
+        ahead.written(out.clone());
+        out
+    }
+
+    #[test]
+    fn the_launch_of_what_was_set_up_ahead_goes_as_a_start_and_is_kept_until_its_ack() {
+        let mut ahead = SetUpAhead::default();
+        send(&mut ahead, ToAgent::Prepare(launch(0)));
+        let mut again = launch(0);
+        again.gang = 3;
+        let key = again.key.clone();
+        assert!(
+            matches!(send(&mut ahead, ToAgent::Launch(again)), ToAgent::Start { key: k } if k == key)
+        );
+        // The agent no longer held it: the launch goes in full, once.
+        assert!(matches!(ahead.resend(&key), Some(ToAgent::Launch(l)) if l.gang == 3));
+        assert!(ahead.resend(&key).is_none());
+
+        send(&mut ahead, ToAgent::Prepare(launch(1)));
+        let key = launch(1).key;
+        send(&mut ahead, ToAgent::Launch(launch(1)));
+        send(&mut ahead, ToAgent::Ack { key: key.clone() });
+        assert!(ahead.resend(&key).is_none(), "forgotten with its result");
+    }
+
+    #[test]
+    fn a_launch_that_differs_from_what_was_set_up_or_was_stopped_goes_in_full() {
+        let mut ahead = SetUpAhead::default();
+        send(&mut ahead, ToAgent::Prepare(launch(0)));
+        let mut changed = launch(0);
+        changed
+            .environment
+            .insert("SECRET".into(), "rotated meanwhile".into());
+        assert!(matches!(
+            send(&mut ahead, ToAgent::Launch(changed)),
+            ToAgent::Launch(_)
+        ));
+
+        send(&mut ahead, ToAgent::Prepare(launch(1)));
+        send(&mut ahead, ToAgent::Stop { key: launch(1).key });
+        assert!(matches!(
+            send(&mut ahead, ToAgent::Launch(launch(1))),
+            ToAgent::Launch(_)
+        ));
+        // Never set up ahead at all.
+        assert!(matches!(
+            send(&mut ahead, ToAgent::Launch(launch(2))),
+            ToAgent::Launch(_)
+        ));
+    }
 }

@@ -826,6 +826,7 @@ mod tests {
                     node: "n".into(),
                     pid: 1,
                     attempts: vec![],
+                    starts_prepared: false,
                 },
             })
             .unwrap();

@@ -48,6 +48,11 @@ impl Core {
             LinkEvent::Disconnected { conn } => {
                 tracing::warn!("node agent connection {conn} closed; waiting for it to dial back")
             }
+            // The link answers it with the launch it holds (`agent_link`).
+            LinkEvent::Message {
+                msg: FromAgent::NotPrepared { .. },
+                ..
+            } => {}
             LinkEvent::Message {
                 msg: FromAgent::Logs { lines, batch },
                 ..
@@ -134,6 +139,7 @@ impl Core {
                         node,
                         pid,
                         attempts,
+                        ..
                     },
             } => {
                 tracing::info!(
@@ -370,6 +376,6 @@ fn attempt_of(msg: &FromAgent) -> Option<&AttemptKey> {
         FromAgent::Phase { key, .. }
         | FromAgent::RunStopped { key, .. }
         | FromAgent::Exited { key, .. } => Some(key),
-        FromAgent::Hello { .. } | FromAgent::Logs { .. } => None,
+        FromAgent::Hello { .. } | FromAgent::Logs { .. } | FromAgent::NotPrepared { .. } => None,
     }
 }

@@ -68,6 +68,7 @@ fn hello(attempts: Vec<(AttemptKey, Phase)>) -> LinkEvent {
         node: "n".into(),
         pid: 1,
         attempts,
+        starts_prepared: false,
     })
 }
 
@@ -589,11 +590,16 @@ fn the_next_queued_attempts_are_set_up_ahead_one_per_cpu_and_launched_when_it_fr
     assert_eq!(prepared(&sent), [attempt(2)], "and c is set up next");
     // The agent runs what it set up only for the same launch.
     let mut launch = first_launch(&sent, false);
-    assert_eq!(launch.fingerprint(), set_up.fingerprint());
+    assert!(launch.same_as_prepared(&set_up));
+    set_up.gang += 1;
+    assert!(
+        launch.same_as_prepared(&set_up),
+        "how many go together is not the attempt's"
+    );
     launch
         .environment
         .insert("SECRET".into(), "rotated meanwhile".into());
-    assert_ne!(launch.fingerprint(), set_up.fingerprint());
+    assert!(!launch.same_as_prepared(&set_up));
 
     // A cancel stops c's sandbox, queued though it is.
     s.core.cancel("wf-1", "me".into(), None);

@@ -145,7 +145,10 @@ impl Driver {
                 self.shared.changed.notify_waiters();
             }
             // Never sent to Slurm (a job waits in Slurm's queue instead).
-            ToAgent::Prepare(_) | ToAgent::LogsAck { .. } | ToAgent::Shutdown => {}
+            ToAgent::Prepare(_)
+            | ToAgent::Start { .. }
+            | ToAgent::LogsAck { .. }
+            | ToAgent::Shutdown => {}
         }
     }
 
