@@ -926,13 +926,18 @@ unsafe fn private_dirs(p: &ChildPlan, fds: &mut [c_int]) {
     }
 }
 
-/// Makes the [`Step::private`] directories on one new tmpfs, mounted
-/// nowhere (`fsmount`), and a detached bind of each, as [`private_dirs`]
-/// does on the writable layer's tmpfs: one superblock for all of them
-/// rather than one per step. Where it fails (a kernel before 6.15 cannot
-/// bind from a detached mount), they stay -1 and their steps mount a tmpfs
-/// each.
-unsafe fn detached_private_dirs(p: &ChildPlan, fds: &mut [c_int]) {
+/// Makes the [`Step::private`] directories on one new tmpfs (`fsmount`),
+/// and a detached bind of each, as [`private_dirs`] does on the writable
+/// layer's tmpfs: one superblock for all of them rather than one per step.
+/// Where it fails (a kernel before 6.15 cannot bind from a detached mount),
+/// they stay -1 and their steps mount a tmpfs each.
+///
+/// The tmpfs's own root is then attached where the first of them goes,
+/// under it (that step's bind covers it), rather than closed detached:
+/// dissolving a detached mount waits for an RCU grace period (expedited,
+/// an interrupt on every CPU), and the namespace's end waits for one
+/// anyway, for all of its mounts at once. `below`: as [`run_step`]'s.
+unsafe fn detached_private_dirs(p: &ChildPlan, fds: &mut [c_int], below: usize) {
     const FSOPEN_CLOEXEC: c_uint = 1;
     const FSCONFIG_CMD_CREATE: c_uint = 6;
     const FSMOUNT_CLOEXEC: c_uint = 1;
@@ -969,11 +974,8 @@ unsafe fn detached_private_dirs(p: &ChildPlan, fds: &mut [c_int]) {
             return;
         }
         // (In a kept root: the template has the `Shared` steps' already.)
-        let modes = p
-            .steps
-            .iter()
-            .filter(|s| s.when != When::Shared)
-            .filter_map(|s| s.private);
+        let own = || p.steps.iter().filter(|s| s.when != When::Shared);
+        let modes = own().filter_map(|s| s.private);
         for (i, (mode, fd)) in modes.zip(fds.iter_mut()).enumerate() {
             // "p0".."p15" (MAX_PRIVATE), no allocation.
             let name = [b'p', b'0' + (i / 10 % 10) as u8, b'0' + (i % 10) as u8, 0];
@@ -990,6 +992,15 @@ unsafe fn detached_private_dirs(p: &ChildPlan, fds: &mut [c_int]) {
                     *fd = tree as c_int;
                 }
             }
+        }
+        // Only under a step that runs in a kept root (one that runs always)
+        // and has its bind; else, or where it cannot be attached, it is
+        // dissolved as before.
+        if let Some(first) = own().find(|s| s.private.is_some())
+            && first.when == When::Always
+            && fds.first().is_some_and(|fd| *fd >= 0)
+        {
+            let _ = attach(tmpfs, below_root(&first.target, below));
         }
         libc::close(tmpfs);
     }
@@ -1240,7 +1251,10 @@ pub(crate) unsafe fn sandbox_init(p: &ChildPlan) -> ! {
         }
         libc::umask(0o022);
 
-        if let Err(e) = mount(None, c"/", None, libc::MS_REC | libc::MS_PRIVATE, None) {
+        // A copy of a kept root's namespace is private already: the
+        // template was made so (`build_kept_root`), and a copy keeps it.
+        // (Made so again, the change would walk every mount.)
+        if !kept && let Err(e) = mount(None, c"/", None, libc::MS_REC | libc::MS_PRIVATE, None) {
             fail(p, step::PRIVATE, e);
         }
         let mut private = [-1; MAX_PRIVATE];
@@ -1255,10 +1269,11 @@ pub(crate) unsafe fn sandbox_init(p: &ChildPlan) -> ! {
             // The template's root (its namespace's root), with the host's
             // mounts bound in: only this attempt's own steps are left, their
             // private directories on a tmpfs of the attempt's own (the
-            // template's layer outlives the attempt). Unbindable again, as
-            // `setup_root` leaves it (the private propagation above reset it).
+            // template's layer outlives the attempt). Its root is made
+            // unbindable, as `setup_root` leaves a root: a copy of a
+            // namespace does not keep that.
             let _ = mount(None, c"/", None, libc::MS_UNBINDABLE, None);
-            detached_private_dirs(p, &mut private);
+            detached_private_dirs(p, &mut private, below);
             true
         } else {
             setup_root(p, &mut private)

@@ -122,7 +122,7 @@ fn main() {
         "kept roots need root: the sandbox creates mount namespaces"
     );
     osmo_runtime::spawner::start(Path::new("/proc/self/exe")).expect("a sandbox spawner");
-    let checks: [(&str, fn()); 5] = [
+    let checks: [(&str, fn()); 6] = [
         (
             "a_root_nothing_was_written_to_serves_the_next_attempt",
             a_root_nothing_was_written_to_serves_the_next_attempt,
@@ -138,6 +138,10 @@ fn main() {
         (
             "a_mount_the_host_adds_makes_a_new_root",
             a_mount_the_host_adds_makes_a_new_root,
+        ),
+        (
+            "no_mount_of_a_kept_root_propagates_and_its_root_is_unbindable",
+            no_mount_of_a_kept_root_propagates_and_its_root_is_unbindable,
         ),
         (
             "a_root_is_kept_for_two_seconds_at_most",
@@ -175,6 +179,34 @@ fn a_root_written_to_is_not_taken_again() {
     let (after, seen) = slot.root_device(&format!("ls -d {name}.d 2>/dev/null || echo absent"));
     assert_ne!(after, maker);
     assert_eq!(seen, ["absent"]);
+}
+
+/// The sandbox's init does not make its copy of the template private again:
+/// the copy must be so already. Its root is unbindable, as a root the init
+/// makes itself.
+fn no_mount_of_a_kept_root_propagates_and_its_root_is_unbindable() {
+    let mut slot = Slot::new();
+    let (first, _) = slot.root_device("true");
+    let (second, table) = slot.root_device("cat /proc/self/mountinfo");
+    assert_eq!(second, first, "the root was kept");
+    // Each line: ID PARENT DEV ROOT MOUNT_POINT OPTIONS [TAG...] - TYPE ...
+    let tagged: Vec<(&str, Vec<&str>)> = table
+        .iter()
+        .map(|line| {
+            let fields: Vec<&str> = line.split(' ').collect();
+            let end = fields.iter().position(|f| *f == "-").unwrap();
+            (fields[4], fields[6..end].to_vec())
+        })
+        .collect();
+    for (at, tags) in &tagged {
+        assert!(
+            tags.iter()
+                .all(|t| !t.starts_with("shared:") && !t.starts_with("master:")),
+            "{at} propagates: {tags:?}\n{table:#?}"
+        );
+    }
+    let root = tagged.iter().find(|(at, _)| *at == "/").unwrap();
+    assert!(root.1.contains(&"unbindable"), "{table:#?}");
 }
 
 fn tmp_and_shm_are_each_attempts_own() {
