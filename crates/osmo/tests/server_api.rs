@@ -477,17 +477,16 @@ fn an_attempt_set_up_ahead_is_started_by_its_key_not_sent_again_in_full() {
     let doc = server.wait_finished(&id, std::time::Duration::from_secs(60));
     assert_eq!(doc["status"], "COMPLETED", "{doc:#}");
     let (_, text) = server.get("/metrics");
-    let sent = |kind: &str| {
-        text.lines()
-            .find_map(|l| {
-                l.strip_prefix(&format!("osmo_messages_to_agent_total{{kind=\"{kind}\"}} "))
-            })
-            .map_or(0.0, |v| v.parse::<f64>().unwrap())
+    // A kind never sent has no series.
+    let counted = |series: String| {
+        if text.contains(&format!("{series} ")) {
+            metric(&text, &series)
+        } else {
+            0.0
+        }
     };
-    let not_prepared = text
-        .lines()
-        .find_map(|l| l.strip_prefix("osmo_agent_messages_total{kind=\"not_prepared\"} "))
-        .map_or(0.0, |v| v.parse::<f64>().unwrap());
+    let sent = |kind: &str| counted(format!("osmo_messages_to_agent_total{{kind=\"{kind}\"}}"));
+    let not_prepared = counted("osmo_agent_messages_total{kind=\"not_prepared\"}".to_string());
     assert!(sent("prepare") >= 1.0, "{text}");
     assert!(sent("start") >= 1.0, "{text}");
     // Each task went once, as a launch or a start; a start the agent could
