@@ -40,6 +40,17 @@ impl Link {
     }
 }
 
+/// The agent process, killed if the test ends early (it would otherwise
+/// dial the gone socket for a while).
+struct Agent(std::process::Child);
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 fn key(retry_id: u32) -> Value {
     json!({"workflow_id": "proto-1", "attempt": {"task": {"group": 0, "task": 0}, "retry_id": retry_id}})
 }
@@ -71,14 +82,16 @@ fn a_start_runs_what_was_set_up_ahead_and_is_answered_not_prepared_when_nothing_
         .unwrap();
     let socket = dir.path().join("agent.sock");
     let listener = UnixListener::bind(&socket).unwrap();
-    let mut agent = std::process::Command::new(common::OSMO)
-        .arg("agent")
-        .arg("--socket")
-        .arg(&socket)
-        .arg("--state-dir")
-        .arg(dir.path().join("agent"))
-        .spawn()
-        .unwrap();
+    let mut agent = Agent(
+        std::process::Command::new(common::OSMO)
+            .arg("agent")
+            .arg("--socket")
+            .arg(&socket)
+            .arg("--state-dir")
+            .arg(dir.path().join("agent"))
+            .spawn()
+            .unwrap(),
+    );
     let (stream, _) = listener.accept().unwrap();
     stream
         .set_read_timeout(Some(Duration::from_secs(60)))
@@ -123,6 +136,6 @@ fn a_start_runs_what_was_set_up_ahead_and_is_answered_not_prepared_when_nothing_
     // Idle, told the server stops: the agent exits.
     link.send(json!({"type": "shutdown"}));
     drop(link);
-    let status = agent.wait().unwrap();
+    let status = agent.0.wait().unwrap();
     assert!(status.success(), "{status}");
 }
