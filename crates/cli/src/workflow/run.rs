@@ -103,7 +103,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<Outcome> {
 
     crate::init_tracing("warn");
     let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+        .worker_threads(crate::server::default_threads())
         .thread_name("osmo-run")
         .enable_all()
         .build()
