@@ -215,7 +215,6 @@ fn a_server_restart_loses_no_running_slurm_job() {
     let id = server.submit(spec);
     wait_running(&server, &id, "t");
     server.kill();
-    std::thread::sleep(Duration::from_millis(500));
     server.spawn();
     let doc = server.wait_finished(&id, Duration::from_secs(60));
     assert_eq!(doc["status"], "COMPLETED", "{doc:#}\n{}", server.log());
@@ -241,10 +240,18 @@ fn a_server_restart_adopts_a_queued_slurm_job() {
         live_jobs(&id).into_iter().next().map(|(id, _)| id)
     });
     server.kill();
-    std::thread::sleep(Duration::from_millis(500));
     server.spawn();
-    // Give the new server a moment to take the job over, then let Slurm start it.
-    std::thread::sleep(Duration::from_millis(500));
+    // The new server takes the job over while it is still held; then Slurm may start it.
+    wait_for(
+        Duration::from_secs(20),
+        "the new server to find the job",
+        || {
+            server
+                .log()
+                .contains("found 1 Slurm job(s) of an earlier server")
+                .then_some(())
+        },
+    );
     run("scontrol", &["release", &job]);
     let doc = server.wait_finished(&id, Duration::from_secs(60));
     assert_eq!(doc["status"], "COMPLETED", "{doc:#}\n{}", server.log());
