@@ -185,4 +185,21 @@ mod tests {
     fn the_command_line_is_consistent() {
         Cli::command().debug_assert();
     }
+
+    #[test]
+    fn server_threads_are_at_least_one_and_default_to_half_the_cpus() {
+        let threads = |args: &[&str]| {
+            Cli::try_parse_from(["osmo", "server"].iter().chain(args)).map(|cli| {
+                match cli.command {
+                    Command::Server(a) => a.threads,
+                    _ => unreachable!("parsed as `osmo server`"),
+                }
+            })
+        };
+        assert_eq!(threads(&["--threads", "3"]).unwrap(), Some(3));
+        let refused = threads(&["--threads", "0"]).unwrap_err().to_string();
+        assert!(refused.contains("0 is not in 1..=1024"), "{refused}");
+        let cpus = std::thread::available_parallelism().unwrap().get();
+        assert_eq!(server::default_threads(), (cpus / 2).max(1));
+    }
 }
