@@ -103,7 +103,8 @@ pub fn run(args: RunArgs) -> anyhow::Result<Outcome> {
 
     crate::init_tracing("warn");
     let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(crate::server::default_threads())
+        // One workflow's service: a server's threads, two at most.
+        .worker_threads(crate::server::default_threads().min(2))
         .thread_name("osmo-run")
         .enable_all()
         .build()
