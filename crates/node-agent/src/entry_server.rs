@@ -116,7 +116,15 @@ async fn session(shared: Arc<Shared>, stream: UnixStream) {
             reason: truncate(&why).into(),
         },
     };
-    let _ = ws.close(Some(frame)).await;
+    if ws.close(Some(frame)).await.is_ok() {
+        // Until the server's answer, a few seconds at most: a socket closed
+        // with bytes unread in it (the client's stdin ending late, say) is
+        // reset, and the server would lose the close frame with the exit code.
+        let _ = tokio::time::timeout(Duration::from_secs(5), async {
+            while let Some(Ok(_)) = ws.next().await {}
+        })
+        .await;
+    }
 }
 
 /// A close frame's reason holds at most 123 bytes.

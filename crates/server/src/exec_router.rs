@@ -496,7 +496,7 @@ async fn relay_to_agent(mut client: WebSocket, socket: PathBuf, path: String) {
     let mut agent = match agent {
         Ok(agent) => agent,
         Err(why) => {
-            let _ = client.send(close(1011, &why)).await;
+            close_client(&mut client, close(1011, &why)).await;
             return;
         }
     };
@@ -525,7 +525,9 @@ async fn relay_to_agent(mut client: WebSocket, socket: PathBuf, path: String) {
                         code: f.code.into(),
                         reason: f.reason.as_str().into(),
                     });
-                    let _ = client.send(ws::Message::Close(frame)).await;
+                    // Sends the agent the answer to its close frame.
+                    let _ = agent.close(None).await;
+                    close_client(&mut client, ws::Message::Close(frame)).await;
                     return;
                 }
                 Some(Ok(msg)) => {
@@ -536,12 +538,31 @@ async fn relay_to_agent(mut client: WebSocket, socket: PathBuf, path: String) {
                     }
                 }
                 _ => {
-                    let _ = client.send(close(1011, "the node agent went away")).await;
+                    close_client(&mut client, close(1011, "the node agent went away")).await;
                     return;
                 }
             },
         }
     }
+}
+
+/// Sends the client `frame` (a close frame) and reads what it still sends
+/// until its answer, a few seconds at most. A socket closed with bytes
+/// unread in it (the end of the client's stdin, sent late, say) is reset,
+/// and a reset discards on the client's side what it has not read yet: the
+/// command's last output and the close frame with its exit code.
+async fn close_client(client: &mut WebSocket, frame: ws::Message) {
+    if client.send(frame).await.is_err() {
+        return;
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(5), async {
+        while let Some(Ok(msg)) = client.next().await {
+            if matches!(msg, ws::Message::Close(_)) {
+                return;
+            }
+        }
+    })
+    .await;
 }
 
 fn to_agent(msg: ws::Message) -> Option<tungstenite::Message> {

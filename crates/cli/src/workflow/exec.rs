@@ -180,6 +180,8 @@ async fn session(
                 }
                 Some(Ok(Message::Close(frame))) => {
                     drop(_raw);
+                    // The answer to the server's close frame: it waits for it.
+                    let _ = ws.close(None).await;
                     return ended(frame);
                 }
                 Some(Ok(_)) => {}

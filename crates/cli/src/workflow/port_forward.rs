@@ -236,12 +236,19 @@ async fn connection(
             },
             msg = ws.next() => match msg {
                 Some(Ok(Message::Binary(bytes))) => write.write_all(&bytes).await?,
-                Some(Ok(Message::Close(Some(frame))))
-                    if frame.code != tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode::Normal =>
-                {
-                    anyhow::bail!("{}", frame.reason);
+                Some(Ok(Message::Close(frame))) => {
+                    // The answer to the server's close frame: it waits for it.
+                    let _ = ws.close(None).await;
+                    match frame {
+                        Some(frame)
+                            if frame.code != tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode::Normal =>
+                        {
+                            anyhow::bail!("{}", frame.reason);
+                        }
+                        _ => return Ok(()),
+                    }
                 }
-                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return Ok(()),
+                None | Some(Err(_)) => return Ok(()),
                 Some(Ok(_)) => {}
             },
         }
