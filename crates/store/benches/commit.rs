@@ -1,9 +1,10 @@
 //! Commits per second on the embedded SQLite store (WAL, `synchronous=FULL`, a file in a temp
 //! dir): the server's hot path, one event per commit, and a group commit of 50 events (an agent
-//! reporting 50 exits at once). Also a batch of log lines, for scale.
+//! reporting 50 exits at once). Also a batch of log lines, for scale, and the commit a wide
+//! workflow of short tasks makes most: a few exits, each with its agent's batch of log lines.
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use osmo_store::{Commit, Initial, LogLine, NewEvent, NewWorkflow, Store};
+use osmo_store::{Commit, Initial, LogBatch, LogLine, NewEvent, NewWorkflow, Store};
 use serde_json::json;
 
 fn commit_event(c: &mut Criterion) {
@@ -94,6 +95,29 @@ fn commit_event(c: &mut Criterion) {
     group.throughput(Throughput::Elements(lines.len() as u64));
     group.bench_function("append_logs_1000_lines", |b| {
         b.iter(|| rt.block_on(store.append_logs(&lines)).unwrap())
+    });
+
+    // Four exits and each one's batch of one line (its "command exited" line), numbered by the
+    // agent: what the server commits about four trivial tasks that ended together.
+    let mut log_seq = 0u64;
+    group.throughput(Throughput::Elements(4));
+    group.bench_function("commit_4_exits_with_4_log_batches", |b| {
+        b.iter(|| {
+            at += 1;
+            let commit = batch(4, at);
+            let logs: Vec<LogBatch> = lines[..4]
+                .iter()
+                .map(|line| {
+                    log_seq += 1;
+                    LogBatch {
+                        source: Some(("agent-1".into(), log_seq)),
+                        lines: vec![line.clone()],
+                    }
+                })
+                .collect();
+            rt.block_on(store.commit_with_logs(&[commit], &logs))
+                .unwrap()
+        })
     });
     group.finish();
     rt.block_on(store.close());

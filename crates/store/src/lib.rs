@@ -668,37 +668,63 @@ impl Store {
                     .await?;
                 }
             }
+            // Each source's cursor is read once and moved once, and the
+            // lines of every batch it takes go in the same multi-row inserts:
+            // a commit carries a batch per attempt that ended, and a
+            // statement per batch was a round trip each to the database.
+            let mut cursors: Vec<(&str, i64, i64)> = Vec::new();
+            let mut lines: Vec<&LogLine> = Vec::new();
             for log in logs {
                 if let Some((source, seq)) = &log.source {
-                    // One statement: the cursor moves only forward, and a
-                    // batch it does not move was stored before.
-                    let moved = sqlx::query(
+                    let seq = to_i64(*seq);
+                    let i = match cursors.iter().position(|(s, _, _)| *s == source.as_str()) {
+                        Some(i) => i,
+                        None => {
+                            let stored: Option<(i64,)> =
+                                sqlx::query_as("SELECT seq FROM log_cursors WHERE source = $1")
+                                    .bind(source)
+                                    .fetch_optional(&mut *tx)
+                                    .await?;
+                            let at = stored.map_or(i64::MIN, |(s,)| s);
+                            cursors.push((source, at, at));
+                            cursors.len() - 1
+                        }
+                    };
+                    // The cursor moves only forward: a batch that does not
+                    // move it was stored before.
+                    if seq <= cursors[i].2 {
+                        continue;
+                    }
+                    cursors[i].2 = seq;
+                }
+                lines.extend(&log.lines);
+            }
+            for (source, before, after) in cursors {
+                if after > before {
+                    sqlx::query(
                         "INSERT INTO log_cursors (source, seq) VALUES ($1, $2) \
                          ON CONFLICT (source) DO UPDATE SET seq = excluded.seq \
                          WHERE log_cursors.seq < excluded.seq",
                     )
                     .bind(source)
-                    .bind(to_i64(*seq))
+                    .bind(after)
                     .execute(&mut *tx)
                     .await?;
-                    if moved.rows_affected() == 0 {
-                        continue;
-                    }
                 }
-                for chunk in log.lines.chunks(ROWS_PER_INSERT) {
-                    let mut q = sqlx::QueryBuilder::new(
-                        "INSERT INTO logs (workflow_id, task, retry_id, at_ms, stream, line) ",
-                    );
-                    q.push_values(chunk, |mut b, l| {
-                        b.push_bind(&l.workflow_id)
-                            .push_bind(&l.task)
-                            .push_bind(i64::from(l.retry_id))
-                            .push_bind(l.at_ms)
-                            .push_bind(&l.stream)
-                            .push_bind(&l.line);
-                    });
-                    q.build().execute(&mut *tx).await?;
-                }
+            }
+            for chunk in lines.chunks(ROWS_PER_INSERT) {
+                let mut q = sqlx::QueryBuilder::new(
+                    "INSERT INTO logs (workflow_id, task, retry_id, at_ms, stream, line) ",
+                );
+                q.push_values(chunk, |mut b, l| {
+                    b.push_bind(&l.workflow_id)
+                        .push_bind(&l.task)
+                        .push_bind(i64::from(l.retry_id))
+                        .push_bind(l.at_ms)
+                        .push_bind(&l.stream)
+                        .push_bind(&l.line);
+                });
+                q.build().execute(&mut *tx).await?;
             }
             tx.commit().await?;
             Ok(())

@@ -1154,10 +1154,37 @@ async fn log_batches_commit_with_events_and_are_stored_once_per_source(url: Stri
         lines: vec![log(&wf, "b", 0, 3, "stdout")],
     };
     store.commit_with_logs(&[], &[other]).await.unwrap();
+    // Both sources in one commit, a batch twice in it: each source's
+    // batches are taken in order, once, and their lines keep that order.
+    let second = |seq: u64, n: i64| LogBatch {
+        source: Some(("agent-2".to_string(), seq)),
+        lines: vec![log(&wf, "b", 0, n, "stdout")],
+    };
+    store
+        .commit_with_logs(
+            &[],
+            &[
+                batch(4, 4),
+                second(2, 5),
+                batch(4, 4),
+                second(1, 3),
+                batch(5, 6),
+            ],
+        )
+        .await
+        .unwrap();
     let lines = store.logs(&wf, None, None, None).await.unwrap();
     assert_eq!(
         texts(&lines),
-        ["a/0 line 0", "a/0 line 1", "a/0 line 2", "b/0 line 3"]
+        [
+            "a/0 line 0",
+            "a/0 line 1",
+            "a/0 line 2",
+            "b/0 line 3",
+            "a/0 line 4",
+            "b/0 line 5",
+            "a/0 line 6"
+        ]
     );
     assert_eq!(store.events(&wf).await.unwrap().len(), 1);
     // A line of an unknown workflow fails the commit whole, events included.
