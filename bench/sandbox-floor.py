@@ -15,12 +15,15 @@ Each task is `/usr/bin/true` run by `crates/runtime/examples/sandbox_floor.rs`
              pivot_root and the old root detached;
   template   the same root made once for each of the P slots, in a mount
              namespace of its own that each task copies (osmo's kept roots);
+  warm       that root with one init per slot that stays and runs task after
+             task (a fresh /dev/shm each, whatever a task left killed): what
+             reusing a sandbox's namespaces for the next attempt costs at least;
   readonly   a read-only recursive bind of / as the root instead (no overlay);
   runtime    osmo's runtime itself: run_attempt on P threads through the sandbox
              spawner, as the node agent runs attempts (output directory, hidden
              directories, `nobody`), without the agent, the server or a network.
 
-The first three have no logs, IPC, files, network, cgroup or user change: a floor
+All but `runtime` have no logs, IPC, files, network, cgroup or user change: a floor
 for the host sandbox, not a model of an attempt. Prints tasks per second, the ratio to xargs and the
 machine's busy CPU time per task (all processes and the kernel's threads, from
 /proc/stat), the rounds alternating. Needs root.
@@ -82,7 +85,7 @@ def main():
                     "--example", "sandbox_floor"], cwd=ROOT, check=True)
     exe = os.path.join(ROOT, "target/release/examples/sandbox_floor")
     cpus = os.cpu_count()
-    modes = ["namespace", "overlay", "template", "readonly", "runtime"]
+    modes = ["namespace", "overlay", "template", "warm", "readonly", "runtime"]
     with tempfile.TemporaryDirectory(prefix="osmo-floor-", dir="/var/tmp") as scratch:
         mounts = submounts(["/proc", "/tmp", scratch])
         print(f"machine: {cpus} CPUs; {args.n} tasks, {cpus} at once; host file systems bound "

@@ -14,6 +14,12 @@
 //!   in a mount namespace of its own; a task joins a copy of its slot's
 //!   (`setns`, `unshare`) and mounts only `/proc` and `/dev/shm` before the
 //!   pivot (what osmo's kept roots do, `kept_root.rs`).
+//! - `warm`: the `template` root, with one init per slot that stays: it
+//!   joins a copy of the template once, mounts `/proc` once, and then runs
+//!   task after task, each with a fresh private `/dev/shm` (the last one's
+//!   unmounted), every process the task left killed and reaped before the
+//!   next: what reusing a sandbox's namespaces for the next attempt would
+//!   cost at least.
 //! - `readonly`: the same with a read-only recursive bind of `/` for the root
 //!   (the host sandbox's last fallback), so no overlay and no SUBMOUNT binds.
 //! - `runtime`: osmo's own runtime, `run_attempt` on P threads through the
@@ -21,7 +27,7 @@
 //!   and `/home` hidden, as `nobody`), without the agent, the server or a
 //!   network. SUBMOUNTs are not used: the runtime finds them itself.
 //!
-//! The first three have no logs, no IPC, no files, no network, no cgroup, no
+//! All but `runtime` have no logs, no IPC, no files, no network, no cgroup, no
 //! user change: a floor, not a model of everything an attempt does. Needs
 //! root. Exits non-zero if a task fails, naming the step.
 
@@ -37,6 +43,7 @@ enum Mode {
     ReadOnly,
     Runtime,
     Template,
+    Warm,
 }
 
 /// Everything a child needs, made before any clone.
@@ -69,6 +76,7 @@ fn main() {
             "readonly" => Some(Mode::ReadOnly),
             "runtime" => Some(Mode::Runtime),
             "template" => Some(Mode::Template),
+            "warm" => Some(Mode::Warm),
             _ => None,
         }),
         args.get(1).and_then(|n| n.parse::<usize>().ok()),
@@ -78,7 +86,7 @@ fn main() {
         args.get(3),
     ) else {
         eprintln!(
-            "usage: sandbox_floor namespace|overlay|template|readonly|runtime N P SCRATCH [SUBMOUNT...]"
+            "usage: sandbox_floor namespace|overlay|template|warm|readonly|runtime N P SCRATCH [SUBMOUNT...]"
         );
         std::process::exit(2);
     };
@@ -88,7 +96,7 @@ fn main() {
     let submounts = &args[4..];
     // One plan serves every task at once (each child mounts in its own
     // namespace), or, for `template`, one root per slot.
-    let slots: Vec<(Plan, c_int)> = if mode == Mode::Template {
+    let slots: Vec<(Plan, c_int)> = if mode == Mode::Template || mode == Mode::Warm {
         (0..p)
             .map(|i| {
                 let plan = plan_in(mode, &format!("{scratch}/{i}"), submounts);
@@ -100,6 +108,10 @@ fn main() {
     } else {
         vec![(plan_in(mode, scratch, submounts), -1)]
     };
+    if mode == Mode::Warm {
+        // SAFETY: this program has one thread.
+        return unsafe { warm(&slots, n) };
+    }
     let mut free: Vec<usize> = (0..p).collect();
     let mut slot_of = std::collections::HashMap::new();
     let (mut running, mut started, mut done) = (0, 0, 0);
@@ -342,6 +354,135 @@ unsafe fn task(plan: &Plan, template: c_int) -> ! {
         } else {
             1
         })
+    }
+}
+
+/// `warm`: one init per slot, made once, that runs the tasks it is handed
+/// (one byte each on its pipe) and answers each one's status.
+///
+/// # Safety
+/// Only while this process has one thread.
+unsafe fn warm(slots: &[(Plan, c_int)], n: usize) {
+    unsafe {
+        // (to the init, from the init) per slot.
+        let mut pipes = Vec::new();
+        for (plan, template) in slots {
+            let (mut go, mut back) = ([0; 2], [0; 2]);
+            if libc::pipe(go.as_mut_ptr()) != 0 || libc::pipe(back.as_mut_ptr()) != 0 {
+                fail(c"pipe");
+            }
+            let pid = libc::syscall(
+                libc::SYS_clone,
+                (libc::CLONE_NEWPID | libc::SIGCHLD) as c_ulong,
+                0usize,
+                0usize,
+                0usize,
+                0usize,
+            );
+            if pid == 0 {
+                libc::close(go[1]);
+                libc::close(back[0]);
+                warm_init(plan, *template, go[0], back[1]);
+            }
+            assert!(pid > 0, "clone: {}", std::io::Error::last_os_error());
+            libc::close(go[0]);
+            libc::close(back[1]);
+            pipes.push((go[1], back[0]));
+        }
+        let (mut started, mut done) = (0, 0);
+        for &(go, _) in &pipes {
+            if started < n {
+                libc::write(go, b"r".as_ptr() as *const c_void, 1);
+                started += 1;
+            }
+        }
+        while done < n {
+            let mut fds: Vec<libc::pollfd> = pipes
+                .iter()
+                .map(|&(_, back)| libc::pollfd {
+                    fd: back,
+                    events: libc::POLLIN,
+                    revents: 0,
+                })
+                .collect();
+            if libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, -1) < 0 {
+                continue;
+            }
+            for (i, fd) in fds.iter().enumerate().filter(|(_, f)| f.revents != 0) {
+                let mut status: c_int = 0;
+                if libc::read(fd.fd, &mut status as *mut c_int as *mut c_void, 4) != 4 {
+                    eprintln!("a warm init ended");
+                    std::process::exit(1);
+                }
+                if status != 0 {
+                    eprintln!("a task failed (wait status {status:#x})");
+                    std::process::exit(1);
+                }
+                done += 1;
+                if started < n {
+                    libc::write(pipes[i].0, b"r".as_ptr() as *const c_void, 1);
+                    started += 1;
+                }
+            }
+        }
+        // Closing the pipes ends the inits.
+        for (go, back) in pipes {
+            libc::close(go);
+            libc::close(back);
+        }
+        while libc::wait(ptr::null_mut()) > 0 {}
+    }
+}
+
+/// A warm init: the template's root once, then a task per byte on `go`.
+unsafe fn warm_init(plan: &Plan, template: c_int, go: c_int, back: c_int) -> ! {
+    unsafe {
+        if libc::setns(template, libc::CLONE_NEWNS) != 0 || libc::unshare(libc::CLONE_NEWNS) != 0 {
+            fail(c"a copy of the template");
+        }
+        mount(c"none", c"/", None, libc::MS_REC | libc::MS_PRIVATE, None);
+        mount(
+            c"proc",
+            &plan.proc,
+            Some(c"proc"),
+            libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+            None,
+        );
+        if libc::chdir(plan.root.as_ptr()) != 0
+            || libc::syscall(libc::SYS_pivot_root, c".".as_ptr(), c".".as_ptr()) != 0
+            || libc::umount2(c".".as_ptr(), libc::MNT_DETACH) != 0
+            || libc::chdir(c"/".as_ptr()) != 0
+        {
+            fail(c"pivot into the root");
+        }
+        let mut shm = false;
+        let mut byte = 0u8;
+        while libc::read(go, &mut byte as *mut u8 as *mut c_void, 1) == 1 {
+            if shm && libc::umount2(c"/dev/shm".as_ptr(), libc::MNT_DETACH) != 0 {
+                fail(c"unmount the last /dev/shm");
+            }
+            mount(
+                c"shm",
+                c"/dev/shm",
+                Some(c"tmpfs"),
+                libc::MS_NOSUID | libc::MS_NODEV,
+                Some(c"mode=1777"),
+            );
+            shm = true;
+            let child = libc::fork();
+            if child == 0 {
+                let argv: [*const c_char; 2] = [plan.program.as_ptr(), ptr::null()];
+                libc::execv(plan.program.as_ptr(), argv.as_ptr());
+                libc::_exit(127);
+            }
+            let mut status: c_int = 0;
+            libc::waitpid(child, &mut status, 0);
+            // Nothing of this task may outlive it.
+            libc::kill(-1, libc::SIGKILL);
+            while libc::waitpid(-1, ptr::null_mut(), 0) > 0 {}
+            libc::write(back, &status as *const c_int as *const c_void, 4);
+        }
+        libc::_exit(0)
     }
 }
 
