@@ -50,6 +50,7 @@
 
 mod error;
 
+use std::collections::HashMap;
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -672,13 +673,16 @@ impl Store {
             // lines of every batch it takes go in the same multi-row inserts:
             // a commit carries a batch per attempt that ended, and a
             // statement per batch was a round trip each to the database.
+            // By source: (the cursor as stored, as moved by this commit), in
+            // the order the sources come.
             let mut cursors: Vec<(&str, i64, i64)> = Vec::new();
+            let mut index: HashMap<&str, usize> = HashMap::new();
             let mut lines: Vec<&LogLine> = Vec::new();
             for log in logs {
                 if let Some((source, seq)) = &log.source {
                     let seq = to_i64(*seq);
-                    let i = match cursors.iter().position(|(s, _, _)| *s == source.as_str()) {
-                        Some(i) => i,
+                    let i = match index.get(source.as_str()) {
+                        Some(&i) => i,
                         None => {
                             let stored: Option<(i64,)> =
                                 sqlx::query_as("SELECT seq FROM log_cursors WHERE source = $1")
@@ -687,6 +691,7 @@ impl Store {
                                     .await?;
                             let at = stored.map_or(i64::MIN, |(s,)| s);
                             cursors.push((source, at, at));
+                            index.insert(source, cursors.len() - 1);
                             cursors.len() - 1
                         }
                     };
@@ -856,11 +861,8 @@ impl Store {
     }
 
     /// The labels and tags of these workflows (those with none are left out).
-    pub async fn labels_and_tags(
-        &self,
-        ids: &[String],
-    ) -> Result<std::collections::HashMap<String, LabelsAndTags>> {
-        let mut out: std::collections::HashMap<String, LabelsAndTags> = Default::default();
+    pub async fn labels_and_tags(&self, ids: &[String]) -> Result<HashMap<String, LabelsAndTags>> {
+        let mut out: HashMap<String, LabelsAndTags> = Default::default();
         if ids.is_empty() {
             return Ok(out);
         }
