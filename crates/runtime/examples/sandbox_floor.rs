@@ -315,13 +315,7 @@ unsafe fn task(plan: &Plan, template: c_int) -> ! {
                 mount(c"/", root, None, libc::MS_BIND | libc::MS_REC, None);
                 read_only(root);
             }
-            mount(
-                c"proc",
-                &plan.proc,
-                Some(c"proc"),
-                libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
-                None,
-            );
+            mount_proc(plan);
             mount(
                 c"shm",
                 &plan.shm,
@@ -329,26 +323,9 @@ unsafe fn task(plan: &Plan, template: c_int) -> ! {
                 libc::MS_NOSUID | libc::MS_NODEV,
                 Some(c"mode=1777"),
             );
-            if libc::chdir(root.as_ptr()) != 0 {
-                fail(c"chdir");
-            }
-            if libc::syscall(libc::SYS_pivot_root, c".".as_ptr(), c".".as_ptr()) != 0 {
-                fail(c"pivot_root");
-            }
-            if libc::umount2(c".".as_ptr(), libc::MNT_DETACH) != 0
-                || libc::chdir(c"/".as_ptr()) != 0
-            {
-                fail(c"detach the old root");
-            }
+            pivot_into(root);
         }
-        let child = libc::fork();
-        if child == 0 {
-            let argv: [*const c_char; 2] = [plan.program.as_ptr(), ptr::null()];
-            libc::execv(plan.program.as_ptr(), argv.as_ptr());
-            libc::_exit(127);
-        }
-        let mut status: c_int = 0;
-        libc::waitpid(child, &mut status, 0);
+        let status = run_program(plan);
         libc::_exit(if libc::WIFEXITED(status) {
             libc::WEXITSTATUS(status)
         } else {
@@ -441,20 +418,8 @@ unsafe fn warm_init(plan: &Plan, template: c_int, go: c_int, back: c_int) -> ! {
             fail(c"a copy of the template");
         }
         mount(c"none", c"/", None, libc::MS_REC | libc::MS_PRIVATE, None);
-        mount(
-            c"proc",
-            &plan.proc,
-            Some(c"proc"),
-            libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
-            None,
-        );
-        if libc::chdir(plan.root.as_ptr()) != 0
-            || libc::syscall(libc::SYS_pivot_root, c".".as_ptr(), c".".as_ptr()) != 0
-            || libc::umount2(c".".as_ptr(), libc::MNT_DETACH) != 0
-            || libc::chdir(c"/".as_ptr()) != 0
-        {
-            fail(c"pivot into the root");
-        }
+        mount_proc(plan);
+        pivot_into(&plan.root);
         let mut shm = false;
         let mut byte = 0u8;
         while libc::read(go, &mut byte as *mut u8 as *mut c_void, 1) == 1 {
@@ -469,20 +434,56 @@ unsafe fn warm_init(plan: &Plan, template: c_int, go: c_int, back: c_int) -> ! {
                 Some(c"mode=1777"),
             );
             shm = true;
-            let child = libc::fork();
-            if child == 0 {
-                let argv: [*const c_char; 2] = [plan.program.as_ptr(), ptr::null()];
-                libc::execv(plan.program.as_ptr(), argv.as_ptr());
-                libc::_exit(127);
-            }
-            let mut status: c_int = 0;
-            libc::waitpid(child, &mut status, 0);
+            let status = run_program(plan);
             // Nothing of this task may outlive it.
             libc::kill(-1, libc::SIGKILL);
             while libc::waitpid(-1, ptr::null_mut(), 0) > 0 {}
             libc::write(back, &status as *const c_int as *const c_void, 4);
         }
         libc::_exit(0)
+    }
+}
+
+/// A new `/proc` in the root.
+unsafe fn mount_proc(plan: &Plan) {
+    unsafe {
+        mount(
+            c"proc",
+            &plan.proc,
+            Some(c"proc"),
+            libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+            None,
+        )
+    }
+}
+
+/// Makes `root` this process's root, the old one detached.
+unsafe fn pivot_into(root: &CStr) {
+    unsafe {
+        if libc::chdir(root.as_ptr()) != 0 {
+            fail(c"chdir");
+        }
+        if libc::syscall(libc::SYS_pivot_root, c".".as_ptr(), c".".as_ptr()) != 0 {
+            fail(c"pivot_root");
+        }
+        if libc::umount2(c".".as_ptr(), libc::MNT_DETACH) != 0 || libc::chdir(c"/".as_ptr()) != 0 {
+            fail(c"detach the old root");
+        }
+    }
+}
+
+/// Runs the plan's program in a child and waits for it: its wait status.
+unsafe fn run_program(plan: &Plan) -> c_int {
+    unsafe {
+        let child = libc::fork();
+        if child == 0 {
+            let argv: [*const c_char; 2] = [plan.program.as_ptr(), ptr::null()];
+            libc::execv(plan.program.as_ptr(), argv.as_ptr());
+            libc::_exit(127);
+        }
+        let mut status: c_int = 0;
+        libc::waitpid(child, &mut status, 0);
+        status
     }
 }
 

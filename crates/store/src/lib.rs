@@ -359,6 +359,27 @@ macro_rules! with_writer {
     };
 }
 
+/// Inserts `lines` (log lines, in their order) in transaction `tx`, in
+/// multi-row inserts of [`ROWS_PER_INSERT`]; `?` on an error.
+macro_rules! insert_log_lines {
+    ($tx:ident, $lines:expr) => {
+        for chunk in $lines.chunks(ROWS_PER_INSERT) {
+            let mut q = sqlx::QueryBuilder::new(
+                "INSERT INTO logs (workflow_id, task, retry_id, at_ms, stream, line) ",
+            );
+            q.push_values(chunk, |mut b, l| {
+                b.push_bind(&l.workflow_id)
+                    .push_bind(&l.task)
+                    .push_bind(i64::from(l.retry_id))
+                    .push_bind(l.at_ms)
+                    .push_bind(&l.stream)
+                    .push_bind(&l.line);
+            });
+            q.build().execute(&mut *$tx).await?;
+        }
+    };
+}
+
 /// A workflow with its spec and latest snapshot (`w`, `p` and `s` as in [`WORKFLOW_FROM`]).
 const WORKFLOW_COLUMNS: &str = "w.id, w.name, w.seq, w.pool, w.priority, w.status, \
      w.submitted_by, w.submitted_at, w.updated_at, w.finished_at, p.source AS spec_source, \
@@ -717,20 +738,7 @@ impl Store {
                     .await?;
                 }
             }
-            for chunk in lines.chunks(ROWS_PER_INSERT) {
-                let mut q = sqlx::QueryBuilder::new(
-                    "INSERT INTO logs (workflow_id, task, retry_id, at_ms, stream, line) ",
-                );
-                q.push_values(chunk, |mut b, l| {
-                    b.push_bind(&l.workflow_id)
-                        .push_bind(&l.task)
-                        .push_bind(i64::from(l.retry_id))
-                        .push_bind(l.at_ms)
-                        .push_bind(&l.stream)
-                        .push_bind(&l.line);
-                });
-                q.build().execute(&mut *tx).await?;
-            }
+            insert_log_lines!(tx, lines);
             tx.commit().await?;
             Ok(())
         })
@@ -1103,20 +1111,7 @@ impl Store {
         }
         let result: Result<(), sqlx::Error> = with_pool!(self, pool => async {
             let mut tx = pool.begin().await?;
-            for chunk in lines.chunks(ROWS_PER_INSERT) {
-                let mut q = sqlx::QueryBuilder::new(
-                    "INSERT INTO logs (workflow_id, task, retry_id, at_ms, stream, line) ",
-                );
-                q.push_values(chunk, |mut b, l| {
-                    b.push_bind(&l.workflow_id)
-                        .push_bind(&l.task)
-                        .push_bind(i64::from(l.retry_id))
-                        .push_bind(l.at_ms)
-                        .push_bind(&l.stream)
-                        .push_bind(&l.line);
-                });
-                q.build().execute(&mut *tx).await?;
-            }
+            insert_log_lines!(tx, lines);
             tx.commit().await
         }
         .await);
