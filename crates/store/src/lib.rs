@@ -694,16 +694,14 @@ impl Store {
             // lines of every batch it takes go in the same multi-row inserts:
             // a commit carries a batch per attempt that ended, and a
             // statement per batch was a round trip each to the database.
-            // By source: (the cursor as stored, as moved by this commit), in
-            // the order the sources come.
-            let mut cursors: Vec<(&str, i64, i64)> = Vec::new();
-            let mut index: HashMap<&str, usize> = HashMap::new();
+            // By source: the cursor as stored, and as this commit moves it.
+            let mut cursors: HashMap<&str, (i64, i64)> = HashMap::new();
             let mut lines: Vec<&LogLine> = Vec::new();
             for log in logs {
                 if let Some((source, seq)) = &log.source {
                     let seq = to_i64(*seq);
-                    let i = match index.get(source.as_str()) {
-                        Some(&i) => i,
+                    let cursor = match cursors.get_mut(source.as_str()) {
+                        Some(cursor) => cursor,
                         None => {
                             let stored: Option<(i64,)> =
                                 sqlx::query_as("SELECT seq FROM log_cursors WHERE source = $1")
@@ -711,21 +709,19 @@ impl Store {
                                     .fetch_optional(&mut *tx)
                                     .await?;
                             let at = stored.map_or(i64::MIN, |(s,)| s);
-                            cursors.push((source, at, at));
-                            index.insert(source, cursors.len() - 1);
-                            cursors.len() - 1
+                            cursors.entry(source).or_insert((at, at))
                         }
                     };
                     // The cursor moves only forward: a batch that does not
                     // move it was stored before.
-                    if seq <= cursors[i].2 {
+                    if seq <= cursor.1 {
                         continue;
                     }
-                    cursors[i].2 = seq;
+                    cursor.1 = seq;
                 }
                 lines.extend(&log.lines);
             }
-            for (source, before, after) in cursors {
+            for (source, (before, after)) in cursors {
                 if after > before {
                     sqlx::query(
                         "INSERT INTO log_cursors (source, seq) VALUES ($1, $2) \
