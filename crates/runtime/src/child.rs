@@ -183,6 +183,13 @@ pub(crate) struct Step {
     pub dirs_first: bool,
 }
 
+impl Step {
+    /// It mounts a `/proc` (for the sandbox's PID namespace).
+    pub fn is_proc(&self) -> bool {
+        self.fstype.as_deref() == Some(c"proc")
+    }
+}
+
 /// Steps that take a private directory from the writable layer's tmpfs, at
 /// most; the others mount a tmpfs each.
 pub(crate) const MAX_PRIVATE: usize = 16;
@@ -290,6 +297,18 @@ pub(crate) struct ChildPlan {
     /// their inits, so that no plan allocates and zeroes its own).
     #[serde(skip)]
     pub spawn_stack: Vec<u8>,
+    /// The init's end of its spawner worker's control socket, or -1: the
+    /// init of a kept root may then stay after its attempt for the next one
+    /// of the same shape ([`crate::park`]). Set by the spawner.
+    #[serde(skip, default = "no_fd")]
+    pub park: c_int,
+    /// For a plan handed to an init that stayed: the step of each host path
+    /// its worker cloned, in the order their descriptors are sent, and the
+    /// errno of each optional one it could not clone (by step; 0 when none).
+    #[serde(skip)]
+    pub handed_trees: Vec<u32>,
+    #[serde(skip)]
+    pub handed_errors: Vec<c_int>,
 }
 
 fn no_fd() -> c_int {
@@ -352,7 +371,7 @@ pub(crate) unsafe fn raw_fork(flags: c_ulong) -> pid_t {
     }
 }
 
-fn errno() -> c_int {
+pub(crate) fn errno() -> c_int {
     // SAFETY: reading the calling thread's errno.
     unsafe { *libc::__errno_location() }
 }
@@ -365,7 +384,7 @@ unsafe fn send(fd: c_int, kind: u32, index: u32, value: i32) {
     }
 }
 
-unsafe fn fail(p: &ChildPlan, step: u32, err: c_int) -> ! {
+pub(crate) unsafe fn fail(p: &ChildPlan, step: u32, err: c_int) -> ! {
     unsafe {
         send(p.status, msg::STEP_FAILED, step, err);
         libc::_exit(1)
@@ -454,7 +473,7 @@ unsafe fn step_dirs(dirs: &[CString], below: usize) -> Result<(), c_int> {
 /// `path` without its first `below` bytes: the new root's path, which the
 /// plan puts before each step's paths followed by `/` (see
 /// [`RootPlan::keep`]), so the rest is the path in the root.
-fn below_root(path: &CStr, below: usize) -> &CStr {
+pub(crate) fn below_root(path: &CStr, below: usize) -> &CStr {
     let bytes = path.to_bytes_with_nul();
     match bytes.get(below..) {
         Some(rest) if below == 0 || rest.first() == Some(&b'/') => {
@@ -575,13 +594,13 @@ pub(crate) const MAX_KEPT_STEPS: usize = 64;
 /// For each step of a sandbox in a kept root that binds a host path, that
 /// path cloned (`open_tree`) while the init still saw the host's file
 /// system, or why it could not be (an optional step is then skipped).
-struct HostTrees {
-    fds: [c_int; MAX_KEPT_STEPS],
-    errors: [c_int; MAX_KEPT_STEPS],
+pub(crate) struct HostTrees {
+    pub fds: [c_int; MAX_KEPT_STEPS],
+    pub errors: [c_int; MAX_KEPT_STEPS],
 }
 
 impl HostTrees {
-    fn none() -> HostTrees {
+    pub fn none() -> HostTrees {
         HostTrees {
             fds: [-1; MAX_KEPT_STEPS],
             errors: [0; MAX_KEPT_STEPS],
@@ -598,7 +617,7 @@ impl HostTrees {
         }
     }
 
-    unsafe fn close(&mut self) {
+    pub unsafe fn close(&mut self) {
         for fd in self.fds.iter_mut().filter(|fd| **fd >= 0) {
             // SAFETY: a descriptor open_host_trees opened.
             unsafe { libc::close(*fd) };
@@ -610,7 +629,10 @@ impl HostTrees {
 /// Clones the host paths the steps of a kept root bind (all but those the
 /// template made). A required one that cannot be cloned: its step and the
 /// errno, as the step itself would have failed.
-unsafe fn open_host_trees(p: &ChildPlan, trees: &mut HostTrees) -> Result<(), (u32, c_int)> {
+pub(crate) unsafe fn open_host_trees(
+    p: &ChildPlan,
+    trees: &mut HostTrees,
+) -> Result<(), (u32, c_int)> {
     const OPEN_TREE_CLONE: c_uint = 1;
     for (i, s) in p.steps.iter().enumerate().take(MAX_KEPT_STEPS) {
         let Some(source) = s.source.as_deref() else {
@@ -644,12 +666,13 @@ unsafe fn open_host_trees(p: &ChildPlan, trees: &mut HostTrees) -> Result<(), (u
     Ok(())
 }
 
-/// [`close_other_fds`], keeping `also` (unsorted, -1 for none) too. A kept
+/// [`close_other_fds`], keeping those in `also` (unsorted, -1 for none) too. A kept
 /// root's plan keeps few descriptors (its preflight tests' and a handful,
 /// see [`RootPlan::keep`]): room for them and `also` in a fixed array.
-unsafe fn close_other_fds_but(keep: &[c_int], also: &[c_int]) {
+unsafe fn close_other_fds_but(keep: &[c_int], also: &[&[c_int]]) {
     let mut all = [-1; MAX_KEPT_STEPS * 3];
     let mut n = 0;
+    let also = also.iter().flat_map(|fds| fds.iter());
     for &fd in keep.iter().chain(also).filter(|&&fd| fd >= 0) {
         if n < all.len() {
             all[n] = fd;
@@ -662,7 +685,7 @@ unsafe fn close_other_fds_but(keep: &[c_int], also: &[c_int]) {
 }
 
 /// Closes every descriptor from 3 up except `keep` (sorted).
-unsafe fn close_other_fds(keep: &[c_int]) {
+pub(crate) unsafe fn close_other_fds(keep: &[c_int]) {
     let mut next: c_uint = 3;
     for &fd in keep {
         if fd < 3 {
@@ -710,9 +733,11 @@ struct SpawnArgs<'a> {
     out: c_int,
     err: c_int,
     new_session: bool,
-    /// 0 once the child has executed; else the errno that stopped it
-    /// (negated: it could not join the memory cgroup).
+    /// 0 once the child has executed; else the errno that stopped it.
     exec_err: c_int,
+    /// The set-up step that stopped the child before it could try to
+    /// execute ([`step::CGROUP`], [`step::USER`]), or 0.
+    failed_step: u32,
 }
 
 /// The child of [`spawn`], on its own stack in the init's memory (the init
@@ -731,7 +756,23 @@ extern "C" fn spawn_child(arg: *mut c_void) -> c_int {
         if a.p.cgroup_procs >= 0
             && libc::write(a.p.cgroup_procs, c"0".as_ptr() as *const c_void, 1) != 1
         {
-            a.exec_err = -errno();
+            a.exec_err = errno();
+            a.failed_step = step::CGROUP;
+            libc::_exit(127)
+        }
+        // The task's user, here rather than in the init: the init stays
+        // root, to tear down what it mounted and take the next attempt
+        // ([`crate::park`]). No supplementary groups, then the group, then
+        // the user (last: after it nothing could be changed back). Bare
+        // system calls: glibc's wrappers would wait for the other threads
+        // of the process they think this is to change theirs too.
+        if let Some((uid, gid)) = a.p.run_as
+            && (libc::syscall(libc::SYS_setgroups, 0, ptr::null::<libc::gid_t>()) != 0
+                || libc::syscall(libc::SYS_setgid, gid) != 0
+                || libc::syscall(libc::SYS_setuid, uid) != 0)
+        {
+            a.exec_err = errno();
+            a.failed_step = step::USER;
             libc::_exit(127)
         }
         // The init blocks SIGCHLD (it reads it from a signalfd); the task must not inherit that.
@@ -774,6 +815,7 @@ unsafe fn spawn(
         err,
         new_session,
         exec_err: 0,
+        failed_step: 0,
     };
     if p.spawn_stack.len() < SPAWN_STACK {
         // A plan forked without its stack: a bug, reported rather than run.
@@ -797,10 +839,11 @@ unsafe fn spawn(
     }
     // The child wrote this before it exited, and is gone from our memory.
     let exec_err = unsafe { ptr::read_volatile(&args.exec_err) };
-    if exec_err < 0 {
-        // It could not join the memory cgroup, and has exited.
+    let failed_step = unsafe { ptr::read_volatile(&args.failed_step) };
+    if failed_step != 0 {
+        // It could not join the memory cgroup or become the task's user, and has exited.
         unsafe { wait_for(pid) };
-        return Err((step::CGROUP, -exec_err));
+        return Err((failed_step, exec_err));
     }
     Ok((pid, exec_err))
 }
@@ -1182,13 +1225,18 @@ unsafe fn write_files(p: &ChildPlan) {
 /// The init of the sandbox: PID 1 of a new PID namespace, in a new mount
 /// namespace. Builds the task's view of the file system, writes the files,
 /// runs the preflight tests, waits for the go byte, runs the command, reaps
-/// everything and reports the command's wait status. Never returns.
+/// everything and reports the command's wait status. Then it ends, or, in a
+/// kept root with a control socket ([`ChildPlan::park`]), tears down what
+/// the attempt mounted and waits there for the next attempt's plan
+/// ([`crate::park`]). Never returns.
 ///
 /// # Safety
 /// Only to be called in the child of [`raw_fork`] with `CLONE_NEWPID |
-/// CLONE_NEWNS`, with a plan whose descriptors are open.
-pub(crate) unsafe fn sandbox_init(p: &ChildPlan) -> ! {
+/// CLONE_NEWNS`, with a plan whose descriptors are open (and which its
+/// spawner keeps, with every plan it hands over later, until this ends).
+pub(crate) unsafe fn sandbox_init(first: *mut ChildPlan) -> ! {
     unsafe {
+        let p = &*first;
         reset_signals();
         libc::prctl(libc::PR_SET_NAME, c"osmo-init".as_ptr() as c_ulong, 0, 0, 0);
         for &(start, end) in &p.scrub {
@@ -1223,13 +1271,38 @@ pub(crate) unsafe fn sandbox_init(p: &ChildPlan) -> ! {
         if !kept {
             trees.close();
         }
+        // Only an init in a kept root stays: it can undo its attempt's
+        // mounts, and the next attempt's host paths come cloned.
+        let mut stay = crate::park::Stay {
+            ctl: if kept { p.park } else { -1 },
+            base: -1,
+        };
+        let mut plan = first;
+        loop {
+            attempt(&*plan, kept, &mut stay, &mut trees);
+            // The command ran and the controller is done with the attempt.
+            match crate::park::park(&stay, &mut trees) {
+                Some(next) => plan = next,
+                None => libc::_exit(0),
+            }
+        }
+    }
+}
+
+/// One attempt in the init, from its descriptors to its command's end.
+/// Returns only when its init may stay for another ([`crate::park::Stay`]:
+/// the command ran and the controller closed the go socket); ends the init
+/// otherwise. In an init that stayed, `trees` are the host paths its worker
+/// cloned for this attempt.
+unsafe fn attempt(p: &ChildPlan, kept: bool, stay: &mut crate::park::Stay, trees: &mut HostTrees) {
+    unsafe {
         for fd in 0..3 {
             if libc::dup2(p.devnull, fd) < 0 {
                 fail(p, step::FDS, errno());
             }
         }
         if kept {
-            close_other_fds_but(&p.keep_fds, &trees.fds);
+            close_other_fds_but(&p.keep_fds, &[&trees.fds, &[stay.ctl, stay.base]]);
         } else {
             close_other_fds(&p.keep_fds);
         }
@@ -1272,6 +1345,11 @@ pub(crate) unsafe fn sandbox_init(p: &ChildPlan) -> ! {
             // template's layer outlives the attempt). Its root is made
             // unbindable, as `setup_root` leaves a root: a copy of a
             // namespace does not keep that.
+            // An init that may stay makes each attempt's mounts in a copy of
+            // its namespace, left (and so torn down) when the attempt ends.
+            if stay.ctl >= 0 {
+                crate::park::attempt_namespace(p, stay, below);
+            }
             let _ = mount(None, c"/", None, libc::MS_UNBINDABLE, None);
             detached_private_dirs(p, &mut private, below);
             true
@@ -1296,7 +1374,8 @@ pub(crate) unsafe fn sandbox_init(p: &ChildPlan) -> ! {
                 None => -1,
             };
             let wanted = match s.when {
-                When::Always => true,
+                // (In its namespace, an init that stays has mounted it.)
+                When::Always => !(stay.base >= 0 && s.is_proc()),
                 When::Overlay => overlay && !kept,
                 When::ReadOnlyRoot => !overlay,
                 When::Shared => !kept,
@@ -1342,19 +1421,6 @@ pub(crate) unsafe fn sandbox_init(p: &ChildPlan) -> ! {
 
         write_files(p);
 
-        if let Some((uid, gid)) = p.run_as {
-            // No supplementary groups, then the group, then the user (last:
-            // after it nothing could be changed back). Bare system calls:
-            // glibc's wrappers would wait for the parent's other threads to
-            // change theirs too, threads this child does not have.
-            if libc::syscall(libc::SYS_setgroups, 0, std::ptr::null::<libc::gid_t>()) != 0
-                || libc::syscall(libc::SYS_setgid, gid) != 0
-                || libc::syscall(libc::SYS_setuid, uid) != 0
-            {
-                fail(p, step::USER, errno());
-            }
-        }
-
         for (i, test) in p.preflight.iter().enumerate() {
             send(p.status, msg::PREFLIGHT_START, i as u32, 0);
             let (pid, exec_err) = match spawn(p, &test.exec, test.out, test.out, false) {
@@ -1374,7 +1440,7 @@ pub(crate) unsafe fn sandbox_init(p: &ChildPlan) -> ! {
         }
 
         send(p.status, msg::READY, 0, 0);
-        run_command(p)
+        run_command(p, stay.base >= 0)
     }
 }
 
@@ -1382,7 +1448,7 @@ pub(crate) unsafe fn sandbox_init(p: &ChildPlan) -> ! {
 /// one, else as it says; then read-only if it says so.
 /// `below`: the bytes of the new root's path to take off its paths (0 in
 /// the host's view; in a kept root, where the new root is `/`, its length).
-unsafe fn run_step(s: &Step, tree: c_int, below: usize) -> Result<(), c_int> {
+pub(crate) unsafe fn run_step(s: &Step, tree: c_int, below: usize) -> Result<(), c_int> {
     let target = below_root(&s.target, below);
     let mount_step = || unsafe {
         if tree >= 0 {
@@ -1527,7 +1593,7 @@ fn monotonic_ms() -> i64 {
 }
 
 /// Kills every process of the namespace but the init, and reaps them all.
-unsafe fn kill_all_and_reap() {
+pub(crate) unsafe fn kill_all_and_reap() {
     unsafe {
         libc::kill(-1, libc::SIGKILL);
         loop {
@@ -1543,8 +1609,10 @@ unsafe fn kill_all_and_reap() {
 /// The init after set-up: waits for [`go::RUN`], runs the command, reaps
 /// every process and reports the command's wait status; a [`go::STOP_RUN`]
 /// stops it early. After each `EXITED` it waits for the next byte: another
-/// run in the same sandbox (a restart in place), or EOF to end. Never returns.
-unsafe fn run_command(p: &ChildPlan) -> ! {
+/// run in the same sandbox (a restart in place), or EOF to end. With
+/// `may_stay`, an EOF after a run returns (the caller tears the attempt
+/// down and waits for the next); any other end ends the init.
+unsafe fn run_command(p: &ChildPlan, may_stay: bool) {
     unsafe {
         // SIGCHLD through a descriptor, so one poll waits for the command and the controller.
         let mut chld: libc::sigset_t = std::mem::zeroed();
@@ -1561,6 +1629,11 @@ unsafe fn run_command(p: &ChildPlan) -> ! {
                 Some(go::RUN) => {}
                 // A stop with nothing running: nothing to do.
                 Some(_) => continue,
+                // The attempt is over: its init stays for the next.
+                None if may_stay && runs > 0 => {
+                    libc::close(sfd);
+                    return;
+                }
                 // The controller said no (or is gone): leaving kills whatever is left.
                 None => libc::_exit(0),
             }

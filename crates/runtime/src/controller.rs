@@ -27,6 +27,8 @@ pub fn run_attempt(spec: &AttemptSpec, sup: &dyn Supervisor, stop: &StopHandle) 
         running: false,
         stopping: None,
         entry: None,
+        stays: None,
+        released: false,
     };
     let env = task_environment(spec);
     let argv: Vec<String> = spec
@@ -101,6 +103,10 @@ struct Run<'a> {
     stopping: Option<String>,
     /// How to enter the sandbox, published once its set-up is done.
     entry: Option<crate::enter::SandboxEntry>,
+    /// The init, when it may stay after the attempt ([`crate::park`]).
+    stays: Option<libc::pid_t>,
+    /// It was let stay: the attempt ends without reaping it.
+    released: bool,
 }
 
 /// Sends one byte to the init; false when it is gone.
@@ -407,7 +413,12 @@ impl Run<'_> {
         };
 
         let pid = match fork_init(&mut prepared) {
-            Ok(pid) => pid,
+            Ok((pid, flags)) => {
+                if flags & crate::park::MAY_STAY != 0 {
+                    self.stays = Some(pid);
+                }
+                pid
+            }
             Err(errno) => {
                 let hint = if errno == libc::EPERM {
                     "; the runtime needs root (CAP_SYS_ADMIN) to create namespaces"
@@ -519,6 +530,13 @@ impl Run<'_> {
             }
         }
 
+        if self.released {
+            // It stays for the next attempt (or is reaped by the spawner's
+            // client once it ends): the attempt's pipes ended after it tore
+            // the attempt down.
+            stop.detach();
+            return;
+        }
         // Reap without a window for pid reuse: wait without reaping, forget
         // the pid under the stop lock, then reap.
         // SAFETY: waitid/waitpid on our own child.
@@ -724,7 +742,13 @@ impl Run<'_> {
                 }
                 // The sandbox stands until the go socket closes: the last checkpoint now.
                 self.sup.run_ended();
-                // The init waits for a next run: closing the socket ends it.
+                if let Some(pid) = self.stays.take() {
+                    // Before the socket closes: from then on it may be handed out again.
+                    crate::spawner::release(pid);
+                    self.released = true;
+                }
+                // The init waits for a next run: closing the socket ends it
+                // (or, one that may stay, tears the attempt down and parks).
                 *go = None;
                 let detail = if libc::WIFSIGNALED(value) {
                     format!("command {how} (exit code {code})")
@@ -861,7 +885,7 @@ impl StatusReader {
 /// spawner when there is one (see `spawner.rs`), else here. Signals are
 /// blocked around the fork so that no handler of this process runs in the
 /// child before it resets them.
-fn fork_init(prepared: &mut Prepared) -> Result<libc::pid_t, c_int> {
+fn fork_init(prepared: &mut Prepared) -> Result<(libc::pid_t, u32), c_int> {
     if let Some(forked) = crate::spawner::fork_init(&prepared.plan) {
         return forked;
     }
@@ -875,10 +899,10 @@ fn fork_init(prepared: &mut Prepared) -> Result<libc::pid_t, c_int> {
         libc::pthread_sigmask(libc::SIG_SETMASK, &all, &mut old);
         let pid = child::raw_fork((libc::CLONE_NEWPID | libc::CLONE_NEWNS) as libc::c_ulong);
         if pid == 0 {
-            child::sandbox_init(&prepared.plan);
+            child::sandbox_init(&mut prepared.plan as *mut child::ChildPlan);
         }
         let err = std::io::Error::last_os_error().raw_os_error().unwrap_or(0);
         libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut());
-        if pid < 0 { Err(err) } else { Ok(pid) }
+        if pid < 0 { Err(err) } else { Ok((pid, 0)) }
     }
 }

@@ -89,6 +89,8 @@ struct Kept {
     made: Instant,
     /// The writable layer as made.
     layer: Vec<LayerEntry>,
+    /// Its number, new for each root made ([`crate::park::WarmKey`]).
+    id: u64,
     /// The scratch directory and the `/tmp` directory on disk, as the host
     /// has them ([`Kept::in_place`]).
     anchors: [OwnedFd; 2],
@@ -113,6 +115,8 @@ pub(crate) struct KeptRoots {
     roots: HashMap<CString, Kept>,
     /// Builds failed in a row ([`MAX_FAILURES`]).
     failures: u32,
+    /// Roots made so far.
+    made: u64,
 }
 
 impl KeptRoots {
@@ -122,13 +126,15 @@ impl KeptRoots {
             home: open_mount_namespace()?,
             roots: HashMap::new(),
             failures: 0,
+            made: 0,
         })
     }
 
     /// A template for `plan`'s root (a descriptor of its own, for the init
-    /// to join), kept or made now; None when the plan's root is not to be
-    /// kept or cannot be. Drops the roots past their age first.
-    pub fn template_for(&mut self, plan: &ChildPlan) -> Option<OwnedFd> {
+    /// to join) and the root's number, kept or made now; None when the
+    /// plan's root is not to be kept or cannot be. Drops the roots past
+    /// their age first.
+    pub fn template_for(&mut self, plan: &ChildPlan) -> Option<(OwnedFd, u64)> {
         self.sweep(Instant::now());
         if !plan.root.keep || !plan.root.memory_upper || self.failures >= MAX_FAILURES {
             return None;
@@ -140,7 +146,7 @@ impl KeptRoots {
                 && kept.in_place()
                 && layer(&kept.upper).as_ref() == Some(&kept.layer)
             {
-                return dup(&kept.ns);
+                return Some((dup(&kept.ns)?, kept.id));
             }
             // Changed: the next attempt gets a root of its own, and this one goes.
             self.roots.remove(newroot);
@@ -159,7 +165,7 @@ impl KeptRoots {
             return None;
         };
         self.failures = 0;
-        let template = dup(&kept.ns);
+        let template = dup(&kept.ns).map(|fd| (fd, kept.id));
         self.roots.insert(newroot.clone(), kept);
         template
     }
@@ -206,7 +212,9 @@ impl KeptRoots {
             std::process::exit(1);
         }
         let upper = built.ok()?;
+        self.made += 1;
         Some(Kept {
+            id: self.made,
             layer: layer(&upper)?,
             ns: ns?,
             upper,

@@ -79,6 +79,7 @@ pub mod gpu;
 mod hidden;
 mod kept_root;
 mod mountinfo;
+mod park;
 mod plan;
 pub mod policy;
 mod realpath;

@@ -843,6 +843,9 @@ pub(crate) fn build(
         netns: netns_fd,
         template: -1,
         spawn_stack: Vec::new(),
+        park: -1,
+        handed_trees: Vec::new(),
+        handed_errors: Vec::new(),
     };
     Ok(Prepared {
         _netns: netns,

@@ -24,7 +24,9 @@
 //! mount is made, walked and torn down again by every sandbox, so without
 //! them the cost of a sandbox does not grow with the workflows that run.
 //! It also keeps each scratch directory's last root, in namespaces of their
-//! own, for the next attempt there to copy ([`crate::kept_root`]).
+//! own, for the next attempt there to copy ([`crate::kept_root`]), and lets
+//! the init of an attempt in such a root stay for the next attempt of the
+//! same shape ([`crate::park`]).
 //!
 //! Without a spawner (a program that did not [`start`] one: tests,
 //! benches), or once it has failed, the controller forks the init itself.
@@ -44,6 +46,7 @@ use nix::sys::socket::{ControlMessage, ControlMessageOwned, MsgFlags, recvmsg, s
 use crate::child::{self, ChildPlan};
 use crate::kept_root::KeptRoots;
 use crate::mountinfo::{self, Watched};
+use crate::park::{self, Parked, WarmKey};
 
 /// The argument that makes this binary the spawner ([`serve_if_asked`]).
 pub const SPAWNER_ARG: &str = "__osmo-sandbox-spawner";
@@ -60,6 +63,14 @@ struct Spawner {
 }
 
 static SPAWNER: Mutex<Option<Spawner>> = Mutex::new(None);
+
+/// Inits this process let stay after their attempts ([`release`]), not yet
+/// reaped: each is reaped here once it has ended, or taken off when it is
+/// handed out again. Used under the [`SPAWNER`] lock.
+static RELEASED: Mutex<Vec<pid_t>> = Mutex::new(Vec::new());
+
+/// Wakes the reaper of released inits ([`reap_released_now_and_then`]).
+static RELEASED_ADDED: std::sync::Condvar = std::sync::Condvar::new();
 
 fn spawner() -> std::sync::MutexGuard<'static, Option<Spawner>> {
     SPAWNER.lock().unwrap_or_else(|e| e.into_inner())
@@ -103,14 +114,37 @@ pub fn start(exe: &Path) -> io::Result<()> {
         socket: ours,
         process,
     });
+    // Inits that stayed end while no attempt comes: reaped all the same.
+    std::thread::Builder::new()
+        .name("osmo-init-reaper".into())
+        .spawn(reap_released_now_and_then)?;
     Ok(())
 }
 
+/// While inits are released, reaps those that have ended, now and then:
+/// they end [`park::IDLE`] after their last attempt when no other comes,
+/// and nothing else would reap them until the next attempt.
+fn reap_released_now_and_then() {
+    loop {
+        let mut list = released();
+        while list.is_empty() {
+            list = RELEASED_ADDED.wait(list).unwrap_or_else(|e| e.into_inner());
+        }
+        drop(list);
+        std::thread::sleep(park::IDLE + std::time::Duration::from_secs(1));
+        // Under the spawner's lock, as every change of the list.
+        let _guard = spawner();
+        reap_released();
+    }
+}
+
 /// Forks the init of `plan` through the spawner: `None` when there is no
-/// spawner (the caller forks it itself), else the init's pid or the errno
-/// that stopped it.
-pub(crate) fn fork_init(plan: &ChildPlan) -> Option<Result<pid_t, c_int>> {
+/// spawner (the caller forks it itself), else the init's pid and the
+/// answer's flags ([`park::MAY_STAY`], [`park::REUSED`]), or the errno that
+/// stopped it.
+pub(crate) fn fork_init(plan: &ChildPlan) -> Option<Result<(pid_t, u32), c_int>> {
     let mut guard = spawner();
+    reap_released();
     let spawner = guard.as_mut()?;
     let payload = match postcard::to_allocvec(plan) {
         Ok(p) => p,
@@ -133,11 +167,16 @@ pub(crate) fn fork_init(plan: &ChildPlan) -> Option<Result<pid_t, c_int>> {
         failed(&mut guard, "sending a plan", e);
         return None;
     }
-    let mut reply = [0u8; 4];
+    let mut reply = [0u8; 8];
     match (&spawner.socket).read_exact(&mut reply) {
         Ok(()) => {
-            let n = i32::from_ne_bytes(reply);
-            Some(if n > 0 { Ok(n) } else { Err(-n) })
+            let n = i32::from_ne_bytes([reply[0], reply[1], reply[2], reply[3]]);
+            let flags = u32::from_ne_bytes([reply[4], reply[5], reply[6], reply[7]]);
+            if n > 0 && flags & park::REUSED != 0 {
+                // Ours again: its attempt reaps it if it ends.
+                released().retain(|&pid| pid != n);
+            }
+            Some(if n > 0 { Ok((n, flags)) } else { Err(-n) })
         }
         Err(e) => {
             // Whether it forked is unknown: this attempt fails, the next ones fork directly.
@@ -145,6 +184,37 @@ pub(crate) fn fork_init(plan: &ChildPlan) -> Option<Result<pid_t, c_int>> {
             Some(Err(libc::EIO))
         }
     }
+}
+
+fn released() -> std::sync::MutexGuard<'static, Vec<pid_t>> {
+    RELEASED.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Lets the init `pid` stay after its attempt (an answer with
+/// [`park::MAY_STAY`]): its attempt ends without waiting for it, and it is
+/// reaped here once it has ended. Call before closing its go socket.
+pub(crate) fn release(pid: pid_t) {
+    let _guard = spawner();
+    released().push(pid);
+    RELEASED_ADDED.notify_one();
+}
+
+/// Reaps the released inits that have ended (without waiting).
+fn reap_released() {
+    released().retain(|&pid| {
+        // SAFETY: waitid(2) of our own child into a local.
+        let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+        let r = unsafe {
+            libc::waitid(
+                libc::P_PID,
+                pid as libc::id_t,
+                &mut info,
+                libc::WEXITED | libc::WNOHANG,
+            )
+        };
+        // Kept while it runs (no child reported); gone once reaped (or not ours).
+        r == 0 && unsafe { info.si_pid() } == 0
+    });
 }
 
 /// One request: the payload's length and the descriptors' count, with the
@@ -229,7 +299,7 @@ fn serve() -> i32 {
             Ok(plan) => Box::new(plan),
             Err(_) => {
                 drop(fds);
-                if let Err(e) = (&socket).write_all(&(-libc::EINVAL).to_ne_bytes()) {
+                if let Err(e) = (&socket).write_all(&answer(-libc::EINVAL, 0)) {
                     eprintln!("osmo-spawner: {e}");
                     return 1;
                 }
@@ -251,24 +321,34 @@ fn serve() -> i32 {
         }
         // The init's own descriptor of its template, closed here with the
         // plan's once it is forked.
-        if let Some(template) = kept.as_mut().and_then(|k| k.template_for(&plan)) {
+        let mut warm = None;
+        if let Some((template, id)) = kept.as_mut().and_then(|k| k.template_for(&plan)) {
             plan.template = template.as_raw_fd();
             fds.push(template);
+            warm = WarmKey::of(&plan, id);
         }
         // A worker answers (the pid, or the errno), and keeps the plan
-        // until the init has ended.
-        if let Err(Job { mut plan, fds }) = workers.run(Job { plan, fds }) {
-            let answer = match fork(&mut plan) {
+        // until the init has ended or taken the next.
+        if let Err(Job { mut plan, fds, .. }) = workers.run(Job { plan, fds, warm }) {
+            let pid = match fork(&mut plan) {
                 Ok(pid) => pid,
                 Err(errno) => -errno,
             };
             drop(fds);
-            if let Err(e) = (&socket).write_all(&answer.to_ne_bytes()) {
+            if let Err(e) = (&socket).write_all(&answer(pid, 0)) {
                 eprintln!("osmo-spawner: {e}");
                 return 1;
             }
         }
     }
+}
+
+/// The answer to a request: the init's pid (or a negated errno) and flags.
+fn answer(pid: pid_t, flags: u32) -> [u8; 8] {
+    let mut a = [0u8; 8];
+    a[..4].copy_from_slice(&pid.to_ne_bytes());
+    a[4..].copy_from_slice(&flags.to_ne_bytes());
+    a
 }
 
 /// Bytes of an init's stack: its frames are few and small (system calls
@@ -279,6 +359,16 @@ const INIT_STACK: usize = 256 * 1024;
 struct Job {
     plan: Box<ChildPlan>,
     fds: Vec<OwnedFd>,
+    /// Its init may stay after it, for the next of this key ([`crate::park`]).
+    warm: Option<WarmKey>,
+}
+
+/// A worker's word to the dispatcher: it has done `done` jobs and is idle,
+/// with an init parked for `warm` (or none).
+struct Idle {
+    worker: usize,
+    done: u64,
+    warm: Option<WarmKey>,
 }
 
 // SAFETY: the plan's raw pointers point into its own heap strings, which
@@ -286,7 +376,8 @@ struct Job {
 unsafe impl Send for Job {}
 
 /// The threads that fork inits in the spawner's memory, each of which
-/// keeps its init's plan and stack until the init has ended.
+/// keeps its init's plan and stack until the init has ended (or, for an
+/// init that stays, [`crate::park`], until it has taken the next plan).
 ///
 /// Why: a fork copies the page tables of the spawner's private memory (the
 /// binary's relocated data alone is about 900 kB: its vtables and the like,
@@ -303,8 +394,12 @@ unsafe impl Send for Job {}
 struct Workers {
     socket: RawFd,
     jobs: Vec<std::sync::mpsc::Sender<Job>>,
-    idle: std::sync::mpsc::Receiver<usize>,
-    idle_tx: std::sync::mpsc::Sender<usize>,
+    /// Jobs sent to each worker: an [`Idle`] that counts fewer is stale.
+    sent: Vec<u64>,
+    /// The idle workers, each with the key of the init it keeps parked.
+    idle_now: Vec<(usize, Option<WarmKey>)>,
+    idle: std::sync::mpsc::Receiver<Idle>,
+    idle_tx: std::sync::mpsc::Sender<Idle>,
 }
 
 impl Workers {
@@ -313,20 +408,42 @@ impl Workers {
         Workers {
             socket,
             jobs: Vec::new(),
+            sent: Vec::new(),
+            idle_now: Vec::new(),
             idle,
             idle_tx,
         }
     }
 
     /// Hands `job` to an idle worker, or to a new one; the job back when
-    /// no worker can take it (the caller forks the init itself).
+    /// no worker can take it (the caller forks the init itself). A worker
+    /// whose parked init has the job's key comes first, then one with none,
+    /// then one whose init is parked for another key (it ends that init).
     fn run(&mut self, job: Job) -> Result<(), Job> {
-        let job = match self.idle.try_recv() {
-            Ok(i) => match self.jobs[i].send(job) {
-                Ok(()) => return Ok(()),
-                Err(std::sync::mpsc::SendError(job)) => job,
-            },
-            Err(_) => job,
+        while let Ok(idle) = self.idle.try_recv() {
+            if self.sent.get(idle.worker) != Some(&idle.done) {
+                // Sent before its latest job reached it.
+                continue;
+            }
+            self.idle_now.retain(|(w, _)| *w != idle.worker);
+            self.idle_now.push((idle.worker, idle.warm));
+        }
+        let pick = self
+            .idle_now
+            .iter()
+            .position(|(_, warm)| warm.is_some() && *warm == job.warm)
+            .or_else(|| self.idle_now.iter().position(|(_, warm)| warm.is_none()))
+            .or_else(|| (!self.idle_now.is_empty()).then_some(0));
+        let job = match pick {
+            Some(i) => {
+                let (worker, _) = self.idle_now.swap_remove(i);
+                self.sent[worker] += 1;
+                match self.jobs[worker].send(job) {
+                    Ok(()) => return Ok(()),
+                    Err(std::sync::mpsc::SendError(job)) => job,
+                }
+            }
+            None => job,
         };
         let (tx, rx) = std::sync::mpsc::channel::<Job>();
         let (socket, me, idle) = (self.socket, self.jobs.len(), self.idle_tx.clone());
@@ -339,16 +456,20 @@ impl Workers {
             return Err(job);
         }
         self.jobs.push(tx);
+        self.sent.push(1);
         self.jobs[me].send(job).map_err(|e| e.0)
     }
 }
 
-/// A worker: forks each job's init into the shared memory, answers, and
-/// waits for the init's end before it frees the plan and takes another.
+/// A worker: forks each job's init into the shared memory (or hands the
+/// job to its init that stayed after the last, [`crate::park`]), answers,
+/// and waits for the init's end (or its parking) before it frees the last
+/// plan and takes another. A parked init is ended after [`park::IDLE`]
+/// without a job.
 fn work(
     socket: RawFd,
     jobs: std::sync::mpsc::Receiver<Job>,
-    idle: std::sync::mpsc::Sender<usize>,
+    idle: std::sync::mpsc::Sender<Idle>,
     me: usize,
 ) {
     // No handler may run on this thread (and write `errno`) while an init
@@ -365,29 +486,146 @@ fn work(
     }
     // The stack its inits' children run on, the same for each init in turn.
     let mut spawn_stack = Vec::new();
-    for Job { mut plan, fds } in jobs.iter() {
-        plan.spawn_stack = std::mem::take(&mut spawn_stack);
-        plan.ensure_spawn_stack();
-        let (answer, pidfd) = match &stack {
-            Ok(stack) => match clone_init(&plan, stack) {
-                Ok((pid, pidfd)) => (pid, Some(pidfd)),
-                // An older kernel (no CLONE_PIDFD, 5.2): a fork, as before.
-                Err(_) => (fork(&mut plan).unwrap_or_else(|e| -e), None),
-            },
-            Err(_) => (fork(&mut plan).unwrap_or_else(|e| -e), None),
+    let mut parked: Option<Parked> = None;
+    let mut done = 0u64;
+    loop {
+        let next = if parked.is_some() {
+            jobs.recv_timeout(park::IDLE)
+                .map_err(|e| matches!(e, std::sync::mpsc::RecvTimeoutError::Disconnected))
+        } else {
+            jobs.recv().map_err(|_| true)
+        };
+        let Job {
+            mut plan,
+            fds,
+            warm,
+        } = match next {
+            Ok(job) => job,
+            // No job for the parked init for a while: it ends.
+            Err(false) => {
+                if let Some(p) = parked.take() {
+                    spawn_stack = park::retire(p);
+                }
+                if idle
+                    .send(Idle {
+                        worker: me,
+                        done,
+                        warm: None,
+                    })
+                    .is_err()
+                {
+                    return;
+                }
+                continue;
+            }
+            Err(true) => return,
+        };
+        done += 1;
+        // The parked init takes the job when it has the job's key.
+        let mut reused = None;
+        if let Some(mut p) = parked.take() {
+            if warm == Some(p.key) && park::hand_over(&mut p, &mut plan).is_ok() {
+                reused = Some(p);
+            } else {
+                spawn_stack = park::retire(p);
+            }
+        }
+        let (pid, flags, running) = match reused {
+            Some(p) => {
+                let Parked {
+                    pid,
+                    pidfd,
+                    ctl,
+                    key,
+                    plan: last,
+                } = p;
+                // The last plan goes once the init has taken this one: it
+                // no longer reads it.
+                drop(last);
+                (
+                    pid,
+                    park::MAY_STAY | park::REUSED,
+                    Some((pid, pidfd, Some((ctl, key)))),
+                )
+            }
+            None => {
+                plan.spawn_stack = std::mem::take(&mut spawn_stack);
+                plan.ensure_spawn_stack();
+                // The init's end of a control socket, when it may stay.
+                let ctl = warm.and_then(|key| {
+                    let (ours, theirs) = UnixStream::pair().ok()?;
+                    plan.park = theirs.as_raw_fd();
+                    Some((OwnedFd::from(ours), OwnedFd::from(theirs), key))
+                });
+                let forked = match &stack {
+                    Ok(stack) => match clone_init(&mut plan, stack) {
+                        Ok((pid, pidfd)) => Ok((pid, Some(pidfd))),
+                        // An older kernel (no CLONE_PIDFD, 5.2): a fork, as before.
+                        Err(_) => {
+                            plan.park = -1;
+                            fork(&mut plan).map(|pid| (pid, None))
+                        }
+                    },
+                    Err(_) => {
+                        plan.park = -1;
+                        fork(&mut plan).map(|pid| (pid, None))
+                    }
+                };
+                match forked {
+                    Ok((pid, Some(pidfd))) => {
+                        let stays = ctl.map(|(ours, _theirs, key)| (ours, key));
+                        let flags = if stays.is_some() { park::MAY_STAY } else { 0 };
+                        (pid, flags, Some((pid, pidfd, stays)))
+                    }
+                    Ok((pid, None)) => (pid, 0, None),
+                    Err(errno) => (-errno, 0, None),
+                }
+            }
         };
         // Our copies of the descriptors go; the init has its own.
         drop(fds);
-        // SAFETY: a 4-byte write of a live array on the controller's socket
+        // SAFETY: an 8-byte write of a live array on the controller's socket
         // (one request is answered at a time: the controller waits for it).
-        unsafe { libc::write(socket, answer.to_ne_bytes().as_ptr().cast(), 4) };
-        if let Some(pidfd) = pidfd {
-            wait_for_end(&pidfd);
-            // Its init has ended: the stack serves the next.
-            spawn_stack = std::mem::take(&mut plan.spawn_stack);
+        unsafe { libc::write(socket, answer(pid, flags).as_ptr().cast(), 8) };
+        let mut warm_now = None;
+        if let Some((pid, pidfd, stays)) = running {
+            let ctl = stays.as_ref().map(|(ctl, _)| ctl);
+            let key = stays.as_ref().map(|(_, key)| *key);
+            // Idle from the attempt's end: a job sent now waits here
+            // while the init unmounts, then goes to it.
+            let ended = || {
+                let _ = idle.send(Idle {
+                    worker: me,
+                    done,
+                    warm: key,
+                });
+            };
+            if park::parked_or_ended(&pidfd, ctl, ended) {
+                let (ctl, key) = stays.expect("parked only with a control socket");
+                warm_now = Some(key);
+                parked = Some(Parked {
+                    pid,
+                    pidfd,
+                    ctl,
+                    key,
+                    plan,
+                });
+            } else {
+                // Its init has ended: the stack serves the next.
+                spawn_stack = std::mem::take(&mut plan.spawn_stack);
+                drop(plan);
+            }
+        } else {
+            drop(plan);
         }
-        drop(plan);
-        if idle.send(me).is_err() {
+        if idle
+            .send(Idle {
+                worker: me,
+                done,
+                warm: warm_now,
+            })
+            .is_err()
+        {
             return;
         }
     }
@@ -395,11 +633,11 @@ fn work(
 
 /// Forks `plan`'s init sharing this process's memory, on `stack`: its pid
 /// and a pidfd that becomes readable when it has ended.
-fn clone_init(plan: &ChildPlan, stack: &Stack) -> Result<(pid_t, OwnedFd), c_int> {
+fn clone_init(plan: &mut ChildPlan, stack: &Stack) -> Result<(pid_t, OwnedFd), c_int> {
     extern "C" fn init_entry(arg: *mut libc::c_void) -> c_int {
         // SAFETY: `arg` is the plan its worker keeps until this process has
-        // ended; sandbox_init is async-signal-safe and never returns.
-        unsafe { child::sandbox_init(&*(arg as *const ChildPlan)) }
+        // ended or parked; sandbox_init is async-signal-safe and never returns.
+        unsafe { child::sandbox_init(arg as *mut ChildPlan) }
     }
     // With a template the init makes its namespace itself, a copy of the
     // template's: a copy of the spawner's first would be made for nothing.
@@ -422,7 +660,7 @@ fn clone_init(plan: &ChildPlan, stack: &Stack) -> Result<(pid_t, OwnedFd), c_int
             init_entry,
             stack.top(),
             flags,
-            plan as *const ChildPlan as *mut libc::c_void,
+            plan as *mut ChildPlan as *mut libc::c_void,
             &mut pidfd as *mut c_int,
         )
     };
@@ -437,7 +675,7 @@ fn clone_init(plan: &ChildPlan, stack: &Stack) -> Result<(pid_t, OwnedFd), c_int
 
 /// Blocks until the process of `pidfd` has ended. Never earlier: its plan
 /// and stack are freed after.
-fn wait_for_end(pidfd: &OwnedFd) {
+pub(crate) fn wait_for_end(pidfd: &OwnedFd) {
     loop {
         let mut p = libc::pollfd {
             fd: pidfd.as_raw_fd(),
@@ -640,7 +878,7 @@ fn fork(plan: &mut ChildPlan) -> Result<pid_t, c_int> {
             (libc::CLONE_PARENT | libc::CLONE_NEWPID | libc::CLONE_NEWNS) as libc::c_ulong,
         );
         if pid == 0 {
-            child::sandbox_init(plan);
+            child::sandbox_init(plan as *mut ChildPlan);
         }
         let err = io::Error::last_os_error().raw_os_error().unwrap_or(0);
         libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut());

@@ -10,6 +10,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
+use osmo_runtime::enter::Entry;
 use osmo_runtime::{AttemptSpec, StopHandle, Stream, Supervisor, run_attempt};
 
 /// The stdout lines of one attempt, and its root, held open.
@@ -17,6 +18,7 @@ use osmo_runtime::{AttemptSpec, StopHandle, Stream, Supervisor, run_attempt};
 struct Lines {
     lines: Mutex<Vec<String>>,
     root: Mutex<Option<std::fs::File>>,
+    stop: StopHandle,
 }
 
 impl Supervisor for Lines {
@@ -29,7 +31,14 @@ impl Supervisor for Lines {
     /// is opened here, which keeps the root's file systems (and the device
     /// numbers they have) from being freed for as long as the check runs.
     fn setup_done(&self) -> bool {
-        let init = our_init().expect("the init of the attempt is this process's child");
+        let Some(Entry::Sandbox(entry)) = self.stop.entry() else {
+            panic!("a set-up sandbox has its entry published");
+        };
+        let init = entry.init;
+        assert!(
+            our_children_named_init().contains(&(init as u32)),
+            "the init of the attempt is this process's child"
+        );
         let root = std::fs::File::open(format!("/proc/{init}/root")).unwrap();
         *self.root.lock().unwrap() = Some(root);
         true
@@ -37,16 +46,21 @@ impl Supervisor for Lines {
     fn started(&self) {}
 }
 
-/// The pid of this process's child named `osmo-init` (the spawner forks it as our child).
-fn our_init() -> Option<u32> {
+/// The pids of this process's children named `osmo-init` (the spawner
+/// forks them as our children; some stay after their attempts).
+fn our_children_named_init() -> Vec<u32> {
     let me = std::process::id();
-    std::fs::read_dir("/proc").ok()?.find_map(|e| {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.filter_map(|e| {
         let pid: u32 = e.ok()?.file_name().to_str()?.parse().ok()?;
         let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
         let (comm, rest) = stat.split_once(") ")?;
         let ppid: u32 = rest.split(' ').nth(1)?.parse().ok()?;
         (comm.ends_with("(osmo-init") && ppid == me).then_some(pid)
     })
+    .collect()
 }
 
 /// Attempts in one scratch directory, as the agent runs them: as `nobody`
@@ -93,7 +107,7 @@ impl Slot {
             ..AttemptSpec::default()
         };
         let lines = Lines::default();
-        let outcome = run_attempt(&spec, &lines, &StopHandle::new());
+        let outcome = run_attempt(&spec, &lines, &lines.stop);
         let codes: Vec<u32> = outcome.codes.iter().map(|c| c.code).collect();
         assert_eq!(codes, [0], "{script}: {:?}", outcome.codes);
         if !osmo_runtime::recycle_scratch(&self.scratch) {
@@ -122,7 +136,11 @@ fn main() {
         "kept roots need root: the sandbox creates mount namespaces"
     );
     osmo_runtime::spawner::start(Path::new("/proc/self/exe")).expect("a sandbox spawner");
-    let checks: [(&str, fn()); 6] = [
+    let checks: [(&str, fn()); 7] = [
+        (
+            "an_init_stays_for_the_next_attempt_and_keeps_nothing_of_the_last",
+            an_init_stays_for_the_next_attempt_and_keeps_nothing_of_the_last,
+        ),
         (
             "a_root_nothing_was_written_to_serves_the_next_attempt",
             a_root_nothing_was_written_to_serves_the_next_attempt,
@@ -179,6 +197,58 @@ fn a_root_written_to_is_not_taken_again() {
     let (after, seen) = slot.root_device(&format!("ls -d {name}.d 2>/dev/null || echo absent"));
     assert_ne!(after, maker);
     assert_eq!(seen, ["absent"]);
+}
+
+/// The next attempt in a kept root runs in the init the last one ran in
+/// (`park.rs`): the same PID namespace. Nothing of the last attempt is
+/// left: its processes, its `/dev/shm`, its output directory; the mount
+/// table is the one the first attempt had. The init stays root; the task
+/// runs as its user.
+fn an_init_stays_for_the_next_attempt_and_keeps_nothing_of_the_last() {
+    let mut slot = Slot::new();
+    let table = "echo end; cut -d' ' -f5 /proc/self/mountinfo";
+    let first_output = slot.dir.path().join("output-1");
+    let first = slot.run(&format!(
+        "readlink /proc/self/ns/pid; id -u; stat -c %u /proc/1; \
+         setsid sleep 1000 > /dev/null 2>&1 & echo s > /dev/shm/left; echo o > {}/left; {table}",
+        first_output.display()
+    ));
+    assert!(
+        first_output.join("left").is_file(),
+        "the first wrote its output"
+    );
+    let second = slot.run(&format!(
+        "readlink /proc/self/ns/pid; id -u; stat -c %u /proc/1; \
+         for p in /proc/[0-9]*; do cat $p/comm; done | grep -c sleep; \
+         ls -A /dev/shm | wc -l; ls -A {} 2>/dev/null | wc -l; {table}",
+        first_output.display()
+    ));
+    assert_eq!(
+        first[..3],
+        second[..3],
+        "the same PID namespace, the task's user, a root init"
+    );
+    assert_eq!(first[1..3], ["65534", "0"], "{first:?}");
+    assert_eq!(
+        second[3..6],
+        ["0", "0", "0"],
+        "no process, /dev/shm file or output of the last: {second:?}"
+    );
+    // The mount points, each attempt's output named alike (the table's
+    // order follows the mounts' IDs, which the kernel may reuse).
+    let mounts = |lines: &[String]| -> Vec<String> {
+        let end = lines.iter().position(|l| l == "end").unwrap();
+        let mut points: Vec<String> = lines[end + 1..]
+            .iter()
+            .map(|p| {
+                p.replace("output-1", "output")
+                    .replace("output-2", "output")
+            })
+            .collect();
+        points.sort();
+        points
+    };
+    assert_eq!(mounts(&first), mounts(&second), "the same mounts");
 }
 
 /// The sandbox's init does not make its copy of the template private again:
