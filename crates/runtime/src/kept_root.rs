@@ -40,7 +40,9 @@
 //!   before its attempt started.
 //!
 //! Only roots whose writable layer is in memory are kept (tasks that do not
-//! run as root: [`RootPlan::memory_upper`](crate::child::RootPlan)).
+//! run as root: [`RootPlan::memory_upper`](crate::child::RootPlan)). The init
+//! of an attempt in a kept root may stay for the next attempt in the same
+//! root ([`crate::park`]); each root's number tells whether it is the same.
 //! `OSMO_SANDBOX_KEEP_ROOTS=0` in the agent's environment turns it off.
 
 use std::collections::HashMap;

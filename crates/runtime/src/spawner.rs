@@ -14,8 +14,10 @@
 //! worker threads forks the init with `CLONE_PARENT`, so the init is the
 //! controller's child as before (it waits for and reaps it, and the init
 //! dies with the agent through `PR_SET_PDEATHSIG`), and answers the pid or
-//! the errno of the fork. The init shares the spawner's memory (`CLONE_VM`:
-//! see [`Workers`] for why and what that asks).
+//! the errno of the fork, with whether the init may stay after the attempt
+//! ([`crate::park`]: the controller then lets it go without reaping it).
+//! The init shares the spawner's memory (`CLONE_VM`: see [`Workers`] for
+//! why and what that asks).
 //!
 //! The spawner has a mount namespace of its own, which each sandbox's
 //! namespace copies: the host's, receiving the host's later mounts (a
@@ -539,8 +541,8 @@ fn work(
                     key,
                     plan: last,
                 } = p;
-                // The last plan goes once the init has taken this one: it
-                // no longer reads it.
+                // The last plan goes: a parked init reads none but the
+                // one it is handed (its children's stack moved to that one).
                 drop(last);
                 (
                     pid,

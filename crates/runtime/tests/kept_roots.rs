@@ -19,6 +19,10 @@ struct Lines {
     lines: Mutex<Vec<String>>,
     root: Mutex<Option<std::fs::File>>,
     stop: StopHandle,
+    /// The attempt's init.
+    init: Mutex<Option<u32>>,
+    /// Stop the attempt once its command has started.
+    stop_when_started: bool,
 }
 
 impl Supervisor for Lines {
@@ -35,6 +39,7 @@ impl Supervisor for Lines {
             panic!("a set-up sandbox has its entry published");
         };
         let init = entry.init;
+        *self.init.lock().unwrap() = Some(init as u32);
         assert!(
             our_children_named_init().contains(&(init as u32)),
             "the init of the attempt is this process's child"
@@ -43,7 +48,11 @@ impl Supervisor for Lines {
         *self.root.lock().unwrap() = Some(root);
         true
     }
-    fn started(&self) {}
+    fn started(&self) {
+        if self.stop_when_started {
+            self.stop.stop();
+        }
+    }
 }
 
 /// The pids of this process's children named `osmo-init` (the spawner
@@ -73,6 +82,8 @@ struct Slot {
     /// The roots of its attempts, open: while they are, no other file
     /// system gets their device numbers.
     roots: Vec<std::fs::File>,
+    /// The init of its last attempt.
+    last_init: Option<u32>,
 }
 
 impl Slot {
@@ -87,6 +98,7 @@ impl Slot {
             scratch,
             n: 0,
             roots: Vec::new(),
+            last_init: None,
         }
     }
 
@@ -114,6 +126,7 @@ impl Slot {
             std::fs::remove_dir_all(&self.scratch).unwrap();
         }
         self.roots.extend(lines.root.into_inner().unwrap());
+        self.last_init = lines.init.into_inner().unwrap();
         lines.lines.into_inner().unwrap()
     }
 
@@ -136,7 +149,11 @@ fn main() {
         "kept roots need root: the sandbox creates mount namespaces"
     );
     osmo_runtime::spawner::start(Path::new("/proc/self/exe")).expect("a sandbox spawner");
-    let checks: [(&str, fn()); 7] = [
+    let checks: [(&str, fn()); 8] = [
+        (
+            "an_init_no_attempt_comes_for_ends_and_is_reaped",
+            an_init_no_attempt_comes_for_ends_and_is_reaped,
+        ),
         (
             "an_init_stays_for_the_next_attempt_and_keeps_nothing_of_the_last",
             an_init_stays_for_the_next_attempt_and_keeps_nothing_of_the_last,
@@ -249,6 +266,70 @@ fn an_init_stays_for_the_next_attempt_and_keeps_nothing_of_the_last() {
         points
     };
     assert_eq!(mounts(&first), mounts(&second), "the same mounts");
+}
+
+/// An init that stayed after its attempt ends when no attempt comes for it
+/// (after `park::IDLE`, 2 s), and nothing is left of it: it is reaped, no
+/// zombie stays. An attempt stopped in an init that stayed ends that init.
+fn an_init_no_attempt_comes_for_ends_and_is_reaped() {
+    let mut slot = Slot::new();
+    slot.run("true");
+    let init = slot.last_init.expect("the attempt's init");
+    let state = |pid: u32| -> Option<String> {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        let (comm, rest) = stat.split_once(") ")?;
+        comm.ends_with("(osmo-init")
+            .then(|| rest.split(' ').next().unwrap_or("").to_string())
+    };
+    let parked = state(init).expect("the init stays after its attempt");
+    assert_ne!(parked, "Z", "it waits for the next attempt");
+    // Polled, with a deadline: its end is what is tested, not an ordering.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while state(init).is_some() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the idle init {init} was not ended and reaped: {:?}",
+            state(init)
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    // An attempt stopped while its command runs: its init is killed with
+    // it, and reaped; the next attempt gets another.
+    let mut slot = Slot::new();
+    slot.run("true");
+    let parked = slot.last_init.unwrap();
+    let lines = Lines {
+        stop_when_started: true,
+        ..Lines::default()
+    };
+    let spec = AttemptSpec {
+        workflow_id: "kept-1".into(),
+        group: "g".into(),
+        task: "stopped".into(),
+        command: vec!["sleep".into(), "100".into()],
+        output_dir: slot.dir.path().join("output-stopped"),
+        scratch_dir: slot.scratch.clone(),
+        hidden_paths: vec!["/root".into(), "/home".into(), slot.dir.path().into()],
+        run_as: Some((65534, 65534)),
+        ..AttemptSpec::default()
+    };
+    run_attempt(&spec, &lines, &lines.stop);
+    let stopped = lines.init.into_inner().unwrap().expect("it was set up");
+    assert_eq!(
+        stopped, parked,
+        "the stopped attempt ran in the init that stayed"
+    );
+    assert_eq!(
+        state(stopped),
+        None,
+        "a stopped attempt's init is gone, reaped"
+    );
+    slot.run("true");
+    assert_ne!(
+        slot.last_init,
+        Some(stopped),
+        "the next attempt has an init of its own"
+    );
 }
 
 /// The sandbox's init does not make its copy of the template private again:
