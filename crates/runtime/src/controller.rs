@@ -532,8 +532,8 @@ impl Run<'_> {
 
         if self.released {
             // It stays for the next attempt (or is reaped by the spawner's
-            // client once it ends): the attempt's pipes ended after it tore
-            // the attempt down.
+            // client once it ends): the attempt's pipes ended once it had
+            // killed and reaped everything the attempt left.
             stop.detach();
             return;
         }

@@ -213,7 +213,8 @@ unsafe fn receive(ctl: c_int, trees: &mut HostTrees) -> Option<*mut ChildPlan> {
                 let len = ((*cmsg).cmsg_len as usize).saturating_sub(libc::CMSG_LEN(0) as usize);
                 for k in 0..len / std::mem::size_of::<c_int>() {
                     if let Some(slot) = got.get_mut(count) {
-                        *slot = ptr_read(data.add(k));
+                        // (A control message's data need not be aligned for an int.)
+                        *slot = std::ptr::read_unaligned(data.add(k));
                         count += 1;
                     }
                 }
@@ -253,12 +254,6 @@ unsafe fn receive(ctl: c_int, trees: &mut HostTrees) -> Option<*mut ChildPlan> {
         }
         Some(plan)
     }
-}
-
-/// `ptr::read_unaligned` (a control message's data need not be aligned for an int).
-unsafe fn ptr_read(at: *const c_int) -> c_int {
-    // SAFETY: the caller's pointer lies within the received control message.
-    unsafe { std::ptr::read_unaligned(at) }
 }
 
 /// In the spawner: an init that parked, with what its worker keeps for it.
