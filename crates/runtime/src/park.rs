@@ -4,7 +4,7 @@
 //! Why: with the root kept ([`crate::kept_root`]), a sandbox still costs a
 //! new process for its init, a PID namespace and its `/proc`, all made for
 //! each attempt and torn down after it. An init that stays saves those:
-//! `bench/large-workflow.py` measured 6% less CPU per trivial task.
+//! `bench/large-workflow.py` measured 4–6% less CPU per trivial task.
 //!
 //! How: the spawner gives the init of a plan that may stay a control socket
 //! ([`ChildPlan::park`]). The init's first attempt mounts the sandbox's

@@ -544,44 +544,13 @@ fn work(
                 // The last plan goes: a parked init reads none but the
                 // one it is handed (its children's stack moved to that one).
                 drop(last);
-                (
-                    pid,
-                    park::MAY_STAY | park::REUSED,
-                    Some((pid, pidfd, Some((ctl, key)))),
-                )
+                let flags = park::MAY_STAY | park::REUSED;
+                (pid, flags, Some((pidfd, Some((ctl, key)))))
             }
             None => {
                 plan.spawn_stack = std::mem::take(&mut spawn_stack);
                 plan.ensure_spawn_stack();
-                // The init's end of a control socket, when it may stay.
-                let ctl = warm.and_then(|key| {
-                    let (ours, theirs) = UnixStream::pair().ok()?;
-                    plan.park = theirs.as_raw_fd();
-                    Some((OwnedFd::from(ours), OwnedFd::from(theirs), key))
-                });
-                let forked = match &stack {
-                    Ok(stack) => match clone_init(&mut plan, stack) {
-                        Ok((pid, pidfd)) => Ok((pid, Some(pidfd))),
-                        // An older kernel (no CLONE_PIDFD, 5.2): a fork, as before.
-                        Err(_) => {
-                            plan.park = -1;
-                            fork(&mut plan).map(|pid| (pid, None))
-                        }
-                    },
-                    Err(_) => {
-                        plan.park = -1;
-                        fork(&mut plan).map(|pid| (pid, None))
-                    }
-                };
-                match forked {
-                    Ok((pid, Some(pidfd))) => {
-                        let stays = ctl.map(|(ours, _theirs, key)| (ours, key));
-                        let flags = if stays.is_some() { park::MAY_STAY } else { 0 };
-                        (pid, flags, Some((pid, pidfd, stays)))
-                    }
-                    Ok((pid, None)) => (pid, 0, None),
-                    Err(errno) => (-errno, 0, None),
-                }
+                fork_new_init(&mut plan, stack.as_ref().ok(), warm)
             }
         };
         // Our copies of the descriptors go; the init has its own.
@@ -590,11 +559,11 @@ fn work(
         // (one request is answered at a time: the controller waits for it).
         unsafe { libc::write(socket, answer(pid, flags).as_ptr().cast(), 8) };
         let mut warm_now = None;
-        if let Some((pid, pidfd, stays)) = running {
+        if let Some((pidfd, stays)) = running {
             let ctl = stays.as_ref().map(|(ctl, _)| ctl);
             let key = stays.as_ref().map(|(_, key)| *key);
-            // Idle from the attempt's end: a job sent now waits here
-            // while the init unmounts, then goes to it.
+            // Idle from the attempt's end: a job sent now waits here while
+            // the init leaves the attempt's namespace, then goes to it.
             let ended = || {
                 let _ = idle.send(Idle {
                     worker: me,
@@ -629,6 +598,39 @@ fn work(
             .is_err()
         {
             return;
+        }
+    }
+}
+
+/// What a worker keeps of an init it started: its pidfd and, when it may
+/// stay, the worker's end of its control socket and its key.
+type Running = Option<(OwnedFd, Option<(OwnedFd, WarmKey)>)>;
+
+/// Starts `plan`'s init: cloned into this process's memory on `stack` (with
+/// a control socket when it may stay, `warm`), else forked. The answer's pid
+/// (or negated errno) and flags, and what the worker keeps of it.
+fn fork_new_init(
+    plan: &mut ChildPlan,
+    stack: Option<&Stack>,
+    warm: Option<WarmKey>,
+) -> (pid_t, u32, Running) {
+    let ctl = warm.and_then(|key| {
+        let (ours, theirs) = UnixStream::pair().ok()?;
+        plan.park = theirs.as_raw_fd();
+        Some((OwnedFd::from(ours), OwnedFd::from(theirs), key))
+    });
+    let cloned = stack.map(|stack| clone_init(plan, stack));
+    // The init has its own end of the socket now.
+    let stays = ctl.map(|(ours, _theirs, key)| (ours, key));
+    match cloned {
+        Some(Ok((pid, pidfd))) => {
+            let flags = if stays.is_some() { park::MAY_STAY } else { 0 };
+            (pid, flags, Some((pidfd, stays)))
+        }
+        // An older kernel (no CLONE_PIDFD, 5.2), or no stack: a fork, as before.
+        _ => {
+            plan.park = -1;
+            (fork(plan).unwrap_or_else(|e| -e), 0, None)
         }
     }
 }
