@@ -571,6 +571,10 @@ fn a_workflow_shown_finished_is_so_for_cancel_restart_and_list_before_it_is_stor
     // The running tasks' list no longer shows it (it is answered at once).
     let tasks = server.get_json("/api/task");
     assert!(tasks["tasks"].as_array().unwrap().is_empty(), "{tasks:#}");
+    // Its own tasks are shown as they ended, not as last stored.
+    let own = server.get_json(&format!("/api/task?workflow_id={id}"));
+    assert_eq!(own["tasks"][0]["status"], "FAILED", "{own:#}");
+    assert_eq!(own["tasks"][0]["exit_code"], 3, "{own:#}");
 
     let client = reqwest::blocking::Client::new();
     let (cancel_status, cancel_text) =

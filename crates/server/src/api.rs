@@ -758,14 +758,8 @@ async fn tasks(
         .collect();
     if rows.is_empty()
         && let Some(id) = &workflow_id
-        && let Some(row) = app
-            .store
-            .get_workflow(id)
-            .await
-            .map_err(ApiError::internal)?
     {
-        let doc = Persisted::from_json(row.state.clone()).map_err(ApiError::internal)?;
-        rows = docs::task_rows(&DocMeta::of(&row), &doc.engine);
+        rows = finished_task_rows(&app, id).await?;
     }
     let statuses: Vec<String> = param_list(&params, "statuses")
         .into_iter()
@@ -876,6 +870,33 @@ async fn current_doc(app: &AppState, id: &str, verbose: bool) -> ApiResult<Workf
         &stored.engine,
         verbose,
     ))
+}
+
+/// The task rows of one finished workflow, by its exact id. One whose end's
+/// commit has not landed yet is still held by the manager, and its store row
+/// is older than what the workflow query already showed: it is answered
+/// from the manager, as the workflow query is.
+async fn finished_task_rows(app: &AppState, id: &str) -> ApiResult<Vec<serde_json::Value>> {
+    let (reply, answer) = oneshot::channel();
+    let asked = Request::TaskRows {
+        id: Some(id.to_string()),
+        reply,
+    };
+    if app.requests.send(asked).await.is_ok()
+        && let Ok(Some(rows)) = answer.await
+    {
+        return Ok(rows);
+    }
+    let Some(row) = app
+        .store
+        .get_workflow(id)
+        .await
+        .map_err(ApiError::internal)?
+    else {
+        return Ok(Vec::new());
+    };
+    let doc = Persisted::from_json(row.state.clone()).map_err(ApiError::internal)?;
+    Ok(docs::task_rows(&DocMeta::of(&row), &doc.engine))
 }
 
 /// Waits until what the manager has taken so far (log lines, events) is in
