@@ -181,6 +181,13 @@ pub(crate) struct Step {
     /// The `mkdirs` are known to be missing (below a hidden directory's
     /// empty tmpfs): made before the mount rather than after it fails.
     pub dirs_first: bool,
+    /// It differs from one attempt to the next of the same shape (the
+    /// output, the inputs, volumes, hidden GPUs): an init that stays in
+    /// place ([`crate::park`]) mounts it for each attempt and unmounts it
+    /// after; it keeps the others (`/proc`, `/dev/shm`, the hidden
+    /// directories, the network's files) for the next attempt.
+    #[serde(default)]
+    pub per_attempt: bool,
 }
 
 impl Step {
@@ -243,6 +250,10 @@ pub(crate) struct RootPlan {
     /// whose paths all lie below `newroot` (at most [`MAX_KEPT_STEPS`], and
     /// as many preflight tests at most).
     pub keep: bool,
+    /// An init that stays after an attempt in a kept root may make the next
+    /// attempt's mounts in its own namespace ([`ChildPlan::in_place`]); not
+    /// when `OSMO_SANDBOX_IN_PLACE=0` ([`crate::park::IN_PLACE_ENV`]).
+    pub in_place: bool,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -309,6 +320,11 @@ pub(crate) struct ChildPlan {
     pub handed_trees: Vec<u32>,
     #[serde(skip)]
     pub handed_errors: Vec<c_int>,
+    /// An init that stays makes this attempt's mounts in its own namespace
+    /// and unmounts them after it, rather than in a copy of the namespace
+    /// made for the attempt ([`crate::park`]). Set by the spawner.
+    #[serde(skip)]
+    pub in_place: bool,
 }
 
 fn no_fd() -> c_int {
@@ -456,11 +472,15 @@ unsafe fn make_readonly(target: &CStr) -> Result<(), c_int> {
     }
 }
 
-/// A step's mount points, as [`mkdirs`] with mode 0755, `below` as in [`run_step`].
-unsafe fn step_dirs(dirs: &[CString], below: usize) -> Result<(), c_int> {
-    for d in dirs {
+/// A step's mount points, as [`mkdirs`] with mode 0755, `below` as in
+/// [`run_step`]. Sets bit `k` of `made` for each `dirs[k]` it made (the
+/// first 64), which an init that stays in place removes after the attempt.
+unsafe fn step_dirs(dirs: &[CString], below: usize, made: &mut u64) -> Result<(), c_int> {
+    for (k, d) in dirs.iter().enumerate() {
         // SAFETY: NUL-terminated path.
-        if unsafe { libc::mkdir(below_root(d, below).as_ptr(), 0o755) } != 0 {
+        if unsafe { libc::mkdir(below_root(d, below).as_ptr(), 0o755) } == 0 {
+            *made |= 1u64.checked_shl(k as u32).unwrap_or(0);
+        } else {
             let e = errno();
             if e != libc::EEXIST {
                 return Err(e);
@@ -629,16 +649,24 @@ impl HostTrees {
 /// Clones the host paths the steps of a kept root bind (all but those the
 /// template made). A required one that cannot be cloned: its step and the
 /// errno, as the step itself would have failed.
+///
+/// `only_per_attempt`: for an init that stays in place and has the others
+/// mounted already, only the [`Step::per_attempt`] ones.
 pub(crate) unsafe fn open_host_trees(
     p: &ChildPlan,
     trees: &mut HostTrees,
+    only_per_attempt: bool,
 ) -> Result<(), (u32, c_int)> {
     const OPEN_TREE_CLONE: c_uint = 1;
     for (i, s) in p.steps.iter().enumerate().take(MAX_KEPT_STEPS) {
         let Some(source) = s.source.as_deref() else {
             continue;
         };
-        if s.when != When::Always || s.private.is_some() || s.flags & libc::MS_BIND == 0 {
+        if s.when != When::Always
+            || s.private.is_some()
+            || s.flags & libc::MS_BIND == 0
+            || (only_per_attempt && !s.per_attempt)
+        {
             continue;
         }
         let recursive = if s.flags & libc::MS_REC != 0 {
@@ -1259,7 +1287,7 @@ pub(crate) unsafe fn sandbox_init(first: *mut ChildPlan) -> ! {
         // (The descriptors are closed with the others below, or after use.)
         let mut trees = HostTrees::none();
         let kept = p.template >= 0
-            && match open_host_trees(p, &mut trees) {
+            && match open_host_trees(p, &mut trees, false) {
                 Ok(()) => enter_template(p),
                 // No `open_tree` (before Linux 5.2): the init makes the root.
                 Err((_, libc::ENOSYS)) => {
@@ -1273,15 +1301,12 @@ pub(crate) unsafe fn sandbox_init(first: *mut ChildPlan) -> ! {
         }
         // Only an init in a kept root stays: it can undo its attempt's
         // mounts, and the next attempt's host paths come cloned.
-        let mut stay = crate::park::Stay {
-            ctl: if kept { p.park } else { -1 },
-            base: -1,
-        };
+        let mut stay = crate::park::Stay::new(if kept { p.park } else { -1 });
         let mut plan = first;
         loop {
             attempt(&*plan, kept, &mut stay, &mut trees);
             // The command ran and the controller is done with the attempt.
-            match crate::park::park(&stay, &mut trees) {
+            match crate::park::park(&*plan, &mut stay, &mut trees) {
                 Some(next) => plan = next,
                 None => libc::_exit(0),
             }
@@ -1346,18 +1371,27 @@ unsafe fn attempt(p: &ChildPlan, kept: bool, stay: &mut crate::park::Stay, trees
             // unbindable, as `setup_root` leaves a root: a copy of a
             // namespace does not keep that.
             // An init that may stay makes each attempt's mounts in a copy of
-            // its namespace, left (and so torn down) when the attempt ends.
-            if stay.ctl >= 0 {
+            // its namespace, left (and so torn down) when the attempt ends;
+            // in place, in its own namespace, where the first attempt's
+            // mounts that every attempt has stay (`stay.placed`).
+            if stay.ctl >= 0 && !p.in_place {
                 crate::park::attempt_namespace(p, stay, below);
             }
-            let _ = mount(None, c"/", None, libc::MS_UNBINDABLE, None);
-            detached_private_dirs(p, &mut private, below);
+            if !stay.placed {
+                let _ = mount(None, c"/", None, libc::MS_UNBINDABLE, None);
+                detached_private_dirs(p, &mut private, below);
+            }
             true
         } else {
             setup_root(p, &mut private)
         };
+        let in_place = kept && stay.ctl >= 0 && p.in_place;
         let mut privates = private.iter();
         for (i, s) in p.steps.iter().enumerate() {
+            if stay.placed && !s.per_attempt && s.when == When::Always {
+                // Mounted by the init's first attempt, and kept.
+                continue;
+            }
             // This step's private directory, made ready by setup_root (or
             // -1), or in a kept root its source cloned from the host's.
             let tree = match s.private {
@@ -1386,7 +1420,16 @@ unsafe fn attempt(p: &ChildPlan, kept: bool, stay: &mut crate::park::Stay, trees
                 }
                 continue;
             }
-            let done = run_step(s, tree, below);
+            let done = if in_place && s.per_attempt && i < MAX_KEPT_STEPS {
+                // Undone after the attempt (`park::undo_in_place`).
+                let done = run_step_made(s, tree, below, &mut stay.undo.made[i]);
+                if done.is_ok() {
+                    stay.undo.mounted |= 1 << i;
+                }
+                done
+            } else {
+                run_step(s, tree, below)
+            };
             if tree >= 0 {
                 libc::close(tree);
             }
@@ -1439,8 +1482,11 @@ unsafe fn attempt(p: &ChildPlan, kept: bool, stay: &mut crate::park::Stay, trees
             }
         }
 
+        if in_place && !stay.placed {
+            crate::park::placed(stay);
+        }
         send(p.status, msg::READY, 0, 0);
-        run_command(p, stay.base >= 0)
+        run_command(p, stay.base >= 0 || stay.placed)
     }
 }
 
@@ -1449,6 +1495,16 @@ unsafe fn attempt(p: &ChildPlan, kept: bool, stay: &mut crate::park::Stay, trees
 /// `below`: the bytes of the new root's path to take off its paths (0 in
 /// the host's view; in a kept root, where the new root is `/`, its length).
 pub(crate) unsafe fn run_step(s: &Step, tree: c_int, below: usize) -> Result<(), c_int> {
+    unsafe { run_step_made(s, tree, below, &mut 0) }
+}
+
+/// [`run_step`], recording in `made` the mount points it made (see [`step_dirs`]).
+pub(crate) unsafe fn run_step_made(
+    s: &Step,
+    tree: c_int,
+    below: usize,
+    made: &mut u64,
+) -> Result<(), c_int> {
     let target = below_root(&s.target, below);
     let mount_step = || unsafe {
         if tree >= 0 {
@@ -1467,11 +1523,11 @@ pub(crate) unsafe fn run_step(s: &Step, tree: c_int, below: usize) -> Result<(),
     // lookup through the overlay per level.
     unsafe {
         if s.dirs_first {
-            step_dirs(&s.mkdirs, below).and_then(|()| mount_step())
+            step_dirs(&s.mkdirs, below, made).and_then(|()| mount_step())
         } else {
             match mount_step() {
                 Err(libc::ENOENT) if !s.mkdirs.is_empty() => {
-                    step_dirs(&s.mkdirs, below).and_then(|()| mount_step())
+                    step_dirs(&s.mkdirs, below, made).and_then(|()| mount_step())
                 }
                 other => other,
             }

@@ -460,6 +460,7 @@ fn bind_step(
         when,
         private: None,
         dirs_first: false,
+        per_attempt: false,
     })
 }
 
@@ -583,6 +584,7 @@ pub(crate) fn build(
         when: When::Always,
         private: None,
         dirs_first: false,
+        per_attempt: false,
     });
     step_names.push("mount /proc for the PID namespace".into());
 
@@ -602,6 +604,7 @@ pub(crate) fn build(
             when: When::Always,
             private: None,
             dirs_first: false,
+            per_attempt: true,
         });
         step_names.push(format!(
             "hide GPU {} (not given to this task)",
@@ -621,6 +624,7 @@ pub(crate) fn build(
             when: When::Always,
             private: None,
             dirs_first: false,
+            per_attempt: true,
         });
         step_names.push(format!("hide the driver's entry {}", dir.display()));
     }
@@ -637,6 +641,7 @@ pub(crate) fn build(
         when: When::Always,
         private: Some(0o1777),
         dirs_first: false,
+        per_attempt: false,
     });
     step_names.push("mount a private /dev/shm".into());
 
@@ -653,6 +658,7 @@ pub(crate) fn build(
         when: When::ReadOnlyRoot,
         private: None,
         dirs_first: false,
+        per_attempt: false,
     });
     step_names.push("mount a private /tmp".into());
 
@@ -674,6 +680,7 @@ pub(crate) fn build(
                 when: When::Always,
                 private: None,
                 dirs_first: false,
+                per_attempt: false,
             });
             step_names.push(format!("bind the workflow's {at}"));
         }
@@ -696,6 +703,7 @@ pub(crate) fn build(
             when: When::Always,
             private: Some(0o755),
             dirs_first: false,
+            per_attempt: false,
         });
         step_names.push(format!("hide {} from the task", dir.display()));
     }
@@ -706,6 +714,7 @@ pub(crate) fn build(
     dirs.sort_by_key(|(p, _)| p.components().count());
     for (dir, readonly) in dirs {
         let mut step = bind_step(layout, &dir, readonly, false, When::Always).map_err(init)?;
+        step.per_attempt = true;
         if let Some(hidden) = outermost.iter().find(|h| dir.starts_with(h) && dir != **h) {
             // In a hidden directory, an empty tmpfs: its mount point and
             // the directories above it there are all missing, and those
@@ -749,6 +758,7 @@ pub(crate) fn build(
             when: When::Always,
             private: None,
             dirs_first: false,
+            per_attempt: true,
         });
         step_names.push(format!(
             "bind volume mount {} at {}",
@@ -786,6 +796,7 @@ pub(crate) fn build(
             && crate::kept_root::enabled()
             && rooted(&layout.root, &steps)
             && fds.preflight.len() <= crate::child::MAX_KEPT_STEPS,
+        in_place: crate::park::in_place_enabled(),
     };
 
     let preflight = tests
@@ -846,6 +857,7 @@ pub(crate) fn build(
         park: -1,
         handed_trees: Vec::new(),
         handed_errors: Vec::new(),
+        in_place: false,
     };
     Ok(Prepared {
         _netns: netns,
@@ -890,6 +902,7 @@ mod tests {
             when: When::Always,
             private: None,
             dirs_first: false,
+            per_attempt: false,
         }
     }
 

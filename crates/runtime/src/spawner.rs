@@ -328,6 +328,7 @@ fn serve() -> i32 {
             plan.template = template.as_raw_fd();
             fds.push(template);
             warm = WarmKey::of(&plan, id);
+            plan.in_place = warm.is_some_and(|k| k.in_place);
         }
         // A worker answers (the pid, or the errno), and keeps the plan
         // until the init has ended or taken the next.
