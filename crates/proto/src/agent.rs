@@ -44,6 +44,10 @@ pub struct Launch {
     pub files: Vec<File>,
     pub output_dir: PathBuf,
     pub input_dirs: Vec<PathBuf>,
+    /// Directories of programs the service gives every task (its own
+    /// `osmo`), read-only at their paths: the same for every attempt.
+    #[serde(default)]
+    pub tool_dirs: Vec<PathBuf>,
     /// The task's `volumeMounts`, checked against the pool at submit: host path → path inside.
     #[serde(default)]
     pub volume_mounts: Vec<(PathBuf, PathBuf)>,
@@ -136,6 +140,7 @@ impl Launch {
             files: self.files.clone(),
             output_dir: self.output_dir.clone(),
             input_dirs: self.input_dirs.clone(),
+            tool_dirs: self.tool_dirs.clone(),
             volume_mounts: self.volume_mounts.clone(),
             preflight: self.preflight.clone(),
             memory_limit_bytes: self.memory_limit_bytes,

@@ -417,9 +417,8 @@ impl Run<'_> {
         let name = self.container_name(role);
         let mut binds = vec![format!("{0}:{0}:rw", self.spec.output_dir.display())];
         binds.extend(
-            self.spec
-                .input_dirs
-                .iter()
+            (self.spec.input_dirs.iter())
+                .chain(&self.spec.tool_dirs)
                 .map(|d| format!("{0}:{0}:ro", d.display())),
         );
         // `volumeMounts`, allowed by the pool at submit: host path → path inside.

@@ -121,6 +121,10 @@ pub struct AttemptSpec {
     pub output_dir: PathBuf,
     /// Host directories, read-only, at the same paths inside.
     pub input_dirs: Vec<PathBuf>,
+    /// Host directories of programs every task gets (the service's own
+    /// `osmo`), read-only at the same paths inside, as `input_dirs`; the same
+    /// for every attempt, so an init that stays in place keeps them mounted.
+    pub tool_dirs: Vec<PathBuf>,
     /// The task's `volumeMounts`: host directory → path inside, read-write.
     pub volume_mounts: Vec<(PathBuf, PathBuf)>,
     /// Run in order before the command; `first_attempt_only` ones are skipped

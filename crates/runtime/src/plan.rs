@@ -550,6 +550,11 @@ pub(crate) fn build(
         .iter()
         .map(|p| canonical("input dir", p))
         .collect::<Result<_, _>>()?;
+    let tools: Vec<PathBuf> = spec
+        .tool_dirs
+        .iter()
+        .map(|p| canonical("tool dir", p))
+        .collect::<Result<_, _>>()?;
 
     let mut steps = Vec::new();
     let mut step_names = Vec::new();
@@ -708,13 +713,21 @@ pub(crate) fn build(
         step_names.push(format!("hide {} from the task", dir.display()));
     }
 
-    // Output and inputs at their host paths, parents before children.
-    let mut dirs: Vec<(PathBuf, bool)> = vec![(output, false)];
-    dirs.extend(inputs.into_iter().map(|p| (p, true)));
+    // Output, inputs and tools at their host paths, parents before children.
+    #[derive(Clone, Copy, PartialEq)]
+    enum Dir {
+        Output,
+        Input,
+        Tool,
+    }
+    let mut dirs: Vec<(PathBuf, Dir)> = vec![(output, Dir::Output)];
+    dirs.extend(inputs.into_iter().map(|p| (p, Dir::Input)));
+    dirs.extend(tools.into_iter().map(|p| (p, Dir::Tool)));
     dirs.sort_by_key(|(p, _)| p.components().count());
-    for (dir, readonly) in dirs {
+    for (dir, kind) in dirs {
+        let readonly = kind != Dir::Output;
         let mut step = bind_step(layout, &dir, readonly, false, When::Always).map_err(init)?;
-        step.per_attempt = true;
+        step.per_attempt = kind != Dir::Tool;
         if let Some(hidden) = outermost.iter().find(|h| dir.starts_with(h) && dir != **h) {
             // In a hidden directory, an empty tmpfs: its mount point and
             // the directories above it there are all missing, and those
@@ -730,10 +743,10 @@ pub(crate) fn build(
             step.dirs_first = true;
         }
         steps.push(step);
-        step_names.push(if readonly {
-            format!("bind input dir {} read-only", dir.display())
-        } else {
-            format!("bind output dir {}", dir.display())
+        step_names.push(match kind {
+            Dir::Output => format!("bind output dir {}", dir.display()),
+            Dir::Input => format!("bind input dir {} read-only", dir.display()),
+            Dir::Tool => format!("bind tool dir {} read-only", dir.display()),
         });
     }
 

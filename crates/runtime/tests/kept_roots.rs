@@ -118,6 +118,8 @@ impl Slot {
             scratch_dir: self.scratch.clone(),
             // As the server's data directory: the output is below it.
             hidden_paths: vec!["/root".into(), "/home".into(), self.dir.path().into()],
+            // As the service's own `osmo`, in the data directory.
+            tool_dirs: vec![self.tools()],
             run_as: self.run_as,
             ..AttemptSpec::default()
         };
@@ -131,6 +133,21 @@ impl Slot {
         self.roots.extend(lines.root.into_inner().unwrap());
         self.last_init = lines.init.into_inner().unwrap();
         lines.lines.into_inner().unwrap()
+    }
+
+    /// A directory of programs every attempt gets, with one (`tool`).
+    fn tools(&self) -> PathBuf {
+        let dir = self.dir.path().join("task-exe");
+        if !dir.exists() {
+            std::fs::create_dir(&dir).unwrap();
+            std::fs::write(dir.join("tool"), "#!/bin/sh\necho tool ran\n").unwrap();
+            std::fs::set_permissions(
+                dir.join("tool"),
+                std::os::unix::fs::PermissionsExt::from_mode(0o755),
+            )
+            .unwrap();
+        }
+        dir
     }
 
     /// The device of the attempt's root: each overlay has one of its own
@@ -255,8 +272,10 @@ fn an_init_stays_for_the_next_attempt_and_keeps_nothing_of_the_last() {
     let first_output = slot.dir.path().join("output-1");
     let first = slot.run(&format!(
         "readlink /proc/self/ns/pid; id -u; stat -c %u /proc/1; \
-         setsid sleep 1000 > /dev/null 2>&1 & echo s > /dev/shm/left; echo o > {}/left; {table}",
-        first_output.display()
+         setsid sleep 1000 > /dev/null 2>&1 & echo s > /dev/shm/left; echo o > {}/left; \
+         {tool}; {table}",
+        first_output.display(),
+        tool = slot.tools().join("tool").display(),
     ));
     assert!(
         first_output.join("left").is_file(),
@@ -265,8 +284,9 @@ fn an_init_stays_for_the_next_attempt_and_keeps_nothing_of_the_last() {
     let second = slot.run(&format!(
         "readlink /proc/self/ns/pid; id -u; stat -c %u /proc/1; \
          for p in /proc/[0-9]*; do cat $p/comm; done | grep -c sleep; \
-         ls -A /dev/shm | wc -l; ls -A {} 2>/dev/null | wc -l; {table}",
-        first_output.display()
+         ls -A /dev/shm | wc -l; ls -A {} 2>/dev/null | wc -l; {tool}; {table}",
+        first_output.display(),
+        tool = slot.tools().join("tool").display(),
     ));
     assert_eq!(
         first[..3],
@@ -279,6 +299,8 @@ fn an_init_stays_for_the_next_attempt_and_keeps_nothing_of_the_last() {
         ["0", "0", "0"],
         "no process, /dev/shm file or output of the last: {second:?}"
     );
+    assert_eq!(first[3], "tool ran", "{first:?}");
+    assert_eq!(second[6], "tool ran", "the tools stay: {second:?}");
     // The mount points, each attempt's output named alike (the table's
     // order follows the mounts' IDs, which the kernel may reuse).
     let mounts = |lines: &[String]| -> Vec<String> {
@@ -367,6 +389,7 @@ fn an_init_no_attempt_comes_for_ends_and_is_reaped() {
         output_dir: slot.dir.path().join("output-stopped"),
         scratch_dir: slot.scratch.clone(),
         hidden_paths: vec!["/root".into(), "/home".into(), slot.dir.path().into()],
+        tool_dirs: vec![slot.tools()],
         run_as: Some((65534, 65534)),
         ..AttemptSpec::default()
     };

@@ -424,20 +424,32 @@ fn a_task_that_runs_as_root_keeps_its_whole_writable_layer_on_disk() {
 }
 
 #[test]
-fn output_is_writable_and_inputs_are_read_only() {
+fn output_is_writable_and_inputs_and_tools_are_read_only() {
     let mut f = Fixture::new("t", &["sh", "-c"]);
     let input = f._dir.path().join("input");
     std::fs::create_dir(&input).unwrap();
     std::fs::write(input.join("answer.txt"), "42\n").unwrap();
+    let tools = f._dir.path().join("tools");
+    std::fs::create_dir(&tools).unwrap();
+    std::fs::write(tools.join("tool"), "#!/bin/sh\necho tool ran\n").unwrap();
+    std::fs::set_permissions(
+        tools.join("tool"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
     let script = format!(
         "test \"$(cat {inp}/answer.txt)\" = 42 || exit 3; \
          touch {inp}/new 2>/dev/null && exit 4; \
+         test \"$({tools}/tool)\" = 'tool ran' || exit 5; \
+         touch {tools}/new 2>/dev/null && exit 6; \
          echo 42 > {out}/answer.txt",
         inp = input.display(),
+        tools = tools.display(),
         out = f.out().display()
     );
     f.spec.args = vec![script];
     f.spec.input_dirs = vec![input.clone()];
+    f.spec.tool_dirs = vec![tools.clone()];
     let (o, rec) = f.run();
     assert_eq!(codes(&o), user(0), "{:?}", rec.events());
     assert_eq!(
@@ -445,6 +457,7 @@ fn output_is_writable_and_inputs_are_read_only() {
         "42\n"
     );
     assert!(!input.join("new").exists());
+    assert!(!tools.join("new").exists());
 }
 
 #[test]

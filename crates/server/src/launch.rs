@@ -193,6 +193,7 @@ impl LaunchBuilder {
         }
         let mut inputs = Vec::new();
         let mut input_dirs = Vec::new();
+        let mut tool_dirs = Vec::new();
         let mut downloads = Vec::new();
         for (i, input) in spec.inputs.iter().enumerate() {
             match input {
@@ -264,12 +265,12 @@ impl LaunchBuilder {
         if let Some(dir) = &self.osmo_dir {
             // A directory of the data dir with only the binary, read-only at its
             // path (the data dir itself is hidden from tasks).
-            input_dirs.push(PathBuf::from(dir));
+            tool_dirs.push(PathBuf::from(dir));
             let mut path = format!("{}:{dir}", osmo_runtime::env::DEFAULT_PATH);
             if pool.runtime == osmo_spec::config::RuntimeKind::Docker
                 && let Some(bin) = &self.container_bin
             {
-                input_dirs.push(PathBuf::from(bin));
+                tool_dirs.push(PathBuf::from(bin));
                 path = format!("{}:{bin}", osmo_runtime::env::DEFAULT_PATH);
             }
             task.environment.entry("PATH".into()).or_insert(path);
@@ -311,6 +312,7 @@ impl LaunchBuilder {
             files: task.files,
             output_dir: output,
             input_dirs,
+            tool_dirs,
             volume_mounts,
             preflight: pool.preflight.clone(),
             memory_limit_bytes,

@@ -906,6 +906,7 @@ mod tests {
             files: vec![],
             output_dir: "/o".into(),
             input_dirs: vec![],
+            tool_dirs: vec![],
             preflight: vec![],
             memory_limit_bytes: memory,
             cpu: Some(cpu),
