@@ -184,6 +184,14 @@ pub(crate) struct Undo {
     pub made: [u64; MAX_KEPT_STEPS],
 }
 
+impl Undo {
+    /// Nothing to undo.
+    const NONE: Undo = Undo {
+        mounted: 0,
+        made: [0; MAX_KEPT_STEPS],
+    };
+}
+
 /// Mounts an init in place checks at most (a sandbox has a few dozen).
 const MAX_MOUNTS: usize = 256;
 
@@ -193,10 +201,7 @@ impl Stay {
             ctl,
             base: -1,
             placed: false,
-            undo: Undo {
-                mounted: 0,
-                made: [0; MAX_KEPT_STEPS],
-            },
+            undo: Undo::NONE,
             setup_count: 0,
             base_mounts: [0; MAX_MOUNTS],
             base_len: 0,
@@ -309,13 +314,7 @@ pub(crate) unsafe fn park(
 /// In the init only, with `p` its attempt's plan.
 unsafe fn undo_in_place(p: &ChildPlan, stay: &mut Stay) -> bool {
     let below = p.root.newroot.count_bytes();
-    let undo = std::mem::replace(
-        &mut stay.undo,
-        Undo {
-            mounted: 0,
-            made: [0; MAX_KEPT_STEPS],
-        },
-    );
+    let undo = std::mem::replace(&mut stay.undo, Undo::NONE);
     let mut unmounted = 0;
     for (i, s) in p.steps.iter().enumerate().take(MAX_KEPT_STEPS).rev() {
         if !s.per_attempt {
