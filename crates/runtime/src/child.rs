@@ -185,7 +185,8 @@ pub(crate) struct Step {
     /// output, the inputs, volumes, hidden GPUs): an init that stays in
     /// place ([`crate::park`]) mounts it for each attempt and unmounts it
     /// after; it keeps the others (`/proc`, `/dev/shm`, the hidden
-    /// directories, the network's files) for the next attempt.
+    /// directories, the network's files, the tool directories) for the next
+    /// attempt.
     #[serde(default)]
     pub per_attempt: bool,
 }
