@@ -170,8 +170,10 @@ pub(crate) struct Stay {
     /// In place: this attempt's own mounts and mount points, undone after it.
     pub undo: Undo,
     /// In place: the mounts of the namespace as the first attempt was set
-    /// up (their count), and once it was undone (their unique IDs): every
-    /// later attempt must leave exactly those.
+    /// up (their count: its end must find as many, none added or removed
+    /// by its task), and once it was undone (their unique IDs: every later
+    /// attempt must leave exactly those; a recursive bind may have taken
+    /// more than one with it).
     setup_count: usize,
     base_mounts: [u64; MAX_MOUNTS],
     base_len: usize,
@@ -275,17 +277,20 @@ pub(crate) unsafe fn park(
         return None;
     }
     unsafe {
-        // Nothing of this task outlives it.
-        child::kill_all_and_reap();
-        // The attempt's pipes and sockets: the controller sees them end now,
-        // and the worker that the init stays (the next attempt may be handed
-        // to it while it tears this one down, off the attempt's time).
-        let mut keep = [stay.ctl, stay.base];
-        keep.sort_unstable();
-        child::close_other_fds(&keep);
+        // The worker hears first that the init stays, before the controller
+        // sees the attempt end (below): the next attempt, which the agent
+        // may ask for as soon as this one ends, then finds the worker idle
+        // for it (and waits there while this one is torn down, off the
+        // attempt's time) rather than a new init made for it.
         if libc::write(stay.ctl, &ENDED as *const u8 as *const c_void, 1) != 1 {
             return None;
         }
+        // Nothing of this task outlives it.
+        child::kill_all_and_reap();
+        // The attempt's pipes and sockets: the controller sees them end now.
+        let mut keep = [stay.ctl, stay.base];
+        keep.sort_unstable();
+        child::close_other_fds(&keep);
         if stay.placed {
             if !undo_in_place(p, stay) {
                 return None;
@@ -315,7 +320,12 @@ pub(crate) unsafe fn park(
 unsafe fn undo_in_place(p: &ChildPlan, stay: &mut Stay) -> bool {
     let below = p.root.newroot.count_bytes();
     let undo = std::mem::replace(&mut stay.undo, Undo::NONE);
-    let mut unmounted = 0;
+    let mut ids = [0u64; MAX_MOUNTS];
+    if stay.base_len == 0 && list_mounts(&mut ids) != Some(stay.setup_count) {
+        // The first attempt's task added or removed a mount: what is left
+        // after the undo would not be the mounts every attempt has.
+        return false;
+    }
     for (i, s) in p.steps.iter().enumerate().take(MAX_KEPT_STEPS).rev() {
         if !s.per_attempt {
             continue;
@@ -327,7 +337,6 @@ unsafe fn undo_in_place(p: &ChildPlan, stay: &mut Stay) -> bool {
                 if libc::umount2(target.as_ptr(), libc::MNT_DETACH) != 0 {
                     return false;
                 }
-                unmounted += 1;
             }
             for (k, dir) in s.mkdirs.iter().enumerate().take(64).rev() {
                 if undo.made[i] & (1 << k) != 0
@@ -347,12 +356,11 @@ unsafe fn undo_in_place(p: &ChildPlan, stay: &mut Stay) -> bool {
             return false;
         }
     }
-    let mut ids = [0u64; MAX_MOUNTS];
     let Some(n) = list_mounts(&mut ids) else {
         return false;
     };
     if stay.base_len == 0 {
-        if n + unmounted != stay.setup_count || n == 0 {
+        if n == 0 {
             return false;
         }
         stay.base_mounts[..n].copy_from_slice(&ids[..n]);

@@ -401,9 +401,15 @@ struct Workers {
     sent: Vec<u64>,
     /// The idle workers, each with the key of the init it keeps parked.
     idle_now: Vec<(usize, Option<WarmKey>)>,
+    /// Each busy worker's job's key: the init it started may stay.
+    busy: Vec<Option<WarmKey>>,
     idle: std::sync::mpsc::Receiver<Idle>,
     idle_tx: std::sync::mpsc::Sender<Idle>,
 }
+
+/// The longest a job waits for the worker whose init of the same key is
+/// ending its attempt (see [`Workers::run`]).
+const ENDING_WAIT: std::time::Duration = std::time::Duration::from_millis(50);
 
 impl Workers {
     fn new(socket: RawFd) -> Workers {
@@ -413,6 +419,7 @@ impl Workers {
             jobs: Vec::new(),
             sent: Vec::new(),
             idle_now: Vec::new(),
+            busy: Vec::new(),
             idle,
             idle_tx,
         }
@@ -424,12 +431,23 @@ impl Workers {
     /// then one whose init is parked for another key (it ends that init).
     fn run(&mut self, job: Job) -> Result<(), Job> {
         while let Ok(idle) = self.idle.try_recv() {
-            if self.sent.get(idle.worker) != Some(&idle.done) {
-                // Sent before its latest job reached it.
-                continue;
+            self.note(idle);
+        }
+        // A job of the key of an init whose worker is busy: that init's
+        // attempt ran in the same kept root, so it has ended (the agent
+        // runs one attempt at a time in a scratch directory), and its
+        // worker says so at once. Waited for, briefly, rather than making
+        // a new init while that one stays.
+        let ready = |w: &Workers| w.idle_now.iter().any(|(_, k)| *k == job.warm);
+        if job.warm.is_some() && !ready(self) && self.busy.contains(&job.warm) {
+            let deadline = std::time::Instant::now() + ENDING_WAIT;
+            while !ready(self) {
+                let left = deadline.saturating_duration_since(std::time::Instant::now());
+                match self.idle.recv_timeout(left) {
+                    Ok(idle) => self.note(idle),
+                    Err(_) => break,
+                }
             }
-            self.idle_now.retain(|(w, _)| *w != idle.worker);
-            self.idle_now.push((idle.worker, idle.warm));
         }
         let pick = self
             .idle_now
@@ -441,6 +459,7 @@ impl Workers {
             Some(i) => {
                 let (worker, _) = self.idle_now.swap_remove(i);
                 self.sent[worker] += 1;
+                self.busy[worker] = job.warm;
                 match self.jobs[worker].send(job) {
                     Ok(()) => return Ok(()),
                     Err(std::sync::mpsc::SendError(job)) => job,
@@ -460,7 +479,19 @@ impl Workers {
         }
         self.jobs.push(tx);
         self.sent.push(1);
+        self.busy.push(job.warm);
         self.jobs[me].send(job).map_err(|e| e.0)
+    }
+
+    /// A worker's word that it is idle (stale when sent before its latest
+    /// job reached it).
+    fn note(&mut self, idle: Idle) {
+        if self.sent.get(idle.worker) != Some(&idle.done) {
+            return;
+        }
+        self.busy[idle.worker] = None;
+        self.idle_now.retain(|(w, _)| *w != idle.worker);
+        self.idle_now.push((idle.worker, idle.warm));
     }
 }
 

@@ -58,6 +58,11 @@ impl Supervisor for Lines {
 /// The pids of this process's children named `osmo-init` (the spawner
 /// forks them as our children; some stay after their attempts).
 fn our_children_named_init() -> Vec<u32> {
+    our_children_named("osmo-init")
+}
+
+/// The pids of this process's children named `name`.
+fn our_children_named(name: &str) -> Vec<u32> {
     let me = std::process::id();
     let Ok(dir) = std::fs::read_dir("/proc") else {
         return Vec::new();
@@ -67,7 +72,7 @@ fn our_children_named_init() -> Vec<u32> {
         let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
         let (comm, rest) = stat.split_once(") ")?;
         let ppid: u32 = rest.split(' ').nth(1)?.parse().ok()?;
-        (comm.ends_with("(osmo-init") && ppid == me).then_some(pid)
+        (comm.ends_with(&format!("({name}")) && ppid == me).then_some(pid)
     })
     .collect()
 }
@@ -86,6 +91,8 @@ struct Slot {
     last_init: Option<u32>,
     /// The user its tasks run as (`nobody`; None: root).
     run_as: Option<(u32, u32)>,
+    /// Its tasks' input directories.
+    inputs: Vec<PathBuf>,
 }
 
 impl Slot {
@@ -102,6 +109,7 @@ impl Slot {
             roots: Vec::new(),
             last_init: None,
             run_as: Some((65534, 65534)),
+            inputs: Vec::new(),
         }
     }
 
@@ -120,6 +128,7 @@ impl Slot {
             hidden_paths: vec!["/root".into(), "/home".into(), self.dir.path().into()],
             // As the service's own `osmo`, in the data directory.
             tool_dirs: vec![self.tools()],
+            input_dirs: self.inputs.clone(),
             run_as: self.run_as,
             ..AttemptSpec::default()
         };
@@ -169,7 +178,7 @@ fn main() {
         "kept roots need root: the sandbox creates mount namespaces"
     );
     osmo_runtime::spawner::start(Path::new("/proc/self/exe")).expect("a sandbox spawner");
-    let checks: [(&str, fn()); 9] = [
+    let checks: [(&str, fn()); 10] = [
         (
             "an_init_no_attempt_comes_for_ends_and_is_reaped",
             an_init_no_attempt_comes_for_ends_and_is_reaped,
@@ -181,6 +190,10 @@ fn main() {
         (
             "a_directory_left_in_dev_shm_is_gone_for_the_next_attempt",
             a_directory_left_in_dev_shm_is_gone_for_the_next_attempt,
+        ),
+        (
+            "an_input_with_a_mount_below_it_goes_whole",
+            an_input_with_a_mount_below_it_goes_whole,
         ),
         (
             "a_root_nothing_was_written_to_serves_the_next_attempt",
@@ -215,6 +228,7 @@ fn main() {
         "an_init_no_attempt_comes_for_ends_and_is_reaped",
         "an_init_stays_for_the_next_attempt_and_keeps_nothing_of_the_last",
         "a_directory_left_in_dev_shm_is_gone_for_the_next_attempt",
+        "an_input_with_a_mount_below_it_goes_whole",
     ];
     let in_place = in_place();
     for (name, check) in checks {
@@ -340,6 +354,45 @@ fn a_directory_left_in_dev_shm_is_gone_for_the_next_attempt() {
     let seen = slot.run("ls -A /dev/shm | wc -l");
     assert_eq!(slot.last_init, second, "the same init");
     assert_eq!(seen, ["0"]);
+}
+
+/// An input with a host mount below it is bound with that mount (one
+/// step, two mounts): after the attempt both go, and the init stays for the
+/// next, which sees the input whole and nothing of the last.
+fn an_input_with_a_mount_below_it_goes_whole() {
+    let mut slot = Slot::new();
+    let input = slot.dir.path().join("input");
+    let below = input.join("below");
+    std::fs::create_dir_all(&below).unwrap();
+    // Mounted where the spawner clones the host's paths: its own mount
+    // namespace (a host mount reaches it only where `/` propagates).
+    let spawner = our_children_named("osmo-spawner");
+    let mount = |args: &[&str]| {
+        let status = std::process::Command::new("nsenter")
+            .arg("-t")
+            .arg(spawner[0].to_string())
+            .arg("-m")
+            .args(args)
+            .status()
+            .unwrap();
+        assert!(status.success(), "nsenter {args:?}");
+    };
+    let below_text = below.display().to_string();
+    mount(&["mount", "-t", "tmpfs", "below", &below_text]);
+    mount(&["sh", "-c", &format!("echo f > {below_text}/f")]);
+    slot.inputs = vec![input.clone()];
+    let look = format!(
+        "cat {}/f; grep -c ' {} ' /proc/self/mountinfo",
+        below.display(),
+        below.display()
+    );
+    let first = slot.run(&look);
+    let init = slot.last_init;
+    let second = slot.run(&look);
+    mount(&["umount", &below_text]);
+    assert_eq!(first[0], "f", "{first:?}");
+    assert_eq!(second, first, "the input whole, nothing of the last");
+    assert_eq!(slot.last_init, init, "the same init");
 }
 
 /// Whether this run's inits stay in place (see `main`).
