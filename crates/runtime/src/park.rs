@@ -8,15 +8,18 @@
 //!
 //! How: the spawner gives the init of a plan that may stay a control socket
 //! ([`ChildPlan::park`]). After the command's last run, when the controller
-//! has closed the go socket, the init kills and reaps whatever the attempt
-//! left, closes every descriptor of the attempt (the controller sees its
-//! pipes end), tells its worker, and undoes the attempt's mounts ([`park`]).
-//! The worker then either hands it the next plan of the same shape
-//! ([`WarmKey`]) with that plan's descriptors and the host paths it binds,
-//! cloned by the worker (the init's root no longer shows the host's), or
-//! closes the socket after [`IDLE`] and the init ends. Any other end of an
-//! attempt (a failed set-up or test, a stop, a command that could not start)
-//! ends its init as before.
+//! has closed the go socket, the init tells its worker, kills and reaps
+//! whatever the attempt left, closes every descriptor of the attempt (the
+//! controller sees its pipes end), and undoes the attempt's mounts
+//! ([`park`]). The worker is idle for the next plan of the same shape
+//! ([`WarmKey`]) before the attempt is seen to end, and a plan of that key
+//! that comes while the worker is still busy waits for it, briefly
+//! ([`crate::spawner`]). It hands the plan over with its descriptors and
+//! the host paths it binds, cloned by the worker (the init's root no
+//! longer shows the host's), once the init has parked; or it closes the
+//! socket after [`IDLE`] and the init ends. Any other end of an attempt (a
+//! failed set-up or test, a stop, a command that could not start) ends its
+//! init as before.
 //!
 //! The mounts, two ways:
 //! - **In place** ([`ChildPlan::in_place`]; Linux 6.8 or later, the task not
