@@ -97,6 +97,7 @@ pub use env::expand_env_refs;
 /// sandbox (no root kept by the spawner for the next attempt).
 pub use kept_root::KEEP_ENV as SANDBOX_KEEP_ROOTS_ENV;
 use osmo_spec::codes::ReportedCode;
+pub use park::IN_PLACE_ENV as SANDBOX_IN_PLACE_ENV;
 /// Set in the controller's environment to `tmpfs` or `readonly` to skip the
 /// overlay with its upper layer on disk (or every overlay); see the crate docs.
 pub use plan::ROOT_ENV as SANDBOX_ROOT_ENV;

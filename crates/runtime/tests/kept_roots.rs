@@ -11,7 +11,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use osmo_runtime::enter::Entry;
-use osmo_runtime::{AttemptSpec, StopHandle, Stream, Supervisor, run_attempt};
+use osmo_runtime::{
+    AttemptSpec, SANDBOX_IN_PLACE_ENV, StopHandle, Stream, Supervisor, run_attempt,
+};
 
 /// The stdout lines of one attempt, and its root, held open.
 #[derive(Default)]
@@ -89,8 +91,6 @@ struct Slot {
     roots: Vec<std::fs::File>,
     /// The init of its last attempt.
     last_init: Option<u32>,
-    /// The user its tasks run as (`nobody`; None: root).
-    run_as: Option<(u32, u32)>,
     /// Its tasks' input directories.
     inputs: Vec<PathBuf>,
 }
@@ -108,7 +108,6 @@ impl Slot {
             n: 0,
             roots: Vec::new(),
             last_init: None,
-            run_as: Some((65534, 65534)),
             inputs: Vec::new(),
         }
     }
@@ -129,7 +128,7 @@ impl Slot {
             // As the service's own `osmo`, in the data directory.
             tool_dirs: vec![self.tools()],
             input_dirs: self.inputs.clone(),
-            run_as: self.run_as,
+            run_as: Some((65534, 65534)),
             ..AttemptSpec::default()
         };
         let lines = Lines::default();
@@ -242,7 +241,7 @@ fn main() {
     }
     if in_place {
         let status = std::process::Command::new(std::env::current_exe().unwrap())
-            .env("OSMO_SANDBOX_IN_PLACE", "0")
+            .env(SANDBOX_IN_PLACE_ENV, "0")
             .status()
             .unwrap();
         assert!(status.success(), "the checks in copies of the namespace");
@@ -397,7 +396,7 @@ fn an_input_with_a_mount_below_it_goes_whole() {
 
 /// Whether this run's inits stay in place (see `main`).
 fn in_place() -> bool {
-    std::env::var("OSMO_SANDBOX_IN_PLACE").as_deref() != Ok("0")
+    std::env::var(SANDBOX_IN_PLACE_ENV).as_deref() != Ok("0")
 }
 
 /// An init that stayed after its attempt ends when no attempt comes for it
