@@ -8,6 +8,7 @@ use osmo_runtime::{StopHandle, Supervisor};
 use osmo_spec::codes::{CodeSource, ReportedCode, well_known};
 
 use super::Shared;
+use crate::results::Unsynced;
 use osmo_proto::{AttemptKey, FromAgent, Launch, LogLine, Phase, Stream};
 
 /// What the agent keeps about a running attempt.
@@ -301,7 +302,7 @@ pub(crate) fn spawn(shared: Arc<Shared>, launch: Launch, staged: bool) {
             source: CodeSource::Service,
             detail: Some(detail),
         };
-        finish(&shared, &key, vec![code], &gate);
+        make_durable(finish(&shared, &key, vec![code], &gate), &key);
     }
 }
 
@@ -343,12 +344,24 @@ fn run(shared: Arc<Shared>, launch: Arc<Launch>, gate: Arc<Gate>, stop: StopHand
     if let Some(net) = joined {
         shared.networks.leave(&launch.key.workflow_id, &net);
     }
-    // Reported first: the scratch space's removal is off the attempt's critical path.
-    finish(&shared, &launch.key, outcome.codes, &gate);
+    // Reported first: the scratch space's removal is off the attempt's
+    // critical path. Given back before the result is made durable: the
+    // server's answer (the next attempt, often) must find this scratch
+    // directory readied, with its kept root and the init that stayed in it,
+    // not the pool's next one, whose init would end for a new one.
+    let unsynced = finish(&shared, &launch.key, outcome.codes, &gate);
     shared.scratch.give_back(scratch);
+    make_durable(unsynced, &launch.key);
 }
 
-fn finish(shared: &Shared, key: &AttemptKey, codes: Vec<ReportedCode>, gate: &Arc<Gate>) {
+/// Reports the attempt's end to the server, with its result written to
+/// the journal; the caller makes it durable ([`make_durable`]).
+fn finish(
+    shared: &Shared,
+    key: &AttemptKey,
+    codes: Vec<ReportedCode>,
+    gate: &Arc<Gate>,
+) -> Option<Unsynced> {
     {
         // Set up ahead and never launched (stopped, or its set-up failed):
         // the server queues it still and knows nothing of this try; a
@@ -358,7 +371,7 @@ fn finish(shared: &Shared, key: &AttemptKey, codes: Vec<ReportedCode>, gate: &Ar
         let mut state = gate.lock();
         if state.staged {
             remove_if_this(&mut attempts, key, gate);
-            return;
+            return None;
         }
         // A phase not told because the command was to start at once (it
         // did not: stopped, or it could not start) is told before the end.
@@ -368,21 +381,31 @@ fn finish(shared: &Shared, key: &AttemptKey, codes: Vec<ReportedCode>, gate: &Ar
         key: key.clone(),
         codes,
     };
-    let cannot_keep = |e: std::io::Error| {
-        eprintln!(
-            "osmo agent: cannot keep the result of {}: {e}",
-            key.file_stem()
-        )
-    };
-    let kept = shared.results.keep(&msg).map_err(cannot_keep).ok();
+    let kept = shared
+        .results
+        .keep(&msg)
+        .map_err(|e| cannot_keep(key, e))
+        .ok();
     shared.lock_attempts().remove(key);
     // Sent before the journal's sync, which runs while it travels: the
     // server acts on it only once its own commit holds it, and the next
     // launch on the CPUs it frees does not wait for this disk.
     shared.send(msg);
-    if let Some(kept) = kept {
-        let _ = kept.sync().map_err(cannot_keep);
+    kept
+}
+
+/// Waits until the journal holds the result [`finish`] wrote.
+fn make_durable(unsynced: Option<Unsynced>, key: &AttemptKey) {
+    if let Some(unsynced) = unsynced {
+        let _ = unsynced.sync().map_err(|e| cannot_keep(key, e));
     }
+}
+
+fn cannot_keep(key: &AttemptKey, e: std::io::Error) {
+    eprintln!(
+        "osmo agent: cannot keep the result of {}: {e}",
+        key.file_stem()
+    )
 }
 
 /// The port of a server URL on this host's loopback (`http://127.0.0.1:8000`).
